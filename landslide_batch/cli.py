@@ -1,0 +1,60 @@
+"""``landslide-batch`` command line.
+
+Each command lives in a module exposing ``register(subparsers)``; the module sets
+``func`` on its parser. Commands of packages built on this one (``training``) arrive
+through the ``landslide_batch.commands`` entry-point group, so this package never
+imports them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from importlib.metadata import entry_points
+
+from .errors import LandslideBatchError
+
+COMMAND_MODULES = (
+    "landslide_batch.commands.run",
+    "landslide_batch.commands.models",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="landslide-batch",
+        description="Region-wide landslide mapping with ensembles of segmentation models.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    for ep in entry_points(group="landslide_batch.commands"):
+        ep.load()(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    # Streamlit owns its own option parsing: hand everything after "app" over untouched.
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "accepts_extra", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra = extra
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        return int(args.func(args) or 0)
+    except LandslideBatchError as exc:
+        print(f"landslide-batch {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"landslide-batch {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

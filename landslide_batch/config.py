@@ -1,0 +1,136 @@
+"""Validated job and ensemble configs, loaded from YAML (paths relative to the YAML file)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EnsembleMember(_Strict):
+    model: Path
+    weight: float = Field(1.0, gt=0)
+
+
+class EnsembleConfig(_Strict):
+    members: list[EnsembleMember] = Field(min_length=1)
+    #: Probability threshold for the binary mask; default: members' card thresholds, weighted.
+    threshold: float | None = Field(None, ge=0, le=1)
+
+
+class RaySettings(_Strict):
+    address: str | None = None  # None: join a running cluster if RAY_ADDRESS is set, else start locally
+    num_actors: int | None = Field(None, ge=1)  # default: one per GPU, else 1
+    read_tasks: int = Field(2, ge=1)
+
+
+class JobConfig(_Strict):
+    scene: Path
+    out: Path
+    ensemble: Path | None = None
+    models: list[Path] = Field(default_factory=list)
+    tile: int = Field(128, ge=16)
+    overlap: float = Field(0.5, ge=0, lt=1)
+    blend: Literal["mean", "cosine", "gaussian"] = "gaussian"
+    block: int = Field(2048, ge=16)
+    executor: Literal["local", "ray"] = "local"
+    batch_size: int = Field(16, ge=1)
+    device: str = "auto"
+    threads: int | None = Field(None, ge=1)
+    threshold: float | None = Field(None, ge=0, le=1)
+    min_area_m2: float = Field(0.0, ge=0)
+    min_pixels: int = Field(4, ge=1)
+    nodata: float | None = None
+    ray: RaySettings = Field(default_factory=RaySettings)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v != "auto" and not (v == "cpu" or v.startswith("cuda")):
+            raise ValueError(f"device must be auto, cpu or cuda[:N], found {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> "JobConfig":
+        if (self.ensemble is None) == (not self.models):
+            raise ValueError("give exactly one of 'ensemble' (an ensemble YAML) or 'models' (model folders)")
+        stride = self.stride
+        if stride < 1:
+            raise ValueError(f"overlap {self.overlap} leaves no stride for tile {self.tile}")
+        if self.block % stride:
+            raise ValueError(f"block ({self.block}) must be a multiple of the tile stride ({stride} = "
+                             f"tile {self.tile} - overlap {self.tile - stride} px)")
+        return self
+
+    @property
+    def stride(self) -> int:
+        return self.tile - int(round(self.tile * self.overlap))
+
+
+def _load_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings at the top level, found {type(data).__name__}")
+    return data
+
+
+def _validate(cls, data: dict, where: str):
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        lines = [f"  {'.'.join(map(str, e['loc'])) or '(top level)'}: {e['msg']}" for e in exc.errors()]
+        raise ConfigError(f"{where}: invalid {cls.__name__}:\n" + "\n".join(lines)) from None
+
+
+def _rebase(base: Path, p: Path | None) -> Path | None:
+    if p is None:
+        return None
+    p = Path(p).expanduser()
+    return p if p.is_absolute() or "://" in str(p) else base / p
+
+
+def load_ensemble(path: str | Path) -> EnsembleConfig:
+    path = Path(path)
+    cfg = _validate(EnsembleConfig, _load_yaml(path), str(path))
+    for m in cfg.members:
+        m.model = _rebase(path.parent, m.model)
+    return cfg
+
+
+def job_from_dict(data: dict, base: Path = Path("."), where: str = "job") -> JobConfig:
+    cfg = _validate(JobConfig, data, where)
+    for field in ("scene", "out", "ensemble"):
+        setattr(cfg, field, _rebase(base, getattr(cfg, field)))
+    cfg.models = [_rebase(base, m) for m in cfg.models]
+    return cfg
+
+
+def load_job(path: str | Path, overrides: dict | None = None) -> JobConfig:
+    """Load a job YAML; ``overrides`` (e.g. CLI flags, paths relative to the cwd) replace its keys."""
+    path = Path(path)
+    data = _load_yaml(path)
+    cfg = job_from_dict(data, path.parent, str(path))
+    if overrides:
+        merged = cfg.model_dump()
+        merged.update({k: v for k, v in overrides.items() if v is not None})
+        cfg = _validate(JobConfig, merged, f"{path} with command-line overrides")
+    return cfg
+
+
+def ensemble_members(cfg: JobConfig) -> EnsembleConfig:
+    if cfg.ensemble is not None:
+        return load_ensemble(cfg.ensemble)
+    return EnsembleConfig(members=[EnsembleMember(model=m) for m in cfg.models])

@@ -1,0 +1,52 @@
+"""GeoTIFF (or any single multi-band raster GDAL reads) -> scene store, window by window."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.errors import RasterioError
+
+from ..bands import L4S_BANDS, N_BANDS
+from ..errors import InputError
+from .scene import SceneWriter
+
+
+def ingest_geotiff(src: Path, dest: Path, *, chunk: int, nodata: float | None = None,
+                   require_crs: bool = True) -> SceneWriter:
+    try:
+        ds = rasterio.open(src)
+    except RasterioError as exc:
+        raise InputError(f"{src}: cannot open as a raster (corrupt, truncated or not a GeoTIFF): {exc}") from None
+    with ds:
+        if ds.count != N_BANDS:
+            raise InputError(
+                f"{src}: expected {N_BANDS} bands in Landslide4Sense order ({', '.join(L4S_BANDS)}), "
+                f"found {ds.count}"
+            )
+        kinds = {np.dtype(d).kind for d in ds.dtypes}
+        if not kinds <= {"u", "i", "f"}:
+            raise InputError(f"{src}: expected integer or float bands, found dtypes {sorted(set(ds.dtypes))}")
+        if ds.crs is None and require_crs:
+            raise InputError(
+                f"{src}: raster has no CRS; outputs could not be georeferenced. "
+                "Set the CRS in the file (gdal_edit.py -a_srs EPSG:XXXX) first"
+            )
+        if ds.transform.is_identity and ds.crs is not None:
+            raise InputError(f"{src}: raster has a CRS but an identity geotransform; its pixels have no location")
+        nodata = ds.nodata if nodata is None else nodata
+        writer = SceneWriter(
+            dest, ds.height, ds.width, crs_wkt=ds.crs.to_wkt() if ds.crs else None,
+            transform=tuple(ds.transform)[:6], chunk=chunk,
+            source={"path": str(src), "kind": "geotiff", "nodata": nodata},
+        )
+        for y0, y1, x0, x1 in writer.windows():
+            window = rasterio.windows.Window(x0, y0, x1 - x0, y1 - y0)
+            try:
+                data = ds.read(window=window)
+            except RasterioError as exc:
+                raise InputError(f"{src}: read failed in window rows {y0}:{y1}, cols {x0}:{x1} "
+                                 f"(file truncated or corrupt): {exc}") from None
+            writer.write(y0, x0, data, nodata=nodata)
+    return writer

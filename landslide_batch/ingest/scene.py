@@ -1,0 +1,164 @@
+"""The scene store: a Zarr group every later stage reads from.
+
+Layout (Zarr v3, readable with ``xarray.open_zarr``)::
+
+    bands  float32 (band, y, x)  NaN where a pixel is invalid
+    valid  uint8   (y, x)        1 where every band holds a finite, non-nodata value
+    attrs  crs (WKT or null), transform (affine a, b, c, d, e, f), band_names, source
+
+Chunks are square in (y, x) and divide the block size, so blocks read whole chunks.
+Reads are windowed: nothing here loads a whole scene.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import zarr
+from affine import Affine
+from rasterio.crs import CRS
+
+from ..bands import L4S_BANDS
+from ..errors import InputError
+
+SCENE_FORMAT = "landslide-batch-scene/1"
+
+
+@dataclass(frozen=True)
+class SceneInfo:
+    height: int
+    width: int
+    band_names: tuple[str, ...]
+    crs_wkt: str | None
+    transform: tuple[float, ...]
+    chunk: int
+
+    @property
+    def crs(self) -> CRS | None:
+        return CRS.from_wkt(self.crs_wkt) if self.crs_wkt else None
+
+    @property
+    def affine(self) -> Affine:
+        return Affine(*self.transform[:6])
+
+    @property
+    def pixel_area_m2(self) -> float | None:
+        """Area of one pixel in m², when the CRS is projected in metres."""
+        crs = self.crs
+        if crs is None or not crs.is_projected:
+            return None
+        a = self.affine
+        return abs(a.a * a.e - a.b * a.d) * crs.linear_units_factor[1] ** 2
+
+
+class Scene:
+    """Read access to a scene store."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        try:
+            group = zarr.open_group(str(self.path), mode="r")
+        except Exception as exc:
+            raise InputError(f"{self.path}: not a readable Zarr store ({type(exc).__name__}: {exc})") from None
+        if group.attrs.get("format") != SCENE_FORMAT:
+            raise InputError(f"{self.path}: Zarr store is not a landslide-batch scene (attrs.format != {SCENE_FORMAT!r})")
+        if not group.attrs.get("complete", False):
+            raise InputError(f"{self.path}: scene store is incomplete (its ingest did not finish); ingest it again")
+        self._bands = group["bands"]
+        self._valid = group["valid"]
+        c, h, w = self._bands.shape
+        self.info = SceneInfo(
+            height=h, width=w, band_names=tuple(group.attrs["band_names"]),
+            crs_wkt=group.attrs.get("crs"), transform=tuple(group.attrs["transform"]),
+            chunk=int(self._bands.chunks[1]),
+        )
+        self.attrs = dict(group.attrs)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.info.height, self.info.width
+
+    def read(self, y0: int, y1: int, x0: int, x1: int) -> tuple[np.ndarray, np.ndarray]:
+        """In-bounds window -> (bands float32 (C, h, w), valid bool (h, w))."""
+        return self._bands[:, y0:y1, x0:x1], self._valid[y0:y1, x0:x1].astype(bool)
+
+    def read_valid(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        return self._valid[y0:y1, x0:x1].astype(bool)
+
+    def read_reflected(self, y0: int, y1: int, x0: int, x1: int) -> tuple[np.ndarray, np.ndarray]:
+        """A window that may reach outside the scene; outside pixels mirror the inside
+        (numpy ``reflect``), so every caller sees the same values for the same coordinate."""
+        h, w = self.shape
+        rows, cols = reflect_index(np.arange(y0, y1), h), reflect_index(np.arange(x0, x1), w)
+        ry0, ry1, rx0, rx1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+        bands, valid = self.read(ry0, ry1, rx0, rx1)
+        if (ry0, ry1, rx0, rx1) == (y0, y1, x0, x1):
+            return bands, valid
+        ri, ci = np.ix_(rows - ry0, cols - rx0)
+        return bands[:, ri, ci], valid[ri, ci]
+
+
+def reflect_index(idx: np.ndarray, n: int) -> np.ndarray:
+    """Map any integer coordinates into ``[0, n)`` by mirror reflection without edge repeat."""
+    if n == 1:
+        return np.zeros_like(idx)
+    period = 2 * (n - 1)
+    m = np.mod(idx, period)
+    return np.where(m < n, m, period - m)
+
+
+class SceneWriter:
+    """Creates a scene store and fills it window by window."""
+
+    def __init__(self, path: str | Path, height: int, width: int, *, crs_wkt: str | None,
+                 transform: tuple[float, ...], band_names=L4S_BANDS, chunk: int = 512,
+                 source: dict | None = None):
+        if height < 1 or width < 1:
+            raise InputError(f"scene has zero size ({height}x{width} pixels)")
+        self.path = Path(path)
+        chunk = int(min(chunk, max(height, width)))
+        self.group = zarr.open_group(str(self.path), mode="w")
+        self.bands = self.group.create_array(
+            "bands", shape=(len(band_names), height, width), chunks=(len(band_names), chunk, chunk),
+            dtype="float32", fill_value=np.nan, dimension_names=("band", "y", "x"),
+        )
+        self.valid = self.group.create_array(
+            "valid", shape=(height, width), chunks=(chunk, chunk), dtype="uint8", fill_value=0,
+            dimension_names=("y", "x"),
+        )
+        self.group.attrs.update({
+            "format": SCENE_FORMAT, "crs": crs_wkt, "transform": list(transform)[:6],
+            "band_names": list(band_names), "source": source or {}, "complete": False,
+        })
+        self.chunk = chunk
+        self.n_valid = 0
+
+    def windows(self):
+        """Chunk-aligned windows (y0, y1, x0, x1) covering the scene."""
+        _, h, w = self.bands.shape
+        for y0 in range(0, h, self.chunk):
+            for x0 in range(0, w, self.chunk):
+                yield y0, min(y0 + self.chunk, h), x0, min(x0 + self.chunk, w)
+
+    def write(self, y0: int, x0: int, bands: np.ndarray, nodata: float | None = None) -> None:
+        """Write raw band values; pixels with a non-finite or ``nodata`` value in any band become invalid."""
+        bands = np.asarray(bands, dtype=np.float32)
+        valid = np.isfinite(bands).all(axis=0)
+        if nodata is not None and not np.isnan(nodata):
+            valid &= ~(bands == np.float32(nodata)).any(axis=0)
+        bands = np.where(valid[None], bands, np.float32(np.nan))
+        _, h, w = bands.shape
+        self.bands[:, y0:y0 + h, x0:x0 + w] = bands
+        self.valid[y0:y0 + h, x0:x0 + w] = valid.astype(np.uint8)
+        self.n_valid += int(valid.sum())
+
+    def finish(self) -> Scene:
+        if self.n_valid == 0:
+            raise InputError(
+                f"scene {self.group.attrs['source'].get('path', self.path)} has no valid pixel: every pixel "
+                "is NaN, infinite or nodata in at least one band"
+            )
+        self.group.attrs["complete"] = True
+        return Scene(self.path)

@@ -1,0 +1,48 @@
+"""A generic Zarr/xarray raster (a variable with dims band, y, x) -> scene store.
+
+Georeferencing comes from rioxarray (``spatial_ref`` coordinate) or from ``crs`` /
+``transform`` attributes. Read window by window through xarray's lazy indexing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from ..bands import L4S_BANDS, N_BANDS
+from ..errors import InputError
+from .scene import SceneWriter
+
+
+def ingest_zarr(src: Path, dest: Path, *, chunk: int, nodata: float | None = None) -> SceneWriter:
+    try:
+        ds = xr.open_zarr(src, consolidated=False, chunks=None)
+    except Exception as exc:
+        raise InputError(f"{src}: cannot open as a Zarr dataset ({type(exc).__name__}: {exc})") from None
+    candidates = [v for v in ds.data_vars.values() if v.ndim == 3]
+    if len(candidates) != 1:
+        raise InputError(f"{src}: expected one 3-D (band, y, x) variable, found {list(ds.data_vars)}")
+    da = candidates[0]
+    if da.shape[0] != N_BANDS:
+        raise InputError(f"{src}: variable {da.name!r} should have {N_BANDS} bands "
+                         f"({', '.join(L4S_BANDS)}) on its first axis, found shape {da.shape}")
+    import rioxarray  # noqa: F401  (registers .rio)
+
+    crs = da.rio.crs or (ds.attrs.get("crs") and _crs_from(ds.attrs["crs"]))
+    if crs is None:
+        raise InputError(f"{src}: no CRS found (no spatial_ref coordinate and no 'crs' attribute)")
+    transform = tuple(ds.attrs["transform"])[:6] if "transform" in ds.attrs else tuple(da.rio.transform())[:6]
+    nodata = da.rio.nodata if nodata is None else nodata
+    writer = SceneWriter(dest, da.shape[1], da.shape[2], crs_wkt=crs.to_wkt(), transform=transform,
+                         chunk=chunk, source={"path": str(src), "kind": "zarr", "variable": str(da.name)})
+    for y0, y1, x0, x1 in writer.windows():
+        writer.write(y0, x0, np.asarray(da[:, y0:y1, x0:x1].values), nodata=nodata)
+    return writer
+
+
+def _crs_from(value):
+    from rasterio.crs import CRS
+
+    return CRS.from_user_input(value)

@@ -1,0 +1,162 @@
+"""Model folders: ``weights.pt`` (a state dict) + ``card.json`` (everything needed to use it).
+
+The card is the contract between training and inference: architecture, encoder, the input
+features and their normalisation statistics, the decision threshold, validation metrics,
+and hashes. Loading checks the weights' hash and that the weights fit the architecture.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ..bands import resolve_features
+from ..errors import ModelError
+from ..hashing import sha256_file
+from .registry import build_model
+
+CARD_FILE = "card.json"
+WEIGHTS_FILE = "weights.pt"
+
+
+class Normalization(BaseModel):
+    """Per-feature statistics: the model sees ``(x - mean) / std``."""
+
+    mean: list[float]
+    std: list[float]
+
+    @model_validator(mode="after")
+    def _check(self) -> "Normalization":
+        if len(self.mean) != len(self.std):
+            raise ValueError(f"mean has {len(self.mean)} values but std has {len(self.std)}")
+        if any(not s > 0 for s in self.std):
+            raise ValueError(f"std must be > 0 for every feature, found {self.std}")
+        return self
+
+    @classmethod
+    def identity(cls, n: int) -> "Normalization":
+        return cls(mean=[0.0] * n, std=[1.0] * n)
+
+
+class ModelCard(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    format_version: int = 1
+    name: str
+    arch: str
+    encoder: str | None
+    features: list[str]
+    in_channels: int
+    normalization: Normalization
+    threshold: float = Field(0.5, ge=0.0, le=1.0)
+    trained: bool
+    metrics: dict[str, float] = Field(default_factory=dict)
+    training: dict[str, Any] = Field(default_factory=dict)
+    data_hashes: dict[str, str] = Field(default_factory=dict)
+    weights_sha256: str = ""
+    created: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    notes: str = ""
+
+    @model_validator(mode="after")
+    def _check(self) -> "ModelCard":
+        resolve_features(self.features)
+        n = len(self.features)
+        if self.in_channels != n or len(self.normalization.mean) != n:
+            raise ValueError(
+                f"features ({n}), in_channels ({self.in_channels}) and normalisation "
+                f"({len(self.normalization.mean)} values) must agree"
+            )
+        return self
+
+
+def read_card(folder: str | Path) -> ModelCard:
+    path = Path(folder) / CARD_FILE
+    if not path.is_file():
+        raise ModelError(f"{folder}: not a model folder (expected {CARD_FILE} and {WEIGHTS_FILE})")
+    try:
+        return ModelCard.model_validate(json.loads(path.read_text()))
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"{path}: model card is not valid JSON ({exc})") from None
+    except ValidationError as exc:
+        raise ModelError(f"{path}: model card is invalid:\n{exc}") from None
+
+
+def save_model_folder(model, card: ModelCard, out: str | Path, overwrite: bool = False) -> ModelCard:
+    """Write weights + card to ``out`` atomically (a temporary folder renamed into place)."""
+    import torch
+
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise ModelError(f"{out} already exists; choose another --out or remove it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp / WEIGHTS_FILE)
+        card = card.model_copy(update={"weights_sha256": sha256_file(tmp / WEIGHTS_FILE)})
+        (tmp / CARD_FILE).write_text(card.model_dump_json(indent=2))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return card
+
+
+def load_model_folder(folder: str | Path, device: str = "cpu"):
+    """-> (eval-mode torch module on ``device``, card). Raises ModelError with specifics."""
+    import torch
+
+    folder = Path(folder)
+    card = read_card(folder)
+    weights = folder / WEIGHTS_FILE
+    if not weights.is_file():
+        raise ModelError(f"{folder}: missing {WEIGHTS_FILE}")
+    digest = sha256_file(weights)
+    if card.weights_sha256 and digest != card.weights_sha256:
+        raise ModelError(
+            f"{weights}: sha256 {digest[:12]}… does not match the card's {card.weights_sha256[:12]}…; "
+            "the weights were changed or truncated"
+        )
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for corrupt pickles/zips
+        raise ModelError(f"{weights}: cannot read checkpoint ({type(exc).__name__}: {exc})") from None
+    model = build_model(card.arch, card.encoder, card.in_channels)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = next((k for k, v in state.items() if getattr(v, "ndim", 0) == 4), None)
+        found = f"; its first conv expects {state[first].shape[1]} input channels" if first else ""
+        raise ModelError(
+            f"{weights}: weights do not fit {card.arch}/{card.encoder} with {card.in_channels} "
+            f"input channels as the card says{found}.\n{str(exc).splitlines()[0]}"
+        ) from None
+    return model.to(device).eval(), card
+
+
+def init_model_folder(arch: str, encoder: str | None, out: str | Path, seed: int = 0,
+                      features: str | list[str] | None = None, overwrite: bool = False) -> ModelCard:
+    """An *untrained* model folder (random weights from ``seed``) for smoke tests and benchmarks."""
+    import torch
+
+    from .registry import spec_for
+
+    spec = spec_for(arch, encoder)
+    feats = list(resolve_features(features if features is not None else spec.features))
+    torch.manual_seed(seed)
+    model = build_model(spec.arch, encoder, len(feats))
+    name = f"{spec.arch.lower()}_{encoder or 'plain'}".replace("-", "_")
+    card = ModelCard(
+        name=name, arch=spec.arch, encoder=encoder, features=feats, in_channels=len(feats),
+        normalization=Normalization.identity(len(feats)), trained=False,
+        training={"seed": seed}, notes="UNTRAINED: random weights, for smoke tests and benchmarks only",
+    )
+    return save_model_folder(model, card, out, overwrite=overwrite)

@@ -1,0 +1,49 @@
+"""An ensemble of model folders, loaded once, with weights and a decision threshold."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..config import EnsembleConfig
+from ..errors import ModelError
+from .card import ModelCard, load_model_folder
+
+
+@dataclass
+class Member:
+    path: Path
+    weight: float
+    card: ModelCard
+    model: torch.nn.Module
+    mean: torch.Tensor  # (F, 1, 1) on the device
+    std: torch.Tensor
+
+
+class Ensemble:
+    def __init__(self, cfg: EnsembleConfig, device: str):
+        self.device = torch.device(device)
+        self.members: list[Member] = []
+        for m in cfg.members:
+            model, card = load_model_folder(m.model, device=str(self.device))
+            norm = card.normalization
+            self.members.append(Member(
+                Path(m.model), m.weight, card, model,
+                torch.tensor(norm.mean, dtype=torch.float32, device=self.device)[:, None, None],
+                torch.tensor(norm.std, dtype=torch.float32, device=self.device)[:, None, None],
+            ))
+        if not self.members:
+            raise ModelError("the ensemble has no members")
+        total = sum(m.weight for m in self.members)
+        self.threshold = cfg.threshold if cfg.threshold is not None else \
+            sum(m.weight * m.card.threshold for m in self.members) / total
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError(f"device {device!r} requested but torch sees no CUDA GPU")
+    return device
