@@ -49,3 +49,14 @@ def ingest(src: str | Path, dest: str | Path, *, chunk: int = 512, nodata: float
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)
     return Scene(dest)
+
+
+def ingest_job(cfg, dest: Path, chunk: int) -> Scene:
+    """The scene a job maps (``cfg`` is a ``JobConfig``), stored at ``dest`` unless it is a store already."""
+    dest = Path(dest)
+    if dest.exists():
+        try:
+            return Scene(dest)  # finished by an earlier attempt of the same job
+        except InputError:
+            shutil.rmtree(dest)
+    return ingest(cfg.scene, dest, chunk=chunk, nodata=cfg.nodata)

@@ -1,0 +1,101 @@
+"""Landslide objects: connected mask regions -> polygons with per-object attributes.
+
+Blocks are vectorised one at a time (memory bounded by the block), and pieces cut by
+block edges are merged afterwards, summing their pixel statistics, so an object's
+attributes do not depend on the block grid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from rasterio import features
+from scipy import ndimage
+from shapely.geometry import shape
+from shapely.ops import unary_union
+from shapely.strtree import STRtree
+
+from ..ingest.scene import SceneInfo
+
+
+@dataclass
+class Piece:
+    geom: object
+    pixels: int
+    prob_sum: float
+    slope_sum: float
+    on_edge: bool
+
+
+@dataclass
+class ObjectCollector:
+    info: SceneInfo
+    pieces: list[Piece] = field(default_factory=list)
+
+    def add_window(self, y0: int, x0: int, mask: np.ndarray, prob: np.ndarray, slope: np.ndarray | None) -> None:
+        labels, n = ndimage.label(mask)  # 4-connectivity, as rasterio.features.shapes
+        if n == 0:
+            return
+        idx = np.arange(1, n + 1)
+        pixels = ndimage.sum_labels(np.ones_like(prob), labels, idx)
+        prob_sum = ndimage.sum_labels(prob, labels, idx)
+        slope_sum = ndimage.sum_labels(slope, labels, idx) if slope is not None else np.zeros(n)
+        edge = np.zeros(n + 1, bool)
+        h, w = mask.shape
+        for border in (labels[0], labels[-1], labels[:, 0], labels[:, -1]):
+            edge[border] = True
+        transform = self.info.affine * self.info.affine.translation(x0, y0)
+        geoms: dict[int, list] = {}
+        for geom, value in features.shapes(labels.astype(np.int32), mask=labels > 0, transform=transform):
+            geoms.setdefault(int(value), []).append(shape(geom))
+        for i in idx:
+            parts = geoms[int(i)]
+            self.pieces.append(Piece(parts[0] if len(parts) == 1 else unary_union(parts), int(pixels[i - 1]),
+                                     float(prob_sum[i - 1]), float(slope_sum[i - 1]), bool(edge[i])))
+
+    def objects(self) -> list[Piece]:
+        """Merge pieces that share an edge across window borders."""
+        inner = [p for p in self.pieces if not p.on_edge]
+        edge = [p for p in self.pieces if p.on_edge]
+        if not edge:
+            return inner
+        tree = STRtree([p.geom for p in edge])
+        parent = list(range(len(edge)))
+
+        def find(i: int) -> int:
+            while parent[i] != i:
+                parent[i] = parent[parent[i]]
+                i = parent[i]
+            return i
+
+        for i, p in enumerate(edge):
+            for j in tree.query(p.geom, predicate="intersects"):
+                if j > i and p.geom.intersection(edge[j].geom).length > 0:  # shared edge, not a corner
+                    parent[find(j)] = find(i)
+        groups: dict[int, list[Piece]] = {}
+        for i, p in enumerate(edge):
+            groups.setdefault(find(i), []).append(p)
+        merged = [Piece(unary_union([p.geom for p in g]) if len(g) > 1 else g[0].geom,
+                        sum(p.pixels for p in g), sum(p.prob_sum for p in g),
+                        sum(p.slope_sum for p in g), True) for g in groups.values()]
+        return inner + merged
+
+
+def write_polygons(dest, info: SceneInfo, objects: list[Piece], min_pixels: int, has_slope: bool) -> int:
+    """Write a GeoPackage of objects with at least ``min_pixels`` pixels; returns how many."""
+    import geopandas as gpd
+
+    pixel_area = info.pixel_area_m2
+    kept = [o for o in objects if o.pixels >= min_pixels]
+    data = {
+        "object_id": np.arange(1, len(kept) + 1, dtype=np.int64),
+        "pixels": np.array([o.pixels for o in kept], dtype=np.int64),
+        "area_m2": np.array([o.pixels * (pixel_area or np.nan) for o in kept], dtype=np.float64),
+        "mean_probability": np.array([o.prob_sum / o.pixels for o in kept], dtype=np.float64),
+        "mean_slope_deg": np.array([o.slope_sum / o.pixels if has_slope else np.nan for o in kept],
+                                   dtype=np.float64),
+    }
+    gdf = gpd.GeoDataFrame(data, geometry=[o.geom for o in kept], crs=info.crs)
+    gdf.to_file(dest, layer="landslides", driver="GPKG", engine="pyogrio")
+    return len(kept)

@@ -1,0 +1,224 @@
+"""One region job end to end: ingest -> plan -> infer -> finish.
+
+The output folder is locked while a job runs. Work in progress lives in ``OUT/.work``
+(scene store, output store, block markers); finished products are written under
+temporary names and moved into place, ``run.json`` last. Re-running an interrupted job
+resumes from its finished blocks; re-running a finished one does nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import zarr
+from filelock import FileLock, Timeout
+
+from .bands import BAND_INDEX
+from .config import JobConfig, ensemble_members
+from .errors import ConfigError, OutputLockedError
+from .hashing import sha256_tree
+from .infer.executors import StageContext, run_local, run_ray
+from .infer.stages import PredictorSpec
+from .ingest import Scene, ingest_job
+from .models.card import WEIGHTS_FILE, read_card
+from .outputs.manifest import package_versions, read_manifest, write_json_atomic
+from .outputs.polygons import ObjectCollector, write_polygons
+from .outputs.quicklook import write_quicklook
+from .outputs.rasters import windows, write_cog
+from .outputs.store import NODATA, BlockStore, create_store
+from .plan.tiling import TileGrid, plan_blocks
+
+log = logging.getLogger(__name__)
+
+OUTPUTS = {
+    "probability": "probability.tif",
+    "uncertainty": "uncertainty.tif",
+    "mask": "mask.tif",
+    "polygons": "landslides.gpkg",
+    "quicklook": "quicklook.png",
+    "zarr": "probability.zarr",
+}
+MASK_NODATA = 255
+
+
+def job_hash(cfg: JobConfig, scene_sha: str, model_shas: list[str]) -> str:
+    """Identity of a job's result: inputs, models and every setting that changes the map."""
+    key = {
+        "scene": scene_sha, "models": model_shas, "weights": [m.weight for m in ensemble_members(cfg).members],
+        **cfg.model_dump(mode="json", include={"tile", "overlap", "blend", "block", "threshold", "min_area_m2",
+                                                "min_pixels", "nodata", "inputs"}),
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def run_job(cfg: JobConfig, *, overwrite: bool = False) -> dict:
+    """Run (or resume) a job; returns the run manifest (also written to ``OUT/run.json``)."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(out / ".lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise OutputLockedError(f"{out} is being written by another job (lock {out / '.lock'} is held); "
+                                "wait for it or choose another output folder") from None
+    try:
+        return _run_locked(cfg, out, overwrite)
+    finally:
+        lock.release()
+
+
+def _run_locked(cfg: JobConfig, out: Path, overwrite: bool) -> dict:
+    t0 = time.perf_counter()
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    members = ensemble_members(cfg)
+    cards = [read_card(m.model) for m in members.members]  # fail fast on a bad model folder
+    model_shas = [sha256_tree(Path(m.model) / WEIGHTS_FILE) for m in members.members]
+    if not Path(cfg.scene).exists():
+        from .errors import InputError
+
+        raise InputError(f"scene {cfg.scene} does not exist")
+    scene_sha = sha256_tree(cfg.scene)
+    jhash = job_hash(cfg, scene_sha, model_shas)
+
+    previous = read_manifest(out)
+    if previous is not None and not overwrite:
+        if previous.get("job_hash") == jhash and all((out / f).exists() for f in OUTPUTS.values()):
+            log.info("%s already holds the finished result of this job (hash %s): nothing to do", out, jhash)
+            return {**previous, "blocks": {**previous["blocks"], "computed": 0, "resumed": previous["blocks"]["total"]},
+                    "tiles": {**previous["tiles"], "forward_passes": 0}}
+        raise ConfigError(f"{out} holds the result of a different job (hash {previous.get('job_hash')}, "
+                          f"this job {jhash}); use another output folder or --overwrite")
+
+    work = out / ".work"
+    state = work / "job.json"
+    if work.exists() and (not state.is_file() or json.loads(state.read_text()).get("job_hash") != jhash):
+        log.info("discarding unfinished work of a different job in %s", work)
+        shutil.rmtree(work)
+    work.mkdir(exist_ok=True)
+    write_json_atomic(state, {"job_hash": jhash})
+
+    chunk = min(512, cfg.block) if cfg.block % min(512, cfg.block) == 0 else cfg.block
+    t_ingest = time.perf_counter()
+    scene = ingest_job(cfg, work / "scene.zarr", chunk)
+    info = scene.info
+    grid = TileGrid(info.height, info.width, cfg.tile, cfg.stride)
+    blocks = plan_blocks(grid, cfg.block)
+    store_path = work / "probability.zarr"
+    if not store_path.exists():
+        create_store(store_path, info, cfg.block, jhash)
+    store = BlockStore(store_path, work / "blocks")
+    t_plan = time.perf_counter()
+
+    resumed = [b for b in blocks if store.is_done(b)]
+    empty = [b for b in blocks if not store.is_done(b) and not scene.read_valid(b.y0, b.y1, b.x0, b.x1).any()]
+    for b in empty:
+        store.mark_done(b)  # nothing to predict: the store's fill value is already nodata
+    todo = [b for b in blocks if b not in resumed and b not in empty]
+    log.info("scene %dx%d px, %d tiles of %d px (stride %d) in %d block(s): %d to compute, %d resumed, "
+             "%d without valid pixels", info.height, info.width, grid.n_tiles, cfg.tile, cfg.stride,
+             len(blocks), len(todo), len(resumed), len(empty))
+
+    spec = PredictorSpec(members, cfg.tile, cfg.stride, cfg.blend, cfg.batch_size, cfg.device, cfg.threads)
+    ctx = StageContext(scene.path, grid, spec, store)
+    rows = run_local(todo, ctx) if cfg.executor == "local" else run_ray(todo, ctx, cfg.ray)
+    forward = tiles = 0
+    t_infer = time.perf_counter()
+    for i, row in enumerate(rows, 1):
+        forward += row["forward_passes"]
+        tiles += row["tiles"]
+        dt = time.perf_counter() - t_infer
+        log.info("block %s done (%d/%d): %d tiles, %.1f tiles/s so far", row["key"], i, len(todo),
+                 row["tiles"], tiles / dt if dt else 0.0)
+    infer_s = time.perf_counter() - t_infer
+
+    total_w = sum(m.weight for m in members.members)
+    threshold = cfg.threshold if cfg.threshold is not None else (
+        members.threshold if members.threshold is not None
+        else sum(m.weight * c.threshold for m, c in zip(members.members, cards)) / total_w)
+    t_finish = time.perf_counter()
+    summary = _finish(cfg, scene, store_path, work, out, threshold)
+    finish_s = time.perf_counter() - t_finish
+
+    manifest = {
+        "status": "complete",
+        "job_hash": jhash,
+        "started": started,
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "timings": {"ingest_s": round(t_plan - t_ingest, 3), "infer_s": round(infer_s, 3),
+                    "finish_s": round(finish_s, 3), "total_s": round(time.perf_counter() - t0, 3)},
+        "inputs": {"scene": {"path": str(cfg.scene), "sha256": scene_sha}},
+        "warnings": list(scene.attrs.get("warnings", [])),
+        "config": cfg.model_dump(mode="json"),
+        "models": [{"path": str(m.model), "name": c.name, "arch": c.arch, "encoder": c.encoder,
+                    "features": c.features, "weight": m.weight, "trained": c.trained, "threshold": c.threshold,
+                    "sha256": sha} for m, c, sha in zip(members.members, cards, model_shas)],
+        "versions": package_versions(),
+        "scene": {"height": info.height, "width": info.width, "crs": info.crs_wkt,
+                  "transform": list(info.transform), "pixel_area_m2": info.pixel_area_m2},
+        "tiles": {"grid": grid.n_tiles, "tile": cfg.tile, "stride": cfg.stride, "forward_passes": forward,
+                  "computed_in_blocks": tiles},
+        "blocks": {"total": len(blocks), "computed": len(todo), "skipped_nodata": len(empty),
+                   "resumed": len(resumed)},
+        "summary": {**summary, "threshold": threshold},
+        "outputs": OUTPUTS,
+    }
+    write_json_atomic(out / "run.json", manifest)
+    shutil.rmtree(work)
+    log.info("finished: %s (%d landslide objects, %.3f km² of %.3f km² mapped)", out / "run.json",
+             summary["objects"], summary["landslide_area_km2"] or 0, summary["area_mapped_km2"] or 0)
+    return manifest
+
+
+def _finish(cfg: JobConfig, scene: Scene, store_path: Path, work: Path, out: Path, threshold: float) -> dict:
+    """Write the products into ``work/final`` window by window, then move them into ``out``."""
+    info = scene.info
+    final = work / "final"
+    shutil.rmtree(final, ignore_errors=True)
+    final.mkdir()
+    group = zarr.open_group(str(store_path), mode="r")
+    prob, spread = group["probability"], group["uncertainty"]
+
+    def mask_of(y0, y1, x0, x1):
+        p = prob[y0:y1, x0:x1]
+        return np.where(p < 0, MASK_NODATA, p >= threshold).astype(np.uint8)
+
+    write_cog(final / OUTPUTS["probability"], info, lambda *w: prob[w[0]:w[1], w[2]:w[3]],
+              dtype="float32", nodata=NODATA, scratch=work / "scratch.tif")
+    write_cog(final / OUTPUTS["uncertainty"], info, lambda *w: spread[w[0]:w[1], w[2]:w[3]],
+              dtype="float32", nodata=NODATA, scratch=work / "scratch.tif")
+    write_cog(final / OUTPUTS["mask"], info, mask_of, dtype="uint8", nodata=MASK_NODATA,
+              scratch=work / "scratch.tif")
+
+    has_slope = "slope" in info.band_names
+    collector = ObjectCollector(info)
+    valid_px = slide_px = 0
+    for y0, y1, x0, x1 in windows(info):
+        m = mask_of(y0, y1, x0, x1)
+        valid_px += int((m != MASK_NODATA).sum())
+        slide_px += int((m == 1).sum())
+        slope = scene.read(y0, y1, x0, x1)[0][BAND_INDEX["slope"]] if has_slope else None
+        collector.add_window(y0, x0, m == 1, prob[y0:y1, x0:x1], slope)
+    pixel_area = info.pixel_area_m2
+    min_pixels = max(cfg.min_pixels, int(np.ceil(cfg.min_area_m2 / pixel_area)) if pixel_area else 0)
+    n_objects = write_polygons(final / OUTPUTS["polygons"], info, collector.objects(), min_pixels, has_slope)
+    write_quicklook(final / OUTPUTS["quicklook"], zarr.open_group(str(scene.path), mode="r")["bands"], prob,
+                    threshold)
+    os.replace(store_path, final / OUTPUTS["zarr"])
+
+    for name in OUTPUTS.values():
+        target = out / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        os.replace(final / name, target)
+    km2 = (pixel_area or 0) / 1e6
+    return {"valid_pixels": valid_px, "landslide_pixels": slide_px, "objects": n_objects,
+            "area_mapped_km2": valid_px * km2 if pixel_area else None,
+            "landslide_area_km2": slide_px * km2 if pixel_area else None}
