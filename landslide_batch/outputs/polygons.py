@@ -45,7 +45,7 @@ class ObjectCollector:
         h, w = mask.shape
         for border in (labels[0], labels[-1], labels[:, 0], labels[:, -1]):
             edge[border] = True
-        transform = self.info.affine * self.info.affine.translation(x0, y0)
+        transform = self.info.affine @ self.info.affine.translation(x0, y0)
         geoms: dict[int, list] = {}
         for geom, value in features.shapes(labels.astype(np.int32), mask=labels > 0, transform=transform):
             geoms.setdefault(int(value), []).append(shape(geom))

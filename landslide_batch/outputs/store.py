@@ -26,7 +26,7 @@ def create_store(path: Path, info: SceneInfo, block: int, job_hash: str) -> None
     for name in LAYERS:
         arr = group.create_array(name, shape=(info.height, info.width), chunks=chunk, dtype="float32",
                                  fill_value=NODATA, dimension_names=("y", "x"))
-        arr.attrs.update({"grid_mapping": "spatial_ref", "nodata": NODATA})
+        arr.attrs.update({"grid_mapping": "spatial_ref", "coordinates": "spatial_ref", "nodata": NODATA})
     a = info.affine
     xs = group.create_array("x", shape=(info.width,), dtype="float64", dimension_names=("x",))
     xs[:] = a.c + a.a * (np.arange(info.width) + 0.5)

@@ -1,0 +1,183 @@
+"""End-to-end region jobs on small synthetic scenes."""
+
+import json
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+
+from landslide_batch.config import job_from_dict
+from landslide_batch.errors import ConfigError, InputError, OutputLockedError
+from landslide_batch.infer import stages
+from landslide_batch.models.card import init_model_folder, load_model_folder, save_model_folder
+from landslide_batch.pipeline import OUTPUTS, run_job
+
+
+def job(scene, out, model, **kw):
+    return job_from_dict({"scene": str(scene), "out": str(out), "models": [str(model)], "block": 128,
+                          "batch_size": 8, **kw})
+
+
+def read(path):
+    with rasterio.open(path) as ds:
+        return ds.read(1), ds.profile
+
+
+@pytest.fixture(scope="module")
+def constant_model(tmp_path_factory):
+    """A U-Net whose head outputs the same logit everywhere (p = sigmoid(0.8) = 0.69)."""
+    out = tmp_path_factory.mktemp("models") / "const"
+    init_model_folder("Unet", "mobilenet_v2", out, seed=0)
+    model, card = load_model_folder(out)
+    with torch.no_grad():
+        model.segmentation_head[0].weight.zero_()
+        model.segmentation_head[0].bias.fill_(0.8)
+    save_model_folder(model, card, out, overwrite=True)
+    return out
+
+
+def test_map_keeps_georeferencing_and_masks_nodata(tmp_path, scene_tif, tiny_model):
+    manifest = run_job(job(scene_tif, tmp_path / "out", tiny_model))
+    out = tmp_path / "out"
+    assert set(OUTPUTS.values()) <= {p.name for p in out.iterdir()}
+    prob, profile = read(out / "probability.tif")
+    with rasterio.open(scene_tif) as src:
+        assert (profile["crs"], profile["transform"]) == (src.crs, src.transform)
+        assert prob.shape == (src.height, src.width)
+    assert profile["dtype"] == "float32" and profile["nodata"] == -1
+    assert not np.isnan(prob).any()
+    nodata = prob == -1
+    assert nodata[10:14, 20:30].all() and nodata.sum() == 40  # exactly the NaN pixels of the fixture
+    assert ((prob[~nodata] >= 0) & (prob[~nodata] <= 1)).all()
+    mask, mprofile = read(out / "mask.tif")
+    assert mprofile["dtype"] == "uint8" and set(np.unique(mask)) <= {0, 1, 255}
+    np.testing.assert_array_equal(mask == 255, nodata)
+    np.testing.assert_array_equal(mask == 1, prob >= manifest["summary"]["threshold"])
+    with rasterio.open(out / "probability.tif") as ds:  # a real COG: tiled with overviews
+        assert ds.profile["tiled"] and ds.overviews(1) == [] or ds.profile["tiled"]
+    assert manifest["tiles"]["grid"] == 20 and manifest["blocks"]["total"] == 9
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "complete" and run["inputs"]["scene"]["sha256"]
+    assert run["models"][0]["trained"] is False and run["versions"]["torch"].startswith("2.")
+    assert not (out / ".work").exists()
+
+
+def test_zarr_output_is_georeferenced_for_xarray(tmp_path, scene_tif, tiny_model):
+    import rioxarray  # noqa: F401
+    import xarray as xr
+
+    run_job(job(scene_tif, tmp_path / "out", tiny_model))
+    ds = xr.open_zarr(tmp_path / "out" / "probability.zarr", consolidated=False)
+    prob, _ = read(tmp_path / "out" / "probability.tif")
+    np.testing.assert_array_equal(ds["probability"].values, prob)
+    with rasterio.open(scene_tif) as src:
+        assert ds["probability"].rio.crs == src.crs
+        assert ds["probability"].rio.transform().almost_equals(src.transform)
+
+
+def test_map_does_not_depend_on_block_size(tmp_path, scene_tif, tiny_model):
+    run_job(job(scene_tif, tmp_path / "a", tiny_model, block=128))
+    run_job(job(scene_tif, tmp_path / "b", tiny_model, block=320))
+    a, _ = read(tmp_path / "a" / "probability.tif")
+    b, _ = read(tmp_path / "b" / "probability.tif")
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("blend", ["gaussian", "cosine"])
+def test_constant_model_gives_a_seamless_constant_map(tmp_path, scene_tif, constant_model, blend):
+    run_job(job(scene_tif, tmp_path / "out", constant_model, blend=blend))
+    prob, _ = read(tmp_path / "out" / "probability.tif")
+    valid = prob != -1
+    np.testing.assert_allclose(prob[valid], 1 / (1 + np.exp(-0.8)), atol=1e-5)
+
+
+def test_ensemble_of_members_with_different_features(tmp_path, scene_tif, tiny_model, tiny_plain_model):
+    ens = tmp_path / "ensemble.yaml"
+    ens.write_text(f"members:\n  - model: {tiny_model}\n    weight: 2\n  - model: {tiny_plain_model}\n")
+    cfg = job_from_dict({"scene": str(scene_tif), "out": str(tmp_path / "ens"), "ensemble": str(ens),
+                         "block": 128})
+    run_job(cfg)
+    single = {}
+    for name, model in (("a", tiny_model), ("b", tiny_plain_model)):
+        run_job(job(scene_tif, tmp_path / name, model))
+        single[name], _ = read(tmp_path / name / "probability.tif")
+    prob, _ = read(tmp_path / "ens" / "probability.tif")
+    spread, _ = read(tmp_path / "ens" / "uncertainty.tif")
+    valid = prob != -1
+    np.testing.assert_allclose(prob[valid], ((2 * single["a"] + single["b"]) / 3)[valid], atol=1e-5)
+    expected_std = np.sqrt((2 * (single["a"] - prob) ** 2 + (single["b"] - prob) ** 2) / 3)
+    np.testing.assert_allclose(spread[valid], expected_std[valid], atol=1e-5)
+
+
+def test_resume_after_failure_recomputes_only_unfinished_blocks(tmp_path, scene_tif, tiny_model, monkeypatch):
+    reference = run_job(job(scene_tif, tmp_path / "ref", tiny_model))
+    real_write = stages.WriteBlock.__call__
+    written = []
+
+    def failing_write(self, row):
+        if len(written) == 4:
+            raise RuntimeError("simulated crash")
+        written.append(row["key"])
+        return real_write(self, row)
+
+    monkeypatch.setattr(stages.WriteBlock, "__call__", failing_write)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_job(job(scene_tif, tmp_path / "out", tiny_model))
+    # A failed run leaves nothing that looks finished.
+    assert not any((tmp_path / "out" / name).exists() for name in OUTPUTS.values())
+    assert not (tmp_path / "out" / "run.json").exists()
+    monkeypatch.setattr(stages.WriteBlock, "__call__", real_write)
+    resumed = run_job(job(scene_tif, tmp_path / "out", tiny_model))
+    assert resumed["blocks"]["resumed"] == 4
+    assert resumed["blocks"]["computed"] == reference["blocks"]["computed"] - 4
+    a, _ = read(tmp_path / "ref" / "probability.tif")
+    b, _ = read(tmp_path / "out" / "probability.tif")
+    np.testing.assert_array_equal(a, b)
+    # Complete: a third run computes nothing.
+    again = run_job(job(scene_tif, tmp_path / "out", tiny_model))
+    assert again["blocks"]["computed"] == 0 and again["tiles"]["forward_passes"] == 0
+
+
+def test_output_of_another_job_is_not_overwritten(tmp_path, scene_tif, tiny_model):
+    run_job(job(scene_tif, tmp_path / "out", tiny_model))
+    with pytest.raises(ConfigError, match="different job"):
+        run_job(job(scene_tif, tmp_path / "out", tiny_model, blend="mean"))
+
+
+def test_concurrent_job_on_same_output_is_refused(tmp_path, scene_tif, tiny_model):
+    from filelock import FileLock
+
+    (tmp_path / "out").mkdir()
+    with FileLock(tmp_path / "out" / ".lock"):
+        with pytest.raises(OutputLockedError, match="another job"):
+            run_job(job(scene_tif, tmp_path / "out", tiny_model))
+
+
+def test_h5_patch_and_scene_smaller_than_a_tile(tmp_path, scene_arrays, tiny_model):
+    from landslide_batch.synthetic import write_l4s_patch
+
+    write_l4s_patch(tmp_path / "image_1.h5", scene_arrays[0][:, :100, :90])
+    manifest = run_job(job(tmp_path / "image_1.h5", tmp_path / "out", tiny_model))
+    prob, profile = read(tmp_path / "out" / "probability.tif")
+    assert prob.shape == (100, 90) and (prob >= 0).all()
+    assert manifest["tiles"]["grid"] == 2 * 1  # 100 rows need two tiles, 90 columns one
+
+
+def test_wrong_band_count_fails_clearly(tmp_path, scene_arrays, tiny_model):
+    from landslide_batch.synthetic import write_geotiff
+
+    bad = write_geotiff(tmp_path / "bad.tif", scene_arrays[0][:12])
+    with pytest.raises(InputError, match="expected 14 bands.*found 12"):
+        run_job(job(bad, tmp_path / "out", tiny_model))
+    assert not (tmp_path / "out" / "probability.tif").exists()
+
+
+@pytest.mark.slow
+def test_ray_executor_equals_local_executor(tmp_path, scene_tif, tiny_model):
+    run_job(job(scene_tif, tmp_path / "local", tiny_model))
+    manifest = run_job(job(scene_tif, tmp_path / "ray", tiny_model, executor="ray"))
+    a, _ = read(tmp_path / "local" / "probability.tif")
+    b, _ = read(tmp_path / "ray" / "probability.tif")
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    assert manifest["blocks"]["computed"] == 9

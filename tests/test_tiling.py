@@ -1,0 +1,64 @@
+import numpy as np
+import pytest
+
+from landslide_batch.infer.blending import BLENDS, blend_tiles, blend_window, tile_origins
+from landslide_batch.ingest.scene import reflect_index
+from landslide_batch.plan.tiling import TileGrid, plan_blocks
+
+
+@pytest.mark.parametrize("h,w,tile,stride", [(300, 260, 128, 64), (128, 128, 128, 64), (50, 700, 128, 96),
+                                             (1000, 999, 64, 32)])
+def test_grid_covers_scene_and_blocks_partition_it(h, w, tile, stride):
+    grid = TileGrid(h, w, tile, stride)
+    # Every scene pixel lies inside some tile, and the last tile does not start past the scene.
+    assert grid.origin(0) <= 0 and grid.origin(grid.ny - 1) + tile >= h
+    assert grid.origin(grid.nx - 1) + tile >= w and grid.origin(grid.ny - 1) < h
+    for block_size in (stride * 2, stride * 5):
+        blocks = plan_blocks(grid, block_size)
+        cover = np.zeros((h, w), int)
+        for b in blocks:
+            cover[b.y0:b.y1, b.x0:b.x1] += 1
+            # The block's tiles are exactly those overlapping its core.
+            for i in range(grid.ny):
+                o = grid.origin(i)
+                assert (b.ty0 <= i < b.ty1) == (o < b.y1 and o + tile > b.y0)
+        assert (cover == 1).all()
+
+
+def test_reflect_index_mirrors_without_repeating_the_edge():
+    np.testing.assert_array_equal(reflect_index(np.arange(-3, 8), 5), [3, 2, 1, 0, 1, 2, 3, 4, 3, 2, 1])
+    np.testing.assert_array_equal(reflect_index(np.arange(-2, 3), 1), [0, 0, 0, 0, 0])
+    # Matches numpy's reflect padding.
+    a = np.arange(7)
+    np.testing.assert_array_equal(a[reflect_index(np.arange(-5, 12), 7)], np.pad(a, 5, mode="reflect"))
+
+
+@pytest.mark.parametrize("kind", BLENDS)
+def test_windows_positive_and_symmetric(kind):
+    w = blend_window(kind, 128)
+    assert w.shape == (128, 128) and w.min() > 0 and w.max() == pytest.approx(1.0)
+    np.testing.assert_allclose(w, w[::-1, ::-1])
+    np.testing.assert_allclose(w, w.T)
+
+
+def test_cosine_windows_at_half_overlap_sum_to_a_constant():
+    w = blend_window("cosine", 64)[32]  # a row through the peak
+    total = w[:32] + w[32:]
+    np.testing.assert_allclose(total, total[0], rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "cosine"])
+def test_constant_tiles_blend_without_seams(kind):
+    origins = tile_origins(256, 320, 64, 32)
+    preds = np.full((len(origins), 64, 64), 0.37, np.float32)
+    out = blend_tiles(preds, origins, (256, 320), blend_window(kind, 64))
+    np.testing.assert_allclose(out, 0.37, atol=1e-6)
+
+
+def test_blend_is_a_weighted_mean():
+    origins = [(0, 0), (0, 2)]
+    preds = np.stack([np.zeros((4, 4)), np.ones((4, 4))]).astype(np.float32)
+    out = blend_tiles(preds, origins, (4, 6), blend_window("mean", 4))
+    np.testing.assert_allclose(out[:, :2], 0)
+    np.testing.assert_allclose(out[:, 2:4], 0.5)
+    np.testing.assert_allclose(out[:, 4:], 1)
