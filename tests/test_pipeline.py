@@ -56,7 +56,7 @@ def test_map_keeps_georeferencing_and_masks_nodata(tmp_path, scene_tif, tiny_mod
     np.testing.assert_array_equal(mask == 1, prob >= manifest["summary"]["threshold"])
     with rasterio.open(out / "probability.tif") as ds:  # a real COG: tiled with overviews
         assert ds.profile["tiled"] and ds.overviews(1) == [] or ds.profile["tiled"]
-    assert manifest["tiles"]["grid"] == 20 and manifest["blocks"]["total"] == 9
+    assert manifest["tiles"]["grid"] == 25 and manifest["blocks"]["total"] == 9
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "complete" and run["inputs"]["scene"]["sha256"]
     assert run["models"][0]["trained"] is False and run["versions"]["torch"].startswith("2.")
@@ -161,7 +161,7 @@ def test_h5_patch_and_scene_smaller_than_a_tile(tmp_path, scene_arrays, tiny_mod
     manifest = run_job(job(tmp_path / "image_1.h5", tmp_path / "out", tiny_model))
     prob, profile = read(tmp_path / "out" / "probability.tif")
     assert prob.shape == (100, 90) and (prob >= 0).all()
-    assert manifest["tiles"]["grid"] == 2 * 1  # 100 rows need two tiles, 90 columns one
+    assert manifest["tiles"]["grid"] == 2 * 2  # a one-stride margin, then one more tile per axis
 
 
 def test_wrong_band_count_fails_clearly(tmp_path, scene_arrays, tiny_model):

@@ -1,8 +1,11 @@
 """The tile grid and its blocks: pure integer geometry, no I/O.
 
-Tiles of ``tile`` px at ``stride`` px steps start ``margin = (tile - stride) // 2`` px before
-the scene origin, so border pixels are not seen only at a tile's edge. Pixels outside the
-scene are mirrored from inside (see ``Scene.read_reflected``).
+Tiles of ``tile`` px at ``stride`` px steps start ``margin`` px before the scene origin, so
+border pixels are not seen only at a tile's edge (at 50 % overlap the margin is one stride,
+and the first tile has pixel 0 at its centre). The margin is a whole number of strides, so
+tile origins fall on block edges (blocks are multiples of the stride): only
+``tile / stride - 1`` tiles straddle each block edge. Pixels outside the scene are mirrored
+from inside (see ``Scene.read_reflected``).
 
 A block is a chunk-aligned rectangle of *output* pixels (its core). It predicts every tile
 that overlaps its core, so a pixel always blends the same set of tiles whatever the block
@@ -24,7 +27,7 @@ class TileGrid:
 
     @property
     def margin(self) -> int:
-        return (self.tile - self.stride) // 2
+        return self.stride * (self.tile // (2 * self.stride))
 
     def _count(self, n: int) -> int:
         reach = n + self.margin - self.tile  # pixels left after the first tile
