@@ -1,0 +1,198 @@
+"""Streamlit page: try model folders on one uploaded patch, or browse a finished region run.
+
+Started by ``landslide-batch app`` (which passes ``--models-dir`` / ``--runs-dir`` on as the
+``LANDSLIDE_BATCH_MODELS`` / ``LANDSLIDE_BATCH_RUNS`` environment variables). The page only
+lays things out; what it computes lives in ``logic``. Uploads work in ``AppTest`` too
+(``at.file_uploader(key="patch").upload(name, bytes)``), so the page needs no test hook.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+
+from landslide_batch.app import logic
+from landslide_batch.errors import LandslideBatchError
+from landslide_batch.infer.predictor import EnsemblePredictor
+from landslide_batch.metrics import confusion_counts, scores
+
+#: Models shown next to each other per row in all-models mode.
+COLUMNS = 4
+SCORES = {"precision": "Precision", "recall": "Recall", "f1": "F1", "iou": "IoU"}
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _predictor(path: str, stamp: tuple[int, int]) -> EnsemblePredictor:
+    """Models load once per server; ``stamp`` (file times) reloads a folder that changed."""
+    return logic.load_predictor(Path(path))
+
+
+def _card(where, model: logic.ModelEntry) -> None:
+    card = model.card
+    if not card.trained:
+        where.error("UNTRAINED: random weights, predictions are meaningless")
+    metrics = ", ".join(f"{k} {v:.3f}" for k, v in card.metrics.items()) or "none recorded"
+    where.markdown(f"**{card.name}**  \n"
+                   f"Architecture: `{card.arch}`  \nEncoder: `{card.encoder or '—'}`  \n"
+                   f"Input features: {', '.join(card.features)}  \nThreshold: {card.threshold:.2f}  \n"
+                   f"Validation metrics: {metrics}")
+
+
+def _choose_models() -> tuple[list[logic.ModelEntry], bool]:
+    """Sidebar: models folder, one model or all, and their cards."""
+    sb = st.sidebar
+    folder = Path(sb.text_input("Models folder", str(logic.default_models_dir()),
+                                help=f"folders holding card.json + weights.pt; default ${logic.MODELS_ENV}"))
+    models, problems = logic.find_models(folder)
+    for problem in problems:
+        sb.warning(problem)
+    if not models:
+        st.warning(f"No model folders (card.json + weights.pt) under {folder}. Start the app with "
+                   f"`landslide-batch app --models-dir DIR` or set {logic.MODELS_ENV}.")
+        return [], False
+    run_all = sb.checkbox(f"Run all models ({len(models)})", key="run_all")
+    if run_all:
+        for m in models:
+            _card(sb.expander(m.label, expanded=not m.card.trained), m)
+        return models, True
+    i = sb.selectbox("Model", range(len(models)), format_func=lambda k: models[k].label, key="model")
+    _card(sb, models[i])
+    return [models[i]], False
+
+
+def _downloads(where, pred: logic.Prediction, patch: logic.Patch) -> None:
+    stem = f"{Path(patch.name).stem}_{pred.model.path.name}"
+    mask = pred.mask.astype(np.uint8)
+    files = [("probability .npy", f"{stem}_probability.npy", logic.npy_bytes(pred.probability)),
+             ("mask .npy", f"{stem}_mask.npy", logic.npy_bytes(mask))]
+    if patch.georeferenced:
+        files += [("probability .tif", f"{stem}_probability.tif",
+                   logic.geotiff_bytes(pred.probability, patch, nodata=float("nan"))),
+                  ("mask .tif", f"{stem}_mask.tif", logic.geotiff_bytes(mask, patch))]
+    for label, name, data in files:
+        where.download_button(label, data, file_name=name, mime="application/octet-stream",
+                              on_click="ignore", key=f"dl-{name}")
+
+
+def _show(patch: logic.Patch, preds: list[logic.Prediction], truth: np.ndarray | None, rgb: np.ndarray) -> None:
+    def panels(pred: logic.Prediction) -> list[tuple[np.ndarray, str]]:
+        return [(pred.mask.astype(np.uint8) * 255, f"Mask (threshold {pred.threshold:.2f})"),
+                (logic.overlay(rgb, pred.mask), "Overlay on RGB"),
+                (logic.probability_image(pred.probability), "Probability (viridis, 0 → 1)")]
+
+    rows = []
+    if truth is not None:
+        for pred in preds:
+            c = confusion_counts(pred.mask, truth, patch.valid)
+            rows.append({"model": pred.model.label, **{k: round(v, 4) for k, v in scores(c).items()},
+                         "tp": c.tp, "fp": c.fp, "fn": c.fn})
+    if len(preds) == 1:
+        pred = preds[0]
+        st.subheader(pred.model.label + ("" if pred.model.card.trained else " — UNTRAINED"))
+        cols = st.columns(4)
+        for col, (img, caption) in zip(cols, [(rgb, "RGB (B4, B3, B2)"), *panels(pred)]):
+            col.image(logic.enlarge(img), caption=caption, width="stretch")
+        if rows:
+            for col, (key, label) in zip(st.columns(4), SCORES.items()):
+                col.metric(label, f"{rows[0][key]:.3f}")
+        _downloads(st.container(horizontal=True), pred, patch)
+        return
+    st.image(logic.enlarge(rgb, 256), caption="RGB (B4, B3, B2)")
+    if rows:
+        st.dataframe(rows, hide_index=True)
+    for start in range(0, len(preds), COLUMNS):
+        for col, pred in zip(st.columns(COLUMNS), preds[start:start + COLUMNS]):
+            col.markdown(f"**{pred.model.label}**" + ("" if pred.model.card.trained else "  \n:red[UNTRAINED]"))
+            for img, caption in panels(pred):
+                col.image(logic.enlarge(img), caption=caption, width="stretch")
+            _downloads(col, pred, patch)
+
+
+def patch_mode() -> None:
+    st.header("Try models on a patch")
+    models, run_all = _choose_models()
+    if not models:
+        return
+    upload = st.file_uploader("Patch: L4S image_N.h5 or a small 14-band GeoTIFF",
+                              type=["h5", "hdf5", "tif", "tiff"], key="patch")
+    truth_upload = st.file_uploader("Ground truth (optional): L4S mask_N.h5 or a 1-band GeoTIFF",
+                                    type=["h5", "hdf5", "tif", "tiff"], key="truth")
+    if upload is None:
+        st.info("Upload a patch to map it.")
+        return
+    try:
+        patch = logic.load_patch(upload.name, upload.getvalue())
+        truth = (logic.load_mask(truth_upload.name, truth_upload.getvalue(), patch.valid.shape)
+                 if truth_upload is not None else None)
+    except LandslideBatchError as exc:
+        st.error(str(exc))
+        return
+    h, w = patch.valid.shape
+    st.caption(f"{patch.name}: {h} x {w} px, {patch.valid.mean():.0%} valid"
+               + (", georeferenced" if patch.georeferenced else ""))
+    # Predictions live in the session so reruns (other widgets) show them without recomputing.
+    key = (upload.file_id, tuple(str(m.path) for m in models))
+    if st.button("Run all models" if run_all else f"Run {models[0].label}", type="primary"):
+        try:
+            with st.spinner("Running…"):
+                preds = [logic.predict(_predictor(str(m.path), m.stamp), m, patch) for m in models]
+        except LandslideBatchError as exc:
+            st.error(str(exc))
+            return
+        st.session_state["results"] = (key, preds)
+    stored = st.session_state.get("results")
+    if stored and stored[0] == key:
+        _show(patch, stored[1], truth, logic.rgb_composite(patch))
+
+
+def runs_mode() -> None:
+    st.header("Region runs")
+    root = Path(st.sidebar.text_input("Runs folder", str(logic.default_runs_dir()),
+                                      help=f"a job's output folder or a folder of them; default ${logic.RUNS_ENV}"))
+    runs = logic.find_runs(root)
+    if not runs:
+        st.info(f"No finished runs (folders with {logic.RUN_FILE}) in {root}.")
+        return
+    folder = st.sidebar.selectbox("Run", runs, format_func=lambda p: p.name or str(p), key="run")
+    try:
+        run = logic.read_run(folder)
+    except LandslideBatchError as exc:
+        st.error(str(exc))
+        return
+    st.subheader(str(folder))
+    if run.get("status") != "complete":
+        st.warning(f"Run status is {run.get('status')!r}, not 'complete': outputs may be missing or partial.")
+    for col, (label, value) in zip(st.columns(4), logic.run_headline(run)):
+        col.metric(label, value)
+    files, folders = logic.run_files(folder, run)
+    quicklook = next((f.path for f in files if f.label == "quicklook"), None)
+    left, right = st.columns([3, 2])
+    if quicklook is not None:
+        left.image(str(quicklook), caption="Quicklook", width="stretch")
+    else:
+        left.info("No quicklook image in this run.")
+    fields, values = zip(*logic.run_details(run))
+    right.table({"field": fields, "value": values})
+    models = logic.run_models(run)
+    if models:
+        st.markdown("**Models**")
+        st.table(models)
+    st.markdown("**Downloads**")
+    bar = st.container(horizontal=True)
+    for f in files:  # a callable is read only on click: region outputs can be hundreds of MB
+        bar.download_button(f"{f.path.name} ({f.size_label})", f.path.read_bytes,
+                            file_name=f.path.name, on_click="ignore", key=f"run-{f.label}")
+    for f in folders:
+        st.caption(f"{f.label}: {f.path.name} is a folder (Zarr store); copy it from {f.path}")
+    with st.expander("Job config, versions"):
+        st.json({"config": run.get("config"), "versions": run.get("versions")}, expanded=False)
+
+
+st.set_page_config(page_title="landslide-batch", page_icon="⛰", layout="wide")
+st.sidebar.title("landslide-batch")
+if st.sidebar.radio("Mode", ["Patch", "Runs"], horizontal=True, key="mode") == "Patch":
+    patch_mode()
+else:
+    runs_mode()
