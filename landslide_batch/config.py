@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
+from .ingest.inputs import SceneInputs
 
 
 class _Strict(BaseModel):
@@ -49,6 +50,7 @@ class JobConfig(_Strict):
     min_area_m2: float = Field(0.0, ge=0)
     min_pixels: int = Field(4, ge=1)
     nodata: float | None = None
+    inputs: SceneInputs | None = None  # band files / STAC item / DEM / AOI settings, see docs/inputs.md
     ray: RaySettings = Field(default_factory=RaySettings)
 
     @field_validator("device")
@@ -115,6 +117,8 @@ def job_from_dict(data: dict, base: Path = Path("."), where: str = "job") -> Job
     for field in ("scene", "out", "ensemble"):
         setattr(cfg, field, _rebase(base, getattr(cfg, field)))
     cfg.models = [_rebase(base, m) for m in cfg.models]
+    if cfg.inputs is not None:
+        cfg.inputs = cfg.inputs.rebase(base)
     return cfg
 
 

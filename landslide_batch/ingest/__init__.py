@@ -1,43 +1,116 @@
-"""Ingest: GeoTIFF / L4S .h5 / Zarr -> a scene store (see ``scene.py`` for the layout)."""
+"""Ingest: GeoTIFF / L4S .h5 / Zarr / Sentinel-2 band files / STAC item -> a scene store.
+
+``scene.py`` describes the store. Inputs, by what ``src`` is:
+
+- a scene store: opened as it is;
+- a Zarr store (folder with ``zarr.json`` / ``.zgroup``): ``zarr_store.py``;
+- any other folder (a SAFE product, a folder of band GeoTIFFs / JP2s): assembled from
+  the band files, see ``sentinel2.py`` and ``assemble.py``;
+- a ``.json`` file: a STAC item, assembled from its assets (``stac.py``);
+- ``.h5``: an L4S patch (``h5patch.py``);
+- any other raster: a 14-band L4S-ordered stack (``geotiff.py``; with ``inputs``, assembled
+  so that AOI, SCL and DEM settings apply).
+
+``inputs`` (:class:`SceneInputs`, the job's ``inputs:``) sets the band mapping, DEM/slope,
+SCL, AOI, reflectance scaling and the B10 rule; ``docs/inputs.md`` documents them.
+"""
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import InputError
-from .scene import SCENE_FORMAT, Scene, SceneInfo, SceneWriter, reflect_index
+from .inputs import SceneInputs
 
-__all__ = ["Scene", "SceneInfo", "SceneWriter", "ingest", "is_scene_store", "reflect_index"]
+if TYPE_CHECKING:
+    from ..config import JobConfig
+    from .scene import Scene, SceneInfo, SceneWriter, reflect_index  # noqa: F401
+
+_SCENE_NAMES = ("SCENE_FORMAT", "Scene", "SceneInfo", "SceneWriter", "reflect_index")
+
+
+def __getattr__(name: str):
+    # The scene store (zarr, rasterio) loads on first use, so that importing the job config
+    # (which holds SceneInputs) stays light.
+    if name in _SCENE_NAMES:
+        from . import scene
+
+        return getattr(scene, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Scene", "SceneInfo", "SceneInputs", "SceneWriter", "ingest", "ingest_job", "is_scene_store",
+           "reflect_index"]
 
 
 def is_scene_store(path: Path) -> bool:
+    from .scene import SCENE_FORMAT
+
     meta = path / "zarr.json"
     return meta.is_file() and SCENE_FORMAT in meta.read_text(errors="replace")
 
 
-def ingest(src: str | Path, dest: str | Path, *, chunk: int = 512, nodata: float | None = None) -> Scene:
+def _is_zarr(path: Path) -> bool:
+    return any((path / name).is_file() for name in ("zarr.json", ".zgroup", ".zarray", ".zmetadata"))
+
+
+def ingest(src: str | Path, dest: str | Path, *, chunk: int = 512, nodata: float | None = None,
+           inputs: SceneInputs | None = None, notes: list[str] | None = None,
+           b10_note: str | None = None) -> "Scene":
     """Open ``src`` as a scene, converting into ``dest`` when it is not a scene store already.
 
-    The store is built under a temporary name and renamed when complete.
+    ``inputs`` applies to band-file folders, STAC items and 14-band stacks (for folders and
+    STAC items the defaults apply when it is None). ``notes`` are warnings recorded with the
+    scene's own. The store is built under a temporary name and renamed when complete.
     """
+    from .scene import Scene
+
     src, dest = Path(src), Path(dest)
     if not src.exists():
         raise InputError(f"scene {src} does not exist")
     if src.is_dir() and is_scene_store(src):
+        if inputs is not None:
+            raise InputError(f"{src} is a scene store already; 'inputs' (band mapping, AOI, SCL...) applies only "
+                             "to raw inputs: point 'scene' at the band files, STAC item or stack instead")
         return Scene(src)
+    suffix = src.suffix.lower()
+    if inputs is not None and (suffix in (".h5", ".hdf5") or (src.is_dir() and _is_zarr(src))):
+        raise InputError(f"{src}: 'inputs' applies to band-file folders, STAC items and 14-band rasters, "
+                         "not to L4S .h5 patches or Zarr stores")
     tmp = dest.with_name(dest.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    suffix = src.suffix.lower()
     try:
-        if src.is_dir():
+        if src.is_dir() and _is_zarr(src):
             from .zarr_store import ingest_zarr
 
             writer = ingest_zarr(src, tmp, chunk=chunk, nodata=nodata)
+        elif src.is_dir() or suffix == ".json":
+            from .assemble import assemble
+
+            inputs = inputs or SceneInputs()
+            if src.is_dir():
+                from .sentinel2 import plan_folder
+
+                plan = plan_folder(src, inputs)
+            else:
+                from .stac import plan_stac
+
+                plan = plan_stac(src, inputs)
+            writer = assemble(plan, tmp, chunk=chunk, inputs=inputs, nodata=nodata, notes=notes, b10_note=b10_note)
         elif suffix in (".h5", ".hdf5"):
             from .h5patch import ingest_h5
 
             writer = ingest_h5(src, tmp, chunk=chunk, nodata=nodata)
+        elif inputs is not None:
+            from .assemble import assemble
+            from .sentinel2 import plan_stack
+
+            writer = assemble(plan_stack(src, inputs), tmp, chunk=chunk, inputs=inputs, nodata=nodata,
+                              notes=notes, b10_note=b10_note)
         else:
             from .geotiff import ingest_geotiff
 
@@ -51,12 +124,101 @@ def ingest(src: str | Path, dest: str | Path, *, chunk: int = 512, nodata: float
     return Scene(dest)
 
 
-def ingest_job(cfg, dest: Path, chunk: int) -> Scene:
-    """The scene a job maps (``cfg`` is a ``JobConfig``), stored at ``dest`` unless it is a store already."""
+def ingest_job(cfg: "JobConfig", dest: str | Path, chunk: int = 512) -> "Scene":
+    """The pipeline's ingest: ``cfg.scene`` (+ ``cfg.inputs``) -> the scene store at ``dest``.
+
+    Without ``inputs`` this is ``ingest(cfg.scene, dest, chunk=chunk, nodata=cfg.nodata)``.
+    With ``inputs.b10 == 'model_mean'`` the job's model cards give the B10 fill value.
+    """
+    from .scene import Scene
+
     dest = Path(dest)
     if dest.exists():
         try:
-            return Scene(dest)  # finished by an earlier attempt of the same job
+            return Scene(dest)  # finished by an interrupted attempt of the same job: resume from it
         except InputError:
             shutil.rmtree(dest)
-    return ingest(cfg.scene, dest, chunk=chunk, nodata=cfg.nodata)
+    inputs = cfg.inputs
+    if inputs is None:
+        return ingest(cfg.scene, dest, chunk=chunk, nodata=cfg.nodata)
+    notes: list[str] = []
+    b10_note = None
+    if inputs.b10 == "model_mean":
+        value, b10_note, notes = _b10_model_mean(cfg)
+        inputs = inputs.model_copy(update={"b10": "constant", "b10_value": value})
+    scene = ingest(cfg.scene, dest, chunk=chunk, nodata=cfg.nodata, inputs=inputs, notes=notes, b10_note=b10_note)
+    extra = _units_warnings(cfg, scene)
+    if extra:
+        import zarr
+
+        for msg in extra:
+            log.warning("%s", msg)
+        group = zarr.open_group(str(scene.path), mode="r+")
+        group.attrs["warnings"] = list(group.attrs.get("warnings", [])) + extra
+        scene = type(scene)(scene.path)
+    return scene
+
+
+_FEATURE_LAYER = {"R": "B4", "G": "B3", "B": "B2"}
+
+
+def _units_warnings(cfg: "JobConfig", scene: "Scene") -> list[str]:
+    """Warn when the scene's layer means and a trained model's training means differ by a large
+    factor: the usual sign that the scene's units (``inputs.units``) are not the model's."""
+    from statistics import median
+
+    from ..bands import BAND_INDEX, resolve_features
+    from ..config import ensemble_members
+    from ..errors import LandslideBatchError
+    from ..models.card import read_card
+
+    info = scene.attrs.get("ingest") or {}
+    stats, factors = info.get("stats_physical_units") or {}, info.get("unit_factors")
+    try:
+        cards = [read_card(m.model) for m in ensemble_members(cfg).members]
+    except LandslideBatchError:
+        return []  # the pipeline reports unreadable models itself
+    out = []
+    for card in cards:
+        if not card.trained:
+            continue
+        ratios = []
+        for feature, mean in zip(resolve_features(card.features), card.normalization.mean):
+            layer = _FEATURE_LAYER.get(feature, feature)
+            s = stats.get(layer, {}).get("mean")
+            if layer not in BAND_INDEX or not s or abs(mean) < 1e-9:
+                continue
+            scene_mean = s * (factors[BAND_INDEX[layer]] if factors else 1.0)
+            ratios.append(abs(mean) / max(abs(scene_mean), 1e-12))
+        if len(ratios) >= 2 and not 0.25 <= median(ratios) <= 4.0:
+            out.append(
+                f"model {card.name}: its training means differ from this scene's layer means by a factor of "
+                f"~{median(ratios):.3g} (median over {len(ratios)} layers). The scene is in "
+                f"'{info.get('units', 'physical')}' units; if the model was trained in the other convention, set "
+                "inputs.units ('physical': reflectance/degrees/metres, 'l4s': as the L4S .h5 patches)"
+            )
+    return out
+
+
+def _b10_model_mean(cfg: "JobConfig") -> tuple[float, str, list[str]]:
+    """Weighted mean of the B10 normalisation means of the job's models that use B10."""
+    from ..bands import resolve_features
+    from ..config import ensemble_members
+    from ..models.card import read_card
+
+    values, weights, names = [], [], []
+    for member in ensemble_members(cfg).members:
+        card = read_card(member.model)
+        features = list(resolve_features(card.features))
+        if "B10" in features:
+            values.append(card.normalization.mean[features.index("B10")])
+            weights.append(member.weight)
+            names.append(card.name)
+    if not values:
+        return 0.0, "zero-filled (inputs.b10 = 'model_mean', but no model of the job uses B10)", []
+    value = sum(v * w for v, w in zip(values, weights)) / sum(weights)
+    notes = []
+    if max(values) - min(values) > 1e-6 * max(1.0, abs(value)):
+        notes.append(f"B10 training means differ between models ({dict(zip(names, values))}); "
+                     f"B10 is filled with their weighted mean {value:.6g}")
+    return value, f"filled with {value:.6g}, the models' B10 training mean (inputs.b10 = 'model_mean')", notes
