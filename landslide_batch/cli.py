@@ -19,6 +19,8 @@ from .errors import LandslideBatchError
 COMMAND_MODULES = (
     "landslide_batch.commands.run",
     "landslide_batch.commands.models",
+    "landslide_batch.commands.app",
+    "landslide_batch.commands.jobs",
 )
 
 

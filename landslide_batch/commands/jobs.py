@@ -1,0 +1,135 @@
+"""``submit`` / ``status`` / ``logs``: region jobs on a Ray cluster; ``schedule``: post-disaster
+runs over a STAC catalog; ``stac-item``: a finished job's outputs as a STAC item."""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from ..errors import ConfigError
+
+
+def register(sub) -> None:
+    s = sub.add_parser("submit", help="submit a region job to a Ray cluster (Job Submission API)",
+                       description="Validate a job YAML here and run it on a Ray cluster as "
+                                   "`landslide-batch run job.yaml --executor ray`. Paths in the job must "
+                                   "be valid on the cluster (shared storage at the same path). Prints the job id.")
+    s.add_argument("job", type=Path, help="job YAML")
+    _address(s)
+    s.add_argument("--submission-id", help="job id (default: Ray picks one); the cluster refuses an id it knows")
+    s.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="job environment variable (repeat)")
+    s.add_argument("--ship-code", action="store_true",
+                   help="upload this landslide_batch package over the cluster's installed one (pure-Python changes)")
+    s.add_argument("--stac-item", action="store_true", help="write OUT/item.json after the run")
+    s.add_argument("--publish", metavar="URI", help="also copy outputs + item.json to this path or fsspec URI")
+    _wait(s)
+    s.set_defaults(func=_submit)
+
+    st = sub.add_parser("status", help="status of a submitted job")
+    st.add_argument("job_id")
+    _address(st)
+    _wait(st)
+    st.set_defaults(func=_status)
+
+    lg = sub.add_parser("logs", help="logs of a submitted job")
+    lg.add_argument("job_id")
+    _address(lg)
+    lg.add_argument("--follow", action="store_true", help="stream until the job ends")
+    lg.set_defaults(func=_logs)
+
+    sc = sub.add_parser("schedule", help="map new post-event scenes from a STAC catalog, pass after pass",
+                        description="Each pass starts one job per new scene over the areas of interest "
+                                    "(never twice per scene and settings); see configs/schedule_example.yaml.")
+    sc.add_argument("schedule", type=Path, help="schedule YAML")
+    sc.add_argument("--once", action="store_true", help="one pass, then exit (cron); prints the job ids started")
+    sc.add_argument("--local", action="store_true", help="run the jobs in this process, not on the cluster")
+    sc.set_defaults(func=_schedule)
+
+    si = sub.add_parser("stac-item", help="describe a finished job's outputs as a STAC item (OUT/item.json)")
+    si.add_argument("out_dir", type=Path, help="output folder of a finished job")
+    si.add_argument("--id", dest="item_id", help="item id (default: the folder name)")
+    si.add_argument("--datetime", type=datetime.fromisoformat,
+                    help="acquisition time of the scene, ISO 8601 (default: when the job finished)")
+    si.add_argument("--derived-from", metavar="HREF", help="the source scene's STAC item")
+    si.add_argument("--publish", metavar="URI", help="copy outputs + item.json to this path or fsspec URI")
+    si.set_defaults(func=_stac_item)
+
+
+def _address(p) -> None:
+    p.add_argument("--address", help="Ray dashboard address, http://HEAD:8265 "
+                                     "(default: RAY_API_SERVER_ADDRESS / RAY_ADDRESS / a local cluster)")
+
+
+def _wait(p) -> None:
+    p.add_argument("--wait", action="store_true", help="wait for the job to end; exit 1 unless it succeeded")
+    p.add_argument("--timeout", type=float, help="with --wait: give up after this many seconds")
+
+
+def _env(pairs: list[str]) -> dict[str, str]:
+    bad = [p for p in pairs if "=" not in p]
+    if bad:
+        raise ConfigError(f"--env takes KEY=VALUE, found {bad}")
+    return dict(p.split("=", 1) for p in pairs)
+
+
+def _report(submitter, job_id: str, args) -> int:
+    status, message = (submitter.wait(job_id, args.timeout) if args.wait else submitter.status(job_id))
+    print(f"{job_id}: {status}" + (f" ({message})" if message else ""))
+    return 1 if args.wait and status != "SUCCEEDED" else 0
+
+
+def _submit(args) -> int:
+    from ..jobs.submit import JobSubmission, RaySubmitter, StacOptions, prepare_job
+
+    submitter = RaySubmitter(args.address, env=_env(args.env), ship_code=args.ship_code)
+    stac = StacOptions(publish_to=args.publish) if args.stac_item or args.publish else None
+    job_id = submitter.submit(JobSubmission(prepare_job(args.job), args.submission_id, stac))
+    print(job_id)
+    where = f" --address {args.address}" if args.address else ""
+    print(f"follow with: landslide-batch logs {job_id}{where} --follow", file=sys.stderr)
+    return _report(submitter, job_id, args) if args.wait else 0
+
+
+def _status(args) -> int:
+    from ..jobs.submit import RaySubmitter
+
+    return _report(RaySubmitter(args.address), args.job_id, args)
+
+
+def _logs(args) -> int:
+    from ..jobs.submit import RaySubmitter
+
+    submitter = RaySubmitter(args.address)
+    if args.follow:
+        submitter.follow(args.job_id, lambda chunk: print(chunk, end="", flush=True))
+    else:
+        print(submitter.logs(args.job_id), end="")
+    return 0
+
+
+def _schedule(args) -> int:
+    from ..jobs.schedule import load_schedule, run_pass, run_schedule
+    from ..jobs.submit import LocalRunner, RaySubmitter
+
+    schedule = load_schedule(args.schedule)
+    remote = schedule.config.submit
+    submitter = (LocalRunner() if args.local or remote is None
+                 else RaySubmitter(remote.address, env=remote.env, ship_code=remote.ship_code))
+    if not args.once:
+        run_schedule(schedule, submitter)
+        return 0
+    for job_id in run_pass(schedule, submitter):
+        print(job_id)
+    return 0
+
+
+def _stac_item(args) -> int:
+    from ..jobs.stac import ITEM_FILE, write_item
+
+    write_item(args.out_dir, item_id=args.item_id, when=args.datetime, derived_from=args.derived_from,
+               publish_to=args.publish)
+    print(args.out_dir / ITEM_FILE)
+    if args.publish:
+        print(f"{args.publish.rstrip('/')}/{ITEM_FILE}")
+    return 0

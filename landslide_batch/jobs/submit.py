@@ -1,0 +1,207 @@
+"""Region jobs on a Ray cluster through the Job Submission API, or in this process.
+
+A submission carries a resolved job spec (every path absolute, as the cluster sees it) as the
+only file of the job's ``working_dir``; the entrypoint is ``landslide-batch run job.yaml
+--executor ray``. The cluster must have this project installed (the image in ``cluster/``, or
+the venv of a local ``ray start``); ``ship_code`` overlays the local source tree as a
+``py_module`` for trying changes on a running cluster (pure Python only: dependencies come
+from the image).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import yaml
+
+import landslide_batch
+
+from ..config import _load_yaml, job_from_dict
+from ..errors import ConfigError, LandslideBatchError
+from .stac import write_item
+from .storage import is_uri, local_path
+
+ENTRYPOINT = "landslide-batch"
+JOB_FILE = "job.yaml"
+TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+
+
+class ClusterError(LandslideBatchError):
+    """The Ray Job API is unreachable, or refused or failed a request."""
+
+
+class JobExistsError(ClusterError):
+    """The cluster already knows a job with this submission id (so it was mapped or is being mapped)."""
+
+
+@dataclass(frozen=True)
+class StacOptions:
+    """Describe the outputs as a STAC item after the run (and publish them): the job's last step."""
+
+    item_id: str | None = None
+    when: datetime | None = None
+    derived_from: str | None = None
+    publish_to: str | None = None
+
+    def command(self, out: str) -> list[str]:
+        args = [ENTRYPOINT, "stac-item", out]
+        for flag, value in (("--id", self.item_id), ("--datetime", self.when and self.when.isoformat()),
+                            ("--derived-from", self.derived_from), ("--publish", self.publish_to)):
+            if value:
+                args += [flag, value]
+        return args
+
+
+@dataclass(frozen=True)
+class JobSubmission:
+    job: dict[str, Any]  # a JobConfig as JSON; paths absolute, as the cluster sees them
+    submission_id: str | None = None  # None: Ray picks one
+    stac: StacOptions | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+class Submitter(Protocol):
+    def submit(self, job: JobSubmission) -> str:
+        """Start ``job``; -> its id. Raises :class:`JobExistsError` for an id the backend already knows."""
+        ...
+
+
+def prepare_job(path: Path) -> dict[str, Any]:
+    """Validate a job YAML here, before the cluster sees it; -> the spec with absolute paths.
+
+    Paths relative to the YAML become absolute on this machine: right for a local cluster, and
+    for a remote one when the data sits on a volume mounted at the same path here and there.
+    """
+    path = Path(path).absolute()
+    raw = _load_yaml(path)
+    for key in ("scene", "out", "ensemble", "models"):
+        values = raw.get(key)
+        if values is None:
+            continue
+        items = [_local(str(v), f"{path}: {key}") for v in (values if isinstance(values, list) else [values])]
+        raw[key] = items if isinstance(values, list) else items[0]
+    return job_from_dict(raw, path.parent, str(path)).model_dump(mode="json")
+
+
+def _local(value: str, where: str) -> str:
+    if is_uri(value):
+        raise ConfigError(f"{where} = {value!r}: region jobs read and write paths, not object-store URIs. "
+                          "Put inputs on storage mounted at the same path on every node (cluster/README.md); "
+                          "`landslide-batch schedule` stages STAC assets from URIs, and --publish copies "
+                          "finished outputs to one")
+    return str(local_path(value))
+
+
+def cluster_spec(job: dict[str, Any]) -> dict[str, Any]:
+    """The spec as run on the cluster: Ray executor, and the driver joins the cluster it runs on
+    (``RAY_ADDRESS``, set by the job supervisor) whatever address the YAML names."""
+    return {**job, "executor": "ray", "ray": {**job.get("ray", {}), "address": None}}
+
+
+class RaySubmitter:
+    """Job Submission API client for one cluster; ``address`` is the dashboard, http://HEAD:8265
+    (None: Ray's lookup, RAY_API_SERVER_ADDRESS / RAY_ADDRESS / a local cluster)."""
+
+    def __init__(self, address: str | None = None, *, env: dict[str, str] | None = None, ship_code: bool = False):
+        self.address = address
+        self.env = dict(env or {})
+        self.ship_code = ship_code
+        self._client = None
+
+    @property
+    def client(self):
+        if self._client is None:
+            from ray.exceptions import AuthenticationError
+            from ray.job_submission import JobSubmissionClient
+
+            try:
+                self._client = JobSubmissionClient(self.address)
+            except (ConnectionError, RuntimeError, ValueError, AuthenticationError) as exc:
+                raise ClusterError(f"cannot reach the Ray Job API at {self._where}: {exc}") from None
+        return self._client
+
+    @property
+    def _where(self) -> str:
+        return self.address or "the default address (RAY_ADDRESS or a local cluster)"
+
+    def request(self, job: JobSubmission, workdir: Path) -> dict[str, Any]:
+        """``submit_job`` arguments for ``job``; writes its spec into ``workdir`` (the working_dir)."""
+        (workdir / JOB_FILE).write_text(yaml.safe_dump(cluster_spec(job.job), sort_keys=False))
+        entrypoint = shlex.join([ENTRYPOINT, "run", JOB_FILE, "--executor", "ray"])
+        if job.stac:
+            entrypoint += " && " + shlex.join(job.stac.command(job.job["out"]))
+        runtime_env: dict[str, Any] = {"working_dir": str(workdir)}
+        if self.env:
+            runtime_env["env_vars"] = self.env
+        if self.ship_code:
+            runtime_env["py_modules"] = [str(Path(landslide_batch.__file__).parent)]
+            runtime_env["excludes"] = ["__pycache__"]
+        return {"entrypoint": entrypoint, "runtime_env": runtime_env, "submission_id": job.submission_id,
+                "metadata": {"scene": str(job.job["scene"]), "out": str(job.job["out"]), **job.metadata}}
+
+    def submit(self, job: JobSubmission) -> str:
+        with tempfile.TemporaryDirectory(prefix="landslide-job-") as tmp:
+            try:
+                return self.client.submit_job(**self.request(job, Path(tmp)))
+            except RuntimeError as exc:
+                if "already exists" in str(exc):
+                    raise JobExistsError(f"job {job.submission_id} was already submitted to {self._where}; "
+                                         f"see `landslide-batch status {job.submission_id}`") from None
+                raise ClusterError(f"{self._where} refused the job: {exc}") from None
+
+    def status(self, job_id: str) -> tuple[str, str]:
+        """-> (PENDING | RUNNING | SUCCEEDED | FAILED | STOPPED, the cluster's message)."""
+        info = self._call(self.client.get_job_info, job_id)
+        return info.status.value, info.message or ""
+
+    def wait(self, job_id: str, timeout: float | None = None, poll: float = 2.0) -> tuple[str, str]:
+        """Poll until the job ends; -> its final status and message."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            status, message = self.status(job_id)
+            if status in TERMINAL:
+                return status, message
+            if deadline is not None and time.monotonic() > deadline:
+                raise ClusterError(f"job {job_id} still {status} after {timeout:.0f} s")
+            time.sleep(poll)
+
+    def logs(self, job_id: str) -> str:
+        return self._call(self.client.get_job_logs, job_id)
+
+    def follow(self, job_id: str, write: Callable[[str], Any]) -> None:
+        """Stream the logs until the job ends."""
+        async def tail() -> None:
+            async for chunk in self.client.tail_job_logs(job_id):
+                write(chunk)
+
+        self._call(lambda _: asyncio.run(tail()), job_id)
+
+    def _call(self, fn: Callable[[str], Any], job_id: str) -> Any:
+        from ray.exceptions import AuthenticationError
+
+        try:
+            return fn(job_id)
+        except (RuntimeError, AuthenticationError) as exc:
+            raise ClusterError(f"{self._where}: job {job_id}: {exc}") from None
+
+
+class LocalRunner:
+    """Runs each job in this process (``schedule --local``): the same submissions, no cluster."""
+
+    def submit(self, job: JobSubmission) -> str:
+        from ..pipeline import run_job
+
+        cfg = job_from_dict(job.job, where=job.submission_id or "job")
+        run_job(cfg)
+        if job.stac:
+            write_item(Path(cfg.out), item_id=job.stac.item_id, when=job.stac.when,
+                       derived_from=job.stac.derived_from, publish_to=job.stac.publish_to)
+        return job.submission_id or Path(cfg.out).name

@@ -1,0 +1,403 @@
+"""Cluster jobs and scheduled runs: submission specs, the scheduler over a static STAC catalog,
+STAC items of finished jobs, and (slow) a real local Ray head running a submitted job."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import pystac
+import pytest
+import rasterio
+import yaml
+from shapely.geometry import mapping
+
+from landslide_batch.cli import main
+from landslide_batch.config import job_from_dict
+from landslide_batch.errors import ConfigError, InputError
+from landslide_batch.jobs.schedule import job_id, load_schedule, run_pass, run_schedule
+from landslide_batch.jobs.stac import raster_footprint
+from landslide_batch.jobs.state import SchedulerBusyError, SchedulerState
+from landslide_batch.jobs.submit import (
+    ClusterError,
+    JobExistsError,
+    JobSubmission,
+    RaySubmitter,
+    StacOptions,
+    prepare_job,
+)
+from landslide_batch.synthetic import synthetic_scene, write_geotiff
+
+EVENT = datetime(2026, 7, 1, tzinfo=timezone.utc)
+ORIGIN_A = (500000.0, 3100000.0)  # UTM 45N: about 87.0 E, 28.0 N
+ORIGIN_B = (700000.0, 3100500.0)
+ORIGIN_FAR = (600000.0, 3000000.0)
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def make_scene(path: Path, origin: tuple[float, float], seed: int = 0, size: int = 96) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_geotiff(path, synthetic_scene(size, size, seed=seed)[0], origin=origin)
+
+
+def write_catalog(root: Path, scenes: list[dict]) -> Path:
+    """(Re)write a static catalog: one item per scene, its GeoTIFF as asset ``image``."""
+    catalog = pystac.Catalog("post-event", "post-event scenes")
+    for s in scenes:
+        geom, _, _ = raster_footprint(s["tif"])
+        item = pystac.Item(s["id"], mapping(geom), list(geom.bounds), s["when"],
+                           {"eo:cloud_cover": s.get("cloud", 5)}, collection=s.get("collection", "s2-l4s"))
+        item.add_asset("image", pystac.Asset(str(s["tif"]), media_type=pystac.MediaType.GEOTIFF))
+        catalog.add_item(item)
+    catalog.normalize_hrefs(str(root))
+    catalog.make_all_asset_hrefs_relative()
+    catalog.save(pystac.CatalogType.SELF_CONTAINED)
+    return root / "catalog.json"
+
+
+@pytest.fixture
+def scenes(tmp_path):
+    """Six items; two pass every filter: s2-a (AOI "valley", in lon/lat) and s2-b (AOI "ridge", in UTM)."""
+    d = tmp_path / "catalog"
+    return [
+        {"id": "s2-before", "when": EVENT - timedelta(days=2),
+         "tif": make_scene(d / "s2-before" / "scene.tif", ORIGIN_A)},
+        {"id": "s2-a", "when": EVENT + timedelta(days=1), "tif": make_scene(d / "s2-a" / "scene.tif", ORIGIN_A, 1)},
+        {"id": "s2-far", "when": EVENT + timedelta(days=1), "tif": make_scene(d / "s2-far" / "scene.tif", ORIGIN_FAR)},
+        {"id": "s1-a", "when": EVENT + timedelta(days=1), "collection": "s1",
+         "tif": make_scene(d / "s1-a" / "scene.tif", ORIGIN_A)},
+        {"id": "s2-cloudy", "when": EVENT + timedelta(days=1), "cloud": 90,
+         "tif": make_scene(d / "s2-cloudy" / "scene.tif", ORIGIN_A)},
+        {"id": "s2-b", "when": EVENT + timedelta(days=2), "tif": make_scene(d / "s2-b" / "scene.tif", ORIGIN_B, 2)},
+    ]
+
+
+def write_schedule(tmp_path: Path, catalog_href: str, model: Path, **extra) -> Path:
+    spec = {
+        "name": "test-event", "catalog": catalog_href, "collection": "s2-l4s", "asset": "image",
+        "event_date": EVENT.isoformat(), "max_cloud_cover": 50,
+        "aois": [{"name": "valley", "bbox": [86.99, 27.99, 87.05, 28.05]},
+                 {"name": "ridge", "crs": "EPSG:32645", "bbox": [699000, 3099000, 702000, 3101000]}],
+        "job": {"models": [str(model)], "tile": 64, "block": 96, "threads": 1, "batch_size": 8},
+        "output": {"root": "outputs"},
+        "submit": {"address": "http://127.0.0.1:1"},
+        **extra,
+    }
+    path = tmp_path / "schedule.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+class FakeCluster:
+    """Records submissions and, like Ray, refuses a submission id it has seen."""
+
+    def __init__(self):
+        self.jobs: list[JobSubmission] = []
+
+    def submit(self, job: JobSubmission) -> str:
+        if job.submission_id in {j.submission_id for j in self.jobs}:
+            raise JobExistsError(f"job {job.submission_id} exists")
+        self.jobs.append(job)
+        return job.submission_id
+
+
+def test_scheduler_submits_each_new_scene_once(tmp_path, scenes, tiny_model):
+    write_catalog(tmp_path / "catalog", scenes)
+    schedule = load_schedule(write_schedule(tmp_path, "catalog/catalog.json", tiny_model))
+    cluster = FakeCluster()
+
+    first = run_pass(schedule, cluster)
+    assert first == [job_id("s2-a", schedule.config_hash), job_id("s2-b", schedule.config_hash)]
+    a, b = cluster.jobs
+    assert [j.metadata["aois"] for j in cluster.jobs] == ["valley", "ridge"]
+    assert Path(a.job["scene"]) == scenes[1]["tif"] and Path(a.job["out"]) == tmp_path / "outputs" / first[0]
+    assert job_from_dict(a.job).models == [tiny_model]  # a complete, valid job spec
+    assert a.stac == StacOptions(item_id=first[0], when=scenes[1]["when"],
+                                 derived_from=str(tmp_path / "catalog" / "s2-a" / "s2-a.json"))
+
+    assert run_pass(schedule, cluster) == [] and len(cluster.jobs) == 2
+
+    late = {"id": "s2-late", "when": EVENT + timedelta(days=1, hours=12),  # older than the newest processed
+            "tif": make_scene(tmp_path / "catalog" / "s2-late" / "scene.tif", ORIGIN_A)}
+    new = {"id": "s2-c", "when": EVENT + timedelta(days=3),
+           "tif": make_scene(tmp_path / "catalog" / "s2-c" / "scene.tif", ORIGIN_A, 3)}
+    write_catalog(tmp_path / "catalog", scenes + [late, new])
+    assert run_pass(schedule, cluster) == [job_id("s2-c", schedule.config_hash)]
+    state = json.loads(schedule.state_path.read_text())
+    assert datetime.fromisoformat(state["watermark"]) == new["when"] and len(state["jobs"]) == 3
+
+    # State lost: the cluster refuses the ids it knows, so no scene is mapped twice (the late
+    # scene, never mapped, now is: without a watermark every post-event scene is a candidate).
+    schedule.state_path.unlink()
+    assert run_pass(schedule, cluster) == [job_id("s2-late", schedule.config_hash)] and len(cluster.jobs) == 4
+    outcomes = {r["item"]: r["outcome"] for r in json.loads(schedule.state_path.read_text())["jobs"].values()}
+    assert outcomes == {"s2-a": "already known to the cluster", "s2-b": "already known to the cluster",
+                        "s2-late": "started", "s2-c": "already known to the cluster"}
+
+
+def test_new_job_settings_give_new_job_ids(tmp_path, tiny_model):
+    a = load_schedule(write_schedule(tmp_path, "catalog.json", tiny_model))
+    b = load_schedule(write_schedule(tmp_path, "catalog.json", tiny_model,
+                                     job={"models": [str(tiny_model)], "tile": 64, "block": 96, "threshold": 0.3}))
+    assert job_id("S2A_20260702", a.config_hash) == job_id("S2A_20260702", a.config_hash)
+    assert job_id("S2A_20260702", a.config_hash) != job_id("S2A_20260702", b.config_hash)
+    assert job_id("S2A 2026/07/02:x", a.config_hash).startswith("ls-S2A-2026-07-02-x-")
+
+
+def test_failed_job_is_recorded_and_unreachable_cluster_retried(tmp_path, scenes, tiny_model):
+    write_catalog(tmp_path / "catalog", scenes)
+    schedule = load_schedule(write_schedule(tmp_path, "catalog/catalog.json", tiny_model))
+
+    class Broken:
+        def submit(self, job):
+            raise ClusterError("connection refused")
+
+    with pytest.raises(ClusterError):
+        run_pass(schedule, Broken())
+    assert not schedule.state_path.exists()  # nothing recorded: the next pass starts over
+
+    class BadFirstScene(FakeCluster):
+        def submit(self, job):
+            if job.metadata["item"] == "s2-a":
+                raise InputError("scene has 13 bands")
+            return super().submit(job)
+
+    cluster = BadFirstScene()
+    assert run_pass(schedule, cluster) == [job_id("s2-b", schedule.config_hash)]
+    outcomes = {r["item"]: r["outcome"] for r in json.loads(schedule.state_path.read_text())["jobs"].values()}
+    assert outcomes == {"s2-a": "failed: scene has 13 bands", "s2-b": "started"}
+
+
+def test_scheduler_stages_scenes_from_object_store(tmp_path, scenes, tiny_model):
+    """Catalog and assets behind fsspec URIs (memory:// here, s3:// on a cloud): assets are downloaded once."""
+    local = write_catalog(tmp_path / "catalog", scenes[1:3]).parent
+    fs = fsspec.filesystem("memory")
+    fs.put(str(local), f"/{tmp_path.name}", recursive=True)
+    schedule = load_schedule(write_schedule(tmp_path, f"memory://{tmp_path.name}/catalog.json", tiny_model))
+    cluster = FakeCluster()
+    assert run_pass(schedule, cluster) == [job_id("s2-a", schedule.config_hash)]
+    staged = Path(cluster.jobs[0].job["scene"])
+    assert staged.parent == tmp_path / "outputs" / "_staging" / "s2-a"
+    assert staged.read_bytes() == scenes[1]["tif"].read_bytes()
+
+
+def test_scheduler_runs_locally_and_describes_outputs(tmp_path, scenes, tiny_model, capsys):
+    write_catalog(tmp_path / "catalog", scenes)
+    path = write_schedule(tmp_path, "catalog/catalog.json", tiny_model,
+                          output={"root": "outputs", "publish": "published"})
+    assert main(["schedule", str(path), "--once", "--local"]) == 0
+    ids = capsys.readouterr().out.split()
+    schedule = load_schedule(path)
+    assert ids == [job_id("s2-a", schedule.config_hash), job_id("s2-b", schedule.config_hash)]
+
+    for jid, scene in zip(ids, (scenes[1], scenes[5]), strict=True):
+        out = tmp_path / "outputs" / jid
+        with rasterio.open(out / "probability.tif") as prob, rasterio.open(scene["tif"]) as src:
+            assert (prob.shape, prob.crs, prob.transform) == (src.shape, src.crs, src.transform)
+        item = pystac.Item.from_file(str(out / "item.json"))
+        assert item.id == jid and item.datetime == scene["when"]
+        assert item.assets["probability"].get_absolute_href() == str(out / "probability.tif")
+        assert item.assets["probability"].media_type == pystac.MediaType.COG
+        assert item.assets["polygons"].media_type == pystac.MediaType.GEOPACKAGE
+        assert item.get_single_link("derived_from").href.endswith(f"{scene['id']}.json")
+        footprint, _, bounds = raster_footprint(scene["tif"])
+        np.testing.assert_allclose(item.bbox, footprint.bounds)
+        assert item.properties["proj:code"] == "EPSG:32645" and item.properties["proj:shape"] == [96, 96]
+        np.testing.assert_allclose(item.properties["proj:bbox"], bounds)
+        run = json.loads((out / "run.json").read_text())
+        assert item.properties["landslide:objects"] == run["summary"]["objects"]
+        published = pystac.Item.from_file(str(tmp_path / "published" / jid / "item.json"))
+        assert Path(published.assets["probability"].get_absolute_href()).is_file()
+
+    assert main(["schedule", str(path), "--once", "--local"]) == 0
+    assert capsys.readouterr().out == ""
+
+    out = tmp_path / "outputs" / ids[0]
+    assert main(["stac-item", str(out), "--id", "custom", "--publish", "memory://published/custom"]) == 0
+    fs = fsspec.filesystem("memory")
+    assert json.loads(fs.cat("/published/custom/item.json"))["id"] == "custom"
+    assert fs.exists("/published/custom/landslides.gpkg") and fs.exists("/published/custom/probability.zarr/zarr.json")
+
+
+def test_run_schedule_stops_after_until(tmp_path, scenes, tiny_model):
+    write_catalog(tmp_path / "catalog", scenes)
+    schedule = load_schedule(write_schedule(tmp_path, "catalog/catalog.json", tiny_model,
+                                            until=(EVENT + timedelta(days=5)).isoformat()))
+    cluster = FakeCluster()
+    run_schedule(schedule, cluster)  # `until` has passed: one pass, no sleeping
+    assert len(cluster.jobs) == 2
+
+
+def test_stac_item_needs_a_finished_job(tmp_path):
+    assert main(["stac-item", str(tmp_path)]) == InputError.exit_code
+
+
+def test_scheduler_state_is_locked(tmp_path):
+    with SchedulerState.open(tmp_path / "state.json"):
+        with pytest.raises(SchedulerBusyError):
+            with SchedulerState.open(tmp_path / "state.json"):
+                pass
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"aois": [{"name": "x", "bbox": [1, 1, 2, 2], "geojson": "a.geojson"}]}, "exactly one of bbox"),
+    ({"aois": [{"name": "x", "bbox": [2, 1, 1, 2]}]}, "minx, miny, maxx, maxy"),
+    ({"aois": [{"name": "x", "bbox": [1, 1, 2, 2], "crs": "EPSG:999999"}]}, "crs"),
+    ({"job": {"models": ["m"], "scene": "s.tif"}}, "leave out scene and out"),
+    ({"job": {"tile": 64}}, "exactly one of 'ensemble'"),
+    ({"catalog": "nosuchfs://bucket/catalog.json"}, "fsspec driver"),
+    ({"until": "2026-06-01T00:00:00Z"}, "until must be after event_date"),
+])
+def test_schedule_config_errors_are_clear(tmp_path, tiny_model, change, message):
+    with pytest.raises(ConfigError, match=message):
+        load_schedule(write_schedule(tmp_path, "catalog.json", tiny_model, **change))
+
+
+def test_example_schedule_is_valid():
+    schedule = load_schedule(CONFIGS / "schedule_example.yaml")
+    assert set(schedule.aois) == {"melamchi-valley", "bhotekoshi"} and schedule.config.submit is not None
+    assert schedule.aois["bhotekoshi"].bounds[0] == pytest.approx(85.57, abs=0.01)  # UTM 45N -> lon/lat
+
+
+def test_example_job_is_valid_for_submission():
+    spec = prepare_job(CONFIGS / "job_example.yaml")
+    assert Path(spec["scene"]).is_absolute() and Path(spec["ensemble"]) == CONFIGS / "ensemble_zoo.yaml"
+
+
+def test_submission_carries_a_resolved_job_spec(tmp_path, tiny_model):
+    (tmp_path / "jobs").mkdir()
+    path = tmp_path / "jobs" / "job.yaml"
+    path.write_text(yaml.safe_dump({"scene": "../scene.tif", "out": "file:///data/out", "models": [str(tiny_model)],
+                                    "ray": {"address": "ray://elsewhere:10001"}}))
+    spec = prepare_job(path)
+    assert spec["scene"] == str(tmp_path / "jobs" / ".." / "scene.tif") and spec["out"] == "/data/out"
+
+    job = JobSubmission(spec, "ls-x", StacOptions(publish_to="s3://bucket/x"))
+    request = RaySubmitter("http://127.0.0.1:1", env={"OMP_NUM_THREADS": "1"}, ship_code=True).request(job, tmp_path)
+    assert request["entrypoint"] == ("landslide-batch run job.yaml --executor ray && "
+                                     "landslide-batch stac-item /data/out --publish s3://bucket/x")
+    env = request["runtime_env"]
+    assert env["working_dir"] == str(tmp_path) and env["env_vars"] == {"OMP_NUM_THREADS": "1"}
+    assert Path(env["py_modules"][0]).name == "landslide_batch"
+    on_cluster = yaml.safe_load((tmp_path / "job.yaml").read_text())
+    assert on_cluster["executor"] == "ray" and on_cluster["ray"]["address"] is None
+    assert job_from_dict(on_cluster).scene == Path(spec["scene"])
+    assert request["submission_id"] == "ls-x" and request["metadata"]["out"] == "/data/out"
+
+
+def test_submit_refuses_object_store_paths(tmp_path, tiny_model):
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump({"scene": "s3://bucket/scene.tif", "out": "out", "models": [str(tiny_model)]}))
+    with pytest.raises(ConfigError, match="not object-store URIs"):
+        prepare_job(path)
+
+
+def test_unreachable_cluster_is_a_clear_error(capsys):
+    assert main(["status", "raysubmit_x", "--address", "http://127.0.0.1:9"]) == ClusterError.exit_code
+    assert "cannot reach the Ray Job API at http://127.0.0.1:9" in capsys.readouterr().err
+
+
+# --- a real local Ray head ------------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _session_pids(sid: int) -> list[int]:
+    """Live processes of one session: a Ray head started with start_new_session (workers get
+    their own process groups, but stay in the session)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] != "Z" and int(fields[3]) == sid:
+            pids.append(int(entry))
+    return pids
+
+
+def _stop_session(sid: int) -> None:
+    """SIGKILL exactly the processes of our head (``ray stop --force`` would do it to every Ray
+    process on the machine, other sessions' clusters included); repeated for late-forked workers."""
+    deadline = time.monotonic() + 15
+    while (pids := _session_pids(sid)) and time.monotonic() < deadline:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.2)
+
+
+@pytest.fixture
+def ray_head():
+    """A local Ray head on loopback, 2 CPUs, token auth with a fresh token; -> (dashboard URL, env)."""
+    temp = tempfile.mkdtemp(prefix="lsray", dir="/tmp")  # short: Ray's socket paths have a length limit
+    dashboard = _free_port()
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": os.urandom(32).hex(), "RAY_USAGE_STATS_ENABLED": "0",
+           "OMP_NUM_THREADS": "1"}
+    cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1",
+           "--port", str(_free_port()), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
+           "--include-dashboard", "true", "--ray-client-server-port", str(_free_port()),
+           "--dashboard-agent-listen-port", str(_free_port()), "--num-cpus", "2", "--num-gpus", "0",
+           "--object-store-memory", str(256 * 2**20), "--temp-dir", temp, "--disable-usage-stats"]
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        output, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 0, output
+        yield f"http://127.0.0.1:{dashboard}", env
+    finally:
+        _stop_session(proc.pid)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _cli(env, *args, timeout=180) -> subprocess.CompletedProcess:
+    return subprocess.run([str(Path(sys.executable).parent / "landslide-batch"), *args], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="stops the head through /proc")
+def test_submit_region_job_to_local_ray_head(tmp_path, scene_tif, tiny_model, ray_head):
+    address, env = ray_head
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump({"scene": str(scene_tif), "out": "out", "models": [str(tiny_model)],
+                                   "block": 256, "threads": 1, "batch_size": 8}))
+
+    submitted = _cli(env, "submit", str(job), "--address", address, "--submission-id", "ls-test-region",
+                     "--env", "OMP_NUM_THREADS=1", "--stac-item")
+    assert submitted.returncode == 0, submitted.stderr
+    assert submitted.stdout.split() == ["ls-test-region"]
+
+    status = _cli(env, "status", "ls-test-region", "--address", address, "--wait", "--timeout", "240", timeout=260)
+    logs = _cli(env, "logs", "ls-test-region", "--address", address).stdout
+    assert status.returncode == 0 and "SUCCEEDED" in status.stdout, status.stdout + status.stderr + logs
+    assert "map written to" in logs
+
+    out = tmp_path / "out"
+    with rasterio.open(out / "probability.tif") as prob, rasterio.open(scene_tif) as src:
+        assert (prob.shape, prob.crs, prob.transform) == (src.shape, src.crs, src.transform)
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "complete" and run["config"]["executor"] == "ray"
+    assert pystac.Item.from_file(str(out / "item.json")).assets["probability"].get_absolute_href() == str(
+        out / "probability.tif")
+
+    again = _cli(env, "submit", str(job), "--address", address, "--submission-id", "ls-test-region")
+    assert again.returncode == JobExistsError.exit_code and "already submitted" in again.stderr
