@@ -1,0 +1,177 @@
+"""Landslide4Sense-style patch folders: pairing, validation, normalisation statistics, torch dataset.
+
+A split is a folder with ``img/image_N.h5`` + ``mask/mask_N.h5`` (or ``images/`` +
+``masks/``), pairs matched by ``N``. Features come from ``bands.derive_features`` (the one
+implementation inference uses too). A split is scanned once, streaming, before training:
+that validates every file, so a bad patch fails with its path before any worker starts,
+and yields the per-feature mean/std that go into the model card.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import h5py
+import numpy as np
+import torch
+
+from landslide_batch.bands import derive_features
+from landslide_batch.errors import InputError
+from landslide_batch.hashing import sha256_file
+from landslide_batch.ingest.h5patch import read_l4s_h5
+from landslide_batch.models.card import Normalization
+
+LAYOUTS = (("img", "mask"), ("images", "masks"))
+
+
+@dataclass(frozen=True)
+class Pair:
+    number: int
+    image: Path
+    mask: Path
+
+
+def _numbered(folder: Path, prefix: str) -> dict[int, Path]:
+    pattern = re.compile(rf"{prefix}_(\d+)\.h5")
+    found: dict[int, Path] = {}
+    for p in sorted(folder.glob("*.h5")):
+        m = pattern.fullmatch(p.name)
+        if not m:
+            raise InputError(f"{p}: unexpected file name; files in {folder} must be named {prefix}_N.h5")
+        found[int(m.group(1))] = p
+    return found
+
+
+def _listing(paths: Sequence[Path], limit: int = 5) -> str:
+    more = f" and {len(paths) - limit} more" if len(paths) > limit else ""
+    return ", ".join(str(p) for p in paths[:limit]) + more
+
+
+def find_pairs(root: str | Path) -> list[Pair]:
+    """Image/mask pairs of an L4S split folder, sorted by number; InputError on any mismatch."""
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(f"data folder {root} does not exist")
+    layout = next(((i, m) for i, m in LAYOUTS if (root / i).is_dir()), None)
+    if layout is None:
+        found = sorted(p.name for p in root.iterdir())
+        raise InputError(f"{root}: expected Landslide4Sense subfolders img/ + mask/ (or images/ + masks/), "
+                         f"found {found}")
+    images = _numbered(root / layout[0], "image")
+    masks = _numbered(root / layout[1], "mask") if (root / layout[1]).is_dir() else {}
+    if not images:
+        raise InputError(f"{root / layout[0]}: no image_N.h5 files")
+    if missing := sorted(set(images) - set(masks)):
+        raise InputError(f"{root}: no mask for {len(missing)} image(s): "
+                         f"{_listing([images[n] for n in missing])} (expected {layout[1]}/mask_N.h5)")
+    if orphans := sorted(set(masks) - set(images)):
+        raise InputError(f"{root}: {len(orphans)} mask(s) without an image: {_listing([masks[n] for n in orphans])}")
+    return [Pair(n, images[n], masks[n]) for n in sorted(images)]
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """-> uint8 (H, W) of 0/1 from an L4S ``mask_N.h5`` (dataset ``mask``)."""
+    try:
+        with h5py.File(path, "r") as f:
+            if "mask" not in f:
+                raise InputError(f"{path}: HDF5 file has no dataset 'mask' (found {sorted(f.keys())})")
+            arr = np.asarray(f["mask"][()])
+    except OSError as exc:
+        raise InputError(f"{path}: not a readable HDF5 file (corrupt, truncated or empty): {exc}") from None
+    arr = arr.squeeze()
+    if arr.ndim != 2:
+        raise InputError(f"{path}: mask should be H x W, found shape {arr.shape}")
+    if (bad := np.setdiff1d(np.unique(arr), [0, 1])).size:
+        raise InputError(f"{path}: mask values must be 0 or 1, found {bad[:5].tolist()}")
+    return arr.astype(np.uint8)
+
+
+def read_pair(pair: Pair) -> tuple[np.ndarray, np.ndarray]:
+    """-> (raw bands float32 (14, H, W), may hold NaN; mask uint8 (H, W))."""
+    bands = read_l4s_h5(pair.image)
+    mask = read_mask(pair.mask)
+    if mask.shape != bands.shape[1:]:
+        raise InputError(f"{pair.mask}: mask is {mask.shape[0]}x{mask.shape[1]} but image {pair.image} "
+                         f"is {bands.shape[1]}x{bands.shape[2]}")
+    return bands, mask
+
+
+def load_pair(pair: Pair, features: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """-> (raw features float32 (F, H, W), may hold NaN; mask uint8 (H, W))."""
+    bands, mask = read_pair(pair)
+    return derive_features(bands, features).astype(np.float32), mask
+
+
+def normalize(feats: np.ndarray, norm: Normalization) -> np.ndarray:
+    """``(x - mean) / std`` per feature; NaN -> 0, i.e. the feature's mean (as the predictor does)."""
+    mean = np.asarray(norm.mean, np.float32)[:, None, None]
+    std = np.asarray(norm.std, np.float32)[:, None, None]
+    return np.nan_to_num((feats - mean) / std, nan=0.0)
+
+
+@dataclass(frozen=True)
+class SplitSummary:
+    normalization: Normalization
+    size: int  # patches are size x size
+    patches: int
+    pixels: int
+    positives: int
+    sha256: str  # over file names and contents: which data a model was trained on
+
+
+def scan_split(pairs: Sequence[Pair], features: Sequence[str]) -> SplitSummary:
+    """Read every pair once (validating it) and compute per-feature mean/std ignoring NaN.
+
+    Streaming: per-patch moments are merged with Chan et al.'s parallel variance update,
+    so memory is one patch whatever the split size, and large DEM values lose no precision.
+    """
+    nf = len(features)
+    n = np.zeros(nf)
+    mean = np.zeros(nf)
+    m2 = np.zeros(nf)
+    size = pixels = positives = 0
+    digest = hashlib.sha256()
+    for pair in pairs:
+        x, y = load_pair(pair, features)
+        if x.shape[1] != x.shape[2] or (size and x.shape[1] != size):
+            raise InputError(f"{pair.image}: patch is {x.shape[1]}x{x.shape[2]}; every patch of a split must be "
+                             f"square and the same size ({size or x.shape[1]} px, from the first patch)")
+        size = x.shape[1]
+        pixels += y.size
+        positives += int(y.sum())
+        for p in (pair.image, pair.mask):
+            digest.update(f"{p.parent.name}/{p.name}:{sha256_file(p)}\n".encode())
+        flat = x.reshape(nf, -1).astype(np.float64)
+        nb = np.isfinite(flat).sum(1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mb = np.where(nb > 0, np.nansum(flat, 1) / nb, 0.0)
+            m2b = np.nansum((flat - mb[:, None]) ** 2, 1)
+            tot = n + nb
+            delta = mb - mean
+            mean = np.where(tot > 0, mean + delta * nb / tot, 0.0)
+            m2 = np.where(tot > 0, m2 + m2b + delta**2 * n * nb / tot, 0.0)
+        n = tot
+    with np.errstate(invalid="ignore", divide="ignore"):
+        std = np.sqrt(np.where(n > 0, m2 / n, 0.0))
+    # A constant (or all-NaN) feature carries no information; std 1 keeps it finite.
+    std = np.where(std > 1e-12, std, 1.0)
+    return SplitSummary(Normalization(mean=mean.tolist(), std=std.tolist()), size, len(pairs), pixels,
+                        positives, digest.hexdigest())
+
+
+class PatchDataset(torch.utils.data.Dataset):
+    """Normalised features ``(F, S, S)`` and mask ``(1, S, S)`` float32 tensors per patch."""
+
+    def __init__(self, pairs: Sequence[Pair], features: Sequence[str], norm: Normalization):
+        self.pairs, self.features, self.norm = list(pairs), list(features), norm
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = load_pair(self.pairs[i], self.features)
+        return torch.from_numpy(normalize(x, self.norm)), torch.from_numpy(y[None].astype(np.float32))

@@ -1,0 +1,270 @@
+"""Train one zoo model with Ray Train (TorchTrainer, DDP; gloo on CPU, NCCL on GPU) -> a model folder.
+
+The driver validates both splits and computes normalisation statistics before any worker
+starts. Each epoch every worker trains on its shard, then scores its shard of the validation
+split into probability histograms; these are summed across workers, so the threshold sweep
+and the validation F1 (early stopping) are exact over the whole split. Rank 0 reports a
+checkpoint every epoch holding the latest state *and* the best weights so far, so only one
+checkpoint is kept on disk and a rerun with the same ``out``/``run_dir`` resumes from it
+(Ray Train 2 restores a run from its storage folder; ``TorchTrainer.restore`` is gone).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from landslide_batch.errors import ConfigError, InputError
+from landslide_batch.metrics import best_threshold, prob_histograms, scores
+from landslide_batch.models.card import ModelCard, Normalization, save_model_folder
+from landslide_batch.models.registry import MODEL_ZOO, build_model
+
+from .augment import random_dihedral
+from .config import TrainConfig
+from .dataset import PatchDataset, find_pairs, scan_split
+from .losses import make_loss
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "state.pt"
+LOG_FILE = "train_log.csv"
+RUN_FILE = "landslide_run.json"  # in the Ray Train run folder: what the checkpoints were trained on
+
+
+def _scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int, done_steps: int):
+    """Per-step LR schedule, rebuilt at ``done_steps`` on resume: a pure function of the config and
+    the step, so a resumed run may also be given more epochs."""
+    if cfg.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total_steps,
+                                                   last_epoch=done_steps - 1)
+    return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps, last_epoch=done_steps - 1)
+
+
+def _all_reduce(t: torch.Tensor) -> torch.Tensor:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t)
+    return t
+
+
+@torch.no_grad()
+def _validate(net: torch.nn.Module, loader, device: torch.device, bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """This worker's validation shard -> (positive, negative) probability histograms, summed over workers."""
+    net.eval()
+    hist = np.zeros((2, bins), np.int64)
+    for x, y in loader:
+        prob = torch.sigmoid(net(x.to(device)))
+        hist += np.stack(prob_histograms(prob, y, bins))
+    total = _all_reduce(torch.from_numpy(hist).to(device)).cpu().numpy()
+    return total[0], total[1]
+
+
+def train_loop(ctx: dict[str, Any]) -> None:
+    """Body of each Ray Train worker."""
+    import ray.train
+    import ray.train.torch
+
+    cfg = TrainConfig.model_validate(ctx["config"])
+    torch.set_num_threads(cfg.cpus_per_worker)
+    tc = ray.train.get_context()
+    rank, world = tc.get_world_rank(), tc.get_world_size()
+    device = ray.train.torch.get_device()
+    norm = Normalization.model_validate(ctx["normalization"])
+    features = ctx["features"]
+    train_ds = PatchDataset(ctx["train_pairs"], features, norm)
+    val_ds = PatchDataset(ctx["val_pairs"][rank::world], features, norm)
+    sampler = torch.utils.data.DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True,
+                                                  seed=cfg.seed)
+    loader = torch.utils.data.DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler,
+                                         num_workers=cfg.loader_workers, pin_memory=cfg.use_gpu)
+    val_loader = torch.utils.data.DataLoader(val_ds, batch_size=cfg.batch_size, num_workers=cfg.loader_workers)
+
+    spec = MODEL_ZOO[cfg.model]
+    torch.manual_seed(cfg.seed)  # same initial weights on every worker
+    net = build_model(spec.arch, spec.encoder, len(features))
+    model = ray.train.torch.prepare_model(net)  # moves net to the device; DDP wrapper when world > 1
+    steps = min(len(loader), cfg.max_steps_per_epoch or len(loader))
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    loss_fn = make_loss(cfg)
+
+    start, bad, best, history = 0, 0, None, []
+    if (ckpt := ray.train.get_checkpoint()) is not None:
+        with ckpt.as_directory() as d:
+            state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
+        net.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        start, bad, best, history = state["epoch"], state["bad_epochs"], state["best"], state["history"]
+    sched = _scheduler(opt, cfg, cfg.epochs * steps, start * steps)
+
+    for epoch in range(start, cfg.epochs):
+        if cfg.patience and bad >= cfg.patience:
+            break
+        t0 = time.perf_counter()
+        model.train()
+        sampler.set_epoch(epoch)
+        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch * world + rank)
+        loss_sum = torch.zeros(2, dtype=torch.float64, device=device)
+        for step, (x, y) in enumerate(loader):
+            if step >= steps:
+                break
+            if cfg.augment:
+                x, y = random_dihedral(x, y, gen)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            loss = loss_fn(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            loss_sum[0] += loss.detach().double() * len(x)
+            loss_sum[1] += len(x)
+        train_s = time.perf_counter() - t0
+        loss_sum = _all_reduce(loss_sum)
+        pos, neg = _validate(net, val_loader, device, cfg.threshold_bins)
+        threshold, counts = best_threshold(pos, neg)
+        val = {f"val_{k}": v for k, v in scores(counts).items()}
+        if best is None or val["val_f1"] > best["metrics"]["val_f1"]:
+            best = {"weights": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()},
+                    "threshold": threshold, "metrics": val, "epoch": epoch + 1}
+            bad = 0
+        else:
+            bad += 1
+        row = {"epoch": epoch + 1, "train_loss": float(loss_sum[0] / loss_sum[1]), **val, "threshold": threshold,
+               "lr": sched.get_last_lr()[0], "train_s": round(train_s, 3),
+               "val_s": round(time.perf_counter() - t0 - train_s, 3), "patches": int(loss_sum[1])}
+        history.append(row)
+        if rank == 0:
+            with tempfile.TemporaryDirectory() as d:
+                torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(),
+                            "epoch": epoch + 1, "bad_epochs": bad, "best": best, "history": history},
+                           Path(d) / STATE_FILE)
+                ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(d))
+        else:
+            ray.train.report(row)
+
+
+def _ensure_ray(cfg: TrainConfig) -> None:
+    """Join the cluster named by RAY_ADDRESS (or an already initialised one), else start a local one.
+
+    On a local Ray the cluster's size is fixed, so a worker group that can never fit is an
+    error here instead of Ray Train waiting for resources forever.
+    """
+    import ray
+
+    if ray.is_initialized() or os.environ.get("RAY_ADDRESS"):
+        ray.init(ignore_reinit_error=True)
+        return
+    ray.init()  # keep the dashboard: Ray Train 2 watches its controller through the state API
+    have = ray.cluster_resources()
+    need = {"CPU": cfg.num_workers * cfg.cpus_per_worker, "GPU": cfg.num_workers if cfg.use_gpu else 0}
+    if short := {k: (v, have.get(k, 0)) for k, v in need.items() if v > have.get(k, 0)}:
+        ray.shutdown()
+        raise ConfigError("this machine's Ray has too few resources for the worker group: " + ", ".join(
+            f"{k} needs {n:g} (num_workers x per-worker), has {h:g}" for k, (n, h) in short.items())
+            + "; lower num_workers / cpus_per_worker, or drop use_gpu")
+
+
+def _check_run_identity(run_path: Path, identity: dict[str, Any]) -> None:
+    """Refuse to resume a run on other data or another model: its checkpoint's weights were
+    fitted to other normalisation statistics. The identity is recorded when a run starts."""
+    path = run_path / RUN_FILE
+    if path.is_file():
+        if (found := json.loads(path.read_text())) != identity:
+            raise ConfigError(f"{run_path} holds checkpoints of a run on other data or another model "
+                              f"({found['model']}, train data {found['data']['train'][:12]}…); "
+                              "use --overwrite to start afresh, or another run_dir / out")
+        log.info("continuing the run in %s (from its last checkpoint, if it has one)", run_path)
+        return
+    run_path.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(identity, indent=2))
+
+
+def train(cfg: TrainConfig, overwrite: bool = False) -> ModelCard:
+    """Train ``cfg.model``, write the model folder ``cfg.out`` (+ ``train_log.csv``); return its card.
+
+    An interrupted run resumes when run again with the same config. ``overwrite`` replaces
+    an existing ``out`` and discards the run's checkpoints: a fresh start.
+    """
+    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    out = Path(cfg.out)
+    if out.exists() and not overwrite:
+        raise ConfigError(f"{out} already exists; choose another --out, or --overwrite to retrain from scratch")
+    run_path = cfg.storage / out.name
+    if overwrite:
+        shutil.rmtree(run_path, ignore_errors=True)
+    features = cfg.feature_names
+    t0 = time.perf_counter()
+    train_pairs, val_pairs = find_pairs(cfg.train_data), find_pairs(cfg.val_data)
+    log.info("checking %d training and %d validation patches, computing feature statistics",
+             len(train_pairs), len(val_pairs))
+    tr, va = scan_split(train_pairs, features), scan_split(val_pairs, features)
+    if tr.size != va.size:
+        raise InputError(f"training patches are {tr.size} px but validation patches {va.size} px")
+    if tr.positives == 0:
+        raise InputError(f"{cfg.train_data}: no landslide pixel in any training mask; nothing to learn")
+    log.info("data checked in %.1fs; landslide pixels: %.2f%% (train), %.2f%% (val)", time.perf_counter() - t0,
+             100 * tr.positives / tr.pixels, 100 * va.positives / va.pixels)
+
+    _check_run_identity(run_path, {"model": cfg.model, "features": features,
+                                   "data": {"train": tr.sha256, "val": va.sha256}})
+    _ensure_ray(cfg)
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={"config": cfg.model_dump(mode="json"), "features": features,
+                           "normalization": tr.normalization.model_dump(),
+                           "train_pairs": train_pairs, "val_pairs": val_pairs},
+        torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+                                     resources_per_worker={"CPU": cfg.cpus_per_worker}),
+        run_config=RunConfig(name=out.name, storage_path=str(cfg.storage),
+                             checkpoint_config=CheckpointConfig(num_to_keep=1)),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise ConfigError(f"training of {cfg.model} reported no checkpoint; see the log above")
+    with result.checkpoint.as_directory() as d:
+        state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
+    best, history = state["best"], state["history"]
+
+    spec = MODEL_ZOO[cfg.model]
+    model = build_model(spec.arch, spec.encoder, len(features))
+    model.load_state_dict(best["weights"])
+    card = ModelCard(
+        name=cfg.model, arch=spec.arch, encoder=spec.encoder, features=features, in_channels=len(features),
+        normalization=tr.normalization, threshold=best["threshold"], trained=True, metrics=best["metrics"],
+        training={**cfg.model_dump(mode="json"),
+                  "result": {"best_epoch": best["epoch"], "epochs_run": len(history),
+                             "early_stopped": len(history) < cfg.epochs,
+                             "train_patches": tr.patches, "val_patches": va.patches,
+                             "train_seconds": round(sum(r["train_s"] + r["val_s"] for r in history), 1)}},
+        data_hashes={"train": tr.sha256, "val": va.sha256},
+        notes=f"validation metrics at the tuned threshold, best of {len(history)} epoch(s)",
+    )
+    card = save_model_folder(model, card, out, overwrite=overwrite)
+    write_log(history, out / LOG_FILE)
+    log.info("wrote %s: val F1 %.3f (precision %.3f, recall %.3f, IoU %.3f) at threshold %.2f, epoch %d",
+             out, *(best["metrics"][f"val_{k}"] for k in ("f1", "precision", "recall", "iou")),
+             best["threshold"], best["epoch"])
+    return card
+
+
+def write_log(history: list[dict[str, Any]], path: Path) -> None:
+    """Per-epoch CSV log (offline; no tracking service)."""
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(history[0]))
+        w.writeheader()
+        w.writerows({k: (round(v, 6) if isinstance(v, float) and math.isfinite(v) else v) for k, v in r.items()}
+                    for r in history)
