@@ -24,17 +24,19 @@ from filelock import FileLock, Timeout
 from .bands import BAND_INDEX
 from .config import JobConfig, ensemble_members
 from .errors import ConfigError, OutputLockedError
+from .gdal_env import bounded_gdal_cache
 from .hashing import sha256_tree
 from .infer.executors import StageContext, run_local, run_ray
 from .infer.stages import PredictorSpec
 from .ingest import Scene, ingest_job
-from .models.card import WEIGHTS_FILE, read_card
+from .models.card import WEIGHTS_FILE, load_model_folder
+from .models.ensemble import resolve_device
 from .outputs.manifest import package_versions, read_manifest, write_json_atomic
 from .outputs.polygons import ObjectCollector, write_polygons
 from .outputs.quicklook import write_quicklook
 from .outputs.rasters import windows, write_cog
 from .outputs.store import NODATA, BlockStore, create_store
-from .plan.tiling import TileGrid, plan_blocks
+from .plan.tiling import TileGrid, plan_blocks, tile_uses
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +72,8 @@ def run_job(cfg: JobConfig, *, overwrite: bool = False) -> dict:
         raise OutputLockedError(f"{out} is being written by another job (lock {out / '.lock'} is held); "
                                 "wait for it or choose another output folder") from None
     try:
-        return _run_locked(cfg, out, overwrite)
+        with bounded_gdal_cache():
+            return _run_locked(cfg, out, overwrite)
     finally:
         lock.release()
 
@@ -79,7 +82,9 @@ def _run_locked(cfg: JobConfig, out: Path, overwrite: bool) -> dict:
     t0 = time.perf_counter()
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     members = ensemble_members(cfg)
-    cards = [read_card(m.model) for m in members.members]  # fail fast on a bad model folder
+    # Load every model once here: a bad model folder fails before a long ingest, with its own message
+    # (on Ray a predictor that cannot load only surfaces as an ActorDiedError).
+    cards = [load_model_folder(m.model)[1] for m in members.members]
     model_shas = [sha256_tree(Path(m.model) / WEIGHTS_FILE) for m in members.members]
     if not Path(cfg.scene).exists():
         from .errors import InputError
@@ -96,6 +101,8 @@ def _run_locked(cfg: JobConfig, out: Path, overwrite: bool) -> dict:
                     "tiles": {**previous["tiles"], "forward_passes": 0}}
         raise ConfigError(f"{out} holds the result of a different job (hash {previous.get('job_hash')}, "
                           f"this job {jhash}); use another output folder or --overwrite")
+    if previous is not None:  # overwriting: from now on nothing may vouch for the folder's old products
+        (out / "run.json").unlink()
 
     work = out / ".work"
     state = work / "job.json"
@@ -113,7 +120,12 @@ def _run_locked(cfg: JobConfig, out: Path, overwrite: bool) -> dict:
     blocks = plan_blocks(grid, cfg.block)
     store_path = work / "probability.zarr"
     if not store_path.exists():
-        create_store(store_path, info, cfg.block, jhash)
+        # No store, no finished block: markers without their data would resume into a map of nodata.
+        shutil.rmtree(work / "blocks", ignore_errors=True)
+        partial = work / "probability.zarr.partial"  # built aside: a half-created store is never resumed
+        shutil.rmtree(partial, ignore_errors=True)
+        create_store(partial, info, cfg.block, jhash)
+        os.replace(partial, store_path)
     store = BlockStore(store_path, work / "blocks")
     t_plan = time.perf_counter()
 
@@ -127,8 +139,12 @@ def _run_locked(cfg: JobConfig, out: Path, overwrite: bool) -> dict:
              len(blocks), len(todo), len(resumed), len(empty))
 
     spec = PredictorSpec(members, cfg.tile, cfg.stride, cfg.blend, cfg.batch_size, cfg.device, cfg.threads)
-    ctx = StageContext(scene.path, grid, spec, store)
-    rows = run_local(todo, ctx) if cfg.executor == "local" else run_ray(todo, ctx, cfg.ray)
+    ctx = StageContext(scene.path, grid, spec, store, tile_uses(grid, todo))
+    if cfg.executor == "local":
+        prefetch = cfg.prefetch if cfg.prefetch is not None else int(resolve_device(cfg.device) != "cpu")
+        rows = run_local(todo, ctx, prefetch)
+    else:
+        rows = run_ray(todo, ctx, cfg.ray)
     forward = tiles = 0
     t_infer = time.perf_counter()
     for i, row in enumerate(rows, 1):
@@ -144,7 +160,7 @@ def _run_locked(cfg: JobConfig, out: Path, overwrite: bool) -> dict:
         members.threshold if members.threshold is not None
         else sum(m.weight * c.threshold for m, c in zip(members.members, cards)) / total_w)
     t_finish = time.perf_counter()
-    summary = _finish(cfg, scene, store_path, work, out, threshold)
+    summary = _finish(cfg, scene, store_path, work, threshold)
     finish_s = time.perf_counter() - t_finish
 
     manifest = {
@@ -170,15 +186,16 @@ def _run_locked(cfg: JobConfig, out: Path, overwrite: bool) -> dict:
         "summary": {**summary, "threshold": threshold},
         "outputs": OUTPUTS,
     }
-    write_json_atomic(out / "run.json", manifest)
+    write_json_atomic(work / "final" / "run.json", manifest)
+    _publish(work / "final", store_path, out)
     shutil.rmtree(work)
     log.info("finished: %s (%d landslide objects, %.3f km² of %.3f km² mapped)", out / "run.json",
              summary["objects"], summary["landslide_area_km2"] or 0, summary["area_mapped_km2"] or 0)
     return manifest
 
 
-def _finish(cfg: JobConfig, scene: Scene, store_path: Path, work: Path, out: Path, threshold: float) -> dict:
-    """Write the products into ``work/final`` window by window, then move them into ``out``."""
+def _finish(cfg: JobConfig, scene: Scene, store_path: Path, work: Path, threshold: float) -> dict:
+    """Write the products (all but the store) into ``work/final`` window by window."""
     info = scene.info
     final = work / "final"
     shutil.rmtree(final, ignore_errors=True)
@@ -211,14 +228,26 @@ def _finish(cfg: JobConfig, scene: Scene, store_path: Path, work: Path, out: Pat
     n_objects = write_polygons(final / OUTPUTS["polygons"], info, collector.objects(), min_pixels, has_slope)
     write_quicklook(final / OUTPUTS["quicklook"], zarr.open_group(str(scene.path), mode="r")["bands"], prob,
                     threshold)
-    os.replace(store_path, final / OUTPUTS["zarr"])
-
-    for name in OUTPUTS.values():
-        target = out / name
-        if target.is_dir():
-            shutil.rmtree(target)
-        os.replace(final / name, target)
     km2 = (pixel_area or 0) / 1e6
     return {"valid_pixels": valid_px, "landslide_pixels": slide_px, "objects": n_objects,
             "area_mapped_km2": valid_px * km2 if pixel_area else None,
             "landslide_area_km2": slide_px * km2 if pixel_area else None}
+
+
+def _publish(final: Path, store_path: Path, out: Path) -> None:
+    """Move the products into ``out``: the store after the files (until then it stays next to its
+    block markers, so a failure costs no block), ``run.json`` last. A failure part-way moves back
+    what was moved: no product lies under its final name without the run.json that vouches for it."""
+    moves = [(final / name, out / name) for key, name in OUTPUTS.items() if key != "zarr"]
+    moves += [(store_path, out / OUTPUTS["zarr"]), (final / "run.json", out / "run.json")]
+    done = []
+    try:
+        for src, target in moves:
+            if target.is_dir():
+                shutil.rmtree(target)
+            os.replace(src, target)
+            done.append((src, target))
+    except BaseException:
+        for src, target in reversed(done):
+            os.replace(target, src)
+        raise

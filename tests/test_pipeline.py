@@ -133,7 +133,8 @@ def test_resume_after_failure_recomputes_only_unfinished_blocks(tmp_path, scene_
     assert resumed["blocks"]["computed"] == reference["blocks"]["computed"] - 4
     a, _ = read(tmp_path / "ref" / "probability.tif")
     b, _ = read(tmp_path / "out" / "probability.tif")
-    np.testing.assert_array_equal(a, b)
+    # Tiles shared with finished blocks are recomputed in other batches: float32 rounding only.
+    np.testing.assert_allclose(a, b, atol=1e-6)
     # Complete: a third run computes nothing.
     again = run_job(job(scene_tif, tmp_path / "out", tiny_model))
     assert again["blocks"]["computed"] == 0 and again["tiles"]["forward_passes"] == 0
@@ -181,3 +182,12 @@ def test_ray_executor_equals_local_executor(tmp_path, scene_tif, tiny_model):
     b, _ = read(tmp_path / "ray" / "probability.tif")
     np.testing.assert_allclose(a, b, atol=1e-5)
     assert manifest["blocks"]["computed"] == 9
+
+
+def test_tiles_shared_by_blocks_are_predicted_once(tmp_path, scene_tif, tiny_model):
+    small = run_job(job(scene_tif, tmp_path / "small", tiny_model, block=128))
+    whole = run_job(job(scene_tif, tmp_path / "whole", tiny_model, block=512))
+    assert small["blocks"]["total"] == 9 and whole["blocks"]["total"] == 1
+    # Nine blocks predict 49 tile slots between them, yet each of the 25 grid tiles runs once.
+    assert small["tiles"]["computed_in_blocks"] > small["tiles"]["grid"]
+    assert small["tiles"]["forward_passes"] == whole["tiles"]["forward_passes"] == small["tiles"]["grid"] == 25

@@ -62,3 +62,16 @@ def test_blend_is_a_weighted_mean():
     np.testing.assert_allclose(out[:, :2], 0)
     np.testing.assert_allclose(out[:, 2:4], 0.5)
     np.testing.assert_allclose(out[:, 4:], 1)
+
+
+def test_tile_uses_counts_blocks_per_tile():
+    from landslide_batch.plan.tiling import tile_uses
+
+    grid = TileGrid(640, 384, 128, 64)
+    blocks = plan_blocks(grid, 256)
+    uses = tile_uses(grid, blocks)
+    assert uses.shape == (grid.ny, grid.nx)
+    assert uses.sum() == sum(b.n_tiles for b in blocks)
+    # With a one-stride margin and 50 % overlap, one tile row/column straddles each block edge.
+    assert set(np.unique(uses)) == {1, 2, 4}
+    assert (uses[:, 0] == uses[:, 0].min()).sum() > 0 and uses[0, 0] == 1

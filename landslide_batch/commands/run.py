@@ -14,7 +14,7 @@ FLAGS = {  # flag -> (JobConfig field, type, help)
     "--tile": ("tile", int, "tile size in pixels (default 128)"),
     "--overlap": ("overlap", float, "tile overlap fraction (default 0.5)"),
     "--blend": ("blend", str, "mean, cosine or gaussian (default gaussian)"),
-    "--block": ("block", int, "block size in pixels: the unit of work and resume (default 2048)"),
+    "--block": ("block", int, "block size in pixels: the unit of work and resume (default 1024)"),
     "--executor": ("executor", str, "local or ray (default local)"),
     "--batch-size": ("batch_size", int, "tiles per forward pass (default 16)"),
     "--device": ("device", str, "auto, cpu or cuda[:N] (default auto)"),

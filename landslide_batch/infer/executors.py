@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
+
+import numpy as np
 
 from ..config import RaySettings
 from ..outputs.store import BlockStore
@@ -27,23 +30,27 @@ class StageContext:
     grid: TileGrid
     predictor: PredictorSpec
     store: BlockStore
+    tile_uses: np.ndarray  # (ny, nx) blocks of this run predicting each tile
 
 
 def _rows(blocks: list[Block]) -> list[dict]:
     return [{**b.as_dict(), "key": b.key, "tiles": b.n_tiles} for b in blocks]
 
 
-def run_local(blocks: list[Block], ctx: StageContext) -> Iterator[dict]:
-    """Reads the next block and writes the previous one while the model works on the current."""
+def run_local(blocks: list[Block], ctx: StageContext, prefetch: int = 0) -> Iterator[dict]:
+    """Predicts block after block; the previous block is written, and ``prefetch`` blocks are
+    read, in background threads while the model works."""
     read, write = ReadBlock(ctx.scene_path, ctx.grid), WriteBlock(ctx.store)
-    predict = PredictBlock(ctx.predictor, ctx.grid)
+    predict = PredictBlock(ctx.predictor, ctx.grid, ctx.tile_uses)
     rows = _rows(blocks)
     with ThreadPoolExecutor(1, "read") as reader, ThreadPoolExecutor(1, "write") as writer:
-        pending_write = None
-        next_read = reader.submit(read, rows[0]) if rows else None
+        reads: deque = deque()
+        pending_write, submitted = None, 0
         for i in range(len(rows)):
-            item = next_read.result()
-            next_read = reader.submit(read, rows[i + 1]) if i + 1 < len(rows) else None
+            while submitted <= min(i + prefetch, len(rows) - 1):
+                reads.append(reader.submit(read, rows[submitted]))
+                submitted += 1
+            item = reads.popleft().result()
             result = predict(item)
             del item
             if pending_write is not None:
@@ -70,7 +77,7 @@ def run_ray(blocks: list[Block], ctx: StageContext, settings: RaySettings) -> It
         ds = ray.data.from_items(_rows(blocks), override_num_blocks=len(blocks))
         ds = ds.map(ReadBlock(ctx.scene_path, ctx.grid), num_cpus=0.5,
                     compute=ray.data.TaskPoolStrategy(size=settings.read_tasks))
-        ds = ds.map(PredictBlock, fn_constructor_args=(ctx.predictor, ctx.grid),
+        ds = ds.map(PredictBlock, fn_constructor_args=(ctx.predictor, ctx.grid, ctx.tile_uses),
                     compute=ray.data.ActorPoolStrategy(size=actors), **per_actor)
         ds = ds.map(WriteBlock(ctx.store), num_cpus=0.25)
         log.info("ray: %d block(s) through %d predictor actor(s) (%s)", len(blocks), actors,

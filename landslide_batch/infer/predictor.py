@@ -3,11 +3,16 @@
 One implementation serves the pipeline (one instance per actor / process), the web app
 and evaluation. The whole window goes to the model's device once; tiles are cut from it
 as views, batched, and their predictions blended there, so only the final maps travel back.
+
+Tiles that straddle block edges belong to several blocks. Given their global index and how
+many blocks use them (``TileReuse``), the predictor keeps their predictions until the last
+user has blended them, so a block does not recompute what its neighbour already did.
 """
 
 from __future__ import annotations
 
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -16,6 +21,15 @@ from ..bands import derive_features
 from ..config import EnsembleConfig
 from ..models.ensemble import Ensemble, resolve_device
 from .blending import blend_window
+
+
+@dataclass
+class TileReuse:
+    """How many blocks use each tile (``plan.tiling.tile_uses``) and the kept predictions:
+    ``(member, ty, tx) -> [tile probabilities, remaining uses]``."""
+
+    uses: np.ndarray
+    kept: dict = field(default_factory=dict)
 
 
 class EnsemblePredictor:
@@ -39,11 +53,13 @@ class EnsemblePredictor:
         return self.ensemble.threshold
 
     @torch.inference_mode()
-    def predict_window(self, bands: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def predict_window(self, bands: np.ndarray, valid: np.ndarray, *, first_tile: tuple[int, int] = (0, 0),
+                       reuse: TileReuse | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``bands (14, H, W)`` raw values (NaN where invalid), ``valid (H, W)`` ->
         (probability, spread), float32 ``(H, W)``; NaN where no tile ran (no valid pixel near).
 
         ``H`` and ``W`` must be ``tile + k * stride``: the window is covered exactly by tiles.
+        ``first_tile`` is the global grid index of the window's first tile, used with ``reuse``.
         """
         t, s = self.tile, self.stride
         h, w = valid.shape
@@ -62,18 +78,34 @@ class EnsemblePredictor:
         for r, c in zip(rows, cols):
             den[r * s:r * s + t, c * s:c * s + t] += self.weights
         maps = []
-        for member in self.ensemble.members:
-            num = torch.zeros((h, w), dtype=torch.float32, device=self.device)
+        oy, ox = first_tile
+        for m, member in enumerate(self.ensemble.members):
+            probs: dict[tuple[int, int], torch.Tensor] = {}
+            todo = []
+            for r, c in zip(rows, cols):
+                kept = reuse.kept.get((m, oy + r, ox + c)) if reuse else None
+                if kept is None:
+                    todo.append((r, c))
+                else:
+                    probs[r, c] = kept[0]
+                    kept[1] -= 1
+                    if kept[1] == 0:
+                        del reuse.kept[(m, oy + r, ox + c)]
             strips = _StripFeatures(x, member, t, s)
-            for b in range(0, len(rows), self.batch_size):
-                br, bc = rows[b:b + self.batch_size], cols[b:b + self.batch_size]
-                batch = torch.stack([strips.tile(r, c) for r, c in zip(br, bc)]).contiguous(
+            for b in range(0, len(todo), self.batch_size):
+                chunk = todo[b:b + self.batch_size]
+                batch = torch.stack([strips.tile(r, c) for r, c in chunk]).contiguous(
                     memory_format=torch.channels_last)
                 with self.autocast:
                     prob = torch.sigmoid(member.model(batch)[:, 0].float())
-                for p, r, c in zip(prob * self.weights, br, bc):
-                    num[r * s:r * s + t, c * s:c * s + t] += p
-            self.forward_passes += len(rows)
+                for p, (r, c) in zip(prob, chunk):
+                    probs[r, c] = p
+                    if reuse and (left := int(reuse.uses[oy + r, ox + c]) - 1) > 0:
+                        reuse.kept[(m, oy + r, ox + c)] = [p, left]
+            self.forward_passes += len(todo)
+            num = torch.zeros((h, w), dtype=torch.float32, device=self.device)
+            for r, c in zip(rows, cols):  # always in grid order: the sums do not depend on reuse
+                num[r * s:r * s + t, c * s:c * s + t] += probs[r, c] * self.weights
             maps.append(num / den)
         weights = torch.tensor([m.weight for m in self.ensemble.members], device=self.device)[:, None, None]
         stack = torch.stack(maps)

@@ -49,18 +49,20 @@ class ReadBlock:
 class PredictBlock:
     """Holds the ensemble: constructed once per actor / process, models loaded once."""
 
-    def __init__(self, spec: PredictorSpec, grid: TileGrid):
-        from .predictor import EnsemblePredictor
+    def __init__(self, spec: PredictorSpec, grid: TileGrid, tile_uses: np.ndarray):
+        from .predictor import EnsemblePredictor, TileReuse
 
         self.grid = grid
         self.predictor = EnsemblePredictor(
             spec.ensemble, tile=spec.tile, stride=spec.stride, blend=spec.blend,
             batch_size=spec.batch_size, device=spec.device, threads=spec.threads)
+        self.reuse = TileReuse(tile_uses)
 
     def __call__(self, row: dict) -> dict:
         block = block_of(row)
         before = self.predictor.forward_passes
-        prob, spread = self.predictor.predict_window(row["bands"], row["valid"])
+        prob, spread = self.predictor.predict_window(row["bands"], row["valid"], first_tile=(block.ty0, block.tx0),
+                                                     reuse=self.reuse)
         wy0, _, wx0, _ = block.window(self.grid)
         core = (slice(block.y0 - wy0, block.y1 - wy0), slice(block.x0 - wx0, block.x1 - wx0))
         valid = row["valid"][core]

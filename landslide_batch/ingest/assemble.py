@@ -12,16 +12,15 @@ log); what was done goes to ``attrs["ingest"]``.
 from __future__ import annotations
 
 import logging
-import os
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import rasterio
 
 from ..bands import BAND_INDEX, N_BANDS
 from ..errors import InputError
+from ..gdal_env import bounded_gdal_cache
 from .aoi import AOI
 from .inputs import L4S_IMG_MEAN, S2_LAYERS, SceneInputs
 from .resample import open_raster, reference_grid, view
@@ -34,7 +33,6 @@ log = logging.getLogger(__name__)
 DEM_RANGE = (-450.0, 8900.0)      # metres: Dead Sea shore .. Everest
 SLOPE_RANGE = (0.0, 90.0)         # degrees
 SCL_OUTSIDE = 255                 # SCL value for pixels the SCL file does not cover
-GDAL_CACHE_MB = 256               # GDAL block cache while assembling (memory bounded by window + this)
 
 
 @dataclass
@@ -87,10 +85,7 @@ def _b10_fill(inputs: SceneInputs, b10_note: str | None) -> tuple[float, str]:
 
 def assemble(plan: SourcePlan, dest: Path, *, chunk: int, inputs: SceneInputs, nodata: float | None = None,
              notes: list[str] | None = None, b10_note: str | None = None) -> SceneWriter:
-    # GDAL's block cache defaults to 5 % of RAM and would fill with blocks read once; cap it
-    # unless the user chose a size (GDAL_CACHEMAX in the environment).
-    env = {} if "GDAL_CACHEMAX" in os.environ else {"GDAL_CACHEMAX": GDAL_CACHE_MB}
-    with rasterio.Env(**env):
+    with bounded_gdal_cache():
         return _assemble(plan, dest, chunk=chunk, inputs=inputs, nodata=nodata, notes=notes, b10_note=b10_note)
 
 

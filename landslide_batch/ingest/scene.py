@@ -89,15 +89,34 @@ class Scene:
 
     def read_reflected(self, y0: int, y1: int, x0: int, x1: int) -> tuple[np.ndarray, np.ndarray]:
         """A window that may reach outside the scene; outside pixels mirror the inside
-        (numpy ``reflect``), so every caller sees the same values for the same coordinate."""
+        (numpy ``reflect``), so every caller sees the same values for the same coordinate.
+
+        The window is filled in place, one chunk row at a time, and its margins mirrored from
+        within: peak memory is the window plus one strip, not two copies of the window."""
         h, w = self.shape
         rows, cols = reflect_index(np.arange(y0, y1), h), reflect_index(np.arange(x0, x1), w)
-        ry0, ry1, rx0, rx1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
-        bands, valid = self.read(ry0, ry1, rx0, rx1)
-        if (ry0, ry1, rx0, rx1) == (y0, y1, x0, x1):
-            return bands, valid
-        ri, ci = np.ix_(rows - ry0, cols - rx0)
-        return bands[:, ri, ci], valid[ri, ci]
+        iy0, iy1, ix0, ix1 = max(y0, 0), min(y1, h), max(x0, 0), min(x1, w)
+        if not (rows.min() >= iy0 and rows.max() < iy1 and cols.min() >= ix0 and cols.max() < ix1):
+            # Mirrored pixels lie outside the window (scene thinner than the margin): gather.
+            ry0, ry1, rx0, rx1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+            bands, valid = self.read(ry0, ry1, rx0, rx1)
+            ri, ci = np.ix_(rows - ry0, cols - rx0)
+            return bands[:, ri, ci], valid[ri, ci]
+        bands = np.empty((self._bands.shape[0], y1 - y0, x1 - x0), np.float32)
+        valid = np.empty((y1 - y0, x1 - x0), bool)
+        inner = (slice(iy0 - y0, iy1 - y0), slice(ix0 - x0, ix1 - x0))
+        for sy in range(iy0, iy1, self.info.chunk):
+            ey = min(sy + self.info.chunk, iy1)
+            bands[:, sy - y0:ey - y0, inner[1]] = self._bands[:, sy:ey, ix0:ix1]
+            valid[sy - y0:ey - y0, inner[1]] = self._valid[sy:ey, ix0:ix1]
+        ri, ci = rows - y0, cols - x0
+        for margin in (slice(0, ix0 - x0), slice(ix1 - x0, x1 - x0)):  # columns, in-bounds rows
+            bands[:, inner[0], margin] = bands[:, inner[0], ci[margin]]
+            valid[inner[0], margin] = valid[inner[0], ci[margin]]
+        for margin in (slice(0, iy0 - y0), slice(iy1 - y0, y1 - y0)):  # rows, full width
+            bands[:, margin] = bands[:, ri[margin]]
+            valid[margin] = valid[ri[margin]]
+        return bands, valid
 
 
 def reflect_index(idx: np.ndarray, n: int) -> np.ndarray:
@@ -116,7 +135,7 @@ class SceneWriter:
                  transform: tuple[float, ...], band_names=L4S_BANDS, chunk: int = 512,
                  source: dict | None = None):
         if height < 1 or width < 1:
-            raise InputError(f"scene has zero size ({height}x{width} pixels)")
+            raise InputError(f"{(source or {}).get('path', path)}: scene has zero size ({height}x{width} pixels)")
         self.path = Path(path)
         chunk = int(min(chunk, max(height, width)))
         self.group = zarr.open_group(str(self.path), mode="w")
@@ -134,6 +153,8 @@ class SceneWriter:
         })
         self.chunk = chunk
         self.n_valid = 0
+        self.band_names = tuple(band_names)
+        self.band_has_values = np.zeros(len(band_names), bool)  # names the culprit when no pixel is valid
 
     def windows(self):
         """Chunk-aligned windows (y0, y1, x0, x1) covering the scene."""
@@ -145,9 +166,11 @@ class SceneWriter:
     def write(self, y0: int, x0: int, bands: np.ndarray, nodata: float | None = None) -> None:
         """Write raw band values; pixels with a non-finite or ``nodata`` value in any band become invalid."""
         bands = np.asarray(bands, dtype=np.float32)
-        valid = np.isfinite(bands).all(axis=0)
+        usable = np.isfinite(bands)
         if nodata is not None and not np.isnan(nodata):
-            valid &= ~(bands == np.float32(nodata)).any(axis=0)
+            usable &= bands != np.float32(nodata)
+        valid = usable.all(axis=0)
+        self.band_has_values |= usable.any(axis=(1, 2))
         bands = np.where(valid[None], bands, np.float32(np.nan))
         _, h, w = bands.shape
         self.bands[:, y0:y0 + h, x0:x0 + w] = bands
@@ -156,9 +179,12 @@ class SceneWriter:
 
     def finish(self) -> Scene:
         if self.n_valid == 0:
+            empty = [name for name, seen in zip(self.band_names, self.band_has_values) if not seen]
             raise InputError(
                 f"scene {self.group.attrs['source'].get('path', self.path)} has no valid pixel: every pixel "
                 "is NaN, infinite or nodata in at least one band"
+                + (f"; layers without a single valid value: {', '.join(empty)}"
+                   if 0 < len(empty) < len(self.band_names) else "")
             )
         self.group.attrs["complete"] = True
         return Scene(self.path)

@@ -28,6 +28,8 @@ def ingest_zarr(src: Path, dest: Path, *, chunk: int, nodata: float | None = Non
     if da.shape[0] != N_BANDS:
         raise InputError(f"{src}: variable {da.name!r} should have {N_BANDS} bands "
                          f"({', '.join(L4S_BANDS)}) on its first axis, found shape {da.shape}")
+    if da.dtype.kind not in "uif":  # bool would pass as 0/1 and complex lose its imaginary part, silently
+        raise InputError(f"{src}: variable {da.name!r} should hold integer or float values, found dtype {da.dtype}")
     import rioxarray  # noqa: F401  (registers .rio)
 
     crs = da.rio.crs or (ds.attrs.get("crs") and _crs_from(ds.attrs["crs"]))

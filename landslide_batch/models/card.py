@@ -84,8 +84,9 @@ def read_card(folder: str | Path) -> ModelCard:
         return ModelCard.model_validate(json.loads(path.read_text()))
     except json.JSONDecodeError as exc:
         raise ModelError(f"{path}: model card is not valid JSON ({exc})") from None
-    except ValidationError as exc:
-        raise ModelError(f"{path}: model card is invalid:\n{exc}") from None
+    except ValidationError as exc:  # one line per field, without pydantic's input dump and links
+        lines = [f"  {'.'.join(map(str, e['loc'])) or '(top level)'}: {e['msg']}" for e in exc.errors()]
+        raise ModelError(f"{path}: model card is invalid:\n" + "\n".join(lines)) from None
 
 
 def save_model_folder(model, card: ModelCard, out: str | Path, overwrite: bool = False) -> ModelCard:

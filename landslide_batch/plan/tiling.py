@@ -17,6 +17,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class TileGrid:
@@ -99,3 +101,12 @@ def plan_blocks(grid: TileGrid, block: int) -> list[Block]:
             tx = grid.tiles_over(x0, x1, grid.nx)
             blocks.append(Block(by, bx, y0, y1, x0, x1, *ty, *tx))
     return blocks
+
+
+def tile_uses(grid: TileGrid, blocks: list[Block]) -> np.ndarray:
+    """``(ny, nx)`` count of the given blocks that predict each tile; tiles counted more than
+    once straddle block edges, and their predictions are worth keeping for the next user."""
+    uses = np.zeros((grid.ny, grid.nx), np.int16)
+    for b in blocks:
+        uses[b.ty0:b.ty1, b.tx0:b.tx1] += 1
+    return uses
