@@ -87,7 +87,8 @@ def derive_features(bands: Any, features: Sequence[str]) -> Any:
             red = bands[..., BAND_INDEX["B4"], :, :]
             denom = nir + red
             safe = xp.where(xp.abs(denom) > NDVI_EPS, denom, xp.ones_like(denom))
-            out.append(xp.where(xp.abs(denom) > NDVI_EPS, (nir - red) / safe, xp.zeros_like(denom)))
+            ndvi = xp.where(xp.abs(denom) > NDVI_EPS, (nir - red) / safe, xp.zeros_like(denom))
+            out.append(xp.where(xp.isnan(denom), denom, ndvi))
         else:
             out.append(bands[..., BAND_INDEX[DERIVED[name][0]], :, :])
     return xp.stack(out, axis=-3) if xp is np else xp.stack(out, dim=-3)

@@ -6,34 +6,31 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
 from .ingest.inputs import SceneInputs
+from .schema import StrictModel
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class EnsembleMember(_Strict):
+class EnsembleMember(StrictModel):
     model: Path
     weight: float = Field(1.0, gt=0)
 
 
-class EnsembleConfig(_Strict):
+class EnsembleConfig(StrictModel):
     members: list[EnsembleMember] = Field(min_length=1)
     #: Probability threshold for the binary mask; default: members' card thresholds, weighted.
     threshold: float | None = Field(None, ge=0, le=1)
 
 
-class RaySettings(_Strict):
+class RaySettings(StrictModel):
     address: str | None = None  # None: join a running cluster if RAY_ADDRESS is set, else start locally
     num_actors: int | None = Field(None, ge=1)  # default: one per GPU, else 1
     read_tasks: int = Field(2, ge=1)
 
 
-class JobConfig(_Strict):
+class JobConfig(StrictModel):
     scene: Path
     out: Path
     ensemble: Path | None = None
@@ -81,7 +78,7 @@ class JobConfig(_Strict):
         return self.tile - int(round(self.tile * self.overlap))
 
 
-def _load_yaml(path: Path) -> dict:
+def load_yaml(path: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
@@ -93,7 +90,7 @@ def _load_yaml(path: Path) -> dict:
     return data
 
 
-def _validate(cls, data: dict, where: str):
+def validate_model(cls, data: dict, where: str):
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
@@ -101,7 +98,7 @@ def _validate(cls, data: dict, where: str):
         raise ConfigError(f"{where}: invalid {cls.__name__}:\n" + "\n".join(lines)) from None
 
 
-def _rebase(base: Path, p: Path | None) -> Path | None:
+def rebase_path(base: Path, p: Path | None) -> Path | None:
     if p is None:
         return None
     p = Path(p).expanduser()
@@ -110,17 +107,17 @@ def _rebase(base: Path, p: Path | None) -> Path | None:
 
 def load_ensemble(path: str | Path) -> EnsembleConfig:
     path = Path(path)
-    cfg = _validate(EnsembleConfig, _load_yaml(path), str(path))
+    cfg = validate_model(EnsembleConfig, load_yaml(path), str(path))
     for m in cfg.members:
-        m.model = _rebase(path.parent, m.model)
+        m.model = rebase_path(path.parent, m.model)
     return cfg
 
 
 def job_from_dict(data: dict, base: Path = Path("."), where: str = "job") -> JobConfig:
-    cfg = _validate(JobConfig, data, where)
+    cfg = validate_model(JobConfig, data, where)
     for field in ("scene", "out", "ensemble"):
-        setattr(cfg, field, _rebase(base, getattr(cfg, field)))
-    cfg.models = [_rebase(base, m) for m in cfg.models]
+        setattr(cfg, field, rebase_path(base, getattr(cfg, field)))
+    cfg.models = [rebase_path(base, m) for m in cfg.models]
     if cfg.inputs is not None:
         cfg.inputs = cfg.inputs.rebase(base)
     return cfg
@@ -129,12 +126,12 @@ def job_from_dict(data: dict, base: Path = Path("."), where: str = "job") -> Job
 def load_job(path: str | Path, overrides: dict | None = None) -> JobConfig:
     """Load a job YAML; ``overrides`` (e.g. CLI flags, paths relative to the cwd) replace its keys."""
     path = Path(path)
-    data = _load_yaml(path)
+    data = load_yaml(path)
     cfg = job_from_dict(data, path.parent, str(path))
     if overrides:
         merged = cfg.model_dump()
         merged.update({k: v for k, v in overrides.items() if v is not None})
-        cfg = _validate(JobConfig, merged, f"{path} with command-line overrides")
+        cfg = validate_model(JobConfig, merged, f"{path} with command-line overrides")
     return cfg
 
 

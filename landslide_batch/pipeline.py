@@ -95,7 +95,11 @@ def _run_locked(cfg: JobConfig, out: Path, overwrite: bool) -> dict:
 
     previous = read_manifest(out)
     if previous is not None and not overwrite:
-        if previous.get("job_hash") == jhash and all((out / f).exists() for f in OUTPUTS.values()):
+        missing = [f for f in OUTPUTS.values() if not (out / f).exists()]
+        if previous.get("job_hash") == jhash and missing:
+            raise ConfigError(f"{out} holds this job's run.json but {', '.join(missing)} is missing; "
+                              "use --overwrite to compute the job again")
+        if previous.get("job_hash") == jhash:
             log.info("%s already holds the finished result of this job (hash %s): nothing to do", out, jhash)
             return {**previous, "blocks": {**previous["blocks"], "computed": 0, "resumed": previous["blocks"]["total"]},
                     "tiles": {**previous["tiles"], "forward_passes": 0}}

@@ -191,3 +191,12 @@ def test_tiles_shared_by_blocks_are_predicted_once(tmp_path, scene_tif, tiny_mod
     # Nine blocks predict 49 tile slots between them, yet each of the 25 grid tiles runs once.
     assert small["tiles"]["computed_in_blocks"] > small["tiles"]["grid"]
     assert small["tiles"]["forward_passes"] == whole["tiles"]["forward_passes"] == small["tiles"]["grid"] == 25
+
+
+def test_finished_job_with_a_missing_product_asks_for_overwrite(tmp_path, scene_tif, tiny_model):
+    run_job(job(scene_tif, tmp_path / "out", tiny_model))
+    (tmp_path / "out" / "mask.tif").unlink()
+    with pytest.raises(ConfigError, match="mask.tif is missing; use --overwrite"):
+        run_job(job(scene_tif, tmp_path / "out", tiny_model))
+    assert run_job(job(scene_tif, tmp_path / "out", tiny_model), overwrite=True)["blocks"]["computed"] == 9
+    assert (tmp_path / "out" / "mask.tif").exists()

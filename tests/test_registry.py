@@ -69,3 +69,8 @@ def test_tampered_weights_and_bad_cards_are_refused(tmp_path):
         read_card(tmp_path / "m")
     with pytest.raises(ModelError, match="not a model folder"):
         read_card(tmp_path / "nowhere")
+
+
+def test_model_folder_is_readable_by_others(tmp_path):
+    init_model_folder("Unet", "mobilenet_v2", tmp_path / "m", seed=0)
+    assert (tmp_path / "m").stat().st_mode & 0o755 == 0o755

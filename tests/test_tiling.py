@@ -75,3 +75,14 @@ def test_tile_uses_counts_blocks_per_tile():
     # With a one-stride margin and 50 % overlap, one tile row/column straddles each block edge.
     assert set(np.unique(uses)) == {1, 2, 4}
     assert (uses[:, 0] == uses[:, 0].min()).sum() > 0 and uses[0, 0] == 1
+
+
+def test_ndvi_is_nan_where_its_bands_are_missing():
+    from landslide_batch.bands import BAND_INDEX, derive_features
+
+    bands = np.ones((14, 2, 2), np.float32)
+    bands[BAND_INDEX["B8"]] = 3.0
+    bands[BAND_INDEX["B4"], 0, 0] = np.nan
+    bands[BAND_INDEX["B4"], 1, 1] = -3.0  # B8 + B4 == 0
+    ndvi = derive_features(bands, ["NDVI"])[0]
+    assert np.isnan(ndvi[0, 0]) and ndvi[1, 1] == 0 and ndvi[0, 1] == pytest.approx(0.5)

@@ -12,13 +12,13 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from landslide_batch.bands import resolve_features
-from landslide_batch.config import _load_yaml, _rebase, _Strict, _validate
+from landslide_batch.config import load_yaml, rebase_path, StrictModel, validate_model
 from landslide_batch.models.registry import MODEL_ZOO
 
 PATH_FIELDS = ("train_data", "val_data", "out", "run_dir")
 
 
-class TrainConfig(_Strict):
+class TrainConfig(StrictModel):
     model: str  # a MODEL_ZOO name: architecture, encoder and default features
     features: str | list[str] | None = None  # override of the zoo's feature set
     train_data: Path  # L4S folder: img/ + mask/ (or images/ + masks/)
@@ -75,9 +75,9 @@ class TrainConfig(_Strict):
 def load_train_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """Load a training YAML; ``overrides`` (CLI flags; ``None`` values ignored) replace its keys."""
     path = Path(path)
-    data = _load_yaml(path)
+    data = load_yaml(path)
     for key in PATH_FIELDS:
         if data.get(key) is not None:
-            data[key] = str(_rebase(path.parent, Path(data[key])))
+            data[key] = str(rebase_path(path.parent, Path(data[key])))
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return _validate(TrainConfig, data, str(path) + (" with command-line overrides" if overrides else ""))
+    return validate_model(TrainConfig, data, str(path) + (" with command-line overrides" if overrides else ""))

@@ -16,7 +16,9 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from ..schema import StrictModel
 
 #: The 12 Sentinel-2 layers of an L4S scene (L4S layer names, see ``bands.L4S_BANDS``).
 S2_LAYERS: tuple[str, ...] = ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B9", "B10", "B11", "B12")
@@ -53,11 +55,7 @@ def looks_like_path(value: str) -> bool:
     return "/" in s or "\\" in s or Path(s).suffix.lower() in _PATH_SUFFIXES or "://" in s
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ReflectanceScaling(_Strict):
+class ReflectanceScaling(StrictModel):
     """Digital numbers -> surface reflectance (0..1, the unit the 12 Sentinel-2 layers are stored in).
 
     ``l2a``: ``reflectance = (DN + boa_add_offset) / quantification``; DN 0 is no data.
@@ -92,7 +90,7 @@ class ReflectanceScaling(_Strict):
         return self
 
 
-class SceneInputs(_Strict):
+class SceneInputs(StrictModel):
     """Where the 14 layers come from and how they are prepared (``inputs:`` of a job)."""
 
     #: L4S layer (B1..B12) -> what gives it: a product band (``B8A``, ``B08``), a STAC asset

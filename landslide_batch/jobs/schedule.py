@@ -27,7 +27,7 @@ from shapely.geometry import box, shape
 from shapely.geometry.base import BaseGeometry
 from shapely.ops import unary_union
 
-from ..config import _load_yaml, _rebase, _Strict, _validate, job_from_dict
+from ..config import load_yaml, rebase_path, StrictModel, validate_model, job_from_dict
 from ..errors import ConfigError, LandslideBatchError
 from .stac import SceneItem, find_scenes, to_wgs84, utc
 from .state import SchedulerState
@@ -37,7 +37,7 @@ from .submit import ClusterError, JobExistsError, JobSubmission, StacOptions, Su
 log = logging.getLogger(__name__)
 
 
-class AOI(_Strict):
+class AOI(StrictModel):
     """An area of interest: a bbox, an inline GeoJSON geometry or a GeoJSON file, in ``crs``."""
 
     name: str
@@ -74,19 +74,19 @@ class AOI(_Strict):
         return to_wgs84(geom, self.crs)
 
 
-class OutputSettings(_Strict):
+class OutputSettings(StrictModel):
     root: Path  # one folder per job, ROOT/<job id>; on a cluster, a volume every node mounts
     publish: str | None = None  # path or fsspec URI: outputs and item.json copied to PUBLISH/<job id>
     staging: Path | None = None  # scene assets downloaded from URIs; default ROOT/_staging
 
 
-class SubmitSettings(_Strict):
+class SubmitSettings(StrictModel):
     address: str | None = None  # Ray dashboard, http://HEAD:8265; None: RAY_ADDRESS or a local cluster
     env: dict[str, str] = Field(default_factory=dict)  # environment variables of the job
     ship_code: bool = False  # overlay the local source as a py_module (see jobs/submit.py)
 
 
-class ScheduleConfig(_Strict):
+class ScheduleConfig(StrictModel):
     name: str = Field(pattern=r"^[A-Za-z0-9._-]+$")
     catalog: str  # static STAC catalog: catalog.json path, http(s) URL or fsspec URI
     collection: str | None = None  # only items of this collection
@@ -152,7 +152,7 @@ class Schedule:
 def _location(value: str, base: Path, where: str, *, http_ok: bool = False) -> str:
     """A local path (relative to ``base``) made absolute, or a URI whose fsspec driver works here."""
     if not is_uri(value):
-        return str(_rebase(base, local_path(value)))
+        return str(rebase_path(base, local_path(value)))
     if not (http_ok and value.startswith(("http://", "https://"))):
         check_uri(value, where)
     return value
@@ -161,16 +161,16 @@ def _location(value: str, base: Path, where: str, *, http_ok: bool = False) -> s
 def load_schedule(path: str | Path) -> Schedule:
     """Validate a schedule YAML, its job template and AOIs; paths are relative to the YAML."""
     path = Path(path).absolute()
-    cfg = _validate(ScheduleConfig, _load_yaml(path), str(path))
+    cfg = validate_model(ScheduleConfig, load_yaml(path), str(path))
     base = path.parent
     cfg.catalog = _location(cfg.catalog, base, f"{path}: catalog", http_ok=True)  # pystac reads http(s)
     if cfg.output.publish is not None:
         cfg.output.publish = _location(cfg.output.publish, base, f"{path}: output.publish")
-    cfg.output.root = _rebase(base, cfg.output.root)
-    cfg.output.staging = _rebase(base, cfg.output.staging)
-    cfg.state = _rebase(base, cfg.state)
+    cfg.output.root = rebase_path(base, cfg.output.root)
+    cfg.output.staging = rebase_path(base, cfg.output.staging)
+    cfg.state = rebase_path(base, cfg.state)
     for aoi in cfg.aois:
-        aoi.geojson = _rebase(base, aoi.geojson)
+        aoi.geojson = rebase_path(base, aoi.geojson)
     job = job_from_dict({**cfg.job, "scene": "scene", "out": "out"}, base, f"{path}: job")
     template = job.model_dump(mode="json", exclude={"scene", "out"})
     config_hash = hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:16]

@@ -24,7 +24,7 @@ import yaml
 
 import landslide_batch
 
-from ..config import _load_yaml, job_from_dict
+from ..config import job_from_dict, load_yaml
 from ..errors import ConfigError, LandslideBatchError
 from .stac import write_item
 from .storage import is_uri, local_path
@@ -81,7 +81,7 @@ def prepare_job(path: Path) -> dict[str, Any]:
     for a remote one when the data sits on a volume mounted at the same path here and there.
     """
     path = Path(path).absolute()
-    raw = _load_yaml(path)
+    raw = load_yaml(path)
     for key in ("scene", "out", "ensemble", "models"):
         values = raw.get(key)
         if values is None:

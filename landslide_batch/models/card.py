@@ -98,6 +98,7 @@ def save_model_folder(model, card: ModelCard, out: str | Path, overwrite: bool =
         raise ModelError(f"{out} already exists; choose another --out or remove it")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; a model folder is meant to be shared
     try:
         torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp / WEIGHTS_FILE)
         card = card.model_copy(update={"weights_sha256": sha256_file(tmp / WEIGHTS_FILE)})
