@@ -14,7 +14,9 @@ import logging
 import os
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -23,14 +25,13 @@ from filelock import FileLock, Timeout
 
 from .bands import BAND_INDEX
 from .config import JobConfig, ensemble_members
-from .errors import ConfigError, OutputLockedError
+from .errors import ConfigError, InputError, OutputLockedError
 from .gdal_env import bounded_gdal_cache
 from .hashing import sha256_tree
 from .infer.executors import StageContext, run_local, run_ray
 from .infer.stages import PredictorSpec
 from .ingest import Scene, ingest_job
-from .models.card import WEIGHTS_FILE, load_model_folder
-from .models.ensemble import resolve_device
+from .models.card import WEIGHTS_FILE, load_model_folder, read_card
 from .outputs.manifest import package_versions, read_manifest, write_json_atomic
 from .outputs.polygons import ObjectCollector, write_polygons
 from .outputs.quicklook import write_quicklook
@@ -82,15 +83,19 @@ def _run_locked(cfg: JobConfig, out: Path, overwrite: bool) -> dict:
     t0 = time.perf_counter()
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     members = ensemble_members(cfg)
-    # Load every model once here: a bad model folder fails before a long ingest, with its own message
-    # (on Ray a predictor that cannot load only surfaces as an ActorDiedError).
-    cards = [load_model_folder(m.model)[1] for m in members.members]
-    model_shas = [sha256_tree(Path(m.model) / WEIGHTS_FILE) for m in members.members]
     if not Path(cfg.scene).exists():
-        from .errors import InputError
-
         raise InputError(f"scene {cfg.scene} does not exist")
-    scene_sha = sha256_tree(cfg.scene)
+    cards = [read_card(m.model) for m in members.members]  # a bad card fails at once
+    # Loading the models (imports and weights: seconds) runs beside hashing and ingest; its errors
+    # surface before any block is predicted, and on the driver: on Ray a predictor that cannot load
+    # only shows as an ActorDiedError. The local executor predicts with this very predictor.
+    spec = PredictorSpec(members, cfg.tile, cfg.stride, cfg.blend, cfg.batch_size, cfg.device, cfg.threads)
+    prep = ThreadPoolExecutor(2, "prepare")
+    scene_sha_future = prep.submit(sha256_tree, cfg.scene)
+    models_future = prep.submit(spec.build if cfg.executor == "local" else partial(_check_models, members))
+    prep.shutdown(wait=False)
+    model_shas = [sha256_tree(Path(m.model) / WEIGHTS_FILE) for m in members.members]
+    scene_sha = scene_sha_future.result()
     jhash = job_hash(cfg, scene_sha, model_shas)
 
     previous = read_manifest(out)
@@ -119,6 +124,7 @@ def _run_locked(cfg: JobConfig, out: Path, overwrite: bool) -> dict:
     chunk = min(512, cfg.block) if cfg.block % min(512, cfg.block) == 0 else cfg.block
     t_ingest = time.perf_counter()
     scene = ingest_job(cfg, work / "scene.zarr", chunk)
+    ingest_s = time.perf_counter() - t_ingest
     info = scene.info
     grid = TileGrid(info.height, info.width, cfg.tile, cfg.stride)
     blocks = plan_blocks(grid, cfg.block)
@@ -126,11 +132,12 @@ def _run_locked(cfg: JobConfig, out: Path, overwrite: bool) -> dict:
     if not store_path.exists():
         # No store, no finished block: markers without their data would resume into a map of nodata.
         shutil.rmtree(work / "blocks", ignore_errors=True)
-        partial = work / "probability.zarr.partial"  # built aside: a half-created store is never resumed
-        shutil.rmtree(partial, ignore_errors=True)
-        create_store(partial, info, cfg.block, jhash)
-        os.replace(partial, store_path)
+        building = work / "probability.zarr.partial"  # built aside: a half-created store is never resumed
+        shutil.rmtree(building, ignore_errors=True)
+        create_store(building, info, cfg.block, jhash)
+        os.replace(building, store_path)
     store = BlockStore(store_path, work / "blocks")
+    predictor = models_future.result()
     t_plan = time.perf_counter()
 
     resumed = [b for b in blocks if store.is_done(b)]
@@ -142,11 +149,9 @@ def _run_locked(cfg: JobConfig, out: Path, overwrite: bool) -> dict:
              "%d without valid pixels", info.height, info.width, grid.n_tiles, cfg.tile, cfg.stride,
              len(blocks), len(todo), len(resumed), len(empty))
 
-    spec = PredictorSpec(members, cfg.tile, cfg.stride, cfg.blend, cfg.batch_size, cfg.device, cfg.threads)
     ctx = StageContext(scene.path, grid, spec, store, tile_uses(grid, todo))
     if cfg.executor == "local":
-        prefetch = cfg.prefetch if cfg.prefetch is not None else int(resolve_device(cfg.device) != "cpu")
-        rows = run_local(todo, ctx, prefetch)
+        rows = run_local(todo, ctx, predictor, cfg.prefetch)
     else:
         rows = run_ray(todo, ctx, cfg.ray)
     forward = tiles = 0
@@ -172,7 +177,7 @@ def _run_locked(cfg: JobConfig, out: Path, overwrite: bool) -> dict:
         "job_hash": jhash,
         "started": started,
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "timings": {"ingest_s": round(t_plan - t_ingest, 3), "infer_s": round(infer_s, 3),
+        "timings": {"ingest_s": round(ingest_s, 3), "prepare_s": round(t_plan - t0, 3), "infer_s": round(infer_s, 3),
                     "finish_s": round(finish_s, 3), "total_s": round(time.perf_counter() - t0, 3)},
         "inputs": {"scene": {"path": str(cfg.scene), "sha256": scene_sha}},
         "warnings": list(scene.attrs.get("warnings", [])),
@@ -196,6 +201,11 @@ def _run_locked(cfg: JobConfig, out: Path, overwrite: bool) -> dict:
     log.info("finished: %s (%d landslide objects, %.3f km² of %.3f km² mapped)", out / "run.json",
              summary["objects"], summary["landslide_area_km2"] or 0, summary["area_mapped_km2"] or 0)
     return manifest
+
+
+def _check_models(members) -> None:
+    for m in members.members:
+        load_model_folder(m.model)
 
 
 def _finish(cfg: JobConfig, scene: Scene, store_path: Path, work: Path, threshold: float) -> dict:

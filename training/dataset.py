@@ -15,14 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import h5py
 import numpy as np
 import torch
 
 from landslide_batch.bands import derive_features
 from landslide_batch.errors import InputError
 from landslide_batch.hashing import sha256_file
-from landslide_batch.ingest.h5patch import read_l4s_h5
+from landslide_batch.ingest.h5patch import read_l4s_h5, read_l4s_mask
 from landslide_batch.models.card import Normalization
 
 LAYOUTS = (("img", "mask"), ("images", "masks"))
@@ -73,27 +72,10 @@ def find_pairs(root: str | Path) -> list[Pair]:
     return [Pair(n, images[n], masks[n]) for n in sorted(images)]
 
 
-def read_mask(path: Path) -> np.ndarray:
-    """-> uint8 (H, W) of 0/1 from an L4S ``mask_N.h5`` (dataset ``mask``)."""
-    try:
-        with h5py.File(path, "r") as f:
-            if "mask" not in f:
-                raise InputError(f"{path}: HDF5 file has no dataset 'mask' (found {sorted(f.keys())})")
-            arr = np.asarray(f["mask"][()])
-    except OSError as exc:
-        raise InputError(f"{path}: not a readable HDF5 file (corrupt, truncated or empty): {exc}") from None
-    arr = arr.squeeze()
-    if arr.ndim != 2:
-        raise InputError(f"{path}: mask should be H x W, found shape {arr.shape}")
-    if (bad := np.setdiff1d(np.unique(arr), [0, 1])).size:
-        raise InputError(f"{path}: mask values must be 0 or 1, found {bad[:5].tolist()}")
-    return arr.astype(np.uint8)
-
-
 def read_pair(pair: Pair) -> tuple[np.ndarray, np.ndarray]:
     """-> (raw bands float32 (14, H, W), may hold NaN; mask uint8 (H, W))."""
     bands = read_l4s_h5(pair.image)
-    mask = read_mask(pair.mask)
+    mask = read_l4s_mask(pair.mask)
     if mask.shape != bands.shape[1:]:
         raise InputError(f"{pair.mask}: mask is {mask.shape[0]}x{mask.shape[1]} but image {pair.image} "
                          f"is {bands.shape[1]}x{bands.shape[2]}")

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 from rasterio.crs import CRS
 from rasterio.errors import RasterioError
@@ -166,14 +165,13 @@ def _checked(name: str, bands: np.ndarray, nodata: float | None) -> Patch:
 def load_mask(name: str, data: bytes, shape: tuple[int, int]) -> np.ndarray:
     """An uploaded ground truth (L4S ``mask_N.h5``, dataset ``mask``, or a 1-band GeoTIFF) -> bool (H, W)."""
     if _suffix(name, H5_SUFFIXES + TIF_SUFFIXES, "an L4S mask .h5 or a 1-band GeoTIFF") in H5_SUFFIXES:
+        from ..ingest.h5patch import read_l4s_mask
+
         with _as_file(name, data) as path:
             try:
-                with h5py.File(path, "r") as f:
-                    if "mask" not in f:
-                        raise InputError(f"{name}: HDF5 file has no dataset 'mask' (found {sorted(f.keys())})")
-                    arr = np.asarray(f["mask"][()])
-            except OSError as exc:
-                raise InputError(f"{name}: not a readable HDF5 file: {exc}") from None
+                arr = read_l4s_mask(path)
+            except InputError as exc:
+                raise InputError(str(exc).replace(str(path), name)) from None
     else:
         try:
             with MemoryFile(data) as mem, mem.open() as ds:

@@ -37,11 +37,11 @@ def _rows(blocks: list[Block]) -> list[dict]:
     return [{**b.as_dict(), "key": b.key, "tiles": b.n_tiles} for b in blocks]
 
 
-def run_local(blocks: list[Block], ctx: StageContext, prefetch: int = 0) -> Iterator[dict]:
+def run_local(blocks: list[Block], ctx: StageContext, predictor, prefetch: int = 1) -> Iterator[dict]:
     """Predicts block after block; the previous block is written, and ``prefetch`` blocks are
     read, in background threads while the model works."""
     read, write = ReadBlock(ctx.scene_path, ctx.grid), WriteBlock(ctx.store)
-    predict = PredictBlock(ctx.predictor, ctx.grid, ctx.tile_uses)
+    predict = PredictBlock(ctx.predictor, ctx.grid, ctx.tile_uses, predictor)
     rows = _rows(blocks)
     with ThreadPoolExecutor(1, "read") as reader, ThreadPoolExecutor(1, "write") as writer:
         reads: deque = deque()

@@ -33,6 +33,12 @@ class PredictorSpec:
     device: str
     threads: int | None
 
+    def build(self):
+        from .predictor import EnsemblePredictor
+
+        return EnsemblePredictor(self.ensemble, tile=self.tile, stride=self.stride, blend=self.blend,
+                                 batch_size=self.batch_size, device=self.device, threads=self.threads)
+
 
 class ReadBlock:
     def __init__(self, scene_path: Path, grid: TileGrid):
@@ -47,15 +53,14 @@ class ReadBlock:
 
 
 class PredictBlock:
-    """Holds the ensemble: constructed once per actor / process, models loaded once."""
+    """Holds the ensemble: one per actor / process, models loaded once (from ``spec``, or the
+    ``EnsemblePredictor`` given)."""
 
-    def __init__(self, spec: PredictorSpec, grid: TileGrid, tile_uses: np.ndarray):
-        from .predictor import EnsemblePredictor, TileReuse
+    def __init__(self, spec: PredictorSpec, grid: TileGrid, tile_uses: np.ndarray, predictor=None):
+        from .predictor import TileReuse
 
         self.grid = grid
-        self.predictor = EnsemblePredictor(
-            spec.ensemble, tile=spec.tile, stride=spec.stride, blend=spec.blend,
-            batch_size=spec.batch_size, device=spec.device, threads=spec.threads)
+        self.predictor = predictor or spec.build()
         self.reuse = TileReuse(tile_uses)
 
     def __call__(self, row: dict) -> dict:

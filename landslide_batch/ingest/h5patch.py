@@ -44,3 +44,21 @@ def ingest_h5(src: Path, dest: Path, *, chunk: int, nodata: float | None = None)
                          chunk=chunk, source={"path": str(src), "kind": "l4s-h5", "nodata": nodata})
     writer.write(0, 0, bands, nodata=nodata)
     return writer
+
+
+def read_l4s_mask(path: str | Path, dataset: str = "mask") -> np.ndarray:
+    """An L4S ``mask_N.h5`` -> uint8 (H, W) of 0/1."""
+    path = Path(path)
+    try:
+        with h5py.File(path, "r") as f:
+            if dataset not in f:
+                raise InputError(f"{path}: HDF5 file has no dataset {dataset!r} (found {sorted(f.keys())})")
+            arr = np.asarray(f[dataset][()])
+    except OSError as exc:
+        raise InputError(f"{path}: not a readable HDF5 file (corrupt, truncated or empty): {exc}") from None
+    arr = arr.squeeze()
+    if arr.ndim != 2:
+        raise InputError(f"{path}: mask should be H x W, found shape {arr.shape}")
+    if (bad := np.setdiff1d(np.unique(arr), [0, 1])).size:
+        raise InputError(f"{path}: mask values must be 0 or 1, found {bad[:5].tolist()}")
+    return arr.astype(np.uint8)

@@ -142,6 +142,7 @@ class SceneWriter:
         self.bands = self.group.create_array(
             "bands", shape=(len(band_names), height, width), chunks=(len(band_names), chunk, chunk),
             dtype="float32", fill_value=np.nan, dimension_names=("band", "y", "x"),
+            compressors=None,  # a working copy read once per block: raw chunks cost no CPU to write or read
         )
         self.valid = self.group.create_array(
             "valid", shape=(height, width), chunks=(chunk, chunk), dtype="uint8", fill_value=0,

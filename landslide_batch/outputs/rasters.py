@@ -26,14 +26,14 @@ def write_cog(dest: Path, info: SceneInfo, read: Callable[[int, int, int, int], 
     """``read(y0, y1, x0, x1)`` gives each window; GDAL's COG driver then adds overviews."""
     profile = dict(driver="GTiff", height=info.height, width=info.width, count=1, dtype=dtype,
                    nodata=nodata, transform=info.affine, tiled=True, blockxsize=512, blockysize=512,
-                   compress="deflate", BIGTIFF="IF_SAFER")
+                   BIGTIFF="IF_SAFER")  # uncompressed scratch: compressed once, by the COG driver
     if info.crs is not None:
         profile["crs"] = info.crs
     with rasterio.open(scratch, "w", **profile) as ds:
         for y0, y1, x0, x1 in windows(info):
             ds.write(read(y0, y1, x0, x1).astype(dtype), 1, window=Window(x0, y0, x1 - x0, y1 - y0))
     predictor = 3 if np.dtype(dtype).kind == "f" else 2
-    rasterio.shutil.copy(scratch, dest, driver="COG", compress="DEFLATE", predictor=predictor,
-                         blocksize=512, overview_resampling="average" if predictor == 3 else "nearest",
-                         BIGTIFF="IF_SAFER")
+    rasterio.shutil.copy(scratch, dest, driver="COG", compress="DEFLATE", level=1, predictor=predictor,
+                         num_threads="ALL_CPUS", blocksize=512,
+                         overview_resampling="average" if predictor == 3 else "nearest", BIGTIFF="IF_SAFER")
     scratch.unlink()

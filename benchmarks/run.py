@@ -1,0 +1,248 @@
+"""Throughput, efficiency, redundancy and memory of the region pipeline, measured side by side.
+
+    python benchmarks/run.py --quick      # 2048² pipeline scene, memory at 1024²/2048²/4096² (< 5 min here)
+    python benchmarks/run.py              # full: 8192² pipeline scene as well
+
+Prints a table with targets and PASS/FAIL and writes JSON (``--json``). All rows use the
+same untrained U-Net-ResNet34 (random weights: speed does not depend on training), batch
+size, threads and device. Memory rows use a lighter U-Net-MobileNetV2 to keep the run
+short: the pipeline's memory is its buffers, not the model's compute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from landslide_batch.config import EnsembleConfig, EnsembleMember  # noqa: E402
+from landslide_batch.infer.blending import blend_window  # noqa: E402
+from landslide_batch.models.card import init_model_folder, load_model_folder  # noqa: E402
+from landslide_batch.plan.tiling import TileGrid  # noqa: E402
+from landslide_batch.synthetic import synthetic_scene  # noqa: E402
+
+TILE, STRIDE = 128, 64
+KM2_PER_TILE_PER_S_TO_PER_H = 3600 * (STRIDE * 10) ** 2 / 1e6  # new area per tile: stride² at 10 m
+
+
+def make_scene(path: Path, size: int, seed: int = 0) -> Path:
+    """A size² 14-band GeoTIFF, generated 2048² at a time so memory stays small."""
+    import rasterio
+    from rasterio.transform import from_origin
+    from rasterio.windows import Window
+
+    if path.exists():
+        return path
+    step = min(size, 2048)
+    profile = dict(driver="GTiff", height=size, width=size, count=14, dtype="float32", crs="EPSG:32645",
+                   transform=from_origin(500000, 3100000, 10, 10), tiled=True, blockxsize=256, blockysize=256)
+    with rasterio.open(path, "w", **profile) as ds:
+        for y in range(0, size, step):
+            for x in range(0, size, step):
+                bands, _ = synthetic_scene(step, step, seed=seed + y * 7 + x)
+                ds.write(bands, window=Window(x, y, step, step))
+    return path
+
+
+def raw_throughput(model_dir: Path, batch: int, threads: int, device: str, seconds: float) -> float:
+    """Model forward alone on pre-made in-memory batches, prepared as the pipeline prepares it."""
+    import torch
+
+    from landslide_batch.infer.predictor import EnsemblePredictor
+
+    predictor = EnsemblePredictor(EnsembleConfig(members=[EnsembleMember(model=model_dir)]),
+                                  batch_size=batch, device=device, threads=threads)
+    model = predictor.ensemble.members[0].model
+    x = torch.randn(batch, 14, TILE, TILE, device=predictor.device).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), predictor.autocast:
+        model(x)
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            torch.sigmoid(model(x))
+            n += batch
+        if predictor.device.type == "cuda":
+            torch.cuda.synchronize()
+    return n / (time.perf_counter() - t0)
+
+
+def _run_measured(cmd: list[str]) -> tuple[float, float, str]:
+    """Run ``cmd``; -> (wall seconds, peak RSS in MB, stderr). Peak RSS is the child's own
+    VmHWM, polled: ``wait4``'s ru_maxrss would count the forked parent's pages too."""
+    t0 = time.perf_counter()
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, text=True)
+        peak = 0
+        while proc.poll() is None:
+            try:
+                status = Path(f"/proc/{proc.pid}/status").read_text()
+                peak = max(peak, int(status.split("VmHWM:")[1].split()[0]))
+            except (OSError, IndexError):
+                pass
+            time.sleep(0.1)
+        wall = time.perf_counter() - t0
+        err.seek(0)
+        stderr = err.read()
+    if proc.returncode:
+        raise SystemExit(f"{cmd[0]} failed ({proc.returncode}):\n{stderr[-3000:]}")
+    return wall, peak / 1024, stderr
+
+
+def run_pipeline(scene: Path, model: Path, out: Path, executor: str, batch: int, threads: int,
+                 device: str, block: int) -> dict:
+    """``landslide-batch run`` in a child process; returns its manifest plus wall time and peak RSS."""
+    cmd = [str(ROOT / ".venv" / "bin" / "landslide-batch"), "run", "--scene", str(scene), "--model", str(model),
+           "--out", str(out), "--executor", executor, "--batch-size", str(batch), "--threads", str(threads),
+           "--device", device, "--block", str(block), "--overwrite"]
+    wall, peak, _ = _run_measured(cmd)
+    manifest = json.loads((out / "run.json").read_text())
+    return {**manifest, "wall_s": wall, "peak_rss_mb": peak}
+
+
+def naive_sliding_window(scene: Path, model_dir: Path, out: Path, batch: int, threads: int, device: str) -> None:
+    """What a user would otherwise write: read the whole scene, predict every tile of the same
+    grid in batches, average the overlaps, write a GeoTIFF. Runs in a child process (see main)."""
+    import rasterio
+    import torch
+
+    torch.set_num_threads(threads)
+    model, _ = load_model_folder(model_dir, device=device)
+    with rasterio.open(scene) as ds:
+        bands, profile = ds.read(), ds.profile
+    _, h, w = bands.shape
+    grid = TileGrid(h, w, TILE, STRIDE)
+    m = grid.margin
+    ph, pw = grid.origin(grid.ny - 1) + TILE - grid.origin(0), grid.origin(grid.nx - 1) + TILE - grid.origin(0)
+    padded = np.pad(np.nan_to_num(bands), ((0, 0), (m, ph - h - m), (m, pw - w - m)), mode="reflect")
+    num = np.zeros((ph, pw), np.float32)
+    den = np.zeros((ph, pw), np.float32)
+    weight = blend_window("mean", TILE)
+    origins = [(i * STRIDE, j * STRIDE) for i in range(grid.ny) for j in range(grid.nx)]
+    with torch.inference_mode():
+        for b in range(0, len(origins), batch):
+            chunk = origins[b:b + batch]
+            x = torch.from_numpy(np.stack([padded[:, y:y + TILE, x:x + TILE] for y, x in chunk])).to(device)
+            prob = torch.sigmoid(model(x)[:, 0]).cpu().numpy()
+            for p, (y, x) in zip(prob, chunk):
+                num[y:y + TILE, x:x + TILE] += p
+                den[y:y + TILE, x:x + TILE] += weight
+    result = (num / den)[m:m + h, m:m + w]
+    profile.update(count=1, dtype="float32")
+    with rasterio.open(out, "w", **profile) as ds:
+        ds.write(result, 1)
+
+
+def main() -> int:
+    if sys.argv[1:2] == ["--naive"]:  # the baseline, in its own process like the pipeline
+        scene, model, out, batch, threads, device = sys.argv[2:]
+        naive_sliding_window(Path(scene), Path(model), Path(out), int(batch), int(threads), device)
+        return 0
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="2048² pipeline scene only")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--block", type=int, default=1024)
+    ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temp dir)")
+    ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "latest.json")
+    args = ap.parse_args()
+
+    import torch
+
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    work = args.work or Path(tempfile.mkdtemp(prefix="lsb-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    r34 = work / "unet_resnet34"
+    mnv2 = work / "unet_mobilenet_v2"
+    if not r34.exists():
+        init_model_folder("Unet", "resnet34", r34, seed=0)
+    if not mnv2.exists():
+        init_model_folder("Unet", "mobilenet_v2", mnv2, seed=0)
+    common = dict(batch=args.batch_size, threads=args.threads, device=device, block=args.block)
+    results: dict = {"device": device, "threads": args.threads, "batch_size": args.batch_size,
+                     "block": args.block, "model": "Unet-resnet34 (untrained)", "rows": {}}
+
+    def log(msg: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+    log("raw model forward ...")
+    raw = raw_throughput(r34, args.batch_size, args.threads, device, seconds=15)
+    sizes = [2048] if args.quick else [2048, 8192]
+    for size in sizes:
+        scene = make_scene(work / f"scene_{size}.tif", size)
+        tiles = TileGrid(size, size, TILE, STRIDE).n_tiles
+        row = {"tiles": tiles}
+        for executor in ("local", "ray"):
+            log(f"pipeline {executor} {size}² ...")
+            m = run_pipeline(scene, r34, work / f"out_{executor}_{size}", executor, **common)
+            row[executor] = {"tiles_per_s": tiles / m["timings"]["total_s"],
+                             "tiles_per_s_wall": tiles / m["wall_s"], "total_s": m["timings"]["total_s"],
+                             "wall_s": m["wall_s"], "forward_passes": m["tiles"]["forward_passes"],
+                             "peak_rss_mb": m["peak_rss_mb"]}
+        log(f"naive sliding window {size}² ...")
+        wall, peak, _ = _run_measured([sys.executable, __file__, "--naive", str(scene), str(r34),
+                                       str(work / f"naive_{size}.tif"), str(args.batch_size), str(args.threads),
+                                       device])
+        row["naive"] = {"tiles_per_s_wall": tiles / wall, "wall_s": wall, "peak_rss_mb": peak}
+        results["rows"][size] = row
+    memory = {}
+    for size in (1024, 2048, 4096):
+        log(f"memory {size}² (Unet-mobilenet_v2) ...")
+        scene = make_scene(work / f"scene_{size}.tif", size)
+        memory[size] = run_pipeline(scene, mnv2, work / f"out_mem_{size}", "local", **common)["peak_rss_mb"]
+    results["raw_tiles_per_s"] = raw
+    results["memory_peak_rss_mb"] = memory
+    print_table(results)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=2))
+    print(f"\nJSON: {args.json}")
+    return 0
+
+
+def print_table(r: dict) -> None:
+    raw = r["raw_tiles_per_s"]
+    lines = [f"device {r['device']}, {r['threads']} threads, batch {r['batch_size']}, block {r['block']}, "
+             f"{r['model']}", "",
+             "| measure | value | km²/h | target | result |", "|---|---|---|---|---|",
+             f"| raw model forward (tiles/s) | {raw:.1f} | {raw * KM2_PER_TILE_PER_S_TO_PER_H:.0f} | | |"]
+
+    def check(ok: bool) -> str:
+        return "PASS" if ok else "FAIL"
+
+    for size, row in r["rows"].items():
+        for ex, target in (("local", 0.85), ("ray", 0.75)):
+            e = row[ex]
+            eff = e["tiles_per_s"] / raw
+            lines.append(f"| pipeline {ex} {size}² (tiles/s, run total) | {e['tiles_per_s']:.1f} "
+                         f"| {e['tiles_per_s'] * KM2_PER_TILE_PER_S_TO_PER_H:.0f} | | |")
+            lines.append(f"| efficiency {ex} {size}² (pipeline / raw) | {eff:.2f} | | ≥ {target} | {check(eff >= target)} |")
+        red = row["local"]["forward_passes"] / row["tiles"]
+        lines.append(f"| redundancy {size}² (forward passes / grid tiles) | {red:.3f} | | ≤ 1.07 | {check(red <= 1.07)} |")
+        naive = row["naive"]["tiles_per_s_wall"]
+        speedup = row["local"]["tiles_per_s_wall"] / naive
+        lines.append(f"| naive sliding window {size}² (tiles/s, process wall) | {naive:.1f} "
+                     f"| {naive * KM2_PER_TILE_PER_S_TO_PER_H:.0f} | | |")
+        lines.append(f"| pipeline local {size}² (tiles/s, process wall) | {row['local']['tiles_per_s_wall']:.1f} "
+                     f"| | | |")
+        lines.append(f"| pipeline local / naive {size}² (process wall, peak RSS {row['local']['peak_rss_mb']:.0f} "
+                     f"vs {row['naive']['peak_rss_mb']:.0f} MB) | {speedup:.2f}× | | ≥ 1.2× | {check(speedup >= 1.2)} |")
+    mem = r["memory_peak_rss_mb"]
+    sizes = sorted(mem)
+    for s in sizes:
+        lines.append(f"| peak RSS {s}² (MB) | {mem[s]:.0f} | | | |")
+    ratio = mem[sizes[-1]] / mem[sizes[0]]
+    lines.append(f"| memory ratio {sizes[-1]}² / {sizes[0]}² | {ratio:.2f} | | ≤ 1.3 | {check(ratio <= 1.3)} |")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""The predictor against the plain model: same numbers, whatever it does for speed."""
+
+import numpy as np
+import pytest
+import torch
+
+from landslide_batch.bands import derive_features
+from landslide_batch.config import EnsembleConfig, EnsembleMember
+from landslide_batch.infer.predictor import EnsemblePredictor
+from landslide_batch.models.card import load_model_folder
+
+
+@pytest.mark.parametrize("fixture", ["tiny_model", "tiny_plain_model"])
+def test_one_tile_equals_the_model_on_normalised_features(request, scene_arrays, fixture):
+    folder = request.getfixturevalue(fixture)
+    bands = np.ascontiguousarray(scene_arrays[0][:, :128, :128])
+    bands[:, :3, :3] = np.nan
+    valid = np.isfinite(bands).all(0)
+    predictor = EnsemblePredictor(EnsembleConfig(members=[EnsembleMember(model=folder)]), device="cpu")
+    prob, spread = predictor.predict_window(bands, valid)
+
+    model, card = load_model_folder(folder)
+    feats = derive_features(bands, card.features)
+    mean = np.array(card.normalization.mean, np.float32)[:, None, None]
+    std = np.array(card.normalization.std, np.float32)[:, None, None]
+    x = torch.from_numpy(np.nan_to_num((feats - mean) / std, nan=0.0))[None]
+    with torch.inference_mode():
+        expected = torch.sigmoid(model(x))[0, 0].numpy()
+    np.testing.assert_allclose(prob, expected, atol=1e-4)
+    assert (spread == 0).all() and predictor.forward_passes == 1
+
+
+def test_window_must_be_covered_by_tiles(tiny_model):
+    predictor = EnsemblePredictor(EnsembleConfig(members=[EnsembleMember(model=tiny_model)]), device="cpu")
+    with pytest.raises(ValueError, match="not covered exactly"):
+        predictor.predict_window(np.zeros((14, 150, 128), np.float32), np.ones((150, 128), bool))
