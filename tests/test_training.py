@@ -14,12 +14,12 @@ import yaml
 
 from landslide_batch.bands import derive_features, resolve_features
 from landslide_batch.errors import ConfigError, InputError
-from landslide_batch.ingest.h5patch import read_l4s_h5
+from landslide_batch.ingest.h5patch import read_l4s_h5, read_l4s_mask
 from landslide_batch.models.registry import MODEL_ZOO
 from landslide_batch.synthetic import synthetic_scene, write_l4s_patch
 from training.augment import dihedral, random_dihedral
 from training.config import TrainConfig, load_train_config
-from training.dataset import PatchDataset, find_pairs, normalize, read_mask, scan_split
+from training.dataset import PatchDataset, find_pairs, normalize, scan_split
 from training.losses import bce, dice, focal, make_loss
 from training.train import LOG_FILE, train
 
@@ -128,7 +128,7 @@ def test_cut_scene_geotiff_into_l4s(tmp_path):
     scene, lab = write_geotiff(tmp_path / "s.tif", bands), write_geotiff(tmp_path / "l.tif", labels, dtype="uint8")
     assert cut_scene(scene, lab, tmp_path / "split", size=PATCH) == 5
     pairs = find_pairs(tmp_path / "split")
-    x, y = read_l4s_h5(pairs[4].image), read_mask(pairs[4].mask)
+    x, y = read_l4s_h5(pairs[4].image), read_l4s_mask(pairs[4].mask)
     np.testing.assert_array_equal(x, bands[:, PATCH:, PATCH:2 * PATCH])
     np.testing.assert_array_equal(y, labels[PATCH:, PATCH:2 * PATCH])
     with pytest.raises(InputError, match="not empty"):
