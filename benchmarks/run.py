@@ -2,6 +2,7 @@
 
     python benchmarks/run.py --quick      # 2048² pipeline scene, memory at 1024²/2048²/4096² (< 5 min here)
     python benchmarks/run.py              # full: 8192² pipeline scene as well
+    python benchmarks/run.py --sizes 4096 # pipeline rows at other scene sizes
 
 Prints a table with targets and PASS/FAIL and writes JSON (``--json``). All rows use the
 same untrained U-Net-ResNet34 (random weights: speed does not depend on training), batch
@@ -148,6 +149,8 @@ def main() -> int:
         return 0
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="2048² pipeline scene only")
+    ap.add_argument("--sizes", type=int, nargs="+", default=None,
+                    help="pipeline scene sizes (default: 2048 with --quick, else 2048 8192)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--device", default="auto")
@@ -176,7 +179,7 @@ def main() -> int:
 
     log("raw model forward ...")
     raw = raw_throughput(r34, args.batch_size, args.threads, device, seconds=15)
-    sizes = [2048] if args.quick else [2048, 8192]
+    sizes = args.sizes or ([2048] if args.quick else [2048, 8192])
     for size in sizes:
         scene = make_scene(work / f"scene_{size}.tif", size)
         tiles = TileGrid(size, size, TILE, STRIDE).n_tiles
