@@ -151,7 +151,8 @@ def _run_locked(cfg: JobConfig, out: Path, overwrite: bool) -> dict:
 
     ctx = StageContext(scene.path, grid, spec, store, tile_uses(grid, todo))
     if cfg.executor == "local":
-        rows = run_local(todo, ctx, predictor, cfg.prefetch)
+        prefetch = cfg.prefetch if cfg.prefetch is not None else int(predictor.device.type != "cpu")
+        rows = run_local(todo, ctx, predictor, prefetch)
     else:
         rows = run_ray(todo, ctx, cfg.ray)
     forward = tiles = 0
