@@ -12,9 +12,7 @@ from ..errors import InputError
 from .scene import SceneWriter
 
 
-def read_l4s_h5(path: str | Path, dataset: str = "img") -> np.ndarray:
-    """-> float32 (14, H, W). Accepts channel-last (L4S) or channel-first arrays."""
-    path = Path(path)
+def _read_dataset(path: Path, dataset: str) -> np.ndarray:
     try:
         with h5py.File(path, "r") as f:
             if dataset not in f:
@@ -22,6 +20,13 @@ def read_l4s_h5(path: str | Path, dataset: str = "img") -> np.ndarray:
             arr = np.asarray(f[dataset][()])
     except OSError as exc:
         raise InputError(f"{path}: not a readable HDF5 file (corrupt, truncated or empty): {exc}") from None
+    return arr
+
+
+def read_l4s_h5(path: str | Path, dataset: str = "img") -> np.ndarray:
+    """-> float32 (14, H, W). Accepts channel-last (L4S) or channel-first arrays."""
+    path = Path(path)
+    arr = _read_dataset(path, dataset)
     if arr.ndim != 3:
         raise InputError(f"{path}: dataset {dataset!r} should be H x W x {N_BANDS}, found shape {arr.shape}")
     if arr.dtype.kind not in "uif":
@@ -49,13 +54,7 @@ def ingest_h5(src: Path, dest: Path, *, chunk: int, nodata: float | None = None)
 def read_l4s_mask(path: str | Path, dataset: str = "mask") -> np.ndarray:
     """An L4S ``mask_N.h5`` -> uint8 (H, W) of 0/1."""
     path = Path(path)
-    try:
-        with h5py.File(path, "r") as f:
-            if dataset not in f:
-                raise InputError(f"{path}: HDF5 file has no dataset {dataset!r} (found {sorted(f.keys())})")
-            arr = np.asarray(f[dataset][()])
-    except OSError as exc:
-        raise InputError(f"{path}: not a readable HDF5 file (corrupt, truncated or empty): {exc}") from None
+    arr = _read_dataset(path, dataset)
     arr = arr.squeeze()
     if arr.ndim != 2:
         raise InputError(f"{path}: mask should be H x W, found shape {arr.shape}")
