@@ -21,13 +21,13 @@ from pathlib import Path
 
 import numpy as np
 import zarr
-from filelock import FileLock, Timeout
 
 from .bands import BAND_INDEX
 from .config import JobConfig, ensemble_members
 from .errors import ConfigError, InputError, OutputLockedError
 from .gdal_env import bounded_gdal_cache
 from .hashing import sha256_tree
+from .locking import exclusive
 from .infer.executors import StageContext, run_local, run_ray
 from .infer.stages import PredictorSpec
 from .ingest import Scene, ingest_job
@@ -66,17 +66,10 @@ def run_job(cfg: JobConfig, *, overwrite: bool = False) -> dict:
     """Run (or resume) a job; returns the run manifest (also written to ``OUT/run.json``)."""
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(out / ".lock")
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        raise OutputLockedError(f"{out} is being written by another job (lock {out / '.lock'} is held); "
-                                "wait for it or choose another output folder") from None
-    try:
-        with bounded_gdal_cache():
-            return _run_locked(cfg, out, overwrite)
-    finally:
-        lock.release()
+    busy = lambda: OutputLockedError(f"{out} is being written by another job (lock {out / '.lock'} is held); "  # noqa: E731
+                                     "wait for it or choose another output folder")
+    with exclusive(out / ".lock", busy), bounded_gdal_cache():
+        return _run_locked(cfg, out, overwrite)
 
 
 def _run_locked(cfg: JobConfig, out: Path, overwrite: bool) -> dict:
@@ -94,7 +87,9 @@ def _run_locked(cfg: JobConfig, out: Path, overwrite: bool) -> dict:
     scene_sha_future = prep.submit(sha256_tree, cfg.scene)
     models_future = prep.submit(spec.build if cfg.executor == "local" else partial(_check_models, members))
     prep.shutdown(wait=False)
-    model_shas = [sha256_tree(Path(m.model) / WEIGHTS_FILE) for m in members.members]
+    # The card's hash; loading (above, in the background) refuses weights that do not match it.
+    model_shas = [c.weights_sha256 or sha256_tree(Path(m.model) / WEIGHTS_FILE)
+                  for m, c in zip(members.members, cards)]
     scene_sha = scene_sha_future.result()
     jhash = job_hash(cfg, scene_sha, model_shas)
 
@@ -140,11 +135,15 @@ def _run_locked(cfg: JobConfig, out: Path, overwrite: bool) -> dict:
     predictor = models_future.result()
     t_plan = time.perf_counter()
 
-    resumed = [b for b in blocks if store.is_done(b)]
-    empty = [b for b in blocks if not store.is_done(b) and not scene.read_valid(b.y0, b.y1, b.x0, b.x1).any()]
-    for b in empty:
-        store.mark_done(b)  # nothing to predict: the store's fill value is already nodata
-    todo = [b for b in blocks if b not in resumed and b not in empty]
+    resumed, empty, todo = [], [], []
+    for b in blocks:
+        if store.is_done(b):
+            resumed.append(b)
+        elif not scene.read_valid(b.y0, b.y1, b.x0, b.x1).any():
+            store.mark_done(b)  # nothing to predict: the store's fill value is already nodata
+            empty.append(b)
+        else:
+            todo.append(b)
     log.info("scene %dx%d px, %d tiles of %d px (stride %d) in %d block(s): %d to compute, %d resumed, "
              "%d without valid pixels", info.height, info.width, grid.n_tiles, cfg.tile, cfg.stride,
              len(blocks), len(todo), len(resumed), len(empty))

@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock, Timeout
+from ..locking import exclusive
 
 from ..errors import ConfigError, LandslideBatchError
 from ..outputs.manifest import write_json_atomic
@@ -37,16 +37,11 @@ class SchedulerState:
     def open(cls, path: Path) -> Iterator["SchedulerState"]:
         """Lock ``path`` for the duration of a pass and load it (empty when new)."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(path.with_name(path.name + ".lock"))
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            raise SchedulerBusyError(f"another scheduler pass holds {path} (lock {lock.lock_file}); "
-                                     "wait for it to finish") from None
-        try:
+        lock_file = path.with_name(path.name + ".lock")
+        busy = lambda: SchedulerBusyError(f"another scheduler pass holds {path} (lock {lock_file}); "  # noqa: E731
+                                          "wait for it to finish")
+        with exclusive(lock_file, busy):
             yield cls(path, cls._load(path))
-        finally:
-            lock.release()
 
     @staticmethod
     def _load(path: Path) -> dict[str, Any]:
