@@ -189,6 +189,7 @@ def main() -> int:
             m = run_pipeline(scene, r34, work / f"out_{executor}_{size}", executor, **common)
             row[executor] = {"tiles_per_s": tiles / m["timings"]["total_s"],
                              "tiles_per_s_wall": tiles / m["wall_s"], "total_s": m["timings"]["total_s"],
+                             "timings": m["timings"],
                              "wall_s": m["wall_s"], "forward_passes": m["tiles"]["forward_passes"],
                              "peak_rss_mb": m["peak_rss_mb"]}
         log(f"naive sliding window {size}² ...")
@@ -228,6 +229,9 @@ def print_table(r: dict) -> None:
             lines.append(f"| pipeline {ex} {size}² (tiles/s, run total) | {e['tiles_per_s']:.1f} "
                          f"| {e['tiles_per_s'] * KM2_PER_TILE_PER_S_TO_PER_H:.0f} | | |")
             lines.append(f"| efficiency {ex} {size}² (pipeline / raw) | {eff:.2f} | | ≥ {target} | {check(eff >= target)} |")
+            stage = row["tiles"] / e["timings"]["infer_s"]
+            lines.append(f"| {ex} {size}² inference stage alone (tiles/s; / raw) | {stage:.1f} ({stage / raw:.2f}) "
+                         f"| | | |")
         red = row["local"]["forward_passes"] / row["tiles"]
         lines.append(f"| redundancy {size}² (forward passes / grid tiles) | {red:.3f} | | ≤ 1.07 | {check(red <= 1.07)} |")
         naive = row["naive"]["tiles_per_s_wall"]
@@ -244,6 +248,14 @@ def print_table(r: dict) -> None:
         lines.append(f"| peak RSS {s}² (MB) | {mem[s]:.0f} | | | |")
     ratio = mem[sizes[-1]] / mem[sizes[0]]
     lines.append(f"| memory ratio {sizes[-1]}² / {sizes[0]}² | {ratio:.2f} | | ≤ 1.3 | {check(ratio <= 1.3)} |")
+    lines += ["", "Where the time goes (seconds, run.json timings; prepare = hashing, ingest and model loading "
+              "or Ray start-up, overlapped):", "",
+              "| run | prepare | inference | finish | total | process wall |", "|---|---|---|---|---|---|"]
+    for size, row in r["rows"].items():
+        for ex in ("local", "ray"):
+            t = row[ex]["timings"]
+            lines.append(f"| {ex} {size}² | {t['prepare_s']:.1f} | {t['infer_s']:.1f} | {t['finish_s']:.1f} "
+                         f"| {t['total_s']:.1f} | {row[ex]['wall_s']:.1f} |")
     print("\n".join(lines))
 
 

@@ -27,7 +27,7 @@ class EnsembleConfig(StrictModel):
 class RaySettings(StrictModel):
     address: str | None = None  # None: join a running cluster if RAY_ADDRESS is set, else start locally
     num_actors: int | None = Field(None, ge=1)  # default: one per GPU, else 1
-    read_tasks: int = Field(2, ge=1)
+    read_tasks: int = Field(2, ge=1)  # feeding GPU actors; CPU actors read their own blocks
 
 
 class JobConfig(StrictModel):

@@ -15,23 +15,22 @@ import os
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from datetime import datetime, timezone
-from functools import partial
 from pathlib import Path
 
 import numpy as np
 import zarr
 
-from .bands import BAND_INDEX
 from .config import JobConfig, ensemble_members
 from .errors import ConfigError, InputError, OutputLockedError
 from .gdal_env import bounded_gdal_cache
 from .hashing import sha256_tree
 from .locking import exclusive
-from .infer.executors import StageContext, run_local, run_ray
+from .infer.executors import StageContext, ray_session, run_local, run_ray
 from .infer.stages import PredictorSpec
 from .ingest import Scene, ingest_job
-from .models.card import WEIGHTS_FILE, load_model_folder, read_card
+from .models.card import WEIGHTS_FILE, read_card
 from .outputs.manifest import package_versions, read_manifest, write_json_atomic
 from .outputs.polygons import ObjectCollector, write_polygons
 from .outputs.quicklook import write_quicklook
@@ -79,13 +78,14 @@ def _run_locked(cfg: JobConfig, out: Path, overwrite: bool) -> dict:
     if not Path(cfg.scene).exists():
         raise InputError(f"scene {cfg.scene} does not exist")
     cards = [read_card(m.model) for m in members.members]  # a bad card fails at once
-    # Loading the models (imports and weights: seconds) runs beside hashing and ingest; its errors
-    # surface before any block is predicted, and on the driver: on Ray a predictor that cannot load
-    # only shows as an ActorDiedError. The local executor predicts with this very predictor.
+    # Loading the models (imports and weights: seconds) runs beside hashing, ingest and Ray's
+    # start-up; its errors surface before any block is predicted, and on the driver: on Ray a
+    # predictor that cannot load is an ActorDiedError under Ray's own traceback. The local
+    # executor predicts with this very predictor.
     spec = PredictorSpec(members, cfg.tile, cfg.stride, cfg.blend, cfg.batch_size, cfg.device, cfg.threads)
     prep = ThreadPoolExecutor(2, "prepare")
     scene_sha_future = prep.submit(sha256_tree, cfg.scene)
-    models_future = prep.submit(spec.build if cfg.executor == "local" else partial(_check_models, members))
+    models_future = prep.submit(spec.build if cfg.executor == "local" else spec.check)
     prep.shutdown(wait=False)
     # The card's hash; loading (above, in the background) refuses weights that do not match it.
     model_shas = [c.weights_sha256 or sha256_tree(Path(m.model) / WEIGHTS_FILE)
@@ -116,60 +116,61 @@ def _run_locked(cfg: JobConfig, out: Path, overwrite: bool) -> dict:
     work.mkdir(exist_ok=True)
     write_json_atomic(state, {"job_hash": jhash})
 
-    chunk = min(512, cfg.block) if cfg.block % min(512, cfg.block) == 0 else cfg.block
-    t_ingest = time.perf_counter()
-    scene = ingest_job(cfg, work / "scene.zarr", chunk)
-    ingest_s = time.perf_counter() - t_ingest
-    info = scene.info
-    grid = TileGrid(info.height, info.width, cfg.tile, cfg.stride)
-    blocks = plan_blocks(grid, cfg.block)
-    store_path = work / "probability.zarr"
-    if not store_path.exists():
-        # No store, no finished block: markers without their data would resume into a map of nodata.
-        shutil.rmtree(work / "blocks", ignore_errors=True)
-        building = work / "probability.zarr.partial"  # built aside: a half-created store is never resumed
-        shutil.rmtree(building, ignore_errors=True)
-        create_store(building, info, cfg.block, jhash)
-        os.replace(building, store_path)
-    store = BlockStore(store_path, work / "blocks")
-    predictor = models_future.result()
-    t_plan = time.perf_counter()
+    with ExitStack() as session:
+        # Ingest runs in the background while the main thread starts Ray (which cannot start
+        # from a worker thread); leaving this block waits for ingest, even on errors.
+        with ThreadPoolExecutor(1, "ingest") as ingest_pool:
+            stores = ingest_pool.submit(_prepare_stores, cfg, work, jhash)
+            if cfg.executor == "ray":
+                session.enter_context(ray_session(cfg.ray))
+        scene, store_path, ingest_s = stores.result()
+        info = scene.info
+        grid = TileGrid(info.height, info.width, cfg.tile, cfg.stride)
+        blocks = plan_blocks(grid, cfg.block)
+        store = BlockStore(store_path, work / "blocks")
+        predictor = models_future.result()
+        t_plan = time.perf_counter()
 
-    resumed, empty, todo = [], [], []
-    for b in blocks:
-        if store.is_done(b):
-            resumed.append(b)
-        elif not scene.read_valid(b.y0, b.y1, b.x0, b.x1).any():
-            store.mark_done(b)  # nothing to predict: the store's fill value is already nodata
-            empty.append(b)
+        resumed, empty, todo = [], [], []
+        for b in blocks:
+            if store.is_done(b):
+                resumed.append(b)
+            elif not scene.read_valid(b.y0, b.y1, b.x0, b.x1).any():
+                store.mark_done(b)  # nothing to predict: the store's fill value is already nodata
+                empty.append(b)
+            else:
+                todo.append(b)
+        log.info("scene %dx%d px, %d tiles of %d px (stride %d) in %d block(s): %d to compute, %d resumed, "
+                 "%d without valid pixels", info.height, info.width, grid.n_tiles, cfg.tile, cfg.stride,
+                 len(blocks), len(todo), len(resumed), len(empty))
+
+        ctx = StageContext(scene.path, grid, spec, store, tile_uses(grid, todo))
+        if cfg.executor == "local":
+            prefetch = cfg.prefetch if cfg.prefetch is not None else int(predictor.device.type != "cpu")
+            rows = run_local(todo, ctx, predictor, prefetch)
         else:
-            todo.append(b)
-    log.info("scene %dx%d px, %d tiles of %d px (stride %d) in %d block(s): %d to compute, %d resumed, "
-             "%d without valid pixels", info.height, info.width, grid.n_tiles, cfg.tile, cfg.stride,
-             len(blocks), len(todo), len(resumed), len(empty))
+            rows = run_ray(todo, ctx, cfg.ray)
+        forward = tiles = 0
+        t_infer = time.perf_counter()
+        for i, row in enumerate(rows, 1):
+            forward += row["forward_passes"]
+            tiles += row["tiles"]
+            dt = time.perf_counter() - t_infer
+            log.info("block %s done (%d/%d): %d tiles, %.1f tiles/s so far", row["key"], i, len(todo),
+                     row["tiles"], tiles / dt if dt else 0.0)
+        infer_s = time.perf_counter() - t_infer
 
-    ctx = StageContext(scene.path, grid, spec, store, tile_uses(grid, todo))
-    if cfg.executor == "local":
-        prefetch = cfg.prefetch if cfg.prefetch is not None else int(predictor.device.type != "cpu")
-        rows = run_local(todo, ctx, predictor, prefetch)
-    else:
-        rows = run_ray(todo, ctx, cfg.ray)
-    forward = tiles = 0
-    t_infer = time.perf_counter()
-    for i, row in enumerate(rows, 1):
-        forward += row["forward_passes"]
-        tiles += row["tiles"]
-        dt = time.perf_counter() - t_infer
-        log.info("block %s done (%d/%d): %d tiles, %.1f tiles/s so far", row["key"], i, len(todo),
-                 row["tiles"], tiles / dt if dt else 0.0)
-    infer_s = time.perf_counter() - t_infer
-
-    total_w = sum(m.weight for m in members.members)
-    threshold = cfg.threshold if cfg.threshold is not None else (
-        members.threshold if members.threshold is not None
-        else sum(m.weight * c.threshold for m, c in zip(members.members, cards)) / total_w)
-    t_finish = time.perf_counter()
-    summary = _finish(cfg, scene, store_path, work, threshold)
+        total_w = sum(m.weight for m in members.members)
+        threshold = cfg.threshold if cfg.threshold is not None else (
+            members.threshold if members.threshold is not None
+            else sum(m.weight * c.threshold for m, c in zip(members.members, cards)) / total_w)
+        # The products are written while the Ray session closes (a second or more of waiting on
+        # Ray's processes); finishing needs nothing from Ray.
+        t_finish = time.perf_counter()
+        finishing = ThreadPoolExecutor(1, "finish")
+        summary_future = finishing.submit(_finish, cfg, scene, store_path, work, threshold)
+        finishing.shutdown(wait=False)
+    summary = summary_future.result()
     finish_s = time.perf_counter() - t_finish
 
     manifest = {
@@ -203,9 +204,22 @@ def _run_locked(cfg: JobConfig, out: Path, overwrite: bool) -> dict:
     return manifest
 
 
-def _check_models(members) -> None:
-    for m in members.members:
-        load_model_folder(m.model)
+def _prepare_stores(cfg: JobConfig, work: Path, jhash: str) -> tuple[Scene, Path, float]:
+    """Ingest (or resume) the scene store and create the output store if there is none yet;
+    -> (scene, output store path, ingest seconds)."""
+    chunk = min(512, cfg.block) if cfg.block % min(512, cfg.block) == 0 else cfg.block
+    t_ingest = time.perf_counter()
+    scene = ingest_job(cfg, work / "scene.zarr", chunk)
+    ingest_s = time.perf_counter() - t_ingest
+    store_path = work / "probability.zarr"
+    if not store_path.exists():
+        # No store, no finished block: markers without their data would resume into a map of nodata.
+        shutil.rmtree(work / "blocks", ignore_errors=True)
+        building = work / "probability.zarr.partial"  # built aside: a half-created store is never resumed
+        shutil.rmtree(building, ignore_errors=True)
+        create_store(building, scene.info, cfg.block, jhash)
+        os.replace(building, store_path)
+    return scene, store_path, ingest_s
 
 
 def _finish(cfg: JobConfig, scene: Scene, store_path: Path, work: Path, threshold: float) -> dict:
@@ -221,27 +235,31 @@ def _finish(cfg: JobConfig, scene: Scene, store_path: Path, work: Path, threshol
         p = prob[y0:y1, x0:x1]
         return np.where(p < 0, MASK_NODATA, p >= threshold).astype(np.uint8)
 
-    write_cog(final / OUTPUTS["probability"], info, lambda *w: prob[w[0]:w[1], w[2]:w[3]],
-              dtype="float32", nodata=NODATA, scratch=work / "scratch.tif")
-    write_cog(final / OUTPUTS["uncertainty"], info, lambda *w: spread[w[0]:w[1], w[2]:w[3]],
-              dtype="float32", nodata=NODATA, scratch=work / "scratch.tif")
-    write_cog(final / OUTPUTS["mask"], info, mask_of, dtype="uint8", nodata=MASK_NODATA,
-              scratch=work / "scratch.tif")
+    def write_rasters() -> None:
+        for key, read, dtype, nodata in (
+                ("probability", lambda *w: prob[w[0]:w[1], w[2]:w[3]], "float32", NODATA),
+                ("uncertainty", lambda *w: spread[w[0]:w[1], w[2]:w[3]], "float32", NODATA),
+                ("mask", mask_of, "uint8", MASK_NODATA)):
+            write_cog(final / OUTPUTS[key], info, read, dtype=dtype, nodata=nodata, scratch=work / "scratch.tif")
 
-    has_slope = "slope" in info.band_names
-    collector = ObjectCollector(info)
-    valid_px = slide_px = 0
-    for y0, y1, x0, x1 in windows(info):
-        m = mask_of(y0, y1, x0, x1)
-        valid_px += int((m != MASK_NODATA).sum())
-        slide_px += int((m == 1).sum())
-        slope = scene.read(y0, y1, x0, x1)[0][BAND_INDEX["slope"]] if has_slope else None
-        collector.add_window(y0, x0, m == 1, prob[y0:y1, x0:x1], slope)
-    pixel_area = info.pixel_area_m2
-    min_pixels = max(cfg.min_pixels, int(np.ceil(cfg.min_area_m2 / pixel_area)) if pixel_area else 0)
-    n_objects = write_polygons(final / OUTPUTS["polygons"], info, collector.objects(), min_pixels, has_slope)
-    write_quicklook(final / OUTPUTS["quicklook"], zarr.open_group(str(scene.path), mode="r")["bands"], prob,
-                    threshold)
+    # GDAL writes the COGs without the GIL, beside the polygons and quicklook (mostly Python).
+    with ThreadPoolExecutor(1, "rasters") as pool:
+        rasters = pool.submit(write_rasters)
+        has_slope = "slope" in info.band_names
+        collector = ObjectCollector(info)
+        valid_px = slide_px = 0
+        for y0, y1, x0, x1 in windows(info):
+            m = mask_of(y0, y1, x0, x1)
+            valid_px += int((m != MASK_NODATA).sum())
+            slide_px += int((m == 1).sum())
+            slope = scene.read_band("slope", y0, y1, x0, x1) if has_slope else None
+            collector.add_window(y0, x0, m == 1, prob[y0:y1, x0:x1], slope)
+        pixel_area = info.pixel_area_m2
+        min_pixels = max(cfg.min_pixels, int(np.ceil(cfg.min_area_m2 / pixel_area)) if pixel_area else 0)
+        n_objects = write_polygons(final / OUTPUTS["polygons"], info, collector.objects(), min_pixels, has_slope)
+        write_quicklook(final / OUTPUTS["quicklook"], zarr.open_group(str(scene.path), mode="r")["bands"], prob,
+                        threshold)
+        rasters.result()
     km2 = (pixel_area or 0) / 1e6
     return {"valid_pixels": valid_px, "landslide_pixels": slide_px, "objects": n_objects,
             "area_mapped_km2": valid_px * km2 if pixel_area else None,

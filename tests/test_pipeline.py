@@ -184,6 +184,25 @@ def test_ray_executor_equals_local_executor(tmp_path, scene_tif, tiny_model):
     assert manifest["blocks"]["computed"] == 9
 
 
+@pytest.mark.slow
+def test_ray_gpu_path_with_read_tasks_equals_local_executor(tmp_path, scene_tif, tiny_model, caplog):
+    """Ray with GPUs feeds its actors from read tasks. A Ray that declares a GPU this machine does
+    not have runs that path, the actor's model falling back to the CPU (device auto)."""
+    import ray
+
+    run_job(job(scene_tif, tmp_path / "local", tiny_model))
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        with caplog.at_level("INFO", logger="landslide_batch.infer.executors"):
+            run_job(job(scene_tif, tmp_path / "ray", tiny_model, executor="ray"))
+    finally:
+        ray.shutdown()
+    assert "through 1 predictor actor(s) (1 GPU each)" in caplog.text
+    a, _ = read(tmp_path / "local" / "probability.tif")
+    b, _ = read(tmp_path / "ray" / "probability.tif")
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
 def test_tiles_shared_by_blocks_are_predicted_once(tmp_path, scene_tif, tiny_model):
     small = run_job(job(scene_tif, tmp_path / "small", tiny_model, block=128))
     whole = run_job(job(scene_tif, tmp_path / "whole", tiny_model, block=512))

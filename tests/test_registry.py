@@ -44,6 +44,22 @@ def test_model_folder_round_trip_and_checks(tmp_path):
     assert read_card(tmp_path / "m2").weights_sha256 == card.weights_sha256
 
 
+@pytest.mark.parametrize("name", ["unet_resnet34", "unet_mit_b1", "unet_plain"])  # mit_b1: built on the CPU
+def test_loaded_model_computes_what_the_saved_one_did(tmp_path, name):
+    """Loading builds on the meta device and takes the checkpoint's tensors: same outputs,
+    nothing left on meta, and trainable parameters (training resumes from model folders)."""
+    spec = MODEL_ZOO[name]
+    torch.manual_seed(5)
+    saved, _, features = build_zoo_model(name)
+    init_model_folder(spec.arch, spec.encoder, tmp_path / "m", seed=5, features=spec.features)
+    model, _ = load_model_folder(tmp_path / "m")
+    x = torch.randn(2, len(features), 64, 64)
+    with torch.inference_mode():
+        assert torch.equal(model(x), saved.eval()(x))
+    assert all(p.requires_grad and not p.is_meta for p in model.parameters())
+    assert not any(b.is_meta for b in model.buffers())
+
+
 def test_checkpoint_with_other_channel_count_is_refused(tmp_path):
     init_model_folder("Unet", "mobilenet_v2", tmp_path / "m14", seed=0)
     init_model_folder("Unet", "mobilenet_v2", tmp_path / "m6", seed=0, features="rgb_ndvi_slope_dem")

@@ -18,7 +18,7 @@ FLAGS = {  # flag -> (JobConfig field, type, help)
     "--executor": ("executor", str, "local or ray (default local)"),
     "--batch-size": ("batch_size", int, "tiles per forward pass (default 16)"),
     "--device": ("device", str, "auto, cpu or cuda[:N] (default auto)"),
-    "--threads": ("threads", int, "torch CPU threads per predictor"),
+    "--threads": ("threads", int, "torch CPU threads per predictor (Ray CPU actors: default a node's CPUs / actors)"),
     "--threshold": ("threshold", float, "mask threshold (default: the models' tuned thresholds)"),
     "--ray-address": (None, str, "Ray cluster address (default: RAY_ADDRESS or a local Ray)"),
     "--num-actors": (None, int, "predictor actors on Ray (default: one per GPU, else 1)"),

@@ -10,7 +10,8 @@ import logging
 import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -60,29 +61,51 @@ def run_local(blocks: list[Block], ctx: StageContext, predictor, prefetch: int =
             yield pending_write.result()
 
 
-def run_ray(blocks: list[Block], ctx: StageContext, settings: RaySettings) -> Iterator[dict]:
-    """A Ray Data streaming pipeline: read tasks -> predictor actor pool -> write tasks."""
+@contextmanager
+def ray_session(settings: RaySettings) -> Iterator[None]:
+    """Join the configured cluster (``address``, else ``RAY_ADDRESS``) or start a local Ray, and
+    leave it again; inside an already initialised Ray, use that. Enter it from the main thread:
+    Ray's processes do not survive being started from a worker thread."""
     import ray
 
-    started = False
-    if not ray.is_initialized():
-        address = settings.address or os.environ.get("RAY_ADDRESS")
-        ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False, **({} if address else {"num_cpus": os.cpu_count()}))
-        started = True
+    if ray.is_initialized():
+        yield
+        return
+    address = settings.address or os.environ.get("RAY_ADDRESS")
+    ray.init(address=address, include_dashboard=False, log_to_driver=False,
+             configure_logging=False, **({} if address else {"num_cpus": os.cpu_count()}))
     try:
-        gpus = int(ray.cluster_resources().get("GPU", 0))
-        actors = settings.num_actors or max(gpus, 1)
-        per_actor = {"num_gpus": 1} if gpus else {"num_cpus": 1}
-        ds = ray.data.from_items(_rows(blocks), override_num_blocks=len(blocks))
-        ds = ds.map(ReadBlock(ctx.scene_path, ctx.grid), num_cpus=0.5,
-                    compute=ray.data.TaskPoolStrategy(size=settings.read_tasks))
-        ds = ds.map(PredictBlock, fn_constructor_args=(ctx.predictor, ctx.grid, ctx.tile_uses),
-                    compute=ray.data.ActorPoolStrategy(size=actors), **per_actor)
-        ds = ds.map(WriteBlock(ctx.store), num_cpus=0.25)
-        log.info("ray: %d block(s) through %d predictor actor(s) (%s)", len(blocks), actors,
-                 "1 GPU each" if gpus else "CPU")
-        yield from ds.iter_rows()
+        yield
     finally:
-        if started:
-            ray.shutdown()
+        ray.shutdown()
+
+
+def run_ray(blocks: list[Block], ctx: StageContext, settings: RaySettings) -> Iterator[dict]:
+    """A Ray Data streaming pipeline inside a ``ray_session``: predictor actor
+    pool -> rows back to the driver, which writes them (so the output store needs no shared disk).
+
+    GPU actors get their blocks from read tasks: a GPU predicts a block in about the time it
+    takes to read it, so reading inside the actor would leave it idle. CPU actors read their
+    own blocks: there reading is ~2 % of a block, and read tasks would only compete with the
+    model's threads for the cores and copy every block's bands through the object store."""
+    import ray
+
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    actors = settings.num_actors or max(gpus, 1)
+    read = ReadBlock(ctx.scene_path, ctx.grid)
+    ds = ray.data.from_items(_rows(blocks), override_num_blocks=len(blocks))
+    if gpus:
+        ds = ds.map(read, num_cpus=0.5, compute=ray.data.TaskPoolStrategy(size=settings.read_tasks))
+        spec, reader, per_actor = ctx.predictor, None, {"num_gpus": 1}
+    else:  # an actor reserves the cores its torch threads use (by default a node's share), so it fits a node
+        node_cpus = max([int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n["Alive"]] + [1])
+        cpus = ctx.predictor.threads or max(1, node_cpus // actors)
+        spec, reader = replace(ctx.predictor, threads=cpus), read
+        per_actor = {"num_cpus": min(cpus, node_cpus)}
+    ds = ds.map(PredictBlock, fn_constructor_args=(spec, ctx.grid, ctx.tile_uses, None, reader),
+                compute=ray.data.ActorPoolStrategy(size=actors), **per_actor)
+    log.info("ray: %d block(s) through %d predictor actor(s) (%s)", len(blocks), actors,
+             "1 GPU each" if gpus else f"{spec.threads} CPU thread(s) each")
+    write = WriteBlock(ctx.store)
+    for row in ds.iter_rows():
+        yield write(row)

@@ -33,6 +33,13 @@ class PredictorSpec:
     device: str
     threads: int | None
 
+    def check(self) -> None:
+        """Load every member once (raises ModelError): a driver's check before Ray actors load them."""
+        from ..models.card import load_model_folder
+
+        for member in self.ensemble.members:
+            load_model_folder(member.model)
+
     def build(self):
         from .predictor import EnsemblePredictor
 
@@ -54,16 +61,19 @@ class ReadBlock:
 
 class PredictBlock:
     """Holds the ensemble: one per actor / process, models loaded once (from ``spec``, or the
-    ``EnsemblePredictor`` given)."""
+    ``EnsemblePredictor`` given). With a ``reader`` it reads its own blocks (rows without bands)."""
 
-    def __init__(self, spec: PredictorSpec, grid: TileGrid, tile_uses: np.ndarray, predictor=None):
+    def __init__(self, spec: PredictorSpec, grid: TileGrid, tile_uses: np.ndarray, predictor=None,
+                 reader: ReadBlock | None = None):
         from .predictor import TileReuse
 
-        self.grid = grid
+        self.grid, self.reader = grid, reader
         self.predictor = predictor or spec.build()
         self.reuse = TileReuse(tile_uses)
 
     def __call__(self, row: dict) -> dict:
+        if self.reader is not None:
+            row = self.reader(row)
         block = block_of(row)
         before = self.predictor.forward_passes
         prob, spread = self.predictor.predict_window(row["bands"], row["valid"], first_tile=(block.ty0, block.tx0),

@@ -84,6 +84,10 @@ class Scene:
         """In-bounds window -> (bands float32 (C, h, w), valid bool (h, w))."""
         return self._bands[:, y0:y1, x0:x1], self._valid[y0:y1, x0:x1].astype(bool)
 
+    def read_band(self, name: str, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """One layer of an in-bounds window (raw chunks: the other layers are not read)."""
+        return self._bands[self.info.band_names.index(name), y0:y1, x0:x1]
+
     def read_valid(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         return self._valid[y0:y1, x0:x1].astype(bool)
 
