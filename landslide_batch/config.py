@@ -40,7 +40,7 @@ class JobConfig(StrictModel):
     blend: Literal["mean", "cosine", "gaussian"] = "gaussian"
     block: int = Field(1024, ge=16)
     executor: Literal["local", "ray"] = "local"
-    batch_size: int = Field(16, ge=1)
+    batch_size: int | None = Field(None, ge=1)  # tiles per forward pass; default 16 on CPU, 64 on a GPU
     device: str = "auto"
     threads: int | None = Field(None, ge=1)
     #: Blocks read ahead of the model by the local executor (memory: one block window each).

@@ -86,6 +86,8 @@ def _run_locked(cfg: JobConfig, out: Path, overwrite: bool) -> dict:
     prep = ThreadPoolExecutor(2, "prepare")
     scene_sha_future = prep.submit(sha256_tree, cfg.scene)
     models_future = prep.submit(spec.build if cfg.executor == "local" else spec.check)
+    models_ready: list[float] = []
+    models_future.add_done_callback(lambda _: models_ready.append(time.perf_counter()))
     prep.shutdown(wait=False)
     # The card's hash; loading (above, in the background) refuses weights that do not match it.
     model_shas = [c.weights_sha256 or sha256_tree(Path(m.model) / WEIGHTS_FILE)
@@ -128,8 +130,6 @@ def _run_locked(cfg: JobConfig, out: Path, overwrite: bool) -> dict:
         grid = TileGrid(info.height, info.width, cfg.tile, cfg.stride)
         blocks = plan_blocks(grid, cfg.block)
         store = BlockStore(store_path, work / "blocks")
-        predictor = models_future.result()
-        t_plan = time.perf_counter()
 
         resumed, empty, todo = [], [], []
         for b in blocks:
@@ -145,20 +145,21 @@ def _run_locked(cfg: JobConfig, out: Path, overwrite: bool) -> dict:
                  len(blocks), len(todo), len(resumed), len(empty))
 
         ctx = StageContext(scene.path, grid, spec, store, tile_uses(grid, todo))
-        if cfg.executor == "local":
-            prefetch = cfg.prefetch if cfg.prefetch is not None else int(predictor.device.type != "cpu")
-            rows = run_local(todo, ctx, predictor, prefetch)
+        if cfg.executor == "local":  # reads its first block while the models finish loading
+            rows = run_local(todo, ctx, models_future, cfg.prefetch)
         else:
+            models_future.result()  # the driver's check, before any actor starts
             rows = run_ray(todo, ctx, cfg.ray)
         forward = tiles = 0
-        t_infer = time.perf_counter()
+        t_loop = time.perf_counter()
         for i, row in enumerate(rows, 1):
             forward += row["forward_passes"]
             tiles += row["tiles"]
-            dt = time.perf_counter() - t_infer
+            dt = time.perf_counter() - max(t_loop, *models_ready)
             log.info("block %s done (%d/%d): %d tiles, %.1f tiles/s so far", row["key"], i, len(todo),
                      row["tiles"], tiles / dt if dt else 0.0)
-        infer_s = time.perf_counter() - t_infer
+        t_plan = max(t_loop, *models_ready)  # inference starts once the models are ready
+        infer_s = time.perf_counter() - t_plan
 
         total_w = sum(m.weight for m in members.members)
         threshold = cfg.threshold if cfg.threshold is not None else (

@@ -6,7 +6,7 @@ import torch
 
 from landslide_batch.bands import derive_features
 from landslide_batch.config import EnsembleConfig, EnsembleMember
-from landslide_batch.infer.predictor import EnsemblePredictor
+from landslide_batch.infer.predictor import EnsemblePredictor, _balanced_batches
 from landslide_batch.models.card import load_model_folder
 
 
@@ -34,3 +34,12 @@ def test_window_must_be_covered_by_tiles(tiny_model):
     predictor = EnsemblePredictor(EnsembleConfig(members=[EnsembleMember(model=tiny_model)]), device="cpu")
     with pytest.raises(ValueError, match="not covered exactly"):
         predictor.predict_window(np.zeros((14, 150, 128), np.float32), np.ones((150, 128), bool))
+
+
+@pytest.mark.parametrize("n", [0, 1, 15, 16, 17, 255, 256, 272, 289])
+def test_balanced_batches_cover_every_tile_once_in_near_equal_batches(n):
+    batches = _balanced_batches(list(range(n)), 16)
+    assert [i for b in batches for i in b] == list(range(n))  # every tile once, in order
+    assert len(batches) == -(-n // 16)  # as few forward passes as fixed-size batches
+    sizes = {len(b) for b in batches}
+    assert max(sizes, default=0) <= 16 and max(sizes, default=0) - min(sizes, default=0) <= 1

@@ -16,7 +16,7 @@ FLAGS = {  # flag -> (JobConfig field, type, help)
     "--blend": ("blend", str, "mean, cosine or gaussian (default gaussian)"),
     "--block": ("block", int, "block size in pixels: the unit of work and resume (default 1024)"),
     "--executor": ("executor", str, "local or ray (default local)"),
-    "--batch-size": ("batch_size", int, "tiles per forward pass (default 16)"),
+    "--batch-size": ("batch_size", int, "tiles per forward pass (default 16 on CPU, 64 on a GPU)"),
     "--device": ("device", str, "auto, cpu or cuda[:N] (default auto)"),
     "--threads": ("threads", int, "torch CPU threads per predictor (Ray CPU actors: default a node's CPUs / actors)"),
     "--threshold": ("threshold", float, "mask threshold (default: the models' tuned thresholds)"),

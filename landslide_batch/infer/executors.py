@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -38,15 +38,20 @@ def _rows(blocks: list[Block]) -> list[dict]:
     return [{**b.as_dict(), "key": b.key, "tiles": b.n_tiles} for b in blocks]
 
 
-def run_local(blocks: list[Block], ctx: StageContext, predictor, prefetch: int = 1) -> Iterator[dict]:
+def run_local(blocks: list[Block], ctx: StageContext, predictor: Future, prefetch: int | None = None
+              ) -> Iterator[dict]:
     """Predicts block after block; the previous block is written, and ``prefetch`` blocks are
-    read, in background threads while the model works."""
+    read (default: 1 on a GPU, 0 on CPU), in background threads while the model works. The first
+    block is read while ``predictor`` (a future: the models load in the background) is not ready."""
     read, write = ReadBlock(ctx.scene_path, ctx.grid), WriteBlock(ctx.store)
-    predict = PredictBlock(ctx.predictor, ctx.grid, ctx.tile_uses, predictor)
     rows = _rows(blocks)
     with ThreadPoolExecutor(1, "read") as reader, ThreadPoolExecutor(1, "write") as writer:
-        reads: deque = deque()
-        pending_write, submitted = None, 0
+        reads: deque = deque(reader.submit(read, row) for row in rows[:1])
+        submitted, pending_write = len(reads), None
+        model = predictor.result()
+        if prefetch is None:
+            prefetch = int(model.device.type != "cpu")
+        predict = PredictBlock(ctx.predictor, ctx.grid, ctx.tile_uses, model)
         for i in range(len(rows)):
             while submitted <= min(i + prefetch, len(rows) - 1):
                 reads.append(reader.submit(read, rows[submitted]))

@@ -38,13 +38,15 @@ class TileReuse:
 
 class EnsemblePredictor:
     def __init__(self, ensemble: EnsembleConfig, *, tile: int = 128, stride: int = 64,
-                 blend: str = "gaussian", batch_size: int = 16, device: str = "auto",
+                 blend: str = "gaussian", batch_size: int | None = None, device: str = "auto",
                  threads: int | None = None):
         if threads:
             torch.set_num_threads(threads)
         self.device = torch.device(resolve_device(device))
         self.ensemble = Ensemble(ensemble, str(self.device))
-        self.tile, self.stride, self.batch_size = tile, stride, batch_size
+        # A GPU needs large batches to be kept busy; on CPU, larger batches than 16 gain nothing.
+        self.tile, self.stride = tile, stride
+        self.batch_size = batch_size or (64 if self.device.type == "cuda" else 16)
         self.weights = torch.from_numpy(blend_window(blend, tile)).to(self.device)
         self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
                          if self.device.type == "cuda" else nullcontext())
@@ -96,8 +98,7 @@ class EnsemblePredictor:
                     if kept[1] == 0:
                         del reuse.kept[(m, oy + r, ox + c)]
             strips = _StripFeatures(x, member, t, s)
-            for b in range(0, len(todo), self.batch_size):
-                chunk = todo[b:b + self.batch_size]
+            for chunk in _balanced_batches(todo, self.batch_size):
                 batch = torch.stack([strips.tile(r, c) for r, c in chunk]).contiguous(
                     memory_format=torch.channels_last)
                 with self.autocast:
@@ -116,6 +117,17 @@ class EnsemblePredictor:
         mean = (weights * stack).sum(0) / weights.sum()
         spread = ((weights * (stack - mean) ** 2).sum(0) / weights.sum()).sqrt()
         return mean.cpu().numpy(), spread.cpu().numpy()
+
+
+def _balanced_batches(items: list, size: int) -> list[list]:
+    """``items`` in as few batches of at most ``size`` as possible, of sizes differing by at most
+    one: no near-empty last batch (a batch of 1 costs far more than a 16th of a batch of 16), and
+    few distinct batch shapes, each of which costs oneDNN / cuDNN a cached set of kernels in memory."""
+    n = -(-len(items) // size)
+    if n == 0:
+        return []
+    cuts = [len(items) * i // n for i in range(n + 1)]
+    return [items[a:b] for a, b in zip(cuts, cuts[1:])]
 
 
 def _inference_ready(model: torch.nn.Module) -> torch.nn.Module:

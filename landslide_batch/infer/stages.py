@@ -29,7 +29,7 @@ class PredictorSpec:
     tile: int
     stride: int
     blend: str
-    batch_size: int
+    batch_size: int | None
     device: str
     threads: int | None
 
