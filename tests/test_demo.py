@@ -6,6 +6,8 @@ import json
 
 import pytest
 
+from landslide_batch.infer.executors import shutdown_ray
+
 
 @pytest.fixture
 def local_ray():
@@ -14,7 +16,7 @@ def local_ray():
     started = not ray.is_initialized()
     yield
     if started and ray.is_initialized():
-        ray.shutdown()
+        shutdown_ray()
 
 
 @pytest.mark.slow

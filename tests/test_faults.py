@@ -24,6 +24,7 @@ import rasterio
 
 from landslide_batch import pipeline
 from landslide_batch.config import job_from_dict
+from landslide_batch.infer.executors import shutdown_ray
 from landslide_batch.pipeline import OUTPUTS, run_job
 
 N_BLOCKS = 16  # a 512 x 512 scene in blocks of 128 px: enough blocks for a fault to land mid-job
@@ -123,7 +124,7 @@ def ray_cluster():
             ray.init(address=cluster.address, log_to_driver=False)
             yield cluster, local
         finally:
-            ray.shutdown()
+            shutdown_ray()
             cluster.shutdown()
             shutil.rmtree(tmp, ignore_errors=True)
 

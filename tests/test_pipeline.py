@@ -10,7 +10,12 @@ import torch
 from landslide_batch.config import job_from_dict
 from landslide_batch.errors import ConfigError, InputError, OutputLockedError
 from landslide_batch.infer import stages
-from landslide_batch.models.card import init_model_folder, load_model_folder, save_model_folder
+from landslide_batch.infer.executors import shutdown_ray
+from landslide_batch.models.card import (
+    init_model_folder,
+    load_model_folder,
+    save_model_folder,
+)
 from landslide_batch.pipeline import OUTPUTS, run_job
 
 
@@ -196,7 +201,7 @@ def test_ray_gpu_path_with_read_tasks_equals_local_executor(tmp_path, scene_tif,
         with caplog.at_level("INFO", logger="landslide_batch.infer.executors"):
             run_job(job(scene_tif, tmp_path / "ray", tiny_model, executor="ray"))
     finally:
-        ray.shutdown()
+        shutdown_ray()
     assert "through 1 predictor actor(s) (1 GPU each)" in caplog.text
     a, _ = read(tmp_path / "local" / "probability.tif")
     b, _ = read(tmp_path / "ray" / "probability.tif")

@@ -14,6 +14,7 @@ import yaml
 
 from landslide_batch.bands import derive_features, resolve_features
 from landslide_batch.errors import ConfigError, InputError
+from landslide_batch.infer.executors import shutdown_ray
 from landslide_batch.ingest.h5patch import read_l4s_h5, read_l4s_mask
 from landslide_batch.models.registry import MODEL_ZOO
 from landslide_batch.synthetic import synthetic_scene, write_l4s_patch
@@ -244,7 +245,7 @@ def local_ray():
         ray.init(num_cpus=2)
     yield
     if started:
-        ray.shutdown()
+        shutdown_ray()
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ small summary row per finished block.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from collections import deque
@@ -82,7 +83,17 @@ def ray_session(settings: RaySettings) -> Iterator[None]:
     try:
         yield
     finally:
-        ray.shutdown()
+        shutdown_ray()
+
+
+def shutdown_ray() -> None:
+    """``ray.shutdown()``, after freeing unreachable Ray objects (datasets hold object refs in
+    reference cycles) while Ray is still up: a garbage collection releasing them after shutdown,
+    in whatever thread it runs, makes Ray's core worker exit the whole process."""
+    import ray
+
+    gc.collect()
+    ray.shutdown()
 
 
 def run_ray(blocks: list[Block], ctx: StageContext, settings: RaySettings) -> Iterator[dict]:
