@@ -119,6 +119,8 @@ def _run_locked(cfg: JobConfig, out: Path, overwrite: bool) -> dict:
     write_json_atomic(state, {"job_hash": jhash})
 
     with ExitStack() as session:
+        # Unwound last: leaving the session waits for the products being written, even on errors.
+        finishing = session.enter_context(ThreadPoolExecutor(1, "finish"))
         # Ingest runs in the background while the main thread starts Ray (which cannot start
         # from a worker thread); leaving this block waits for ingest, even on errors.
         with ThreadPoolExecutor(1, "ingest") as ingest_pool:
@@ -168,9 +170,7 @@ def _run_locked(cfg: JobConfig, out: Path, overwrite: bool) -> dict:
         # The products are written while the Ray session closes (a second or more of waiting on
         # Ray's processes); finishing needs nothing from Ray.
         t_finish = time.perf_counter()
-        finishing = ThreadPoolExecutor(1, "finish")
         summary_future = finishing.submit(_finish, cfg, scene, store_path, work, threshold)
-        finishing.shutdown(wait=False)
     summary = summary_future.result()
     finish_s = time.perf_counter() - t_finish
 

@@ -71,7 +71,7 @@ def run_local(blocks: list[Block], ctx: StageContext, predictor: Future, prefetc
 def ray_session(settings: RaySettings) -> Iterator[None]:
     """Join the configured cluster (``address``, else ``RAY_ADDRESS``) or start a local Ray, and
     leave it again; inside an already initialised Ray, use that. Enter it from the main thread:
-    Ray's processes do not survive being started from a worker thread."""
+    a Ray started from a worker thread lost its GCS connection here within a minute."""
     import ray
 
     if ray.is_initialized():
