@@ -55,35 +55,46 @@ def make_scene(path: Path, size: int, seed: int = 0) -> Path:
     return path
 
 
-def raw_throughput(model_dir: Path, batch: int, threads: int, device: str, seconds: float, windows: int = 3) -> float:
-    """Model forward alone on pre-made in-memory batches, prepared as the pipeline prepares it:
-    the best of ``windows`` timed windows (a peak to compare the pipeline against, not an average
-    that the machine's noise pulls down)."""
-    import torch
-
+def prepared_model(model_dir: Path, threads: int, device: str):
+    """The model as the pipeline prepares it (BatchNorm folded, channels_last), in an
+    ``EnsemblePredictor`` of one member; loaded once and measured by the functions below."""
     from landslide_batch.infer.predictor import EnsemblePredictor
 
-    predictor = EnsemblePredictor(EnsembleConfig(members=[EnsembleMember(model=model_dir)]),
-                                  batch_size=batch, device=device, threads=threads)
-    member = predictor.ensemble.members[0]
-    model = member.model
-    x = torch.randn(batch, member.card.in_channels, TILE, TILE,
-                    device=predictor.device).contiguous(memory_format=torch.channels_last)
+    return EnsemblePredictor(EnsembleConfig(members=[EnsembleMember(model=model_dir)]), device=device,
+                             threads=threads)
+
+
+def best_rate(step, work: float, device, seconds: float, windows: int) -> float:
+    """``work`` units per second of calling ``step()``: the best of ``windows`` timed windows (a
+    peak to compare against, not an average that the machine's noise pulls down)."""
+    import torch
+
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    step()
     best = 0.0
-    with torch.inference_mode(), predictor.autocast:
-        model(x)
-        for _ in range(windows):
-            n, t0 = 0, time.perf_counter()
-            while time.perf_counter() - t0 < seconds:
-                torch.sigmoid(model(x))
-                n += batch
-            if predictor.device.type == "cuda":
-                torch.cuda.synchronize()
-            best = max(best, n / (time.perf_counter() - t0))
+    for _ in range(windows):
+        sync()
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            step()
+            n += 1
+        sync()
+        best = max(best, n * work / (time.perf_counter() - t0))
     return best
 
 
-def compute_floor(model_dir: Path, threads: int, device: str) -> dict:
+def raw_throughput(predictor, batch: int, seconds: float, windows: int = 3) -> float:
+    """Tiles/s of the model's forward alone, on a pre-made in-memory batch."""
+    import torch
+
+    member = predictor.ensemble.members[0]
+    x = torch.randn(batch, member.card.in_channels, TILE, TILE,
+                    device=predictor.device).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), predictor.autocast:
+        return best_rate(lambda: torch.sigmoid(member.model(x)), batch, predictor.device, seconds, windows)
+
+
+def compute_floor(predictor) -> dict:
     """The model's FLOPs per tile (torch's FlopCounterMode: 2 x multiply-adds of convolutions and
     matrix products) and the device's measured matrix rate (square matmuls, in the dtype the
     pipeline computes in: float32 on CPU, bfloat16 under autocast on CUDA). Their ratio is the
@@ -91,27 +102,15 @@ def compute_floor(model_dir: Path, threads: int, device: str) -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from landslide_batch.infer.predictor import EnsemblePredictor
-
-    predictor = EnsemblePredictor(EnsembleConfig(members=[EnsembleMember(model=model_dir)]),
-                                  batch_size=1, device=device, threads=threads)
-    x = torch.randn(1, 14, TILE, TILE, device=predictor.device).contiguous(memory_format=torch.channels_last)
+    member, device = predictor.ensemble.members[0], predictor.device
+    x = torch.randn(1, member.card.in_channels, TILE, TILE, device=device).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        predictor.ensemble.members[0].model(x)
+        member.model(x)
     flops = counter.get_total_flops()
-    n = 4096 if predictor.device.type == "cuda" else 2048
-    dtype = torch.bfloat16 if predictor.device.type == "cuda" else torch.float32
-    a, b = (torch.randn(n, n, device=predictor.device, dtype=dtype) for _ in range(2))
-    a @ b
-    rate, sync = 0.0, (torch.cuda.synchronize if predictor.device.type == "cuda" else lambda: None)
-    for _ in range(3):
-        sync()
-        k, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < 1.0:
-            a @ b
-            k += 1
-        sync()
-        rate = max(rate, 2 * n ** 3 * k / (time.perf_counter() - t0))
+    n = 4096 if device.type == "cuda" else 2048
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    rate = best_rate(lambda: a @ b, 2 * n ** 3, device, seconds=1.0, windows=3)
     return {"gflop_per_tile": flops / 1e9, "matrix_tflops": rate / 1e12, "dtype": str(dtype).split(".")[-1],
             "floor_tiles_per_s": rate / flops}
 
@@ -198,8 +197,8 @@ def zoo_rows(work: Path, size: int, common: dict) -> dict:
     ensemble = work / "zoo.yaml"
     ensemble.write_text("members:\n" + "".join(f"  - {{model: {f}}}\n" for f in folders))
     print(f"[{time.strftime('%H:%M:%S')}] zoo: raw forward of {len(folders)} members ...", file=sys.stderr, flush=True)
-    rates = {f.name: raw_throughput(f, common["batch"], common["threads"], common["device"], seconds=3, windows=1)
-             for f in folders}
+    rates = {f.name: raw_throughput(prepared_model(f, common["threads"], common["device"]), common["batch"],
+                                    seconds=3, windows=1) for f in folders}
     print(f"[{time.strftime('%H:%M:%S')}] zoo: pipeline local {size}² ...", file=sys.stderr, flush=True)
     m = run_pipeline(make_scene(work / f"scene_{size}.tif", size), ensemble, work / f"out_zoo_{size}", "local",
                      **common)
@@ -248,9 +247,10 @@ def main() -> int:
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
     log("compute floor (FLOPs per tile, matrix rate) ...")
-    results["floor"] = compute_floor(r34, args.threads, device)
+    model = prepared_model(r34, args.threads, device)
+    results["floor"] = compute_floor(model)
     log("raw model forward ...")
-    raw = raw_throughput(r34, args.batch_size, args.threads, device, seconds=5)
+    raw = raw_throughput(model, args.batch_size, seconds=5)
     sizes = args.sizes or ([2048] if args.quick else [2048, 8192])
     for size in sizes:
         scene = make_scene(work / f"scene_{size}.tif", size)
@@ -278,7 +278,7 @@ def main() -> int:
         scene = make_scene(work / f"scene_{size}.tif", size)
         memory[size] = run_pipeline(scene, mnv2, work / f"out_mem_{size}", "local", **common)["peak_rss_mb"]
     log("raw model forward, again (the best of both is the reference) ...")
-    results["raw_tiles_per_s"] = max(raw, raw_throughput(r34, args.batch_size, args.threads, device, seconds=5))
+    results["raw_tiles_per_s"] = max(raw, raw_throughput(model, args.batch_size, seconds=5))
     results["memory_peak_rss_mb"] = memory
     print_table(results)
     args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -23,6 +23,13 @@ class EnsembleConfig(StrictModel):
     #: Probability threshold for the binary mask; default: members' card thresholds, weighted.
     threshold: float | None = Field(None, ge=0, le=1)
 
+    def decision_threshold(self, member_thresholds: list[float]) -> float:
+        """``threshold``, else the members' (tuned) thresholds, weighted like their probabilities."""
+        if self.threshold is not None:
+            return self.threshold
+        weights = [m.weight for m in self.members]
+        return sum(w * t for w, t in zip(weights, member_thresholds)) / sum(weights)
+
 
 class RaySettings(StrictModel):
     address: str | None = None  # None: join a running cluster if RAY_ADDRESS is set, else start locally

@@ -26,10 +26,10 @@ from .config import JobConfig, ensemble_members
 from .errors import ConfigError, InputError, OutputLockedError
 from .gdal_env import bounded_gdal_cache
 from .hashing import sha256_tree
-from .locking import exclusive
 from .infer.executors import StageContext, ray_session, run_local, run_ray
 from .infer.stages import PredictorSpec
 from .ingest import Scene, ingest_job
+from .locking import exclusive
 from .models.card import WEIGHTS_FILE, read_card
 from .outputs.manifest import package_versions, read_manifest, write_json_atomic
 from .outputs.polygons import ObjectCollector, write_polygons
@@ -119,14 +119,13 @@ def _run_locked(cfg: JobConfig, out: Path, overwrite: bool) -> dict:
     write_json_atomic(state, {"job_hash": jhash})
 
     with ExitStack() as session:
-        # Unwound last: leaving the session waits for the products being written, even on errors.
-        finishing = session.enter_context(ThreadPoolExecutor(1, "finish"))
-        # Ingest runs in the background while the main thread starts Ray (which cannot start
-        # from a worker thread); leaving this block waits for ingest, even on errors.
-        with ThreadPoolExecutor(1, "ingest") as ingest_pool:
-            stores = ingest_pool.submit(_prepare_stores, cfg, work, jhash)
-            if cfg.executor == "ray":
-                session.enter_context(ray_session(cfg.ray))
+        # One background thread: ingest now, the products at the end. Unwound last, so leaving
+        # the session (even on an error) waits for whichever of them runs: never a writer
+        # outside the lock. Ray starts in the main thread (not from a worker), beside ingest.
+        background = session.enter_context(ThreadPoolExecutor(1, "stores"))
+        stores = background.submit(_prepare_stores, cfg, work, jhash)
+        if cfg.executor == "ray":
+            session.enter_context(ray_session(cfg.ray))
         scene, store_path, ingest_s = stores.result()
         info = scene.info
         grid = TileGrid(info.height, info.width, cfg.tile, cfg.stride)
@@ -163,14 +162,11 @@ def _run_locked(cfg: JobConfig, out: Path, overwrite: bool) -> dict:
         t_plan = max(t_loop, *models_ready)  # inference starts once the models are ready
         infer_s = time.perf_counter() - t_plan
 
-        total_w = sum(m.weight for m in members.members)
-        threshold = cfg.threshold if cfg.threshold is not None else (
-            members.threshold if members.threshold is not None
-            else sum(m.weight * c.threshold for m, c in zip(members.members, cards)) / total_w)
+        threshold = cfg.threshold if cfg.threshold is not None else members.decision_threshold([c.threshold for c in cards])
         # The products are written while the Ray session closes (a second or more of waiting on
         # Ray's processes); finishing needs nothing from Ray.
         t_finish = time.perf_counter()
-        summary_future = finishing.submit(_finish, cfg, scene, store_path, work, threshold)
+        summary_future = background.submit(_finish, cfg, scene, store_path, work, threshold)
     summary = summary_future.result()
     finish_s = time.perf_counter() - t_finish
 

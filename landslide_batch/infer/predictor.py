@@ -11,10 +11,9 @@ user has blended them, so a block does not recompute what its neighbour already 
 
 from __future__ import annotations
 
+import logging
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-
-import logging
 
 import numpy as np
 import torch

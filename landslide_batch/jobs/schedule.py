@@ -27,7 +27,7 @@ from shapely.geometry import box, shape
 from shapely.geometry.base import BaseGeometry
 from shapely.ops import unary_union
 
-from ..config import load_yaml, rebase_path, StrictModel, validate_model, job_from_dict
+from ..config import StrictModel, job_from_dict, load_yaml, rebase_path, validate_model
 from ..errors import ConfigError, LandslideBatchError
 from .stac import SceneItem, find_scenes, to_wgs84, utc
 from .state import SchedulerState

@@ -15,9 +15,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ..locking import exclusive
-
 from ..errors import ConfigError, LandslideBatchError
+from ..locking import exclusive
 from ..outputs.manifest import write_json_atomic
 
 

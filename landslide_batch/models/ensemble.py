@@ -36,9 +36,7 @@ class Ensemble:
             ))
         if not self.members:
             raise ModelError("the ensemble has no members")
-        total = sum(m.weight for m in self.members)
-        self.threshold = cfg.threshold if cfg.threshold is not None else \
-            sum(m.weight * m.card.threshold for m in self.members) / total
+        self.threshold = cfg.decision_threshold([m.card.threshold for m in self.members])
 
 
 def resolve_device(device: str) -> str:
