@@ -43,3 +43,19 @@ def test_balanced_batches_cover_every_tile_once_in_near_equal_batches(n):
     assert len(batches) == -(-n // 16)  # as few forward passes as fixed-size batches
     sizes = {len(b) for b in batches}
     assert max(sizes, default=0) <= 16 and max(sizes, default=0) - min(sizes, default=0) <= 1
+
+
+def test_models_loading_in_another_thread_do_not_disturb_a_prediction(scene_arrays, tiny_model):
+    """Loading folds BatchNorm with torch.fx, which patches every module call in the process while
+    it traces; a prediction running meanwhile in another thread must neither fail nor change."""
+    import threading
+
+    bands, valid = scene_arrays[0][:, :192, :192], np.ones((192, 192), bool)
+    cfg = EnsembleConfig(members=[EnsembleMember(model=tiny_model)])
+    predictor = EnsemblePredictor(cfg, device="cpu")
+    expected, _ = predictor.predict_window(bands, valid)
+    loader = threading.Thread(target=lambda: [EnsemblePredictor(cfg, device="cpu") for _ in range(4)])
+    loader.start()
+    while loader.is_alive():
+        np.testing.assert_array_equal(predictor.predict_window(bands, valid)[0], expected)
+    loader.join()

@@ -12,6 +12,7 @@ user has blended them, so a block does not recompute what its neighbour already 
 from __future__ import annotations
 
 import logging
+import threading
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
@@ -24,6 +25,13 @@ from ..models.ensemble import Ensemble, resolve_device
 from .blending import blend_window
 
 log = logging.getLogger(__name__)
+
+# torch.fx traces by patching torch.nn.Module.__call__ for the whole process: a model called in
+# another thread meanwhile is taken for a part of the traced one (NameError). Tracing and the
+# predictors' forward passes take turns on this lock (uncontended, it costs nothing per batch).
+# It matters wherever predictors live side by side in one process: the app's sessions, tests, a
+# job whose models still load in the background after it failed.
+_FX_LOCK = threading.Lock()
 
 
 @dataclass
@@ -100,7 +108,7 @@ class EnsemblePredictor:
             for chunk in _balanced_batches(todo, self.batch_size):
                 batch = torch.stack([strips.tile(r, c) for r, c in chunk]).contiguous(
                     memory_format=torch.channels_last)
-                with self.autocast:
+                with self.autocast, _FX_LOCK:
                     prob = torch.sigmoid(member.model(batch)[:, 0].float())
                 for p, (r, c) in zip(prob, chunk):
                     probs[r, c] = p
@@ -135,7 +143,8 @@ def _inference_ready(model: torch.nn.Module) -> torch.nn.Module:
     from torch.fx.experimental.optimization import fuse
 
     try:
-        model = fuse(model.eval())
+        with _FX_LOCK:
+            model = fuse(model.eval())
     except Exception as exc:  # fx tracing fails on data-dependent control flow; fusion is optional
         log.debug("BatchNorm folding skipped for %s: %s", type(model).__name__, exc)
     return model.to(memory_format=torch.channels_last)
