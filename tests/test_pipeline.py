@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
+from rio_cogeo.cogeo import cog_validate
 
 from landslide_batch.config import job_from_dict
 from landslide_batch.errors import ConfigError, InputError, OutputLockedError
@@ -59,13 +60,32 @@ def test_map_keeps_georeferencing_and_masks_nodata(tmp_path, scene_tif, tiny_mod
     assert mprofile["dtype"] == "uint8" and set(np.unique(mask)) <= {0, 1, 255}
     np.testing.assert_array_equal(mask == 255, nodata)
     np.testing.assert_array_equal(mask == 1, prob >= manifest["summary"]["threshold"])
-    with rasterio.open(out / "probability.tif") as ds:  # a real COG: tiled with overviews
-        assert ds.profile["tiled"] and ds.overviews(1) == [] or ds.profile["tiled"]
+    for name in ("probability.tif", "uncertainty.tif", "mask.tif"):
+        valid, errors, _ = cog_validate(out / name, strict=True)
+        assert valid, (name, errors)
     assert manifest["tiles"]["grid"] == 25 and manifest["blocks"]["total"] == 9
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "complete" and run["inputs"]["scene"]["sha256"]
     assert run["models"][0]["trained"] is False and run["versions"]["torch"].startswith("2.")
     assert not (out / ".work").exists()
+
+
+def test_cog_has_overviews_and_cog_layout_on_a_larger_map(tmp_path):
+    """Overviews only exist once the map exceeds one 512 px tile: write one directly."""
+    from landslide_batch.ingest.scene import SceneInfo
+    from landslide_batch.outputs.rasters import write_cog
+
+    info = SceneInfo(1100, 1300, ("B1",), rasterio.crs.CRS.from_epsg(32645).to_wkt(), (10.0, 0.0, 500000.0, 0.0, -10.0, 3100000.0), 512)
+    ramp = np.add.outer(np.arange(1100), np.arange(1300)).astype(np.float32) / 2400
+    write_cog(tmp_path / "p.tif", info, lambda y0, y1, x0, x1: ramp[y0:y1, x0:x1], dtype="float32", nodata=-1,
+              scratch=tmp_path / "scratch.tif")
+    valid, errors, warnings = cog_validate(tmp_path / "p.tif", strict=True)
+    assert valid and not errors and not warnings
+    with rasterio.open(tmp_path / "p.tif") as ds:
+        assert ds.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
+        assert ds.overviews(1) == [2, 4] and ds.block_shapes == [(512, 512)]
+        np.testing.assert_array_equal(ds.read(1), ramp)
+    assert not (tmp_path / "scratch.tif").exists()
 
 
 def test_zarr_output_is_georeferenced_for_xarray(tmp_path, scene_tif, tiny_model):
