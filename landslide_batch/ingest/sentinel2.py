@@ -13,6 +13,7 @@ available at several resolutions (L2A ships R10m/R20m/R60m copies) the finest is
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import xml.etree.ElementTree as ET
@@ -24,6 +25,8 @@ import numpy as np
 
 from ..errors import InputError
 from .inputs import S2_LAYERS, ReflectanceScaling, SceneInputs, looks_like_path
+
+log = logging.getLogger(__name__)
 
 
 #: Product band tokens, in the order of ``band_id`` in Sentinel-2 metadata (0..12).
@@ -142,7 +145,8 @@ def _file_resolution_m(path: Path) -> float | None:
         with rasterio.open(path) as ds:
             factor = ds.crs.linear_units_factor[1] if ds.crs is not None and ds.crs.is_projected else None
             return abs(ds.transform.a) * factor if factor else None
-    except Exception:
+    except rasterio.errors.RasterioError as exc:  # not a raster GDAL reads: the name alone decides
+        log.warning("%s: not readable as a raster (%s); its resolution is taken from its name", path, exc)
         return None
 
 

@@ -14,6 +14,7 @@ Each window of the scene grid reads only the DEM window it needs, plus a margin 
 
 from __future__ import annotations
 
+import logging
 import math
 from functools import lru_cache
 
@@ -25,6 +26,8 @@ from rasterio.windows import Window
 
 from ..errors import InputError
 from .resample import RESAMPLING, Grid, open_raster, require_north_up
+
+log = logging.getLogger(__name__)
 
 _WGS84 = (6378137.0, 1 / 298.257223563)
 
@@ -43,8 +46,11 @@ def _ellipsoid_of(wkt: str) -> tuple[float, float]:
         if ell is not None and ell.semi_major_metre:
             inv_f = ell.inverse_flattening
             return ell.semi_major_metre, (1.0 / inv_f) if inv_f else 0.0
-    except Exception:
-        pass
+    except Exception as exc:  # pyproj raises its own types for unknown or damaged definitions
+        log.warning("DEM CRS %s: cannot read its ellipsoid (%s: %s); slope uses WGS84's",
+                    wkt[:80], type(exc).__name__, exc)
+        return _WGS84
+    log.warning("DEM CRS %s names no ellipsoid; slope uses WGS84's", wkt[:80])
     return _WGS84
 
 
