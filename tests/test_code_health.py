@@ -2,6 +2,7 @@
 
 import json
 import logging
+import os
 import subprocess
 import sys
 
@@ -51,3 +52,41 @@ def test_unreadable_dem_ellipsoid_warns_and_uses_wgs84(caplog):
     with caplog.at_level(logging.WARNING, logger="landslide_batch.ingest.terrain"):
         assert _ellipsoid_of('GEOGCS["broken"') == _WGS84
     assert any("broken" in r.getMessage() and "WGS84" in r.getMessage() for r in caplog.records)
+
+
+ARENA_PROBE = """
+import ctypes, sys, tempfile, threading
+import numpy as np
+from landslide_batch.cli import limit_malloc_arenas
+
+capped = limit_malloc_arenas() if sys.argv[1] == "cap" else False
+barrier = threading.Barrier(6)
+def work():
+    barrier.wait()  # all threads allocate at once: each asks glibc for an arena of its own
+    for _ in range(20):
+        np.ones(1 << 18).sum()
+threads = [threading.Thread(target=work) for _ in range(6)]
+for t in threads: t.start()
+for t in threads: t.join()
+libc = ctypes.CDLL("libc.so.6")
+libc.fopen.restype = ctypes.c_void_p
+with tempfile.NamedTemporaryFile(suffix=".xml") as f:
+    fp = libc.fopen(f.name.encode(), b"w")
+    libc.malloc_info(0, ctypes.c_void_p(fp))
+    libc.fclose(ctypes.c_void_p(fp))
+    print(capped, open(f.name).read().count("<heap nr="))
+"""
+
+
+def test_malloc_arenas_are_capped_in_process_without_re_exec():
+    def heaps(mode):
+        env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+        done = subprocess.run([sys.executable, "-c", ARENA_PROBE, mode], capture_output=True, text=True,
+                              env=env, timeout=120)
+        assert done.returncode == 0, done.stderr
+        capped, n = done.stdout.split()
+        return capped, int(n)
+
+    assert heaps("cap") == ("True", 2)
+    capped, free = heaps("free")
+    assert capped == "False" and free > 2  # the probe does create arenas when nothing caps them
