@@ -1,16 +1,18 @@
-"""Content hashes for the run manifest and model cards."""
+"""Content hashes for the run manifest and model cards (local paths or object-store URIs)."""
 
 from __future__ import annotations
 
 import hashlib
 from pathlib import Path
 
+from .storage import location
+
 _CHUNK = 1 << 20
 
 
 def sha256_file(path: str | Path) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with location(path).open("rb") as f:
         for chunk in iter(lambda: f.read(_CHUNK), b""):
             h.update(chunk)
     return h.hexdigest()
@@ -18,11 +20,16 @@ def sha256_file(path: str | Path) -> str:
 
 def sha256_tree(path: str | Path) -> str:
     """Hash of a file, or of a folder's files (relative names and contents, sorted)."""
-    path = Path(path)
-    if path.is_file():
-        return sha256_file(path)
+    where = location(path)
+    if where.is_file():
+        return sha256_file(where.uri)
     h = hashlib.sha256()
-    for f in sorted(p for p in path.rglob("*") if p.is_file()):
-        h.update(str(f.relative_to(path)).encode())
-        h.update(sha256_file(f).encode())
+    if where.is_local:
+        files = sorted(str(p.relative_to(where.path)) for p in where.path.rglob("*") if p.is_file())
+    else:
+        root = where.fs_path.rstrip("/") + "/"
+        files = sorted(p[len(root):] for p in where.fs.find(where.fs_path))
+    for rel in files:
+        h.update(rel.encode())
+        h.update(sha256_file(where.join(rel).uri).encode())
     return h.hexdigest()

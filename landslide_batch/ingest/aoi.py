@@ -7,6 +7,7 @@ A bbox in another CRS is a polygon there (its edges are densified before transfo
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from rasterio.features import geometry_mask
 from rasterio.warp import transform_geom
 
 from ..errors import InputError
+from ..storage import location, storage_errors
 from .inputs import SceneInputs
 from .resample import Grid
 
@@ -53,12 +55,17 @@ def load_aoi(inputs: SceneInputs):
         return box(*inputs.bbox), crs, f"bbox {list(inputs.bbox)} ({crs.to_string()})"
     if inputs.aoi is None:
         return None
-    path = Path(inputs.aoi).expanduser()
-    if not path.is_file():
+    where = location(inputs.aoi)  # a local path or a URI
+    path = where.path if where.is_local else where.uri
+    with storage_errors(where, "inputs.aoi"):
+        found = where.is_file()
+    if not found:
         raise InputError(f"inputs.aoi: file {path} does not exist")
-    if path.suffix.lower() in (".json", ".geojson"):
+    if Path(where.name).suffix.lower() in (".json", ".geojson"):
         try:
-            data = json.loads(path.read_text())
+            with storage_errors(where, "inputs.aoi"):
+                text = where.read_text()
+            data = json.loads(text)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise InputError(f"{path}: not valid GeoJSON ({exc})") from None
         geoms = [shape(g) for g in _geojson_geometries(data, path)]
@@ -68,7 +75,8 @@ def load_aoi(inputs: SceneInputs):
         import geopandas as gpd
 
         try:
-            gdf = gpd.read_file(path)
+            # A remote file is read whole: pyogrio's GDAL is not the one rasterio configures.
+            gdf = gpd.read_file(where.path if where.is_local else io.BytesIO(where.read_bytes()))
         except Exception as exc:
             raise InputError(f"{path}: cannot read as a vector file ({type(exc).__name__}: {exc})") from None
         geoms = [g for g in gdf.geometry if g is not None]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import BinaryIO
 
 import h5py
 import numpy as np
@@ -12,9 +13,11 @@ from ..errors import InputError
 from .scene import SceneWriter
 
 
-def _read_dataset(path: Path, dataset: str) -> np.ndarray:
+def _read_dataset(source: str | Path | BinaryIO, dataset: str, path: str) -> np.ndarray:
+    """``source``: a local path or an open binary file (e.g. an fsspec file on object storage);
+    ``path`` names it in errors."""
     try:
-        with h5py.File(path, "r") as f:
+        with h5py.File(source, "r") as f:
             if dataset not in f:
                 raise InputError(f"{path}: HDF5 file has no dataset {dataset!r} (found {sorted(f.keys())})")
             arr = np.asarray(f[dataset][()])
@@ -23,10 +26,13 @@ def _read_dataset(path: Path, dataset: str) -> np.ndarray:
     return arr
 
 
-def read_l4s_h5(path: str | Path, dataset: str = "img") -> np.ndarray:
-    """-> float32 (14, H, W). Accepts channel-last (L4S) or channel-first arrays."""
-    path = Path(path)
-    arr = _read_dataset(path, dataset)
+def read_l4s_h5(source: str | Path | BinaryIO, dataset: str = "img", *, name: str | None = None) -> np.ndarray:
+    """-> float32 (14, H, W). Accepts channel-last (L4S) or channel-first arrays.
+
+    ``source`` is a path or an open binary file; ``name`` (default: the path) names it in errors.
+    """
+    path = name or str(source)
+    arr = _read_dataset(source, dataset, path)
     if arr.ndim != 3:
         raise InputError(f"{path}: dataset {dataset!r} should be H x W x {N_BANDS}, found shape {arr.shape}")
     if arr.dtype.kind not in "uif":
@@ -51,10 +57,10 @@ def ingest_h5(src: Path, dest: Path, *, chunk: int, nodata: float | None = None)
     return writer
 
 
-def read_l4s_mask(path: str | Path, dataset: str = "mask") -> np.ndarray:
-    """An L4S ``mask_N.h5`` -> uint8 (H, W) of 0/1."""
-    path = Path(path)
-    arr = _read_dataset(path, dataset)
+def read_l4s_mask(source: str | Path | BinaryIO, dataset: str = "mask", *, name: str | None = None) -> np.ndarray:
+    """An L4S ``mask_N.h5`` -> uint8 (H, W) of 0/1; ``source`` and ``name`` as for :func:`read_l4s_h5`."""
+    path = name or str(source)
+    arr = _read_dataset(source, dataset, path)
     arr = arr.squeeze()
     if arr.ndim != 2:
         raise InputError(f"{path}: mask should be H x W, found shape {arr.shape}")

@@ -22,6 +22,7 @@ from rasterio.crs import CRS
 
 from ..bands import L4S_BANDS
 from ..errors import InputError
+from ..storage import path_or_uri
 
 SCENE_FORMAT = "landslide-batch-scene/1"
 
@@ -54,10 +55,10 @@ class SceneInfo:
 
 
 class Scene:
-    """Read access to a scene store."""
+    """Read access to a scene store (a local path or a URI: workers read it from object storage)."""
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
+        self.path = path_or_uri(path)
         try:
             group = zarr.open_group(str(self.path), mode="r")
         except Exception as exc:
@@ -132,6 +133,19 @@ def reflect_index(idx: np.ndarray, n: int) -> np.ndarray:
     return np.where(m < n, m, period - m)
 
 
+def working_compressors(path: Path | str):
+    """The working store's band codec. A local copy is read once per block and stays raw:
+    compressed, a 1024² block (+halo) read from the page cache took 0.12 s instead of 0.02 s,
+    a cost that matters where a GPU predicts a block in about the time it is read. On object
+    storage the bytes cross the network: zstd level 1 stores real L4S bands in 2.4x fewer bytes
+    and read back faster than raw (benchmarks/working_store_codec.py, figures in benchmarks/README.md)."""
+    if isinstance(path, Path):
+        return None
+    from zarr.codecs import ZstdCodec
+
+    return [ZstdCodec(level=1)]
+
+
 class SceneWriter:
     """Creates a scene store and fills it window by window."""
 
@@ -140,13 +154,13 @@ class SceneWriter:
                  source: dict | None = None):
         if height < 1 or width < 1:
             raise InputError(f"{(source or {}).get('path', path)}: scene has zero size ({height}x{width} pixels)")
-        self.path = Path(path)
+        self.path = path_or_uri(path)
         chunk = int(min(chunk, max(height, width)))
         self.group = zarr.open_group(str(self.path), mode="w")
         self.bands = self.group.create_array(
             "bands", shape=(len(band_names), height, width), chunks=(len(band_names), chunk, chunk),
             dtype="float32", fill_value=np.nan, dimension_names=("band", "y", "x"),
-            compressors=None,  # a working copy read once per block: raw chunks cost no CPU to write or read
+            compressors=working_compressors(self.path),
         )
         self.valid = self.group.create_array(
             "valid", shape=(height, width), chunks=(chunk, chunk), dtype="uint8", fill_value=0,

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..storage import is_uri, location, storage_errors
 from .inputs import S2_LAYERS, ReflectanceScaling, SceneInputs, looks_like_path
 
 log = logging.getLogger(__name__)
@@ -269,7 +270,14 @@ def _fill_product_info(plan: SourcePlan, folder: Path, files: list[Path]) -> Non
 
 # --------------------------------------------------------------------------- plans
 
-def _resolve_file(value: str, what: str) -> Path:
+def _resolve_file(value: str, what: str) -> Path | str:
+    """An existing file: a local ``Path``, or the URI itself (GDAL reads it through /vsi*)."""
+    if is_uri(value):
+        with storage_errors(value, what):
+            found = location(value).is_file()
+        if not found:
+            raise InputError(f"{what}: {value} does not exist")
+        return value
     p = Path(value).expanduser()
     if not p.is_file():
         raise InputError(f"{what}: file {p} does not exist")

@@ -12,12 +12,20 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import InputError
+from ..storage import location, storage_errors
 from .inputs import S2_LAYERS, SceneInputs, looks_like_path
 from .sentinel2 import (
     DEFAULT_BAND_FOR_LAYER, LayerSource, SourcePlan, baseline_from_name, canonical_band,
 )
 
 _DEM_KEYS = ("dem", "DEM", "elevation", "dtm")
+
+
+def _file_exists(value: str, what: str) -> bool:
+    """A local path or a URI (s3://, gs://, ...: GDAL reads those through /vsi*)."""
+    where = location(value)
+    with storage_errors(where, what):
+        return where.is_file()
 _SLOPE_KEYS = ("slope", "SLOPE")
 
 
@@ -79,7 +87,7 @@ def plan_stac(item_path: Path, inputs: SceneInputs) -> SourcePlan:
             plan.layers[layer] = source(spec, canonical_band(spec), origin)
             continue
         if spec and looks_like_path(spec):
-            if not Path(spec).expanduser().is_file():
+            if not _file_exists(spec, f"inputs.bands.{layer}"):
                 raise InputError(f"inputs.bands.{layer}: file {spec} does not exist")
             plan.layers[layer] = LayerSource(spec, origin="inputs.bands (file)")
             continue
@@ -99,7 +107,7 @@ def plan_stac(item_path: Path, inputs: SceneInputs) -> SourcePlan:
         if spec and spec in assets:
             setattr(plan, attr, source(spec, None, f"inputs.{attr}", scaled=False))
         elif spec:
-            if not Path(spec).expanduser().is_file():
+            if not _file_exists(spec, f"inputs.{attr}"):
                 raise InputError(f"inputs.{attr}: {spec!r} is neither an asset of {item_path} nor an existing file")
             setattr(plan, attr, LayerSource(spec, origin=f"inputs.{attr}"))
         elif key := next((k for k in keys if k in assets), None):
@@ -108,7 +116,7 @@ def plan_stac(item_path: Path, inputs: SceneInputs) -> SourcePlan:
         if inputs.scl and inputs.scl in assets:
             plan.scl = source(inputs.scl, "SCL", "inputs.scl", scaled=False)
         elif inputs.scl:
-            if not Path(inputs.scl).expanduser().is_file():
+            if not _file_exists(inputs.scl, "inputs.scl"):
                 raise InputError(f"inputs.scl: {inputs.scl!r} is neither an asset of {item_path} nor an existing file")
             plan.scl = LayerSource(inputs.scl, band="SCL", origin="inputs.scl")
         elif "SCL" in by_band:

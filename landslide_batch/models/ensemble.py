@@ -9,12 +9,13 @@ import torch
 
 from ..config import EnsembleConfig
 from ..errors import ModelError
-from .card import ModelCard, load_model_folder
+from ..storage import path_or_uri
+from .card import ModelCard, ModelFiles, load_model_folder
 
 
 @dataclass
 class Member:
-    path: Path
+    path: Path | str
     weight: float
     card: ModelCard
     model: torch.nn.Module
@@ -23,14 +24,17 @@ class Member:
 
 
 class Ensemble:
-    def __init__(self, cfg: EnsembleConfig, device: str):
+    """``files``: the members' model files already read (by the driver, shipped through Ray's
+    object store), in member order; None: each member's folder is read here."""
+
+    def __init__(self, cfg: EnsembleConfig, device: str, files: tuple[ModelFiles, ...] | None = None):
         self.device = torch.device(device)
         self.members: list[Member] = []
-        for m in cfg.members:
-            model, card = load_model_folder(m.model, device=str(self.device))
+        for i, m in enumerate(cfg.members):
+            model, card = load_model_folder(files[i] if files else m.model, device=str(self.device))
             norm = card.normalization
             self.members.append(Member(
-                Path(m.model), m.weight, card, model,
+                path_or_uri(m.model), m.weight, card, model,
                 torch.tensor(norm.mean, dtype=torch.float32, device=self.device)[:, None, None],
                 torch.tensor(norm.std, dtype=torch.float32, device=self.device)[:, None, None],
             ))

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import platform
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+
+from ..storage import Location, location
 
 PACKAGES = ("landslide-batch", "torch", "segmentation-models-pytorch", "ray", "numpy", "zarr",
             "rasterio", "xarray", "h5py")
@@ -22,17 +23,16 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
+def write_json_atomic(path: Path | str | Location, data: dict) -> None:
+    """A JSON file (local path or URI) that readers see whole or not at all."""
+    location(path).write_text(json.dumps(data, indent=2, default=str))
 
 
-def read_manifest(out_dir: Path) -> dict | None:
-    path = Path(out_dir) / "run.json"
-    if not path.is_file():
-        return None
+def read_manifest(out_dir: Path | str | Location) -> dict | None:
+    path = location(out_dir) / "run.json"
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
     except json.JSONDecodeError:
         return None
