@@ -296,13 +296,6 @@ def test_submission_carries_a_resolved_job_spec(tmp_path, tiny_model):
     assert request["submission_id"] == "ls-x" and request["metadata"]["out"] == "/data/out"
 
 
-def test_submit_refuses_object_store_paths(tmp_path, tiny_model):
-    path = tmp_path / "job.yaml"
-    path.write_text(yaml.safe_dump({"scene": "s3://bucket/scene.tif", "out": "out", "models": [str(tiny_model)]}))
-    with pytest.raises(ConfigError, match="not object-store URIs"):
-        prepare_job(path)
-
-
 def test_unreachable_cluster_is_a_clear_error(capsys):
     assert main(["status", "raysubmit_x", "--address", "http://127.0.0.1:9"]) == ClusterError.exit_code
     assert "cannot reach the Ray Job API at http://127.0.0.1:9" in capsys.readouterr().err
@@ -382,7 +375,7 @@ def test_submit_region_job_to_local_ray_head(tmp_path, scene_tif, tiny_model, ra
                                    "block": 256, "threads": 1, "batch_size": 8}))
 
     submitted = _cli(env, "submit", str(job), "--address", address, "--submission-id", "ls-test-region",
-                     "--env", "OMP_NUM_THREADS=1", "--stac-item")
+                     "--env", "OMP_NUM_THREADS=1", "--stac-item", "--shared-fs")
     assert submitted.returncode == 0, submitted.stderr
     assert submitted.stdout.split() == ["ls-test-region"]
 
@@ -399,5 +392,5 @@ def test_submit_region_job_to_local_ray_head(tmp_path, scene_tif, tiny_model, ra
     assert pystac.Item.from_file(str(out / "item.json")).assets["probability"].get_absolute_href() == str(
         out / "probability.tif")
 
-    again = _cli(env, "submit", str(job), "--address", address, "--submission-id", "ls-test-region")
+    again = _cli(env, "submit", str(job), "--address", address, "--submission-id", "ls-test-region", "--shared-fs")
     assert again.returncode == JobExistsError.exit_code and "already submitted" in again.stderr

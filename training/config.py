@@ -1,31 +1,36 @@
 """Typed training config (YAML): which zoo model, which data, how to train it.
 
 Paths in a YAML file are relative to that file (as for job configs); command-line
-overrides are relative to the working directory.
+overrides are relative to the working directory. Data, ``out`` and ``run_dir`` may also be
+object-store URIs (``s3://bucket/l4s/train``): kept as strings, never turned into paths.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import BeforeValidator, Field, field_validator
 
 from landslide_batch.bands import resolve_features
-from landslide_batch.config import load_yaml, rebase_path, StrictModel, validate_model
+from landslide_batch.config import load_yaml, StrictModel, validate_model
 from landslide_batch.models.registry import MODEL_ZOO
+from landslide_batch.storage import Location, location, path_or_uri
 
 PATH_FIELDS = ("train_data", "val_data", "out", "run_dir")
+
+#: A local path (``Path``) or an object-store URI (``str``).
+PathOrUri = Annotated[Path | str, BeforeValidator(path_or_uri)]
 
 
 class TrainConfig(StrictModel):
     model: str  # a MODEL_ZOO name: architecture, encoder and default features
     features: str | list[str] | None = None  # override of the zoo's feature set
-    train_data: Path  # L4S folder: img/ + mask/ (or images/ + masks/)
-    val_data: Path
-    out: Path  # the model folder to write
+    train_data: PathOrUri  # L4S folder: img/ + mask/ (or images/ + masks/)
+    val_data: PathOrUri
+    out: PathOrUri  # the model folder to write
     #: Ray Train storage for checkpoints; a rerun with the same ``out`` and ``run_dir`` resumes.
-    run_dir: Path | None = None
+    run_dir: PathOrUri | None = None
 
     epochs: int = Field(50, ge=1)
     max_steps_per_epoch: int | None = Field(None, ge=1)  # cap for smoke runs and timing
@@ -67,9 +72,9 @@ class TrainConfig(StrictModel):
         return list(resolve_features(self.features or MODEL_ZOO[self.model].features))
 
     @property
-    def storage(self) -> Path:
-        """Absolute Ray Train storage folder (Ray requires an absolute path)."""
-        return (self.run_dir or self.out.parent / ".train_runs").resolve()
+    def storage(self) -> Location:
+        """Ray Train storage: ``run_dir``, else ``.train_runs`` next to ``out`` (local: absolute, as Ray requires)."""
+        return location(self.run_dir) if self.run_dir is not None else location(self.out).parent / ".train_runs"
 
 
 def load_train_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
@@ -78,6 +83,6 @@ def load_train_config(path: str | Path, overrides: dict[str, Any] | None = None)
     data = load_yaml(path)
     for key in PATH_FIELDS:
         if data.get(key) is not None:
-            data[key] = str(rebase_path(path.parent, Path(data[key])))
+            data[key] = str(location(str(data[key]), base=path.parent))
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
     return validate_model(TrainConfig, data, str(path) + (" with command-line overrides" if overrides else ""))

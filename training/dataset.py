@@ -1,7 +1,9 @@
 """Landslide4Sense-style patch folders: pairing, validation, normalisation statistics, torch dataset.
 
 A split is a folder with ``img/image_N.h5`` + ``mask/mask_N.h5`` (or ``images/`` +
-``masks/``), pairs matched by ``N``. Features come from ``bands.derive_features`` (the one
+``masks/``), pairs matched by ``N``; a local folder or an fsspec URI (``s3://bucket/l4s/train``,
+configured by the standard variables such as ``AWS_ENDPOINT_URL``), listed and read through
+fsspec either way. Features come from ``bands.derive_features`` (the one
 implementation inference uses too). A split is scanned once, streaming, before training:
 that validates every file, so a bad patch fails with its path before any worker starts,
 and yields the per-feature mean/std that go into the model card.
@@ -10,60 +12,74 @@ and yields the per-feature mean/std that go into the model card.
 from __future__ import annotations
 
 import hashlib
+import io
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
+import fsspec
 import numpy as np
 import torch
 
 from landslide_batch.bands import derive_features
 from landslide_batch.errors import InputError
-from landslide_batch.hashing import sha256_file
 from landslide_batch.ingest.h5patch import read_l4s_h5, read_l4s_mask
 from landslide_batch.models.card import Normalization
+from landslide_batch.storage import is_uri, location
 
 LAYOUTS = (("img", "mask"), ("images", "masks"))
+
+
+#: A patch file: a local path, or a URI on object storage.
+PatchFile = Path | str
 
 
 @dataclass(frozen=True)
 class Pair:
     number: int
-    image: Path
-    mask: Path
+    image: PatchFile
+    mask: PatchFile
 
 
-def _numbered(folder: Path, prefix: str) -> dict[int, Path]:
+def _name(file: PatchFile) -> str:
+    """``split-subfolder/file`` of a patch file: what the split's hash covers, wherever it lives."""
+    return "/".join(str(file).rstrip("/").split("/")[-2:])
+
+
+def _numbered(fs: fsspec.AbstractFileSystem, folder: str, prefix: str, root: str) -> dict[int, PatchFile]:
+    """``prefix_N.h5`` files of ``folder`` (a path on ``fs``) by ``N``: URIs if ``root`` is one, else paths."""
     pattern = re.compile(rf"{prefix}_(\d+)\.h5")
-    found: dict[int, Path] = {}
-    for p in sorted(folder.glob("*.h5")):
-        m = pattern.fullmatch(p.name)
-        if not m:
-            raise InputError(f"{p}: unexpected file name; files in {folder} must be named {prefix}_N.h5")
-        found[int(m.group(1))] = p
+    found: dict[int, PatchFile] = {}
+    for path in sorted(fs.glob(f"{folder}/*.h5")):
+        file = fs.unstrip_protocol(path) if is_uri(root) else Path(path)
+        if not (m := pattern.fullmatch(path.rsplit("/", 1)[-1])):
+            raise InputError(f"{file}: unexpected file name; files in {root}/{folder.rsplit('/', 1)[-1]} "
+                             f"must be named {prefix}_N.h5")
+        found[int(m.group(1))] = file
     return found
 
 
-def _listing(paths: Sequence[Path], limit: int = 5) -> str:
+def _listing(paths: Sequence[PatchFile], limit: int = 5) -> str:
     more = f" and {len(paths) - limit} more" if len(paths) > limit else ""
     return ", ".join(str(p) for p in paths[:limit]) + more
 
 
 def find_pairs(root: str | Path) -> list[Pair]:
-    """Image/mask pairs of an L4S split folder, sorted by number; InputError on any mismatch."""
-    root = Path(root)
-    if not root.is_dir():
+    """Image/mask pairs of an L4S split folder or URI, sorted by number; InputError on any mismatch."""
+    root = str(root).rstrip("/")
+    fs, base = location(root).fs, location(root).fs_path
+    if not fs.isdir(base):
         raise InputError(f"data folder {root} does not exist")
-    layout = next(((i, m) for i, m in LAYOUTS if (root / i).is_dir()), None)
+    layout = next(((i, m) for i, m in LAYOUTS if fs.isdir(f"{base}/{i}")), None)
     if layout is None:
-        found = sorted(p.name for p in root.iterdir())
+        found = sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(base, detail=False))
         raise InputError(f"{root}: expected Landslide4Sense subfolders img/ + mask/ (or images/ + masks/), "
                          f"found {found}")
-    images = _numbered(root / layout[0], "image")
-    masks = _numbered(root / layout[1], "mask") if (root / layout[1]).is_dir() else {}
+    images = _numbered(fs, f"{base}/{layout[0]}", "image", root)
+    masks = _numbered(fs, f"{base}/{layout[1]}", "mask", root) if fs.isdir(f"{base}/{layout[1]}") else {}
     if not images:
-        raise InputError(f"{root / layout[0]}: no image_N.h5 files")
+        raise InputError(f"{root}/{layout[0]}: no image_N.h5 files")
     if missing := sorted(set(images) - set(masks)):
         raise InputError(f"{root}: no mask for {len(missing)} image(s): "
                          f"{_listing([images[n] for n in missing])} (expected {layout[1]}/mask_N.h5)")
@@ -72,14 +88,28 @@ def find_pairs(root: str | Path) -> list[Pair]:
     return [Pair(n, images[n], masks[n]) for n in sorted(images)]
 
 
-def read_pair(pair: Pair) -> tuple[np.ndarray, np.ndarray]:
-    """-> (raw bands float32 (14, H, W), may hold NaN; mask uint8 (H, W))."""
-    bands = read_l4s_h5(pair.image)
-    mask = read_l4s_mask(pair.mask)
+def fetch_pair(pair: Pair) -> tuple[bytes, bytes]:
+    """The image and mask files' bytes (a patch is ~1 MB: one request each on object storage)."""
+    return _fetch(pair.image), _fetch(pair.mask)
+
+
+def _fetch(file: PatchFile) -> bytes:
+    return location(file).read_bytes()
+
+
+def parse_pair(pair: Pair, image_file: bytes, mask_file: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """The fetched files of ``pair`` -> (raw bands float32 (14, H, W), may hold NaN; mask uint8 (H, W))."""
+    bands = read_l4s_h5(io.BytesIO(image_file), name=str(pair.image))
+    mask = read_l4s_mask(io.BytesIO(mask_file), name=str(pair.mask))
     if mask.shape != bands.shape[1:]:
         raise InputError(f"{pair.mask}: mask is {mask.shape[0]}x{mask.shape[1]} but image {pair.image} "
                          f"is {bands.shape[1]}x{bands.shape[2]}")
     return bands, mask
+
+
+def read_pair(pair: Pair) -> tuple[np.ndarray, np.ndarray]:
+    """-> (raw bands float32 (14, H, W), may hold NaN; mask uint8 (H, W))."""
+    return parse_pair(pair, *fetch_pair(pair))
 
 
 def load_pair(pair: Pair, features: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -102,7 +132,7 @@ class SplitSummary:
     patches: int
     pixels: int
     positives: int
-    sha256: str  # over file names and contents: which data a model was trained on
+    sha256: str  # over file names and contents: which data a model was trained on (local or remote alike)
 
 
 def scan_split(pairs: Sequence[Pair], features: Sequence[str]) -> SplitSummary:
@@ -118,15 +148,17 @@ def scan_split(pairs: Sequence[Pair], features: Sequence[str]) -> SplitSummary:
     size = pixels = positives = 0
     digest = hashlib.sha256()
     for pair in pairs:
-        x, y = load_pair(pair, features)
+        files = fetch_pair(pair)
+        bands, y = parse_pair(pair, *files)
+        x = derive_features(bands, features).astype(np.float32)
         if x.shape[1] != x.shape[2] or (size and x.shape[1] != size):
             raise InputError(f"{pair.image}: patch is {x.shape[1]}x{x.shape[2]}; every patch of a split must be "
                              f"square and the same size ({size or x.shape[1]} px, from the first patch)")
         size = x.shape[1]
         pixels += y.size
         positives += int(y.sum())
-        for p in (pair.image, pair.mask):
-            digest.update(f"{p.parent.name}/{p.name}:{sha256_file(p)}\n".encode())
+        for file, data in zip((pair.image, pair.mask), files, strict=True):
+            digest.update(f"{_name(file)}:{hashlib.sha256(data).hexdigest()}\n".encode())
         flat = x.reshape(nf, -1).astype(np.float64)
         nb = np.isfinite(flat).sum(1)
         with np.errstate(invalid="ignore", divide="ignore"):

@@ -7,6 +7,12 @@ and the validation F1 (early stopping) are exact over the whole split. Rank 0 re
 checkpoint every epoch holding the latest state *and* the best weights so far, so only one
 checkpoint is kept on disk and a rerun with the same ``out``/``run_dir`` resumes from it
 (Ray Train 2 restores a run from its storage folder; ``TorchTrainer.restore`` is gone).
+
+Data, ``out`` and the run storage may be object-store URIs: workers read patches through
+fsspec, Ray Train keeps its checkpoints and run snapshot on the store (through the same fsspec
+filesystem, so the same ``AWS_*`` variables configure it), and a remote model folder is
+written locally, then uploaded with its card last. Nothing then needs a disk shared by the
+driver and the workers, and a driver killed mid-run resumes from the store.
 """
 
 from __future__ import annotations
@@ -16,7 +22,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -27,12 +32,13 @@ import torch
 
 from landslide_batch.errors import ConfigError, InputError
 from landslide_batch.metrics import best_threshold, prob_histograms, scores
-from landslide_batch.models.card import ModelCard, Normalization, save_model_folder
+from landslide_batch.models.card import CARD_FILE, ModelCard, Normalization, save_model_folder
 from landslide_batch.models.registry import MODEL_ZOO, build_model
+from landslide_batch.storage import Location, location, storage_errors
 
 from .augment import random_dihedral
 from .config import TrainConfig
-from .dataset import PatchDataset, find_pairs, scan_split
+from .dataset import Pair, PatchDataset, SplitSummary, find_pairs, scan_split
 from .losses import make_loss
 
 log = logging.getLogger(__name__)
@@ -106,6 +112,8 @@ def train_loop(ctx: dict[str, Any]) -> None:
         net.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         start, bad, best, history = state["epoch"], state["bad_epochs"], state["best"], state["history"]
+        if rank == 0:
+            log.info("resumed from the checkpoint after epoch %d", start)
     sched = _scheduler(opt, cfg, cfg.epochs * steps, start * steps)
 
     for epoch in range(start, cfg.epochs):
@@ -175,19 +183,56 @@ def _ensure_ray(cfg: TrainConfig) -> None:
             + "; lower num_workers / cpus_per_worker, or drop use_gpu")
 
 
-def _check_run_identity(run_path: Path, identity: dict[str, Any]) -> None:
+def _check_run_identity(run: Location, identity: dict[str, Any]) -> None:
     """Refuse to resume a run on other data or another model: its checkpoint's weights were
     fitted to other normalisation statistics. The identity is recorded when a run starts."""
-    path = run_path / RUN_FILE
+    path = run / RUN_FILE
     if path.is_file():
         if (found := json.loads(path.read_text())) != identity:
-            raise ConfigError(f"{run_path} holds checkpoints of a run on other data or another model "
+            raise ConfigError(f"{run} holds checkpoints of a run on other data or another model "
                               f"({found['model']}, train data {found['data']['train'][:12]}…); "
                               "use --overwrite to start afresh, or another run_dir / out")
-        log.info("continuing the run in %s (from its last checkpoint, if it has one)", run_path)
+        log.info("continuing the run in %s (from its last checkpoint, if it has one)", run)
         return
-    run_path.mkdir(parents=True, exist_ok=True)
+    run.makedirs()
     path.write_text(json.dumps(identity, indent=2))
+
+
+def _ray_storage(storage: Location) -> dict[str, Any]:
+    """``RunConfig`` storage arguments: a local folder as is; a URI as its fsspec filesystem
+    wrapped for pyarrow, so Ray Train's workers use the very client (and variables) we do."""
+    if storage.is_local:
+        return {"storage_path": str(storage)}
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    return {"storage_path": storage.fs_path, "storage_filesystem": PyFileSystem(FSSpecHandler(storage.fs))}
+
+
+def _write_model_folder(model: torch.nn.Module, card: ModelCard, history: list[dict[str, Any]], out: Location,
+                        overwrite: bool) -> ModelCard:
+    """The model folder + training log at ``out``; on object storage written here, then uploaded
+    with ``card.json`` last (a reader that finds the card finds the weights it describes)."""
+    if out.is_local:
+        card = save_model_folder(model, card, out.path, overwrite=overwrite)
+        write_log(history, out.path / LOG_FILE)
+        return card
+    with tempfile.TemporaryDirectory(prefix="landslide-model-") as tmp:
+        folder = Path(tmp) / "model"
+        card = save_model_folder(model, card, folder)
+        write_log(history, folder / LOG_FILE)
+        if overwrite:
+            out.rm(recursive=True)
+        for name in sorted(p.name for p in folder.iterdir() if p.name != CARD_FILE) + [CARD_FILE]:
+            (out / name).put_file(folder / name)
+    return card
+
+
+def _scan(data: Path | str, what: str, features: list[str]) -> tuple[list[Pair], SplitSummary]:
+    """List and check one split (a folder or URI): its pairs and statistics; store errors name the URI."""
+    with storage_errors(str(data), what):
+        pairs = find_pairs(data)
+        log.info("checking %d %s patches in %s, computing feature statistics", len(pairs), what, data)
+        return pairs, scan_split(pairs, features)
 
 
 def train(cfg: TrainConfig, overwrite: bool = False) -> ModelCard:
@@ -199,18 +244,18 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> ModelCard:
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    out = Path(cfg.out)
-    if out.exists() and not overwrite:
-        raise ConfigError(f"{out} already exists; choose another --out, or --overwrite to retrain from scratch")
-    run_path = cfg.storage / out.name
-    if overwrite:
-        shutil.rmtree(run_path, ignore_errors=True)
+    out = location(cfg.out)
+    out.require_writable("--out")
+    with storage_errors(str(out), "model folder"):
+        if out.exists() and not overwrite:
+            raise ConfigError(f"{out} already exists; choose another --out, or --overwrite to retrain from scratch")
+    run = cfg.storage / out.name
+    if overwrite and run.exists():
+        run.rm(recursive=True)
     features = cfg.feature_names
     t0 = time.perf_counter()
-    train_pairs, val_pairs = find_pairs(cfg.train_data), find_pairs(cfg.val_data)
-    log.info("checking %d training and %d validation patches, computing feature statistics",
-             len(train_pairs), len(val_pairs))
-    tr, va = scan_split(train_pairs, features), scan_split(val_pairs, features)
+    train_pairs, tr = _scan(cfg.train_data, "training data", features)
+    val_pairs, va = _scan(cfg.val_data, "validation data", features)
     if tr.size != va.size:
         raise InputError(f"training patches are {tr.size} px but validation patches {va.size} px")
     if tr.positives == 0:
@@ -218,8 +263,8 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> ModelCard:
     log.info("data checked in %.1fs; landslide pixels: %.2f%% (train), %.2f%% (val)", time.perf_counter() - t0,
              100 * tr.positives / tr.pixels, 100 * va.positives / va.pixels)
 
-    _check_run_identity(run_path, {"model": cfg.model, "features": features,
-                                   "data": {"train": tr.sha256, "val": va.sha256}})
+    _check_run_identity(run, {"model": cfg.model, "features": features,
+                              "data": {"train": tr.sha256, "val": va.sha256}})
     _ensure_ray(cfg)
     trainer = TorchTrainer(
         train_loop,
@@ -229,7 +274,7 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> ModelCard:
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker={"CPU": cfg.cpus_per_worker}),
-        run_config=RunConfig(name=out.name, storage_path=str(cfg.storage),
+        run_config=RunConfig(name=out.name, **_ray_storage(cfg.storage),
                              checkpoint_config=CheckpointConfig(num_to_keep=1)),
     )
     result = trainer.fit()
@@ -253,8 +298,7 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> ModelCard:
         data_hashes={"train": tr.sha256, "val": va.sha256},
         notes=f"validation metrics at the tuned threshold, best of {len(history)} epoch(s)",
     )
-    card = save_model_folder(model, card, out, overwrite=overwrite)
-    write_log(history, out / LOG_FILE)
+    card = _write_model_folder(model, card, history, out, overwrite)
     log.info("wrote %s: val F1 %.3f (precision %.3f, recall %.3f, IoU %.3f) at threshold %.2f, epoch %d",
              out, *(best["metrics"][f"val_{k}"] for k in ("f1", "precision", "recall", "iou")),
              best["threshold"], best["epoch"])

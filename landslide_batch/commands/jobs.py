@@ -13,8 +13,10 @@ from ..errors import ConfigError
 def register(sub) -> None:
     s = sub.add_parser("submit", help="submit a region job to a Ray cluster (Job Submission API)",
                        description="Validate a job YAML here and run it on a Ray cluster as "
-                                   "`landslide-batch run job.yaml --executor ray`. Paths in the job must "
-                                   "be valid on the cluster (shared storage at the same path). Prints the job id.")
+                                   "`landslide-batch run job.yaml --executor ray`. The job names object-store "
+                                   "URIs the cluster can read; paths of this machine are refused, unless "
+                                   "--upload-to uploads them first or --shared-fs says every node mounts them "
+                                   "at the same place. Prints the job id.")
     s.add_argument("job", type=Path, help="job YAML")
     _address(s)
     s.add_argument("--submission-id", help="job id (default: Ray picks one); the cluster refuses an id it knows")
@@ -23,6 +25,11 @@ def register(sub) -> None:
                    help="upload this landslide_batch package over the cluster's installed one (pure-Python changes)")
     s.add_argument("--stac-item", action="store_true", help="write OUT/item.json after the run")
     s.add_argument("--publish", metavar="URI", help="also copy outputs + item.json to this path or fsspec URI")
+    s.add_argument("--upload-to", metavar="URI",
+                   help="upload the job's local inputs (scene, models, ensemble, DEM, ...) to cluster storage, "
+                        "content-addressed as URI/sha256/<hash>/<name> (sent once), and submit their URIs")
+    s.add_argument("--shared-fs", action="store_true",
+                   help="the job's paths are on storage every node mounts at the same path: submit them as they are")
     _wait(s)
     s.set_defaults(func=_submit)
 
@@ -81,10 +88,17 @@ def _report(submitter, job_id: str, args) -> int:
 
 def _submit(args) -> int:
     from ..jobs.submit import JobSubmission, RaySubmitter, StacOptions, prepare_job
+    from ..jobs.upload import cluster_locations
 
     submitter = RaySubmitter(args.address, env=_env(args.env), ship_code=args.ship_code)
     stac = StacOptions(publish_to=args.publish) if args.stac_item or args.publish else None
-    job_id = submitter.submit(JobSubmission(prepare_job(args.job), args.submission_id, stac))
+    spec = prepare_job(args.job)
+    if args.upload_to:
+        submitter.client  # noqa: B018  (reach the cluster before uploading anything for it)
+    spec, uploads = cluster_locations(spec, str(args.job), upload_to=args.upload_to, shared_fs=args.shared_fs)
+    if uploads is not None:
+        print(uploads.summary(), file=sys.stderr)
+    job_id = submitter.submit(JobSubmission(spec, args.submission_id, stac))
     print(job_id)
     where = f" --address {args.address}" if args.address else ""
     print(f"follow with: landslide-batch logs {job_id}{where} --follow", file=sys.stderr)
