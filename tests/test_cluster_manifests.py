@@ -1,10 +1,15 @@
 """ray-cluster.yaml, the container image and the KubeRay / Kubernetes manifests agree with each
-other and with the project: one image tag, one Ray version, valid `landslide-batch` commands."""
+other and with the project: one image tag, one Ray version, valid `landslide-batch` commands.
+They also pass their owners' checks: Ray's own launcher validation, the fields of the minimum
+KubeRay version's CRDs, and the shell KubeRay's submitter runs the RayJob's entrypoint in."""
 
 from __future__ import annotations
 
+import copy
+import json
 import re
 import shlex
+import subprocess
 import tomllib
 from pathlib import Path
 
@@ -33,7 +38,11 @@ def images(node) -> list[str]:
 
 
 def commands(line: str) -> list[list[str]]:
-    """`a && b` -> [argv of a, argv of b]; each must parse as a landslide-batch command."""
+    """`a && b` (or `bash -c 'a && b'`) -> [argv of a, argv of b]; each must parse as a
+    landslide-batch command."""
+    argv = shlex.split(line)
+    if argv[:2] == ["bash", "-c"] and len(argv) == 3:
+        line = argv[2]
     argvs = [shlex.split(part) for part in line.split("&&")]
     for argv in argvs:
         assert argv[0] == "landslide-batch", argv
@@ -102,12 +111,13 @@ def test_raycluster(ray_version):
     cluster, pvc = manifests["RayCluster"], manifests["PersistentVolumeClaim"]
     assert cluster["apiVersion"] == "ray.io/v1" and cluster["spec"]["rayVersion"] == ray_version
     spec = cluster["spec"]
-    assert spec["enableInTreeAutoscaling"] and spec["authOptions"]["mode"] == "token"
+    assert spec["enableInTreeAutoscaling"]
     assert "ReadWriteMany" in pvc["spec"]["accessModes"]
     pods = [spec["headGroupSpec"]["template"]["spec"]] + [g["template"]["spec"] for g in spec["workerGroupSpecs"]]
-    for pod in pods:  # every node sees the shared volume at the same path
+    for pod in pods:  # every node sees the shared volume at the same path, writable by the image's user
         assert pod["volumes"] == [{"name": "data", "persistentVolumeClaim": {"claimName": pvc["metadata"]["name"]}}]
         assert pod["containers"][0]["volumeMounts"] == [{"name": "data", "mountPath": "/data"}]
+        assert pod["securityContext"] == IMAGE_USER
     gpu = [g for g in spec["workerGroupSpecs"]
            if g["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu")]
     assert gpu and all(g["maxReplicas"] > g["minReplicas"] for g in gpu)
@@ -119,6 +129,7 @@ def test_rayjob_runs_a_region_job_on_the_cluster():
     assert job["spec"]["clusterSelector"] == {"ray.io/cluster": cluster["metadata"]["name"]}
     run, *rest = commands(job["spec"]["entrypoint"])
     assert run[:2] == ["landslide-batch", "run"] and run[run.index("--executor") + 1] == "ray"
+    assert run[run.index("--device") + 1] == "cuda"  # GPUs asked for before the autoscaler adds a GPU node
     paths = [run[run.index(flag) + 1] for flag in ("--scene", "--ensemble", "--out")]
     assert all(p.startswith("/data/") for p in paths)
     assert rest == [["landslide-batch", "stac-item", paths[2]]]
@@ -139,11 +150,169 @@ def test_cronjob_runs_the_scheduler_against_the_cluster(tmp_path):
     (key,) = config["data"]
     assert argv[2] == f"{mounts['config']}/{key}"
     assert mounts["data"] == "/data" and volumes["data"]["persistentVolumeClaim"]["claimName"] == "landslide-data"
-    secret = next(e for e in container["env"] if e["name"] == "RAY_AUTH_TOKEN")["valueFrom"]["secretKeyRef"]
-    assert secret == {"name": cluster["spec"]["authOptions"]["secretName"], "key": "auth_token"}
+    assert pod["securityContext"] == IMAGE_USER
 
     path = tmp_path / key
     path.write_text(config["data"][key])
     schedule = load_schedule(path)  # a valid schedule, job template included
     assert schedule.config.submit.address == f"http://{cluster['metadata']['name']}-head-svc:8265"
     assert str(schedule.config.output.root).startswith("/data/") and schedule.config.catalog.startswith("/data/")
+    assert schedule.config.job["device"] == "cuda"
+
+
+# --- Checked by their owners' rules -------------------------------------------------------------------
+
+IMAGE_USER = {"runAsUser": 1000, "runAsGroup": 100, "fsGroup": 100}  # rayproject/ray: user ray, group users
+MIN_DRIVER = 580  # NVIDIA driver for CUDA 13.0, torch 2.13.0's build on PyPI
+KUBERAY_MIN = "1.3.0"
+# The fields of KubeRay 1.3.0's CRDs (ray-operator/apis/ray/v1: raycluster_types.go, rayjob_types.go)
+# under the parts the manifests use; a Pod template (``template``, ``submitterPodTemplate``) is
+# Kubernetes' own and not listed. ``True``: required there.
+KUBERAY_FIELDS = {
+    "RayCluster.spec": {"headGroupSpec": True, "workerGroupSpecs": False, "rayVersion": False,
+                        "enableInTreeAutoscaling": False, "autoscalerOptions": False,
+                        "headServiceAnnotations": False, "suspend": False, "managedBy": False,
+                        "gcsFaultToleranceOptions": False},
+    "headGroupSpec": {"serviceType": False, "headService": False, "enableIngress": False,
+                      "rayStartParams": True, "template": True},
+    "workerGroupSpecs[]": {"groupName": True, "replicas": False, "minReplicas": False, "maxReplicas": False,
+                           "numOfHosts": False, "rayStartParams": True, "template": True, "scaleStrategy": False,
+                           "suspend": False, "idleTimeoutSeconds": False},
+    "autoscalerOptions": {"resources": False, "image": False, "imagePullPolicy": False, "env": False,
+                          "envFrom": False, "volumeMounts": False, "securityContext": False,
+                          "idleTimeoutSeconds": False, "upscalingMode": False, "version": False},
+    "RayJob.spec": {"activeDeadlineSeconds": False, "backoffLimit": False, "rayClusterSpec": False,
+                    "submitterPodTemplate": False, "metadata": False, "clusterSelector": False,
+                    "submitterConfig": False, "managedBy": False, "entrypoint": False, "runtimeEnvYAML": False,
+                    "jobId": False, "submissionMode": False, "entrypointResources": False,
+                    "entrypointNumCpus": False, "entrypointNumGpus": False, "ttlSecondsAfterFinished": False,
+                    "shutdownAfterJobFinishes": False, "suspend": False},
+}
+
+
+def kuberay_parts() -> list[tuple[str, dict]]:
+    """(field list name, the manifest's mapping) for every KubeRay-owned part of the manifests."""
+    cluster = docs("raycluster.yaml")["RayCluster"]["spec"]
+    parts = [("RayCluster.spec", cluster), ("headGroupSpec", cluster["headGroupSpec"]),
+             ("RayJob.spec", docs("rayjob.yaml")["RayJob"]["spec"])]
+    parts += [("workerGroupSpecs[]", group) for group in cluster.get("workerGroupSpecs", [])]
+    if "autoscalerOptions" in cluster:
+        parts.append(("autoscalerOptions", cluster["autoscalerOptions"]))
+    return parts
+
+
+def test_kuberay_manifests_use_only_fields_of_the_minimum_kuberay_version():
+    for name, part in kuberay_parts():
+        known = KUBERAY_FIELDS[name]
+        assert not set(part) - set(known), f"{name}: {sorted(set(part) - set(known))} not in KubeRay {KUBERAY_MIN}"
+        missing = [field for field, required in known.items() if required and field not in part]
+        assert not missing, f"{name}: {missing} required by KubeRay {KUBERAY_MIN}"
+    assert f"KubeRay >= {KUBERAY_MIN}" in (CLUSTER / "raycluster.yaml").read_text()
+
+
+def test_field_list_catches_a_field_of_a_later_kuberay():
+    cluster = docs("raycluster.yaml")["RayCluster"]["spec"]
+    later = {**cluster, "authOptions": {"mode": "token"}}  # KubeRay >= 1.6 only
+    assert set(later) - set(KUBERAY_FIELDS["RayCluster.spec"]) == {"authOptions"}
+
+
+def kuberay_submitter_script(entrypoint: str, address: str = "http://landslide-batch-head-svc:8265",
+                             job_id: str = "landslide-region-melamchi-abc12") -> str:
+    """The script KubeRay's submitter Job runs as ``/bin/bash -ce -- SCRIPT`` (K8sJobMode, KubeRay
+    1.3: ray-operator/controllers/ray/common/job.go ``GetK8sJobCommand``, words joined by spaces):
+    the entrypoint is pasted in as it is, unquoted, after ``--``."""
+    words = ["if", "!", "ray", "job", "status", "--address", address, job_id, ">/dev/null", "2>&1", ";",
+             "then", "ray", "job", "submit", "--address", address, "--no-wait", "--submission-id", job_id,
+             "--", entrypoint.strip(), ";", "fi", ";", "ray", "job", "logs", "--address", address, "--follow", job_id]
+    return " ".join(words)
+
+
+def run_submitter(tmp_path: Path, entrypoint: str) -> tuple[list[list[str]], list[list[str]]]:
+    """Run the submitter's script with stubs on PATH -> (argvs ``ray`` got, argvs ``landslide-batch`` got)."""
+    stubs = tmp_path / "bin"
+    stubs.mkdir()
+    for name, extra in (("ray", 'if [ "$2" = status ]; then exit 1; fi\n'), ("landslide-batch", "")):
+        stub = stubs / name
+        stub.write_text(f'#!/bin/sh\nfor a in "$@"; do printf "%s\\0" "$a"; done >> "{tmp_path}/{name}.log"\n'
+                        f'printf "\\n" >> "{tmp_path}/{name}.log"\n{extra}')
+        stub.chmod(0o755)
+    done = subprocess.run(["/bin/bash", "-ce", "--", kuberay_submitter_script(entrypoint)],
+                          env={"PATH": str(stubs)}, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+
+    def calls(name: str) -> list[list[str]]:
+        log = tmp_path / f"{name}.log"
+        lines = log.read_text().split("\n")[:-1] if log.exists() else []
+        return [line.split("\0")[:-1] for line in lines]
+
+    return calls("ray"), calls("landslide-batch")
+
+
+def submitted_entrypoint(ray_calls: list[list[str]]) -> str:
+    """The entrypoint Ray receives from ``ray job submit ... -- ARGS``: Ray's job CLI joins ARGS with
+    ``shlex.join`` (on Linux)."""
+    (submit,) = [argv for argv in ray_calls if argv[:2] == ["job", "submit"]]
+    return shlex.join(submit[submit.index("--") + 1:])
+
+
+def test_rayjob_entrypoint_reaches_ray_whole_through_kuberays_submitter_shell(tmp_path):
+    entrypoint = docs("rayjob.yaml")["RayJob"]["spec"]["entrypoint"]
+    ray_calls, ran_here = run_submitter(tmp_path, entrypoint)
+    assert ran_here == []  # nothing of the job ran in the submitter pod
+    assert [argv[:2] for argv in ray_calls] == [["job", "status"], ["job", "submit"], ["job", "logs"]]
+    received = submitted_entrypoint(ray_calls)
+    assert shlex.split(received) == shlex.split(entrypoint)  # one command, unchanged
+    run, stac = commands(received)
+    assert run[1] == "run" and stac[1] == "stac-item"
+
+
+def test_an_entrypoint_with_a_bare_and_would_run_in_the_submitter_pod(tmp_path):
+    """The check above can fail: a bare ``a && b`` entrypoint splits in KubeRay's shell."""
+    ray_calls, ran_here = run_submitter(tmp_path, "landslide-batch run job.yaml && landslide-batch stac-item /data/out")
+    assert ran_here == [["stac-item", "/data/out"]]
+    assert submitted_entrypoint(ray_calls) == "landslide-batch run job.yaml"
+
+
+def launcher_config_checked_by_ray(config: dict) -> dict:
+    """``ray up``'s own checks, offline: the launcher's defaults and ``validate_config`` (the
+    ``ray-schema.json`` shipped in the ray wheel, and the rules beyond the schema)."""
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    prepared = prepare_config(copy.deepcopy(config))
+    validate_config(prepared)
+    return prepared
+
+
+def test_launcher_config_passes_rays_own_validation(launcher):
+    import jsonschema
+    import ray.autoscaler
+
+    prepared = launcher_config_checked_by_ray(launcher)
+    schema = Path(ray.autoscaler.__file__).parent / "ray-schema.json"
+    jsonschema.validate(launcher, json.loads(schema.read_text()))  # as written, too
+    assert prepared["available_node_types"]["gpu_worker"]["max_workers"] == launcher["max_workers"]
+    bad = copy.deepcopy(launcher)
+    bad["available_node_types"]["gpu_worker"]["resource"] = {"GPU": 1}  # a typo Ray must refuse
+    with pytest.raises(jsonschema.ValidationError, match="resource"):
+        launcher_config_checked_by_ray(bad)
+
+
+def test_launcher_vms_get_a_cuda13_driver_and_share_no_disk(launcher):
+    amis = {t["node_config"]["ImageId"] for t in launcher["available_node_types"].values()}
+    # AWS's public parameter for its current Ubuntu 24.04 base GPU AMI (driver >= 580), resolved at launch.
+    assert amis == {"resolve:ssm:/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-24.04"
+                    "/latest/ami-id"}
+    assert not any(option.startswith("-v") for option in launcher["docker"].get("run_options", []))
+    assert "Object storage and clusters without a shared disk" in (ROOT / "ray-cluster.yaml").read_text()
+
+
+def test_image_torch_build_driver_and_kuberay_versions_are_stated_where_users_look():
+    dockerfile = (CLUSTER / "Dockerfile").read_text()
+    cuda = re.search(r"^ARG TORCH_CUDA=(\S+)$", dockerfile, re.M).group(1)
+    assert 'ENV NVIDIA_REQUIRE_CUDA="cuda>=${TORCH_CUDA}"' in dockerfile
+    assert "assert torch.version.cuda == '${TORCH_CUDA}'" in dockerfile
+    for readme in (ROOT / "README.md", CLUSTER / "README.md"):
+        text = readme.read_text()
+        for needed in (f"CUDA {cuda}", f"driver ≥ {MIN_DRIVER}", f"KubeRay ≥ {KUBERAY_MIN}",
+                       "Object storage and clusters without a shared disk"):
+            assert needed in text, f"{readme.name} does not state {needed!r}"

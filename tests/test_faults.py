@@ -24,6 +24,7 @@ import rasterio
 
 from landslide_batch import pipeline
 from landslide_batch.config import job_from_dict
+from landslide_batch.errors import DiskFullError
 from landslide_batch.infer.executors import shutdown_ray
 from landslide_batch.pipeline import OUTPUTS, run_job
 
@@ -275,7 +276,7 @@ def test_crash_while_moving_products_leaves_nothing_final_and_resumes(tmp_path, 
     under their final names, and must not cost the finished blocks (the store keeps its markers)."""
     ref, ref_run = small_reference
     out = tmp_path / "out"
-    with fail_moving_onto(out / OUTPUTS["mask"]), pytest.raises(OSError, match="simulated"):
+    with fail_moving_onto(out / OUTPUTS["mask"]), pytest.raises(DiskFullError, match="simulated"):
         run_job(job(small_scene, out, tiny_model))
     assert_nothing_finished(out)
 
@@ -338,7 +339,7 @@ def test_failed_overwrite_keeps_no_stale_manifest(tmp_path, small_scene, tiny_mo
     must not vouch for a folder that now mixes two jobs."""
     out = tmp_path / "out"
     shutil.copytree(small_reference[0], out)
-    with fail_moving_onto(out / OUTPUTS["mask"]), pytest.raises(OSError, match="simulated"):
+    with fail_moving_onto(out / OUTPUTS["mask"]), pytest.raises(DiskFullError, match="simulated"):
         run_job(job(small_scene, out, tiny_model, blend="mean"), overwrite=True)
     assert not (out / "run.json").exists()
 

@@ -25,9 +25,8 @@ import yaml
 import landslide_batch
 
 from ..config import job_from_dict, load_yaml
-from ..errors import ConfigError, LandslideBatchError
+from ..errors import LandslideBatchError
 from .stac import write_item
-from .storage import is_uri, local_path
 
 ENTRYPOINT = "landslide-batch"
 JOB_FILE = "job.yaml"
@@ -75,29 +74,11 @@ class Submitter(Protocol):
 
 
 def prepare_job(path: Path) -> dict[str, Any]:
-    """Validate a job YAML here, before the cluster sees it; -> the spec with absolute paths.
-
-    Paths relative to the YAML become absolute on this machine: right for a local cluster, and
-    for a remote one when the data sits on a volume mounted at the same path here and there.
-    """
+    """Validate a job YAML here, before the cluster sees it; -> the spec: URIs as given, paths
+    relative to the YAML made absolute on this machine (whether the cluster may receive those
+    is :func:`.upload.cluster_locations`' decision)."""
     path = Path(path).absolute()
-    raw = load_yaml(path)
-    for key in ("scene", "out", "ensemble", "models"):
-        values = raw.get(key)
-        if values is None:
-            continue
-        items = [_local(str(v), f"{path}: {key}") for v in (values if isinstance(values, list) else [values])]
-        raw[key] = items if isinstance(values, list) else items[0]
-    return job_from_dict(raw, path.parent, str(path)).model_dump(mode="json")
-
-
-def _local(value: str, where: str) -> str:
-    if is_uri(value):
-        raise ConfigError(f"{where} = {value!r}: region jobs read and write paths, not object-store URIs. "
-                          "Put inputs on storage mounted at the same path on every node (cluster/README.md); "
-                          "`landslide-batch schedule` stages STAC assets from URIs, and --publish copies "
-                          "finished outputs to one")
-    return str(local_path(value))
+    return job_from_dict(load_yaml(path), path.parent, str(path)).model_dump(mode="json")
 
 
 def cluster_spec(job: dict[str, Any]) -> dict[str, Any]:
@@ -156,6 +137,11 @@ class RaySubmitter:
                     raise JobExistsError(f"job {job.submission_id} was already submitted to {self._where}; "
                                          f"see `landslide-batch status {job.submission_id}`") from None
                 raise ClusterError(f"{self._where} refused the job: {exc}") from None
+            except _network_errors() as exc:
+                raise ClusterError(f"{self._where}: the connection failed while submitting the job "
+                                   f"({type(exc).__name__}: {exc}); check that the cluster is up, then run "
+                                   "the same submit again (an id that reached the cluster is refused, not "
+                                   "mapped twice)") from None
 
     def status(self, job_id: str) -> tuple[str, str]:
         """-> (PENDING | RUNNING | SUCCEEDED | FAILED | STOPPED, the cluster's message)."""
@@ -191,6 +177,18 @@ class RaySubmitter:
             return fn(job_id)
         except (RuntimeError, AuthenticationError) as exc:
             raise ClusterError(f"{self._where}: job {job_id}: {exc}") from None
+        except _network_errors() as exc:
+            raise ClusterError(f"{self._where}: job {job_id}: the connection to the Ray Job API failed "
+                               f"({type(exc).__name__}: {exc}); the job itself runs on, check that the "
+                               "cluster is up and ask again") from None
+
+
+def _network_errors() -> tuple[type[BaseException], ...]:
+    """What a broken connection raises in the Job API client: requests' errors (``OSError``s) for
+    HTTP calls, aiohttp's for the log stream."""
+    import aiohttp
+
+    return OSError, aiohttp.ClientError, asyncio.TimeoutError
 
 
 class LocalRunner:
