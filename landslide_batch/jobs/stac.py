@@ -37,6 +37,8 @@ ASSETS = {
     "uncertainty.tif": ("uncertainty", pystac.MediaType.COG, ["data"], "Ensemble spread (uncertainty)"),
     "mask.tif": ("mask", pystac.MediaType.COG, ["data"], "Binary landslide mask (255 = nodata)"),
     "landslides.gpkg": ("polygons", pystac.MediaType.GEOPACKAGE, ["data"], "Landslide polygons with attributes"),
+    "landslides.parquet": ("polygons", "application/vnd.apache.parquet", ["data"], "Landslide polygons (GeoParquet)"),
+    "landslides.fgb": ("polygons", pystac.MediaType.FLATGEOBUF, ["data"], "Landslide polygons (FlatGeobuf)"),
     "probability.zarr": ("zarr", "application/vnd+zarr", ["data"], "Probability and spread (Zarr)"),
     "quicklook.png": ("quicklook", pystac.MediaType.PNG, ["overview"], "Quicklook"),
     "run.json": ("manifest", pystac.MediaType.JSON, ["metadata"], "Run manifest"),

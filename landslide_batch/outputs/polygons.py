@@ -8,6 +8,7 @@ attributes do not depend on the block grid.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from rasterio import features
@@ -17,6 +18,10 @@ from shapely.ops import unary_union
 from shapely.strtree import STRtree
 
 from ..ingest.scene import SceneInfo
+from .areas import object_areas_m2
+
+#: Polygon formats -> product name. GeoParquet carries the CRS in its ``geo`` metadata (PROJJSON).
+POLYGON_FILES = {"gpkg": "landslides.gpkg", "parquet": "landslides.parquet", "fgb": "landslides.fgb"}
 
 
 @dataclass
@@ -83,19 +88,29 @@ class ObjectCollector:
 
 
 def write_polygons(dest, info: SceneInfo, objects: list[Piece], min_pixels: int, has_slope: bool) -> int:
-    """Write a GeoPackage of objects with at least ``min_pixels`` pixels; returns how many."""
+    """Write objects with at least ``min_pixels`` pixels, in the format ``dest``'s suffix names
+    (GeoPackage, GeoParquet or FlatGeobuf, see ``POLYGON_FILES``); returns how many."""
     import geopandas as gpd
 
-    pixel_area = info.pixel_area_m2
     kept = [o for o in objects if o.pixels >= min_pixels]
     data = {
         "object_id": np.arange(1, len(kept) + 1, dtype=np.int64),
         "pixels": np.array([o.pixels for o in kept], dtype=np.int64),
-        "area_m2": np.array([o.pixels * (pixel_area or np.nan) for o in kept], dtype=np.float64),
+        "area_m2": object_areas_m2(info, [o.geom for o in kept], [o.pixels for o in kept]),
         "mean_probability": np.array([o.prob_sum / o.pixels for o in kept], dtype=np.float64),
         "mean_slope_deg": np.array([o.slope_sum / o.pixels if has_slope else np.nan for o in kept],
                                    dtype=np.float64),
     }
     gdf = gpd.GeoDataFrame(data, geometry=[o.geom for o in kept], crs=info.crs)
-    gdf.to_file(dest, layer="landslides", driver="GPKG", engine="pyogrio")
+    _save(gdf, Path(dest))
     return len(kept)
+
+
+def _save(gdf, dest: Path) -> None:
+    fmt = dest.suffix[1:]
+    if fmt == "parquet":
+        gdf.to_parquet(dest)
+    elif fmt in ("gpkg", "fgb"):
+        gdf.to_file(dest, layer="landslides", driver="GPKG" if fmt == "gpkg" else "FlatGeobuf", engine="pyogrio")
+    else:
+        raise ValueError(f"{dest}: unknown polygon format {fmt!r}; expected one of {sorted(POLYGON_FILES)}")

@@ -3,30 +3,41 @@
 One chunk per block, so no two writers ever touch the same chunk. A block is finished
 when its marker file exists; markers are written after the block's data, so a crash
 between the two only costs recomputing that block. The store carries CF/rioxarray
-georeferencing (``spatial_ref`` with ``crs_wkt`` + ``GeoTransform``, 1-D ``x``/``y``).
+georeferencing (``spatial_ref`` with ``crs_wkt`` + ``GeoTransform``, 1-D ``x``/``y``) and
+consolidated metadata, so ``xarray.open_zarr`` opens it in one read and without a warning.
+
+When the scene has a slope layer the store keeps it too (``slope``, degrees, filled by the
+job's finish): the polygons' ``mean_slope_deg`` can then be rebuilt from the store alone
+(``landslide-batch vectorize``), after the scene store is gone.
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 import zarr
+from zarr.errors import ZarrUserWarning
 
 from ..ingest.scene import SceneInfo
 from ..plan.tiling import Block
+from ..storage import location, path_or_uri
 
 NODATA = -1.0
 LAYERS = ("probability", "uncertainty")
+SLOPE = "slope"
 
 
 def create_store(path: Path, info: SceneInfo, block: int, job_hash: str) -> None:
     group = zarr.open_group(str(path), mode="w")
     chunk = (min(block, info.height), min(block, info.width))
-    for name in LAYERS:
+    layers = {name: NODATA for name in LAYERS} | ({SLOPE: np.nan} if SLOPE in info.band_names else {})
+    for name, fill in layers.items():
         arr = group.create_array(name, shape=(info.height, info.width), chunks=chunk, dtype="float32",
-                                 fill_value=NODATA, dimension_names=("y", "x"))
-        arr.attrs.update({"grid_mapping": "spatial_ref", "coordinates": "spatial_ref", "nodata": NODATA})
+                                 fill_value=fill, dimension_names=("y", "x"))
+        arr.attrs.update({"grid_mapping": "spatial_ref", "coordinates": "spatial_ref"}
+                         | ({"nodata": NODATA} if name in LAYERS else {"units": "degree"}))
     a = info.affine
     xs = group.create_array("x", shape=(info.width,), dtype="float64", dimension_names=("x",))
     xs[:] = a.c + a.a * (np.arange(info.width) + 0.5)
@@ -36,13 +47,24 @@ def create_store(path: Path, info: SceneInfo, block: int, job_hash: str) -> None
     ref.attrs.update({"crs_wkt": info.crs_wkt or "", "spatial_ref": info.crs_wkt or "",
                       "GeoTransform": " ".join(str(v) for v in (a.c, a.a, a.b, a.f, a.d, a.e))})
     group.attrs.update({"job_hash": job_hash, "block": block})
+    consolidate(path)
+
+
+def consolidate(path: Path) -> None:
+    """Write the consolidated metadata xarray looks for. Zarr warns that consolidation is not
+    (yet) part of the v3 spec; zarr-python and xarray read it, which is what we promise."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Consolidated metadata", ZarrUserWarning)
+        zarr.consolidate_metadata(str(path))
 
 
 class BlockStore:
-    """Write side of the output store plus the per-block completion markers."""
+    """Write side of the output store plus the per-block completion markers (both a local
+    path or a URI: on object storage a marker is an empty object)."""
 
-    def __init__(self, path: Path, done_dir: Path):
-        self.path, self.done_dir = Path(path), Path(done_dir)
+    def __init__(self, path: Path | str, done_dir: Path | str):
+        self.path, self.done_dir = path_or_uri(path), path_or_uri(done_dir)
+        self._markers = location(done_dir)
         self._group = None
 
     @property
@@ -52,7 +74,11 @@ class BlockStore:
         return self._group
 
     def is_done(self, block: Block) -> bool:
-        return (self.done_dir / f"{block.key}.done").exists()
+        return (self._markers / f"{block.key}.done").exists()
+
+    def done_keys(self) -> set[str]:
+        """Keys of the finished blocks, in one listing (one request on object storage)."""
+        return {n[:-len(".done")] for n in self._markers.ls_names() if n.endswith(".done")}
 
     def write(self, block: Block, prob: np.ndarray, spread: np.ndarray) -> None:
         self.group["probability"][block.y0:block.y1, block.x0:block.x1] = prob
@@ -60,8 +86,8 @@ class BlockStore:
         self.mark_done(block)
 
     def mark_done(self, block: Block) -> None:
-        self.done_dir.mkdir(parents=True, exist_ok=True)
-        (self.done_dir / f"{block.key}.done").touch()
+        self._markers.makedirs()
+        (self._markers / f"{block.key}.done").touch()
 
     def __getstate__(self):
-        return {"path": self.path, "done_dir": self.done_dir, "_group": None}
+        return {"path": self.path, "done_dir": self.done_dir, "_markers": self._markers, "_group": None}

@@ -1,0 +1,82 @@
+"""Mask and polygons from a probability map: the one step a job's finish and ``vectorize`` share.
+
+Both read the map window by window (memory bounded by the window, whatever the scene size),
+threshold it, and merge the objects cut by window edges with the same :class:`ObjectCollector`,
+so a re-derivation gives exactly what a job run with the same settings gives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..ingest.scene import SceneInfo
+from .areas import pixel_areas
+from .polygons import ObjectCollector, write_polygons
+from .rasters import windows, write_cog
+
+MASK_NODATA = 255
+
+WindowReader = Callable[[int, int, int, int], np.ndarray]  # (y0, y1, x0, x1) -> (h, w) array
+
+
+@dataclass(frozen=True)
+class ProbabilitySource:
+    """Where the map is read from: a job's output store while it finishes, ``probability.zarr``
+    afterwards. ``slope`` (degrees) gives the objects' mean slope; None when the scene has none."""
+
+    info: SceneInfo
+    probability: WindowReader
+    slope: WindowReader | None
+
+
+def window_reader(array) -> WindowReader:
+    """Windows of a 2-D array that slices lazily (a Zarr array): only the window is read."""
+    return lambda y0, y1, x0, x1: array[y0:y1, x0:x1]
+
+
+def mask_window(prob: np.ndarray, threshold: float) -> np.ndarray:
+    """1 where ``prob >= threshold``, 0 below, ``MASK_NODATA`` where the map is nodata (< 0)."""
+    return np.where(prob < 0, MASK_NODATA, prob >= threshold).astype(np.uint8)
+
+
+def min_object_pixels(info: SceneInfo, min_area_m2: float, min_pixels: int) -> int:
+    """Smallest object kept, in pixels: ``min_pixels``, or more when ``min_area_m2`` asks for it."""
+    areas = pixel_areas(info)
+    return max(min_pixels, int(np.ceil(min_area_m2 / areas.nominal_m2)) if areas else 0)
+
+
+def write_mask_and_polygons(source: ProbabilitySource, threshold: float, min_pixels: int, mask_dest: Path,
+                            polygons_dest: Path, scratch: Path) -> dict:
+    """Write the mask COG and the polygons (format from ``polygons_dest``'s suffix); returns the
+    summary run.json records. The COG is written beside the polygons (GDAL runs without the GIL)."""
+    info = source.info
+
+    def mask_of(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        return mask_window(source.probability(y0, y1, x0, x1), threshold)
+
+    with ThreadPoolExecutor(1, "mask") as pool:
+        mask_cog = pool.submit(write_cog, mask_dest, info, mask_of, dtype="uint8", nodata=MASK_NODATA,
+                               scratch=scratch)
+        collector = ObjectCollector(info)
+        valid_px = slide_px = 0
+        areas, valid_m2, slide_m2 = pixel_areas(info), 0.0, 0.0
+        for y0, y1, x0, x1 in windows(info):
+            prob = source.probability(y0, y1, x0, x1)
+            m = mask_window(prob, threshold)
+            valid_px += int((m != MASK_NODATA).sum())
+            slide_px += int((m == 1).sum())
+            if areas is not None:
+                valid_m2 += areas.of_mask(y0, m != MASK_NODATA)
+                slide_m2 += areas.of_mask(y0, m == 1)
+            slope = source.slope(y0, y1, x0, x1) if source.slope is not None else None
+            collector.add_window(y0, x0, m == 1, prob, slope)
+        n_objects = write_polygons(polygons_dest, info, collector.objects(), min_pixels, source.slope is not None)
+        mask_cog.result()
+    return {"valid_pixels": valid_px, "landslide_pixels": slide_px, "objects": n_objects,
+            "area_mapped_km2": valid_m2 / 1e6 if areas else None,
+            "landslide_area_km2": slide_m2 / 1e6 if areas else None}

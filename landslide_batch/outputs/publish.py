@@ -1,0 +1,63 @@
+"""Moving finished products into place: all of them, or (on an error) none."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from ..storage import Location
+
+
+def move_all(moves: list[tuple[Path, Path]]) -> None:
+    """``os.replace`` each ``(src, target)`` in order (a folder target is removed first). A
+    failure part-way moves back what was moved, in reverse order, and re-raises: callers list
+    the file that vouches for the others (``run.json``) last."""
+    done: list[tuple[Path, Path]] = []
+    try:
+        for src, target in moves:
+            if target.is_dir():
+                shutil.rmtree(target)
+            os.replace(src, target)
+            done.append((src, target))
+    except BaseException:
+        for src, target in reversed(done):
+            os.replace(target, src)
+        raise
+
+
+def replace_products(out: Location, new: Path, names: list[str], replaced: list[str]) -> None:
+    """Put the products ``names`` (files in the local folder ``new``, with the ``run.json`` that
+    vouches for them) into ``out`` in place of ``replaced``: all of them, or on an error none.
+
+    Locally ``new`` lies inside ``out`` (``os.replace`` stays on one file system): the replaced
+    files are moved aside into ``new/replaced``. Object stores cannot rename: the new files are
+    uploaded under ``OUT/<new's name>/``, the replaced ones copied there, then each copied into
+    place, ``run.json`` last; an error removes what was placed and copies the old ones back."""
+    incoming = [*names, "run.json"]
+    if out.is_local:
+        aside = new / "replaced"
+        aside.mkdir(exist_ok=True)
+        moves = [(out.path / n, aside / n) for n in replaced if (out.path / n).exists()]
+        move_all(moves + [(new / n, out.path / n) for n in incoming])
+        return
+    staging = out / new.name
+    for n in incoming:
+        (staging / n).put_file(new / n)
+    kept = [n for n in dict.fromkeys([*replaced, "run.json"]) if (out / n).exists()]
+    for n in kept:
+        (out / n).copy_to(staging / "replaced" / n)
+    placed: list[str] = []
+    try:
+        for n in incoming:
+            placed.append(n)
+            (staging / n).copy_to(out / n)
+    except BaseException:
+        for n in placed:
+            (out / n).rm()
+        for n in kept:
+            (staging / "replaced" / n).copy_to(out / n)
+        raise
+    for n in set(replaced) - set(names):
+        (out / n).rm()
+    staging.rm()
