@@ -64,13 +64,16 @@ def _targets(models: Sequence[Path], ensemble: Path | None) -> list[tuple[str, E
 
 
 def evaluate(data: str | Path, models: Sequence[Path] = (), ensemble: Path | None = None, *,
-             batch_size: int = 16, device: str = "auto") -> list[Evaluation]:
+             batch_size: int = 16, device: str = "auto", tta: bool = False) -> list[Evaluation]:
+    """Score each model and the ensemble; with ``tta`` each also with test-time augmentation
+    (a second row, ``NAME +TTA``), so its effect is read off side by side."""
     pairs = find_pairs(data)
     first, _ = read_pair(pairs[0])
     size = first.shape[1]
-    evals = [Evaluation(name, EnsemblePredictor(cfg, tile=size, stride=size, blend="mean", batch_size=batch_size,
-                                                device=device))
-             for name, cfg in _targets(models, ensemble)]
+    evals = [Evaluation(name + (" +TTA" if aug else ""),
+                        EnsemblePredictor(cfg, tile=size, stride=size, blend="mean", batch_size=batch_size,
+                                          device=device, tta=aug))
+             for name, cfg in _targets(models, ensemble) for aug in ((False, True) if tta else (False,))]
     log.info("evaluating %d model(s) on %d patches of %s", len(evals), len(pairs), data)
     for start in range(0, len(pairs), batch_size):
         group = [read_pair(p) for p in pairs[start:start + batch_size]]

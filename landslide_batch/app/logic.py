@@ -83,10 +83,10 @@ def find_models(root: Path) -> tuple[list[ModelEntry], list[str]]:
     return models, problems
 
 
-def load_predictor(model: Path) -> EnsemblePredictor:
+def load_predictor(model: Path, tta: bool = False) -> EnsemblePredictor:
     """One model as a one-member ensemble: the same inference path as a region job."""
     return EnsemblePredictor(EnsembleConfig(members=[EnsembleMember(model=model)]),
-                             tile=TILE, stride=STRIDE, blend="gaussian", device="auto")
+                             tile=TILE, stride=STRIDE, blend="gaussian", device="auto", tta=tta)
 
 
 # ---------------------------------------------------------------------------- uploads

@@ -24,9 +24,9 @@ SCORES = {"precision": "Precision", "recall": "Recall", "f1": "F1", "iou": "IoU"
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
-def _predictor(path: str, stamp: tuple[int, int]) -> EnsemblePredictor:
+def _predictor(path: str, stamp: tuple[int, int], tta: bool = False) -> EnsemblePredictor:
     """Models load once per server; ``stamp`` (file times) reloads a folder that changed."""
-    return logic.load_predictor(Path(path))
+    return logic.load_predictor(Path(path), tta=tta)
 
 
 def _card(where, model: logic.ModelEntry) -> None:
@@ -133,11 +133,12 @@ def patch_mode() -> None:
     st.caption(f"{patch.name}: {h} x {w} px, {patch.valid.mean():.0%} valid"
                + (", georeferenced" if patch.georeferenced else ""))
     # Predictions live in the session so reruns (other widgets) show them without recomputing.
-    key = (upload.file_id, tuple(str(m.path) for m in models))
+    tta = st.checkbox("Test-time augmentation: average the 8 flips and rotations (8x the work)", key="tta")
+    key = (upload.file_id, tuple(str(m.path) for m in models), tta)
     if st.button("Run all models" if run_all else f"Run {models[0].label}", type="primary"):
         try:
             with st.spinner("Running…"):
-                preds = [logic.predict(_predictor(str(m.path), m.stamp), m, patch) for m in models]
+                preds = [logic.predict(_predictor(str(m.path), m.stamp, tta), m, patch) for m in models]
         except LandslideBatchError as exc:
             st.error(str(exc))
             return

@@ -1,8 +1,13 @@
-"""``init-model`` and ``zoo``: make untrained model folders, list the registry."""
+"""``init-model``, ``import-model`` and ``zoo``: make untrained model folders, import the study's
+published checkpoints, list the registry."""
 
 from __future__ import annotations
 
-from ..models.card import init_model_folder
+import importlib.util
+from pathlib import Path
+
+from ..errors import ConfigError, ModelError
+from ..models.card import init_model_folder, read_card
 from ..models.registry import MODEL_ZOO
 
 
@@ -16,6 +21,24 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_init_model)
+
+    i = sub.add_parser("import-model", help="import the reference study's published checkpoint(s) as model folders",
+                       description="Turn one of the study's checkpoints (a local file or a URL) into a model "
+                                   "folder, loaded strictly (a key that does not fit is an error); or, with --all, "
+                                   "download and import all 13 into --out with an ensemble YAML. Downloads resume "
+                                   "and are verified.")
+    i.add_argument("name", nargs="?", help="the study's model name (its file name): "
+                                           "resnet34, vgg16, mitb1, segformer, deeplabv3, ...")
+    i.add_argument("checkpoint", nargs="?", help="checkpoint file or http(s) URL")
+    i.add_argument("--out", type=Path, required=True, help="model folder (with --all: folder of model folders)")
+    i.add_argument("--all", action="store_true", help="import every published model from --base-url")
+    i.add_argument("--base-url", default=None, help="where the study's files are (default: its Hugging Face "
+                                                    "repository); with a NAME and no CHECKPOINT, NAME's file there")
+    i.add_argument("--skip", action="append", default=[], metavar="NAME", help="with --all: leave NAME out (repeat)")
+    i.add_argument("--sha256", help="expected sha256 of the checkpoint file")
+    i.add_argument("--cache", type=Path, help="keep downloads here (resumable across runs); default: a temp dir")
+    i.add_argument("--overwrite", action="store_true")
+    i.set_defaults(func=_import_model)
 
     z = sub.add_parser("zoo", help="list the model registry")
     z.set_defaults(func=_zoo)
@@ -32,3 +55,45 @@ def _zoo(args) -> int:
     for name, spec in MODEL_ZOO.items():
         print(f"{name:28s} {spec.arch:14s} {spec.encoder or '-':20s} {spec.features}")
     return 0
+
+
+def _import_model(args) -> int:
+    from ..models.study import STUDY_BASE_URL, STUDY_MODELS, ensemble_yaml, import_model, study_url
+
+    base = args.base_url or STUDY_BASE_URL
+    if args.all:
+        if args.name or args.checkpoint or args.sha256:
+            raise ConfigError("--all imports every model from --base-url; give no NAME, CHECKPOINT or --sha256")
+        if unknown := sorted(set(args.skip) - set(STUDY_MODELS)):
+            raise ConfigError(f"--skip {unknown}: not study models; expected names from {sorted(STUDY_MODELS)}")
+        names = [n for n in STUDY_MODELS if n not in args.skip]
+        if "segformer" in names and importlib.util.find_spec("transformers") is None:
+            raise ConfigError("the study's segformer needs the 'transformers' package, which is not installed; "
+                              "install it, or leave the model out with --skip segformer")
+        for name in names:
+            folder = args.out / STUDY_MODELS[name].folder
+            if not args.overwrite and _imported(folder, name):
+                print(f"{name}: already imported in {folder}")
+                continue
+            import_model(name, study_url(base, name), folder, cache=args.cache, overwrite=args.overwrite)
+            print(f"imported {name} -> {folder}")
+        ens = args.out / "ensemble.yaml"
+        ens.write_text(ensemble_yaml(names))
+        print(f"wrote {ens} ({len(names)} members)")
+        return 0
+    if not args.name:
+        raise ConfigError("give the study model's NAME and a CHECKPOINT file or URL, or --all")
+    location = args.checkpoint or study_url(base, args.name)
+    card = import_model(args.name, location, args.out, sha256=args.sha256, cache=args.cache,
+                        overwrite=args.overwrite)
+    print(f"imported {args.name} ({card.arch}/{card.encoder}) from {location} -> {args.out} "
+          f"(sha256 {card.source['sha256'][:12]}…)")
+    return 0
+
+
+def _imported(folder: Path, name: str) -> bool:
+    """``folder`` holds the study's ``name`` already (a rerun of ``--all`` after an interruption)."""
+    try:
+        return read_card(folder).source.get("model") == name
+    except ModelError:
+        return False

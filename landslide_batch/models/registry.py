@@ -32,7 +32,7 @@ MODEL_ZOO: dict[str, ModelSpec] = {
     "unet_plain": ModelSpec("PlainUnet", None, "rgb_ndvi_slope_dem"),
 }
 
-ARCHS = ("Unet", "DeepLabV3Plus", "PlainUnet")
+ARCHS = ("Unet", "DeepLabV3Plus", "PlainUnet", "ConvStemUnet", "SegformerB2")
 
 
 def spec_for(arch: str, encoder: str | None) -> ModelSpec:
@@ -47,7 +47,7 @@ def spec_for(arch: str, encoder: str | None) -> ModelSpec:
 def _canonical_arch(arch: str) -> str:
     key = arch.replace("_", "").replace("-", "").lower()
     aliases = {"unet": "Unet", "deeplabv3plus": "DeepLabV3Plus", "deeplabv3+": "DeepLabV3Plus",
-               "plainunet": "PlainUnet"}
+               "plainunet": "PlainUnet", "convstemunet": "ConvStemUnet", "segformerb2": "SegformerB2"}
     if key not in aliases:
         raise ConfigError(f"unknown architecture {arch!r}; expected one of {list(ARCHS)}")
     return aliases[key]
@@ -60,11 +60,19 @@ def build_model(arch: str, encoder: str | None, in_channels: int, classes: int =
         from .plain_unet import PlainUNet
 
         return PlainUNet(in_channels, classes)
+    if arch == "SegformerB2":  # the study's networks (models/study_nets.py)
+        from .study_nets import SegformerB2
+
+        return SegformerB2(in_channels, classes)
     ensure_torchvision()
     import segmentation_models_pytorch as smp
 
     if encoder not in smp.encoders.get_encoder_names():
         raise ConfigError(f"unknown smp encoder {encoder!r} for {arch}")
+    if arch == "ConvStemUnet":
+        from .study_nets import ConvStemUnet
+
+        return ConvStemUnet(encoder, in_channels, classes)
     cls = getattr(smp, arch)
     return cls(encoder_name=encoder, encoder_weights=None, in_channels=in_channels, classes=classes)
 
