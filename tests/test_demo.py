@@ -34,3 +34,5 @@ def test_demo_trains_maps_and_scores_honestly(tmp_path, local_ray, capsys):
     assert (demo / "model" / "card.json").is_file() and (demo / "scene.tif").is_file()
     run = json.loads((demo / "map" / "run.json").read_text())
     assert run["status"] == "complete" and run["models"][0]["trained"] is True
+    # The units guard compared the demo's scene with its model's training statistics, and they match.
+    assert [c["mismatch"] for c in run["checks"]["units"]] == [False]

@@ -464,19 +464,26 @@ def _card(folder, mean, name="m"):
     return folder
 
 
-def test_l4s_units_and_the_units_check_against_model_cards(l2a, l2a_scene, tmp_path):
+def test_l4s_units_and_the_units_guard_against_model_cards(l2a, l2a_scene, tmp_path):
+    from landslide_batch.checks.units import sample_scene, units_guard
+    from landslide_batch.errors import UnitsMismatchError
     from landslide_batch.ingest.inputs import L4S_IMG_MEAN
+    from landslide_batch.models.card import read_card
 
     bbox = (X0, Y0 - 300, X0 + 300, Y0)
-    l4s_like = _card(tmp_path / "l4s_model", [1.0] * 14, name="l4s_model")
+    l4s_like = read_card(_card(tmp_path / "l4s_model", [1.0] * 14, name="l4s_model"))
+    assert l4s_like.input_units == "l4s"  # derived from its statistics: the card does not say
     common = dict(dem=str(l2a["dem"]), bbox=bbox, aoi_crs=UTM)
-    cfg = JobConfig(scene=l2a["safe"], out=tmp_path / "o", models=[l4s_like], inputs=SceneInputs(**common))
+    cfg = JobConfig(scene=l2a["safe"], out=tmp_path / "o", models=[tmp_path / "l4s_model"],
+                    inputs=SceneInputs(units="physical", **common))
     phys = ingest_job(cfg, tmp_path / "phys.zarr", chunk=32)
-    assert any("l4s_model" in w and "inputs.units" in w for w in phys.attrs["warnings"])
-    cfg = JobConfig(scene=l2a["safe"], out=tmp_path / "o", models=[l4s_like],
+    with pytest.raises(UnitsMismatchError, match=r"l4s_model.*reflectance 0-1.*set inputs.units: l4s"):
+        units_guard(sample_scene(phys), [l4s_like], accept=False)
+    cfg = JobConfig(scene=l2a["safe"], out=tmp_path / "o", models=[tmp_path / "l4s_model"],
                     inputs=SceneInputs(units="l4s", **common))
     l4s = ingest_job(cfg, tmp_path / "l4s.zarr", chunk=32)
-    assert not any("inputs.units" in w for w in l4s.attrs["warnings"])
+    verdicts, warnings = units_guard(sample_scene(l4s), [l4s_like], accept=False)
+    assert warnings == [] and [v.refused for v in verdicts] == [False]
     pb, pv = _all(phys)
     lb, lv = _all(l4s)
     assert np.array_equal(pv, lv)

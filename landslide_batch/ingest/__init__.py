@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import InputError
+from ..storage import location, path_or_uri, storage_errors
 from .inputs import SceneInputs
 
 if TYPE_CHECKING:
@@ -47,15 +48,15 @@ __all__ = ["Scene", "SceneInfo", "SceneInputs", "SceneWriter", "ingest", "ingest
            "reflect_index"]
 
 
-def is_scene_store(path: Path) -> bool:
+def is_scene_store(path: Path | str) -> bool:
     from .scene import SCENE_FORMAT
 
-    meta = path / "zarr.json"
-    return meta.is_file() and SCENE_FORMAT in meta.read_text(errors="replace")
+    meta = location(path) / "zarr.json"
+    return meta.is_file() and SCENE_FORMAT in meta.read_bytes().decode(errors="replace")
 
 
-def _is_zarr(path: Path) -> bool:
-    return any((path / name).is_file() for name in ("zarr.json", ".zgroup", ".zarray", ".zmetadata"))
+def _is_zarr(path: Path | str) -> bool:
+    return any((location(path) / name).is_file() for name in ("zarr.json", ".zgroup", ".zarray", ".zmetadata"))
 
 
 def ingest(src: str | Path, dest: str | Path, *, chunk: int = 512, nodata: float | None = None,
@@ -65,34 +66,49 @@ def ingest(src: str | Path, dest: str | Path, *, chunk: int = 512, nodata: float
 
     ``inputs`` applies to band-file folders, STAC items and 14-band stacks (for folders and
     STAC items the defaults apply when it is None). ``notes`` are warnings recorded with the
-    scene's own. The store is built under a temporary name and renamed when complete.
+    scene's own. A local store is built under a temporary name and renamed when complete; one
+    on object storage (no rename there) is written in place, its ``complete`` flag set last.
+
+    ``src`` and ``dest`` may be URIs: a remote ``src`` is a raster GDAL reads (GeoTIFF / COG, a
+    14-band stack with or without ``inputs``), a Zarr store or a scene store.
     """
     from .scene import Scene
 
-    src, dest = Path(src), Path(dest)
-    if not src.exists():
+    src, dest = path_or_uri(src), path_or_uri(dest)
+    where = location(src)
+    with storage_errors(where, "scene"):
+        exists, is_dir = where.exists(), where.is_dir()
+    if not exists:
         raise InputError(f"scene {src} does not exist")
-    if src.is_dir() and is_scene_store(src):
+    if is_dir and is_scene_store(src):
         if inputs is not None:
             raise InputError(f"{src} is a scene store already; 'inputs' (band mapping, AOI, SCL...) applies only "
                              "to raw inputs: point 'scene' at the band files, STAC item or stack instead")
         return Scene(src)
-    suffix = src.suffix.lower()
-    if inputs is not None and (suffix in (".h5", ".hdf5") or (src.is_dir() and _is_zarr(src))):
+    suffix = Path(where.name).suffix.lower()
+    zarr_src = is_dir and _is_zarr(src)
+    if inputs is not None and (suffix in (".h5", ".hdf5") or zarr_src):
         raise InputError(f"{src}: 'inputs' applies to band-file folders, STAC items and 14-band rasters, "
                          "not to L4S .h5 patches or Zarr stores")
-    tmp = dest.with_name(dest.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
+    if where.is_remote and ((is_dir and not zarr_src) or suffix in (".h5", ".hdf5")):
+        raise InputError(f"scene {src}: band-file folders and .h5 patches are read from local paths only; on "
+                         "object storage give a 14-band raster (GeoTIFF / COG), a STAC item or a Zarr store")
+    if isinstance(dest, str):  # object storage: written in place
+        tmp = dest
+        location(dest).rm()
+    else:
+        tmp = dest.with_name(dest.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
     try:
-        if src.is_dir() and _is_zarr(src):
+        if zarr_src:
             from .zarr_store import ingest_zarr
 
             writer = ingest_zarr(src, tmp, chunk=chunk, nodata=nodata)
-        elif src.is_dir() or suffix == ".json":
+        elif is_dir or suffix == ".json":
             from .assemble import assemble
 
             inputs = inputs or SceneInputs()
-            if src.is_dir():
+            if is_dir:
                 from .sentinel2 import plan_folder
 
                 plan = plan_folder(src, inputs)
@@ -117,10 +133,11 @@ def ingest(src: str | Path, dest: str | Path, *, chunk: int = 512, nodata: float
             writer = ingest_geotiff(src, tmp, chunk=chunk, nodata=nodata)
         writer.finish()
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        location(tmp).rm()
         raise
-    shutil.rmtree(dest, ignore_errors=True)
-    tmp.rename(dest)
+    if tmp != dest:
+        shutil.rmtree(dest, ignore_errors=True)
+        tmp.rename(dest)
     return Scene(dest)
 
 
@@ -132,12 +149,12 @@ def ingest_job(cfg: "JobConfig", dest: str | Path, chunk: int = 512) -> "Scene":
     """
     from .scene import Scene
 
-    dest = Path(dest)
-    if dest.exists():
+    dest = path_or_uri(dest)
+    if location(dest).exists():
         try:
             return Scene(dest)  # finished by an interrupted attempt of the same job: resume from it
         except InputError:
-            shutil.rmtree(dest)
+            location(dest).rm()
     inputs = cfg.inputs
     if inputs is None:
         return ingest(cfg.scene, dest, chunk=chunk, nodata=cfg.nodata)
@@ -146,58 +163,9 @@ def ingest_job(cfg: "JobConfig", dest: str | Path, chunk: int = 512) -> "Scene":
     if inputs.b10 == "model_mean":
         value, b10_note, notes = _b10_model_mean(cfg)
         inputs = inputs.model_copy(update={"b10": "constant", "b10_value": value})
-    scene = ingest(cfg.scene, dest, chunk=chunk, nodata=cfg.nodata, inputs=inputs, notes=notes, b10_note=b10_note)
-    extra = _units_warnings(cfg, scene)
-    if extra:
-        import zarr
-
-        for msg in extra:
-            log.warning("%s", msg)
-        group = zarr.open_group(str(scene.path), mode="r+")
-        group.attrs["warnings"] = list(group.attrs.get("warnings", [])) + extra
-        scene = type(scene)(scene.path)
-    return scene
-
-
-_FEATURE_LAYER = {"R": "B4", "G": "B3", "B": "B2"}
-
-
-def _units_warnings(cfg: "JobConfig", scene: "Scene") -> list[str]:
-    """Warn when the scene's layer means and a trained model's training means differ by a large
-    factor: the usual sign that the scene's units (``inputs.units``) are not the model's."""
-    from statistics import median
-
-    from ..bands import BAND_INDEX, resolve_features
-    from ..config import ensemble_members
-    from ..errors import LandslideBatchError
-    from ..models.card import read_card
-
-    info = scene.attrs.get("ingest") or {}
-    stats, factors = info.get("stats_physical_units") or {}, info.get("unit_factors")
-    try:
-        cards = [read_card(m.model) for m in ensemble_members(cfg).members]
-    except LandslideBatchError:
-        return []  # the pipeline reports unreadable models itself
-    out = []
-    for card in cards:
-        if not card.trained:
-            continue
-        ratios = []
-        for feature, mean in zip(resolve_features(card.features), card.normalization.mean):
-            layer = _FEATURE_LAYER.get(feature, feature)
-            s = stats.get(layer, {}).get("mean")
-            if layer not in BAND_INDEX or not s or abs(mean) < 1e-9:
-                continue
-            scene_mean = s * (factors[BAND_INDEX[layer]] if factors else 1.0)
-            ratios.append(abs(mean) / max(abs(scene_mean), 1e-12))
-        if len(ratios) >= 2 and not 0.25 <= median(ratios) <= 4.0:
-            out.append(
-                f"model {card.name}: its training means differ from this scene's layer means by a factor of "
-                f"~{median(ratios):.3g} (median over {len(ratios)} layers). The scene is in "
-                f"'{info.get('units', 'physical')}' units; if the model was trained in the other convention, set "
-                "inputs.units ('physical': reflectance/degrees/metres, 'l4s': as the L4S .h5 patches)"
-            )
-    return out
+    # Units: ``inputs.units: auto`` was resolved by the pipeline from the cards; whether the scene
+    # then matches its models is the units guard's business (``checks/units.py``), after ingest.
+    return ingest(cfg.scene, dest, chunk=chunk, nodata=cfg.nodata, inputs=inputs, notes=notes, b10_note=b10_note)
 
 
 def _b10_model_mean(cfg: "JobConfig") -> tuple[float, str, list[str]]:

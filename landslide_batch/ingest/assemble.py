@@ -22,7 +22,8 @@ from ..bands import BAND_INDEX, N_BANDS
 from ..errors import InputError
 from ..gdal_env import bounded_gdal_cache
 from .aoi import AOI
-from .inputs import L4S_IMG_MEAN, S2_LAYERS, SceneInputs
+from .inputs import S2_LAYERS, SceneInputs
+from .units import scale_from_physical
 from .resample import open_raster, reference_grid, view
 from .scene import SceneWriter
 from .sentinel2 import NATIVE_RESOLUTION_M, SourcePlan, resolve_scaling
@@ -209,8 +210,7 @@ def _assemble(plan: SourcePlan, dest: Path, *, chunk: int, inputs: SceneInputs, 
         lo, hi = inputs.reflectance.expected_range
         unit_factor = None
         if inputs.units == "l4s":   # physical -> L4S .h5 convention (reflectance as DN x 10000) / mean
-            unit_factor = np.array([10000.0 / m for m in L4S_IMG_MEAN[:12]] +
-                                   [1.0 / L4S_IMG_MEAN[12], 1.0 / L4S_IMG_MEAN[13]], np.float32)[:, None, None]
+            unit_factor = scale_from_physical("l4s").astype(np.float32)[:, None, None]
         checks = {layer: RangeCheck(lo, hi) for layer in plan.layers}
         checks["slope"] = RangeCheck(*SLOPE_RANGE)
         checks["DEM"] = RangeCheck(*DEM_RANGE)
@@ -287,7 +287,8 @@ def _assemble(plan: SourcePlan, dest: Path, *, chunk: int, inputs: SceneInputs, 
                 "reference_window": list(aoi.window) if aoi else None,
             },
             "aoi": aoi.description if aoi else None,
-            "layers": layer_info, "reflectance": scaling.mode, "units": inputs.units,
+            "layers": layer_info, "reflectance": scaling.mode,
+            "units": "l4s" if inputs.units == "l4s" else "physical",  # 'auto' unresolved (no job): physical
             "unit_factors": unit_factor.ravel().tolist() if unit_factor is not None else None,
             "processing_baseline": plan.processing_baseline, "baseline_from": plan.baseline_from,
             "acquired": plan.acquired.isoformat() if plan.acquired else None,

@@ -125,8 +125,10 @@ class SceneInputs(StrictModel):
     #: Units of the stored layers. ``physical``: reflectance 0..1, slope in degrees, DEM in
     #: metres (as ``synthetic.py`` and plain GeoTIFF stacks). ``l4s``: the convention of the
     #: L4S .h5 patches (physical value, reflectance as DN x 10000, divided by ``L4S_IMG_MEAN``),
-    #: which models trained on L4S patches expect. ``b10_value`` is in these units.
-    units: Literal["physical", "l4s"] = "physical"
+    #: which models trained on L4S patches expect. ``auto``: the units the job's models were
+    #: trained in (their cards' ``input_units``; the pipeline decides before ingest), ``physical``
+    #: when they do not say. ``b10_value`` is in the resulting units.
+    units: Literal["auto", "physical", "l4s"] = "auto"
     #: Resampling of reflectance, DEM and slope onto the reference grid (SCL: always nearest).
     resampling: Literal["bilinear", "cubic", "cubic_spline", "lanczos", "average", "nearest"] = "bilinear"
 

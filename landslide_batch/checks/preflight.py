@@ -1,0 +1,87 @@
+"""Checks before a job writes anything: the output folder, free space, every model folder, units.
+
+``preflight`` runs first in ``run_job``. It fails in seconds on what would otherwise fail after
+a long ingest (a model folder without weights, weights that do not fit their card) or leave a
+traceback (``--out`` naming a file or the scene, a full disk), and it resolves
+``inputs.units: auto`` from the models' cards, so that ingest writes the units the models were
+trained in where the conversion is known.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from ..bands import N_BANDS
+from ..config import EnsembleConfig, JobConfig, ensemble_members
+from ..errors import ConfigError
+from ..ingest.units import INPUTS_UNITS
+from ..models.card import ModelCard, load_model_folder
+from ..storage import location
+from .output import ZARR_MARKERS, check_free_space, check_out_path
+
+log = logging.getLogger(__name__)
+
+#: A card's ``input_units`` -> the ``inputs.units`` that makes ingest write them.
+_INPUTS_FOR = {card: inputs for inputs, card in INPUTS_UNITS.items()}
+
+
+def preflight(cfg: JobConfig, overwrite: bool) -> JobConfig:
+    """Check ``out``, free space and every model folder; -> ``cfg`` with ``inputs.units`` resolved."""
+    out = location(cfg.out)
+    scene = location(cfg.scene)
+    if out.is_local and scene.is_local:
+        check_out_path(out.path, scene.path)
+    cards = check_models(ensemble_members(cfg))
+    if out.is_local and scene.is_local and (overwrite or not (out.path / "run.json").is_file()):
+        shape = scene_shape(scene.path)
+        if shape is not None:
+            check_free_space(out.path, *shape)
+    return resolve_inputs_units(cfg, cards)
+
+
+def check_models(ensemble: EnsembleConfig) -> list[ModelCard]:
+    """Load every member once (card, weights present, hash, weights fit the card): ModelError otherwise."""
+    return [load_model_folder(member.model)[1] for member in ensemble.members]
+
+
+def resolve_inputs_units(cfg: JobConfig, cards: list[ModelCard]) -> JobConfig:
+    """``inputs.units: auto`` -> the convention the models were trained in (``physical`` when no card
+    says); ConfigError when the members were trained in different ones (one scene cannot serve both)."""
+    if cfg.inputs is None or cfg.inputs.units != "auto":
+        return cfg
+    wanted = {c.name: _INPUTS_FOR[c.input_units] for c in cards if c.input_units in _INPUTS_FOR}
+    if len(set(wanted.values())) > 1:
+        raise ConfigError(f"the models were trained on different input units ({wanted}); one scene cannot serve "
+                          "them all: set inputs.units to one of them, or run the members as separate jobs")
+    units = next(iter(wanted.values()), "physical")
+    log.info("inputs.units: auto -> %s (%s)", units, "from the model cards" if wanted else "no card states its units")
+    return cfg.model_copy(update={"inputs": cfg.inputs.model_copy(update={"units": units})})
+
+
+def scene_shape(scene: Path) -> tuple[int, int] | None:
+    """(height, width) of a scene GDAL, h5py or zarr can tell cheaply; None for band-file folders and
+    STAC items (their grid is known only when assembled) and for files ingest will reject anyway."""
+    import h5py
+    import rasterio
+    import zarr
+    from rasterio.errors import RasterioError
+
+    try:
+        if scene.is_dir():
+            if not any((scene / m).is_file() for m in ZARR_MARKERS):
+                return None
+            arrays = [a for _, a in zarr.open_group(str(scene), mode="r").arrays() if a.ndim == 3]
+            return tuple(arrays[0].shape[1:]) if arrays else None
+        if scene.suffix.lower() in (".h5", ".hdf5"):
+            with h5py.File(scene, "r") as f:
+                shape = f["img"].shape if "img" in f else None
+            if not shape or len(shape) != 3:
+                return None
+            return tuple(shape[:2]) if shape[-1] == N_BANDS else tuple(shape[1:])  # channels last, as L4S
+        if scene.suffix.lower() == ".json":
+            return None
+        with rasterio.open(scene) as ds:
+            return ds.height, ds.width
+    except (OSError, RasterioError, KeyError, ValueError):
+        return None  # unreadable: ingest says why, with the file's name
