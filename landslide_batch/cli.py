@@ -19,9 +19,11 @@ from .errors import LandslideBatchError
 
 COMMAND_MODULES = (
     "landslide_batch.commands.run",
+    "landslide_batch.commands.vectorize",
     "landslide_batch.commands.models",
     "landslide_batch.commands.app",
     "landslide_batch.commands.jobs",
+    "landslide_batch.commands.data",
 )
 
 

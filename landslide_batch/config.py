@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
 from .ingest.inputs import SceneInputs
 from .schema import StrictModel
+from .storage import is_uri, location, path_or_uri
+
+#: A local path (a ``Path``, relative ones rebased on the YAML's folder) or a URI (``s3://``,
+#: ``gs://``, ``az://``, ``abfs://``, ``http(s)://``: kept as the string, never rebased).
+PathOrUri = Annotated[Path | str, BeforeValidator(path_or_uri)]
 
 
 class EnsembleMember(StrictModel):
-    model: Path
+    model: PathOrUri
     weight: float = Field(1.0, gt=0)
 
 
@@ -32,16 +37,57 @@ class EnsembleConfig(StrictModel):
 
 
 class RaySettings(StrictModel):
+    """Where a Ray job runs and what each predictor actor asks of the cluster. Resources are
+    settings, not observations: an actor asks for its GPUs whether or not a GPU node exists yet,
+    so an autoscaler sees the demand and adds one.
+
+    The job's ``device`` on Ray: ``cuda`` -> GPU actors (``gpus_per_actor`` each); ``cpu`` -> CPU
+    actors; ``auto`` -> GPU actors if ``gpus_per_actor`` is set or the cluster has a GPU when
+    the job starts, else CPU actors. An autoscaling cluster whose GPU nodes are not up yet
+    has no GPU at that moment: jobs for it say ``device: cuda``."""
+
     address: str | None = None  # None: join a running cluster if RAY_ADDRESS is set, else start locally
-    num_actors: int | None = Field(None, ge=1)  # default: one per GPU, else 1
-    read_tasks: int = Field(2, ge=1)  # feeding GPU actors; CPU actors read their own blocks
+    #: Default: GPU actors, one per GPU in the cluster at the start (at least 1); CPU actors, 1.
+    #: Actors that never fit the cluster only leave their resource demand behind: their stripes
+    #: go to the actors that run.
+    num_actors: int | None = Field(None, ge=1)
+    #: GPUs each GPU actor reserves (default 1: actors never share a GPU); a fraction (0.5, 0.25)
+    #: lets that many actors share one GPU.
+    gpus_per_actor: float | None = Field(None, gt=0)
+    #: CPUs each actor reserves; default: GPU actors 1, CPU actors a node's CPUs / num_actors.
+    #: CPU actors run as many torch threads (unless ``threads`` is set).
+    cpus_per_actor: float | None = Field(None, gt=0)
+    #: Blocks read ahead of each actor by Ray tasks; default 2 for GPU actors, 0 for CPU actors
+    #: (they read their own blocks: there reading is ~2 % of a block).
+    read_tasks: int | None = Field(None, ge=0)
+
+    @field_validator("gpus_per_actor")
+    @classmethod
+    def _whole_gpus_above_one(cls, v: float | None) -> float | None:
+        if v is not None and v > 1 and v != int(v):
+            raise ValueError(f"gpus_per_actor above 1 must be a whole number (Ray's rule), found {v}")
+        return v
+
+
+def _as_list(v):
+    """``scenes:`` may be one string (a glob or a STAC ItemCollection file) or a list."""
+    return [v] if isinstance(v, (str, Path)) else v
 
 
 class JobConfig(StrictModel):
-    scene: Path
-    out: Path
-    ensemble: Path | None = None
-    models: list[Path] = Field(default_factory=list)
+    scene: PathOrUri | None = None  # one scene; or `scenes` + `aoi` for a region job
+    #: A region job (README, "Region jobs"): scenes (paths / URIs, local globs, STAC
+    #: ItemCollection files) mapped one by one and merged onto one grid covering ``aoi``.
+    scenes: Annotated[list[str] | None, BeforeValidator(_as_list)] = None
+    aoi: PathOrUri | None = None  # the region: a vector file (GeoJSON, GeoPackage...) in any CRS
+    crs: str | None = None  # the region grid's CRS; default: the UTM zone of the AOI's centroid
+    resolution: float = Field(10.0, gt=0)  # region grid pixel (m); scenes must have it
+    #: ``module:function`` signing STAC asset hrefs of a region's items (e.g. Planetary Computer's
+    #: ``planetary_computer:sign``); default: hrefs are used as they are.
+    href_signer: str | None = None
+    out: PathOrUri
+    ensemble: PathOrUri | None = None
+    models: list[PathOrUri] = Field(default_factory=list)
     tile: int = Field(128, ge=16)
     overlap: float = Field(0.5, ge=0, lt=1)
     blend: Literal["mean", "cosine", "gaussian"] = "gaussian"
@@ -50,6 +96,9 @@ class JobConfig(StrictModel):
     batch_size: int | None = Field(None, ge=1)  # tiles per forward pass; default 16 on CPU, 64 on a GPU
     device: str = "auto"
     threads: int | None = Field(None, ge=1)
+    #: Test-time augmentation: every tile also predicted flipped and rotated by 90-degree steps
+    #: (8 views), probabilities averaged; 8x the model work.
+    tta: bool = False
     #: Blocks read ahead of the model by the local executor (memory: one block window each).
     #: Default: 1 on a GPU, where reading is a large share of a block's time; 0 on CPU, where it
     #: is ~2 % and the second window is the largest part of what memory grows by with the scene.
@@ -57,8 +106,12 @@ class JobConfig(StrictModel):
     threshold: float | None = Field(None, ge=0, le=1)
     min_area_m2: float = Field(0.0, ge=0)
     min_pixels: int = Field(4, ge=1)
+    polygon_format: Literal["gpkg", "parquet", "fgb"] = "gpkg"  # GeoPackage, GeoParquet or FlatGeobuf
     nodata: float | None = None
     inputs: SceneInputs | None = None  # band files / STAC item / DEM / AOI settings, see docs/inputs.md
+    #: Map a scene whose values are off by orders of magnitude from the models' training data
+    #: (checks/units.py refuses it otherwise); recorded as a warning in run.json.
+    accept_units_mismatch: bool = False
     ray: RaySettings = Field(default_factory=RaySettings)
 
     @field_validator("device")
@@ -68,8 +121,23 @@ class JobConfig(StrictModel):
             raise ValueError(f"device must be auto, cpu or cuda[:N], found {v!r}")
         return v
 
+    @field_validator("out")
+    @classmethod
+    def _out(cls, v: Path | str) -> Path | str:
+        if not location(v).writable:
+            raise ValueError(f"out {v}: http(s):// locations are read-only; write to a local folder or "
+                             "an object store (s3://, gs://, az://)")
+        return v
+
     @model_validator(mode="after")
     def _check(self) -> "JobConfig":
+        if (self.scene is None) == (self.scenes is None):
+            raise ValueError("give exactly one of 'scene' (one scene) or 'scenes' (a region job, with 'aoi')")
+        if self.scenes is not None and self.aoi is None:
+            raise ValueError("a region job ('scenes') needs 'aoi': the area its map covers")
+        if self.scenes is None and (self.aoi is not None or self.crs is not None):
+            raise ValueError("'aoi' and 'crs' belong to region jobs: give 'scenes' (or set inputs.aoi to clip "
+                             "one scene)")
         if (self.ensemble is None) == (not self.models):
             raise ValueError("give exactly one of 'ensemble' (an ensemble YAML) or 'models' (model folders)")
         stride = self.stride
@@ -78,6 +146,8 @@ class JobConfig(StrictModel):
         if self.block % stride:
             raise ValueError(f"block ({self.block}) must be a multiple of the tile stride ({stride} = "
                              f"tile {self.tile} - overlap {self.tile - stride} px)")
+        if self.device == "cpu" and self.ray.gpus_per_actor:
+            raise ValueError(f"ray.gpus_per_actor ({self.ray.gpus_per_actor}) asks for GPUs but device is cpu")
         return self
 
     @property
@@ -105,25 +175,47 @@ def validate_model(cls, data: dict, where: str):
         raise ConfigError(f"{where}: invalid {cls.__name__}:\n" + "\n".join(lines)) from None
 
 
-def rebase_path(base: Path, p: Path | None) -> Path | None:
+def rebase_path(base: Path | str, p: Path | str | None) -> Path | str | None:
+    """A relative local path joined to ``base`` (a folder or a URI prefix); absolute paths and
+    URIs unchanged."""
     if p is None:
         return None
+    if is_uri(p):
+        return str(p)
     p = Path(p).expanduser()
-    return p if p.is_absolute() or "://" in str(p) else base / p
+    if p.is_absolute():
+        return p
+    return location(base).join(p.as_posix()).uri if is_uri(base) else Path(base) / p
 
 
 def load_ensemble(path: str | Path) -> EnsembleConfig:
-    path = Path(path)
-    cfg = validate_model(EnsembleConfig, load_yaml(path), str(path))
+    """An ensemble YAML (a local path or a URI); member folders are relative to it."""
+    path = path_or_uri(path)
+    if isinstance(path, str):
+        where = location(path)
+        from .storage import storage_errors
+
+        with storage_errors(where, "ensemble"):
+            text = where.read_text()
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        base: Path | str = where.parent.uri
+    else:
+        data, base = load_yaml(path), path.parent
+    cfg = validate_model(EnsembleConfig, data, str(path))
     for m in cfg.members:
-        m.model = rebase_path(path.parent, m.model)
+        m.model = rebase_path(base, m.model)
     return cfg
 
 
 def job_from_dict(data: dict, base: Path = Path("."), where: str = "job") -> JobConfig:
     cfg = validate_model(JobConfig, data, where)
-    for field in ("scene", "out", "ensemble"):
+    for field in ("scene", "out", "ensemble", "aoi"):
         setattr(cfg, field, rebase_path(base, getattr(cfg, field)))
+    if cfg.scenes is not None:
+        cfg.scenes = [str(rebase_path(base, s)) for s in cfg.scenes]
     cfg.models = [rebase_path(base, m) for m in cfg.models]
     if cfg.inputs is not None:
         cfg.inputs = cfg.inputs.rebase(base)

@@ -23,3 +23,21 @@ class OutputLockedError(LandslideBatchError):
     """Another job is writing to the same output folder."""
 
     exit_code = 3
+
+
+class DownloadError(LandslideBatchError):
+    """A download failed: unreachable server, HTTP error, interrupted transfer or checksum mismatch."""
+
+
+class UnitsMismatchError(InputError):
+    """The scene's values are not in the units a model was trained on (off by orders of magnitude)."""
+
+
+class DiskFullError(LandslideBatchError):
+    """The output folder's file system has (or had, mid-job) too little free space; re-running resumes."""
+
+    exit_code = 4
+
+
+class DeviceError(LandslideBatchError):
+    """The job asks for a device (a CUDA GPU) that torch cannot use where the predictor runs."""

@@ -210,22 +210,29 @@ def test_ray_executor_equals_local_executor(tmp_path, scene_tif, tiny_model):
 
 
 @pytest.mark.slow
-def test_ray_gpu_path_with_read_tasks_equals_local_executor(tmp_path, scene_tif, tiny_model, caplog):
-    """Ray with GPUs feeds its actors from read tasks. A Ray that declares a GPU this machine does
-    not have runs that path, the actor's model falling back to the CPU (device auto)."""
+def test_ray_read_tasks_equal_local_executor_and_a_gpu_torch_cannot_see_fails_clearly(tmp_path, scene_tif, tiny_model,
+                                                                                     caplog):
+    """GPU actors are fed by read tasks; the same path on CPU actors (``ray.read_tasks``) gives the
+    local map. A Ray that declares a GPU this machine does not have gets GPU actors for ``device:
+    auto``, whose torch sees no GPU: a clear error, never a silent CPU run."""
     import ray
+
+    from landslide_batch.errors import DeviceError
 
     run_job(job(scene_tif, tmp_path / "local", tiny_model))
     ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
     try:
         with caplog.at_level("INFO", logger="landslide_batch.infer.executors"):
-            run_job(job(scene_tif, tmp_path / "ray", tiny_model, executor="ray"))
+            run_job(job(scene_tif, tmp_path / "ray", tiny_model, executor="ray", device="cpu", ray={"read_tasks": 2}))
+        with pytest.raises(DeviceError, match="device cuda was asked for, but torch .* sees no CUDA GPU"):
+            run_job(job(scene_tif, tmp_path / "gpu", tiny_model, executor="ray"))
     finally:
         shutdown_ray()
-    assert "through 1 predictor actor(s) (1 GPU each)" in caplog.text
+    assert "through 1 predictor actor(s) on cpu" in caplog.text and "2 block(s) read ahead by Ray tasks" in caplog.text
     a, _ = read(tmp_path / "local" / "probability.tif")
     b, _ = read(tmp_path / "ray" / "probability.tif")
     np.testing.assert_allclose(a, b, atol=1e-5)
+    assert not (tmp_path / "gpu" / "run.json").exists()
 
 
 def test_tiles_shared_by_blocks_are_predicted_once(tmp_path, scene_tif, tiny_model):

@@ -1,12 +1,12 @@
 """The three stages of a block: read (+halo) -> predict -> write.
 
 Each stage is a small callable class over one row (a dict holding a block's fields), so
-the very same objects run in the local executor and as Ray Data tasks / actors.
+the very same objects run in the local executor and in Ray tasks / actors.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +23,11 @@ def block_of(row: dict) -> Block:
 
 @dataclass(frozen=True)
 class PredictorSpec:
-    """Everything an actor needs to build its predictor (models load in the actor)."""
+    """Everything an actor needs to build its predictor (models load in the actor).
+
+    ``model_files``: the members' card + weights as read and verified once by the driver
+    (:meth:`check`), or a Ray object reference to them (:meth:`shipped`): actors then read no
+    model path, so models may live on the driver's disk or in any object store."""
 
     ensemble: EnsembleConfig
     tile: int
@@ -32,19 +36,41 @@ class PredictorSpec:
     batch_size: int | None
     device: str
     threads: int | None
+    model_files: object = None  # tuple[ModelFiles, ...] | ray.ObjectRef | None
+    tta: bool = False  # test-time augmentation (flips + 90-degree rotations, averaged)
 
-    def check(self) -> None:
-        """Load every member once (raises ModelError): a driver's check before Ray actors load them."""
-        from ..models.card import load_model_folder
+    def check(self) -> "PredictorSpec":
+        """Read every member once and build it (raises ModelError): the driver's check before
+        Ray actors load them. -> this spec holding the files read."""
+        from ..models.card import load_model_folder, read_model_files
 
-        for member in self.ensemble.members:
-            load_model_folder(member.model)
+        files = tuple(read_model_files(member.model) for member in self.ensemble.members)
+        for f in files:
+            load_model_folder(f)
+        return replace(self, model_files=files)
+
+    def shipped(self) -> "PredictorSpec":
+        """This spec with its model files put into Ray's object store once (inside a Ray session)."""
+        import ray
+
+        files = self.model_files if self.model_files is not None else self.check().model_files
+        return replace(self, model_files=ray.put(files))
 
     def build(self):
+        from .device import require_device
         from .predictor import EnsemblePredictor
 
+        require_device(self.device)  # a clear error, never a silent CPU run
+
+        files = self.model_files
+        if files is not None and not isinstance(files, tuple):  # a Ray object reference
+            import ray
+
+            files = ray.get(files)
         return EnsemblePredictor(self.ensemble, tile=self.tile, stride=self.stride, blend=self.blend,
-                                 batch_size=self.batch_size, device=self.device, threads=self.threads)
+                                 batch_size=self.batch_size, device=self.device, threads=self.threads,
+                                 tta=self.tta,
+                                 model_files=files)
 
 
 class ReadBlock:
@@ -61,30 +87,37 @@ class ReadBlock:
 
 class PredictBlock:
     """Holds the ensemble: one per actor / process, models loaded once (from ``spec``, or the
-    ``EnsemblePredictor`` given). With a ``reader`` it reads its own blocks (rows without bands)."""
+    ``EnsemblePredictor`` given). With a ``reader`` it reads its own blocks (rows without bands).
 
-    def __init__(self, spec: PredictorSpec, grid: TileGrid, tile_uses: np.ndarray, predictor=None,
-                 reader: ReadBlock | None = None):
+    A row's ``task`` (``infer.stripes.BlockTask``) says which tiles to keep for later blocks of
+    its stripe and which to share; ``imports`` holds the tiles other stripes predicted for it.
+    The result carries the shared tiles (``exports``) and how many tiles are kept after it."""
+
+    def __init__(self, spec: PredictorSpec, grid: TileGrid, predictor=None, reader: ReadBlock | None = None):
         from .predictor import TileReuse
 
         self.grid, self.reader = grid, reader
         self.predictor = predictor or spec.build()
-        self.reuse = TileReuse(tile_uses)
+        self.reuse = TileReuse()
 
     def __call__(self, row: dict) -> dict:
         if self.reader is not None:
             row = self.reader(row)
         block = block_of(row)
+        task = row["task"]
         before = self.predictor.forward_passes
+        self.reuse.begin(task.seq, task.keep, task.share, row.get("imports"))
         prob, spread = self.predictor.predict_window(row["bands"], row["valid"], first_tile=(block.ty0, block.tx0),
                                                      reuse=self.reuse)
+        exports = self.reuse.end()
         wy0, _, wx0, _ = block.window(self.grid)
         core = (slice(block.y0 - wy0, block.y1 - wy0), slice(block.x0 - wx0, block.x1 - wx0))
         valid = row["valid"][core]
-        out = {k: v for k, v in row.items() if k not in ("bands", "valid")}
+        out = {k: v for k, v in row.items() if k not in ("bands", "valid", "imports")}
         out["prob"] = np.where(valid, prob[core], NODATA).astype(np.float32)
         out["spread"] = np.where(valid, spread[core], NODATA).astype(np.float32)
         out["forward_passes"] = self.predictor.forward_passes - before
+        out["exports"], out["kept_tiles"] = exports, len(self.reuse.kept)
         return out
 
 

@@ -7,19 +7,22 @@ and hashes. Loading checks the weights' hash and that the weights fit the archit
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..bands import resolve_features
 from ..errors import ModelError
 from ..hashing import sha256_file
+from ..storage import location, storage_errors
 from .registry import build_model
 
 CARD_FILE = "card.json"
@@ -56,11 +59,21 @@ class ModelCard(BaseModel):
     in_channels: int
     normalization: Normalization
     threshold: float = Field(0.5, ge=0.0, le=1.0)
+    #: Value a NaN input takes after normalisation. 0 (the feature's mean) for this project's
+    #: training; the study's imported models saw raw values with NaN set to 1e-6.
+    nan_fill: float = 0.0
+    #: Units of the layers the model was trained on (``ingest/units.py``): ``reflectance`` (0..1,
+    #: slope in degrees, DEM in metres), ``dn`` (reflectance x 10000), ``l4s`` (as the L4S .h5
+    #: patches), ``raw`` (no known convention), ``unknown``. A card without it (older cards) gets
+    #: the convention its training statistics fit, else ``unknown``.
+    input_units: Literal["l4s", "reflectance", "dn", "raw", "unknown"] | None = None
     trained: bool
     metrics: dict[str, float] = Field(default_factory=dict)
     training: dict[str, Any] = Field(default_factory=dict)
     data_hashes: dict[str, str] = Field(default_factory=dict)
     weights_sha256: str = ""
+    #: Where imported weights came from: url (or path), sha256 of the file as downloaded, ...
+    source: dict[str, str] = Field(default_factory=dict)
     created: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     notes: str = ""
 
@@ -73,15 +86,33 @@ class ModelCard(BaseModel):
                 f"features ({n}), in_channels ({self.in_channels}) and normalisation "
                 f"({len(self.normalization.mean)} values) must agree"
             )
+        if self.input_units is None:
+            self.input_units = self._units_from_statistics()
         return self
+
+    @property
+    def has_statistics(self) -> bool:
+        """Whether the normalisation holds training statistics (not the identity of an untrained card)."""
+        norm = self.normalization
+        return self.trained and norm != Normalization.identity(len(norm.mean))
+
+    def _units_from_statistics(self) -> str:
+        from ..ingest.units import guess_units
+
+        guess = guess_units(self.features, self.normalization.mean) if self.has_statistics else None
+        return guess or "unknown"
 
 
 def read_card(folder: str | Path) -> ModelCard:
-    path = Path(folder) / CARD_FILE
-    if not path.is_file():
+    """The card of a model folder (a local path or a URI)."""
+    path = location(folder) / CARD_FILE
+    with storage_errors(location(folder), "model"):
+        found = path.is_file()
+        text = path.read_text() if found else ""
+    if not found:
         raise ModelError(f"{folder}: not a model folder (expected {CARD_FILE} and {WEIGHTS_FILE})")
     try:
-        return ModelCard.model_validate(json.loads(path.read_text()))
+        return ModelCard.model_validate(json.loads(text))
     except json.JSONDecodeError as exc:
         raise ModelError(f"{path}: model card is not valid JSON ({exc})") from None
     except ValidationError as exc:  # one line per field, without pydantic's input dump and links
@@ -112,23 +143,45 @@ def save_model_folder(model, card: ModelCard, out: str | Path, overwrite: bool =
     return card
 
 
-def load_model_folder(folder: str | Path, device: str = "cpu"):
-    """-> (eval-mode torch module on ``device``, card). Raises ModelError with specifics."""
-    import torch
+@dataclass(frozen=True)
+class ModelFiles:
+    """A model folder's card and weights as read (and verified) once, e.g. by the driver: what
+    travels to Ray actors through the object store, so that they read no model path."""
 
-    folder = Path(folder)
+    folder: str
+    card: ModelCard
+    weights: bytes
+
+
+def read_model_files(folder: str | Path) -> ModelFiles:
+    """Read a model folder (a local path or a URI); the weights' hash must match the card's."""
     card = read_card(folder)
-    weights = folder / WEIGHTS_FILE
-    if not weights.is_file():
+    weights = location(folder) / WEIGHTS_FILE
+    with storage_errors(location(folder), "model"):
+        found = weights.is_file()
+        data = weights.read_bytes() if found else b""
+    if not found:
         raise ModelError(f"{folder}: missing {WEIGHTS_FILE}")
-    digest = sha256_file(weights)
+    digest = hashlib.sha256(data).hexdigest()
     if card.weights_sha256 and digest != card.weights_sha256:
         raise ModelError(
             f"{weights}: sha256 {digest[:12]}… does not match the card's {card.weights_sha256[:12]}…; "
             "the weights were changed or truncated"
         )
+    return ModelFiles(str(folder), card, data)
+
+
+def load_model_folder(folder: str | Path | ModelFiles, device: str = "cpu"):
+    """-> (eval-mode torch module on ``device``, card), from a folder (path or URI) or from
+    :class:`ModelFiles` already read. Raises ModelError with specifics."""
+    import io
+
+    import torch
+
+    files = folder if isinstance(folder, ModelFiles) else read_model_files(folder)
+    card, weights = files.card, location(files.folder) / WEIGHTS_FILE
     try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
+        state = torch.load(io.BytesIO(files.weights), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt pickles/zips
         raise ModelError(f"{weights}: cannot read checkpoint ({type(exc).__name__}: {exc})") from None
     # Built on the meta device and filled with the checkpoint's own tensors: no random
