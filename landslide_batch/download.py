@@ -96,6 +96,22 @@ def _open(url: str, offset: int, timeout: float):
                             "(--base-url) or a local file") from None
 
 
+def read_json(url: str, timeout: float = 60.0) -> dict:
+    """A small JSON document (a record's file listing), with the same clear errors as downloads."""
+    import json
+
+    resp = _open(url, 0, timeout)
+    with resp:
+        body = resp.read()
+    try:
+        data = json.loads(body)
+    except ValueError:
+        raise DownloadError(f"{url}: not JSON (first bytes: {body[:60]!r})") from None
+    if not isinstance(data, dict):
+        raise DownloadError(f"{url}: expected a JSON object, found {type(data).__name__}")
+    return data
+
+
 def _fetch_into(url: str, part: Path, progress: bool, timeout: float) -> None:
     """Append what the server has beyond ``part``'s size (or restart it when Range is ignored)."""
     from tqdm.auto import tqdm

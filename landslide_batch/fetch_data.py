@@ -1,7 +1,8 @@
 """``fetch-data l4s``: download Landslide4Sense from its public record and lay it out as the project reads it.
 
-File names, URLs and checksums come from one YAML file (``data/l4s_sources.yaml``, or the
-user's ``--sources``). Archives are downloaded with ``download.download`` (resumable, verified)
+File names and URLs come from one YAML file (``data/l4s_sources.yaml``, or the user's
+``--sources``); checksums from the public record itself (its REST API, ``record_api``), read at
+fetch time, unless the sources file pins them. Archives are downloaded with ``download.download`` (resumable, verified)
 into ``OUT/downloads/``; each is unpacked into ``OUT/<split>/img/image_N.h5`` (+ ``mask/mask_N.h5``
 where the archive has masks), built beside the target and renamed into place when complete.
 Member paths inside the archive are never used as output paths: only ``image_N.h5`` /
@@ -49,6 +50,7 @@ class SourceFile(StrictModel):
 class Sources(StrictModel):
     dataset: str
     record: str = ""
+    record_api: str = ""  # JSON of the record listing its files with checksums (Zenodo's REST API)
     base_url: str
     url_suffix: str = ""
     files: list[SourceFile] = Field(min_length=1)
@@ -68,6 +70,31 @@ def load_sources(path: str | Path | None = None) -> Sources:
         return Sources.model_validate(yaml.safe_load(text))
     except (yaml.YAMLError, ValidationError) as exc:
         raise ConfigError(f"{where}: not a valid sources file: {exc}") from None
+
+
+def with_record_checksums(sources: Sources, timeout: float = 60.0) -> Sources:
+    """Fill each file's missing checksum from the record's own listing (``record_api``: Zenodo's
+    ``{"files": [{"key": name, "checksum": "md5:..."}]}``). A file the record does not list, or a
+    pinned checksum the record contradicts, is an error: the sources file no longer fits the record."""
+    if not sources.record_api:
+        return sources
+    from .download import read_json
+
+    listed = {f.get("key"): f.get("checksum", "") for f in read_json(sources.record_api, timeout).get("files", [])}
+    files = []
+    for f in sources.files:
+        if f.name not in listed:
+            raise ConfigError(f"{sources.record_api} does not list {f.name} (it lists {sorted(map(str, listed))}); "
+                              "the sources file does not fit the record")
+        algo, _, digest = listed[f.name].partition(":")
+        if algo not in ("md5", "sha256") or not digest:
+            files.append(f)
+            continue
+        pinned = getattr(f, algo)
+        if pinned and pinned.lower() != digest.lower():
+            raise ConfigError(f"{f.name}: the sources file pins {algo} {pinned}, the record says {digest}")
+        files.append(f.model_copy(update={algo: digest.lower()}))
+    return sources.model_copy(update={"files": files})
 
 
 def archive_members(archive: Path) -> Iterator[tuple[str, str, Callable[[], IO[bytes]]]]:
@@ -126,7 +153,7 @@ def fetch_l4s(out: str | Path, *, sources: Sources | None = None, base_url: str 
               splits: tuple[str, ...] = SPLITS, progress: bool = True, overwrite: bool = False) -> dict:
     """Download and unpack the requested splits into ``out``; -> the manifest written to ``out/fetch.json``."""
     out = Path(out)
-    sources = sources or load_sources()
+    sources = with_record_checksums(sources or load_sources())
     chosen = [f for f in sources.files if f.split in splits]
     if not chosen:
         raise ConfigError(f"the sources file has no file for split(s) {list(splits)}")
@@ -140,7 +167,8 @@ def fetch_l4s(out: str | Path, *, sources: Sources | None = None, base_url: str 
             continue
         url = sources.url(f, base_url)
         if not f.checksums:
-            log.warning("%s has no checksum in the sources file: downloaded unverified (its digests go to %s)",
+            log.warning("%s has no checksum in the sources file or the record: downloaded unverified (its digests "
+                        "go to %s)",
                         f.name, out / MANIFEST)
         archive = download(url, out / "downloads" / f.name, checksums=f.checksums, progress=progress)
         counts = unpack_split(archive, target)

@@ -43,9 +43,16 @@ def _test_tar(path: Path) -> Path:
     return path
 
 
-def _sources(path: Path, files: list[dict]) -> Path:
+def _sources(path: Path, files: list[dict], **extra) -> Path:
     path.write_text(yaml.safe_dump({"dataset": "Landslide4Sense", "base_url": "http://unused.invalid",
-                                    "files": files}))
+                                    "files": files, **extra}))
+    return path
+
+
+def _record(path: Path, checksums: dict[str, str]) -> Path:
+    """A record listing in the shape of Zenodo's REST API (``GET /api/records/ID``)."""
+    path.write_text(json.dumps({"id": 10463239, "files": [
+        {"key": name, "size": 1, "checksum": f"md5:{md5}"} for name, md5 in checksums.items()]}))
     return path
 
 
@@ -127,8 +134,49 @@ def test_an_archive_without_patches_is_refused(tmp_path, capsys):
     assert "no image_N.h5 under an img/ folder" in capsys.readouterr().err
 
 
+def test_checksums_come_from_the_record_listing(served, tmp_path, capsys):
+    train_zip, test_tar = served
+    _record(train_zip.parent / "record.json", {"TrainData.zip": _md5(train_zip), "TestData.tar.gz": _md5(test_tar)})
+    files = [{"name": "TrainData.zip", "split": "train"}, {"name": "TestData.tar.gz", "split": "test"}]
+    out = tmp_path / "l4s"
+    with serve(train_zip.parent) as (base, state):
+        sources = _sources(tmp_path / "s.yaml", files, record_api=f"{base}/record.json")
+        assert main(["fetch-data", "l4s", "--out", str(out), "--sources", str(sources), "--base-url", base]) == 0
+    assert "UNVERIFIED" not in capsys.readouterr().out
+    manifest = json.loads((out / "fetch.json").read_text())
+    assert [(f["split"], f["verified"]) for f in manifest["files"]] == [("train", True), ("test", True)]
+    assert state.requests[0][0] == "/record.json"  # the listing is read before any archive
+
+    # The record's checksum is enforced: a corrupted archive on the server is refused.
+    _corrupt(train_zip)
+    with serve(train_zip.parent) as (base, _):
+        sources = _sources(tmp_path / "s.yaml", files[:1], record_api=f"{base}/record.json")
+        assert main(["fetch-data", "l4s", "--out", str(tmp_path / "again"), "--sources", str(sources),
+                     "--base-url", base]) == 2
+        assert "checksum mismatch" in capsys.readouterr().err
+        assert not (tmp_path / "again" / "train").exists()
+
+        # A file the record does not list, and a pinned checksum the record contradicts.
+        unlisted = _sources(tmp_path / "u.yaml", [{"name": "ValidData.zip", "split": "val"}],
+                            record_api=f"{base}/record.json")
+        assert main(["fetch-data", "l4s", "--out", str(tmp_path / "u"), "--sources", str(unlisted)]) == 2
+        assert "does not list ValidData.zip" in capsys.readouterr().err
+        pinned = _sources(tmp_path / "p.yaml", [{**files[0], "md5": "0" * 32}], record_api=f"{base}/record.json")
+        assert main(["fetch-data", "l4s", "--out", str(tmp_path / "p"), "--sources", str(pinned)]) == 2
+        assert "the record says" in capsys.readouterr().err
+
+
+def test_an_unreachable_record_is_a_clear_error(tmp_path, capsys):
+    sources = _sources(tmp_path / "s.yaml", [{"name": "TrainData.zip", "split": "train"}],
+                       record_api="http://127.0.0.1:9/api/records/1")
+    assert main(["fetch-data", "l4s", "--out", str(tmp_path / "o"), "--sources", str(sources)]) == 2
+    assert "cannot reach http://127.0.0.1:9/api/records/1" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
 def test_shipped_sources_name_the_zenodo_record():
     s = load_sources()
+    assert s.record_api == "https://zenodo.org/api/records/10463239" and not any(f.checksums for f in s.files)
     assert [(f.name, f.split) for f in s.files] == [("TrainData.zip", "train"), ("ValidData.zip", "val"),
                                                     ("TestData.zip", "test")]
     assert s.url(s.files[0]) == "https://zenodo.org/records/10463239/files/TrainData.zip?download=1"
