@@ -21,7 +21,7 @@ import pystac
 import pytest
 import rasterio
 import yaml
-from shapely.geometry import mapping
+from shapely.geometry import box, mapping
 
 from landslide_batch.cli import main
 from landslide_batch.config import job_from_dict
@@ -112,19 +112,21 @@ class FakeCluster:
         return job.submission_id
 
 
-def test_scheduler_submits_each_new_scene_once(tmp_path, scenes, tiny_model):
+def test_scheduler_submits_one_region_job_per_event_and_each_item_once(tmp_path, scenes, tiny_model):
     write_catalog(tmp_path / "catalog", scenes)
     schedule = load_schedule(write_schedule(tmp_path, "catalog/catalog.json", tiny_model))
+    valley, ridge = schedule.event("valley"), schedule.event("ridge")
     cluster = FakeCluster()
 
     first = run_pass(schedule, cluster)
-    assert first == [job_id("s2-a", schedule.config_hash), job_id("s2-b", schedule.config_hash)]
-    a, b = cluster.jobs
-    assert [j.metadata["aois"] for j in cluster.jobs] == ["valley", "ridge"]
-    assert Path(a.job["scene"]) == scenes[1]["tif"] and Path(a.job["out"]) == tmp_path / "outputs" / first[0]
-    assert job_from_dict(a.job).models == [tiny_model]  # a complete, valid job spec
-    assert a.stac == StacOptions(item_id=first[0], when=scenes[1]["when"],
-                                 derived_from=str(tmp_path / "catalog" / "s2-a" / "s2-a.json"))
+    assert first == [job_id(valley, ["s2-a"]), job_id(ridge, ["s2-b"])]
+    a, _ = cluster.jobs
+    assert [j.metadata["event"] for j in cluster.jobs] == ["valley", "ridge"]
+    assert a.job["scenes"] == [str(scenes[1]["tif"])] and Path(a.job["out"]) == tmp_path / "outputs" / valley
+    spec = job_from_dict(a.job)  # a complete, valid region job spec
+    assert spec.models == [tiny_model] and json.loads(spec.aoi.read_text())["properties"]["name"] == "valley"
+    assert a.stac == StacOptions(item_id=valley, when=scenes[1]["when"],
+                                 derived_from=(str(tmp_path / "catalog" / "s2-a" / "s2-a.json"),))
 
     assert run_pass(schedule, cluster) == [] and len(cluster.jobs) == 2
 
@@ -133,31 +135,36 @@ def test_scheduler_submits_each_new_scene_once(tmp_path, scenes, tiny_model):
     new = {"id": "s2-c", "when": EVENT + timedelta(days=3),
            "tif": make_scene(tmp_path / "catalog" / "s2-c" / "scene.tif", ORIGIN_A, 3)}
     write_catalog(tmp_path / "catalog", scenes + [late, new])
-    assert run_pass(schedule, cluster) == [job_id("s2-c", schedule.config_hash)]
+    assert run_pass(schedule, cluster) == [job_id(valley, ["s2-a", "s2-late", "s2-c"])]
+    assert cluster.jobs[-1].job["scenes"] == [str(s["tif"]) for s in (scenes[1], late, new)]  # oldest first
     state = json.loads(schedule.state_path.read_text())
-    assert datetime.fromisoformat(state["watermark"]) == new["when"] and len(state["jobs"]) == 3
+    assert state["events"][valley]["items"] == ["s2-a", "s2-c", "s2-late"] and len(state["jobs"]) == 3
 
-    # State lost: the cluster refuses the ids it knows, so no scene is mapped twice (the late
-    # scene, never mapped, now is: without a watermark every post-event scene is a candidate).
+    # State lost: the same items give the same submission ids, which the cluster refuses.
     schedule.state_path.unlink()
-    assert run_pass(schedule, cluster) == [job_id("s2-late", schedule.config_hash)] and len(cluster.jobs) == 4
-    outcomes = {r["item"]: r["outcome"] for r in json.loads(schedule.state_path.read_text())["jobs"].values()}
-    assert outcomes == {"s2-a": "already known to the cluster", "s2-b": "already known to the cluster",
-                        "s2-late": "started", "s2-c": "already known to the cluster"}
+    assert run_pass(schedule, cluster) == [] and len(cluster.jobs) == 3
+    outcomes = {r["aoi"]: r["outcome"] for r in json.loads(schedule.state_path.read_text())["jobs"].values()}
+    assert outcomes == {"valley": "already known to the cluster", "ridge": "already known to the cluster"}
 
 
-def test_new_job_settings_give_new_job_ids(tmp_path, tiny_model):
+def test_new_job_settings_give_new_event_ids(tmp_path, tiny_model):
     a = load_schedule(write_schedule(tmp_path, "catalog.json", tiny_model))
     b = load_schedule(write_schedule(tmp_path, "catalog.json", tiny_model,
                                      job={"models": [str(tiny_model)], "tile": 64, "block": 96, "threshold": 0.3}))
-    assert job_id("S2A_20260702", a.config_hash) == job_id("S2A_20260702", a.config_hash)
-    assert job_id("S2A_20260702", a.config_hash) != job_id("S2A_20260702", b.config_hash)
-    assert job_id("S2A 2026/07/02:x", a.config_hash).startswith("ls-S2A-2026-07-02-x-")
+    assert a.event("valley") == load_schedule(write_schedule(tmp_path, "catalog.json", tiny_model)).event("valley")
+    assert a.event("valley") != b.event("valley") and a.event("valley") != a.event("ridge")
+    later = load_schedule(write_schedule(tmp_path, "catalog.json", tiny_model, event_date="2026-08-01T00:00:00Z"))
+    longer = load_schedule(write_schedule(tmp_path, "catalog.json", tiny_model, until="2026-12-01T00:00:00Z"))
+    assert later.event("valley") != a.event("valley") == longer.event("valley")  # a later until: the same event
+    assert a.event("valley").startswith("ev-valley-")
+    ev = a.event("valley")
+    assert job_id(ev, ["x", "y"]) == job_id(ev, ["y", "x"]) != job_id(ev, ["x"])
 
 
 def test_failed_job_is_recorded_and_unreachable_cluster_retried(tmp_path, scenes, tiny_model):
     write_catalog(tmp_path / "catalog", scenes)
     schedule = load_schedule(write_schedule(tmp_path, "catalog/catalog.json", tiny_model))
+    valley, ridge = schedule.event("valley"), schedule.event("ridge")
 
     class Broken:
         def submit(self, job):
@@ -169,14 +176,15 @@ def test_failed_job_is_recorded_and_unreachable_cluster_retried(tmp_path, scenes
 
     class BadFirstScene(FakeCluster):
         def submit(self, job):
-            if job.metadata["item"] == "s2-a":
+            if "s2-a" in job.metadata["items"].split(","):
                 raise InputError("scene has 13 bands")
             return super().submit(job)
 
-    cluster = BadFirstScene()
-    assert run_pass(schedule, cluster) == [job_id("s2-b", schedule.config_hash)]
-    outcomes = {r["item"]: r["outcome"] for r in json.loads(schedule.state_path.read_text())["jobs"].values()}
-    assert outcomes == {"s2-a": "failed: scene has 13 bands", "s2-b": "started"}
+    assert run_pass(schedule, BadFirstScene()) == [job_id(ridge, ["s2-b"])]
+    outcomes = {r["aoi"]: r["outcome"] for r in json.loads(schedule.state_path.read_text())["jobs"].values()}
+    assert outcomes == {"valley": "failed: scene has 13 bands", "ridge": "started"}
+    # The failed event's items stay new: the next pass tries again.
+    assert run_pass(schedule, FakeCluster()) == [job_id(valley, ["s2-a"])]
 
 
 def test_scheduler_stages_scenes_from_object_store(tmp_path, scenes, tiny_model):
@@ -186,8 +194,8 @@ def test_scheduler_stages_scenes_from_object_store(tmp_path, scenes, tiny_model)
     fs.put(str(local), f"/{tmp_path.name}", recursive=True)
     schedule = load_schedule(write_schedule(tmp_path, f"memory://{tmp_path.name}/catalog.json", tiny_model))
     cluster = FakeCluster()
-    assert run_pass(schedule, cluster) == [job_id("s2-a", schedule.config_hash)]
-    staged = Path(cluster.jobs[0].job["scene"])
+    assert run_pass(schedule, cluster) == [job_id(schedule.event("valley"), ["s2-a"])]
+    (staged,) = map(Path, cluster.jobs[0].job["scenes"])
     assert staged.parent == tmp_path / "outputs" / "_staging" / "s2-a"
     assert staged.read_bytes() == scenes[1]["tif"].read_bytes()
 
@@ -199,31 +207,34 @@ def test_scheduler_runs_locally_and_describes_outputs(tmp_path, scenes, tiny_mod
     assert main(["schedule", str(path), "--once", "--local"]) == 0
     ids = capsys.readouterr().out.split()
     schedule = load_schedule(path)
-    assert ids == [job_id("s2-a", schedule.config_hash), job_id("s2-b", schedule.config_hash)]
+    events = [schedule.event("valley"), schedule.event("ridge")]
+    assert ids == [job_id(events[0], ["s2-a"]), job_id(events[1], ["s2-b"])]
 
-    for jid, scene in zip(ids, (scenes[1], scenes[5]), strict=True):
-        out = tmp_path / "outputs" / jid
+    for name, event, scene in zip(("valley", "ridge"), events, (scenes[1], scenes[5]), strict=True):
+        out = tmp_path / "outputs" / event
         with rasterio.open(out / "probability.tif") as prob, rasterio.open(scene["tif"]) as src:
-            assert (prob.shape, prob.crs, prob.transform) == (src.shape, src.crs, src.transform)
+            assert (prob.crs, prob.res) == (src.crs, src.res)  # the region grid: UTM 45N at 10 m
+            shape, bounds = list(prob.shape), prob.bounds
+        footprint, _, _ = raster_footprint(scene["tif"])
         item = pystac.Item.from_file(str(out / "item.json"))
-        assert item.id == jid and item.datetime == scene["when"]
+        assert item.id == event and item.datetime == scene["when"]
+        assert item.get_single_link("derived_from").href.endswith(f"{scene['id']}.json")
         assert item.assets["probability"].get_absolute_href() == str(out / "probability.tif")
         assert item.assets["probability"].media_type == pystac.MediaType.COG
         assert item.assets["polygons"].media_type == pystac.MediaType.GEOPACKAGE
-        assert item.get_single_link("derived_from").href.endswith(f"{scene['id']}.json")
-        footprint, _, bounds = raster_footprint(scene["tif"])
-        np.testing.assert_allclose(item.bbox, footprint.bounds)
-        assert item.properties["proj:code"] == "EPSG:32645" and item.properties["proj:shape"] == [96, 96]
+        assert item.properties["proj:code"] == "EPSG:32645" and item.properties["proj:shape"] == shape
         np.testing.assert_allclose(item.properties["proj:bbox"], bounds)
+        assert box(*item.bbox).buffer(1e-6).contains(footprint.intersection(schedule.aois[name]))
         run = json.loads((out / "run.json").read_text())
+        assert [s["source"] for s in run["scenes"]] == [str(scene["tif"])] and run["kind"] == "region"
         assert item.properties["landslide:objects"] == run["summary"]["objects"]
-        published = pystac.Item.from_file(str(tmp_path / "published" / jid / "item.json"))
+        published = pystac.Item.from_file(str(tmp_path / "published" / event / "item.json"))
         assert Path(published.assets["probability"].get_absolute_href()).is_file()
 
     assert main(["schedule", str(path), "--once", "--local"]) == 0
     assert capsys.readouterr().out == ""
 
-    out = tmp_path / "outputs" / ids[0]
+    out = tmp_path / "outputs" / events[0]
     assert main(["stac-item", str(out), "--id", "custom", "--publish", "memory://published/custom"]) == 0
     fs = fsspec.filesystem("memory")
     assert json.loads(fs.cat("/published/custom/item.json"))["id"] == "custom"
@@ -254,7 +265,7 @@ def test_scheduler_state_is_locked(tmp_path):
     ({"aois": [{"name": "x", "bbox": [1, 1, 2, 2], "geojson": "a.geojson"}]}, "exactly one of bbox"),
     ({"aois": [{"name": "x", "bbox": [2, 1, 1, 2]}]}, "minx, miny, maxx, maxy"),
     ({"aois": [{"name": "x", "bbox": [1, 1, 2, 2], "crs": "EPSG:999999"}]}, "crs"),
-    ({"job": {"models": ["m"], "scene": "s.tif"}}, "leave out scene and out"),
+    ({"job": {"models": ["m"], "scene": "s.tif"}}, "leave out scene, scenes, aoi and out"),
     ({"job": {"tile": 64}}, "exactly one of 'ensemble'"),
     ({"catalog": "nosuchfs://bucket/catalog.json"}, "fsspec driver"),
     ({"until": "2026-06-01T00:00:00Z"}, "until must be after event_date"),

@@ -46,8 +46,9 @@ def register(sub) -> None:
     lg.set_defaults(func=_logs)
 
     sc = sub.add_parser("schedule", help="map new post-event scenes from a STAC catalog, pass after pass",
-                        description="Each pass starts one job per new scene over the areas of interest "
-                                    "(never twice per scene and settings); see configs/schedule_example.yaml.")
+                        description="Each AOI is an event mapped as one region job; a pass that finds new "
+                                    "scenes for it runs the job again over all of them, which maps only the "
+                                    "new ones (never a scene twice); see configs/schedule_example.yaml.")
     sc.add_argument("schedule", type=Path, help="schedule YAML")
     sc.add_argument("--once", action="store_true", help="one pass, then exit (cron); prints the job ids started")
     sc.add_argument("--local", action="store_true", help="run the jobs in this process, not on the cluster")
@@ -58,7 +59,8 @@ def register(sub) -> None:
     si.add_argument("--id", dest="item_id", help="item id (default: the folder name)")
     si.add_argument("--datetime", type=datetime.fromisoformat,
                     help="acquisition time of the scene, ISO 8601 (default: when the job finished)")
-    si.add_argument("--derived-from", metavar="HREF", help="the source scene's STAC item")
+    si.add_argument("--derived-from", metavar="HREF", action="append", default=[],
+                    help="a source scene's STAC item (repeat for each scene)")
     si.add_argument("--publish", metavar="URI", help="copy outputs + item.json to this path or fsspec URI")
     si.set_defaults(func=_stac_item)
 
@@ -128,12 +130,13 @@ def _schedule(args) -> int:
 
     schedule = load_schedule(args.schedule)
     remote = schedule.config.submit
-    submitter = (LocalRunner() if args.local or remote is None
-                 else RaySubmitter(remote.address, env=remote.env, ship_code=remote.ship_code))
+    on_cluster = not args.local and remote is not None
+    submitter = (RaySubmitter(remote.address, env=remote.env, ship_code=remote.ship_code) if on_cluster
+                 else LocalRunner())
     if not args.once:
-        run_schedule(schedule, submitter)
+        run_schedule(schedule, submitter, remote=on_cluster)
         return 0
-    for job_id in run_pass(schedule, submitter):
+    for job_id in run_pass(schedule, submitter, remote=on_cluster):
         print(job_id)
     return 0
 

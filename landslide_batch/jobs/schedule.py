@@ -1,11 +1,14 @@
-"""Scheduled post-disaster runs: each pass maps the new scenes over the areas of interest.
+"""Scheduled post-disaster runs: each AOI of a schedule is an event, mapped as one region job.
 
-A pass reads the STAC catalog and keeps the items taken at or after the event date and the
-newest scene processed so far, that intersect an AOI, oldest first; each becomes one region
-job. The job id comes from the scene id and a hash of the job settings and is also the Ray
-submission id: the state file skips scenes already handled, and a cluster that still knows an
-id refuses a duplicate even if the state file was lost. Scenes added to the catalog later
-with an acquisition time before the newest processed one are not picked up.
+A pass reads the STAC catalog and, for each AOI, collects the items that intersect it within the
+date window (``event_date`` .. ``until``, cloud cover limit if set). When any of them is not yet
+in the event's map, it runs (or submits) the event's region job over all of them into the
+event's folder, ``ROOT/<event id>``: the region job's incremental merge maps only the new
+scenes (the others resume with 0 blocks computed) and replaces the products with ``run.json``
+last. The state file records the items each job included, so a pass with no new item does
+nothing; the submission id hashes the event and its items, so a cluster that still knows it
+refuses a duplicate even if the state file was lost. Scenes added to the catalog late, with an
+acquisition time before others, are picked up too.
 """
 
 from __future__ import annotations
@@ -23,16 +26,18 @@ from typing import Any
 import pyproj
 from pydantic import Field, model_validator
 from shapely.errors import GEOSException
-from shapely.geometry import box, shape
+from shapely.geometry import box, mapping, shape
 from shapely.geometry.base import BaseGeometry
 from shapely.ops import unary_union
 
 from ..config import StrictModel, job_from_dict, load_yaml, rebase_path, validate_model
 from ..errors import ConfigError, LandslideBatchError
+from ..outputs.manifest import write_json_atomic
 from .stac import SceneItem, find_scenes, to_wgs84, utc
 from .state import SchedulerState
 from .storage import check_uri, fetch, is_uri, local_path
 from .submit import ClusterError, JobExistsError, JobSubmission, StacOptions, Submitter
+from .upload import cluster_locations
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +89,9 @@ class SubmitSettings(StrictModel):
     address: str | None = None  # Ray dashboard, http://HEAD:8265; None: RAY_ADDRESS or a local cluster
     env: dict[str, str] = Field(default_factory=dict)  # environment variables of the job
     ship_code: bool = False  # overlay the local source as a py_module (see jobs/submit.py)
+    #: Every node mounts ``output.root`` (and the models, staging) at the same path, as `submit
+    #: --shared-fs`; without it a submission naming paths of this machine is refused.
+    shared_fs: bool = False
 
 
 class ScheduleConfig(StrictModel):
@@ -96,7 +104,7 @@ class ScheduleConfig(StrictModel):
     cadence: timedelta = Field(timedelta(hours=6), gt=timedelta(0))  # between passes without --once
     max_cloud_cover: float | None = Field(None, ge=0, le=100)  # eo:cloud_cover, where items give it
     aois: list[AOI] = Field(min_length=1)
-    job: dict[str, Any]  # job settings (JobConfig) except scene and out, which each scene sets
+    job: dict[str, Any]  # region job settings (JobConfig) except scenes, aoi and out, which each event sets
     output: OutputSettings
     submit: SubmitSettings | None = None  # None: run jobs in this process
     state: Path | None = None  # default ROOT/_scheduler/<name>.json
@@ -108,8 +116,9 @@ class ScheduleConfig(StrictModel):
             raise ValueError(f"AOI names must be unique, found {names}")
         if self.until is not None and utc(self.until) <= utc(self.event_date):
             raise ValueError("until must be after event_date")
-        if {"scene", "out"} & set(self.job):
-            raise ValueError("job: leave out scene and out, the scheduler sets them for each scene")
+        if found := sorted({"scene", "scenes", "aoi", "out"} & set(self.job)):
+            raise ValueError(f"job: leave out scene, scenes, aoi and out (found {', '.join(found)}): the "
+                             "scheduler sets them for each event")
         return self
 
 
@@ -117,10 +126,19 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")[:64] or "scene"
 
 
-def job_id(scene_id: str, config_hash: str) -> str:
-    """Stable id of "this scene mapped with these settings" (a valid Ray submission id)."""
-    digest = hashlib.sha256(f"{scene_id}\0{config_hash}".encode()).hexdigest()[:12]
-    return f"ls-{_slug(scene_id)}-{digest}"
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:12]
+
+
+def event_id(aoi_name: str, aoi: BaseGeometry, event_date: datetime, config_hash: str) -> str:
+    """Stable id of "this AOI after this event date, mapped with these settings": the event's
+    output folder (a later ``until`` extends the same event)."""
+    return f"ev-{_slug(aoi_name)}-{_digest(aoi_name, aoi.wkt, utc(event_date).isoformat(), config_hash)}"
+
+
+def job_id(event: str, item_ids: list[str]) -> str:
+    """Id of one region job of ``event`` over these items (a valid Ray submission id)."""
+    return f"{event}-{_digest(*sorted(item_ids))[:8]}"
 
 
 @dataclass(frozen=True)
@@ -128,25 +146,45 @@ class Schedule:
     """A loaded schedule: paths resolved, the job template validated, AOIs in WGS84."""
 
     config: ScheduleConfig
-    job: dict[str, Any]  # JobConfig as JSON, without scene and out
+    job: dict[str, Any]  # JobConfig as JSON, without scenes, aoi and out
     aois: dict[str, BaseGeometry]
-    config_hash: str  # of the job template: new settings, new job ids
+    config_hash: str  # of the job template: new settings, new events (output folders)
 
     @property
     def state_path(self) -> Path:
         return self.config.state or self.config.output.root / "_scheduler" / f"{self.config.name}.json"
 
-    def submission(self, scene: SceneItem) -> JobSubmission:
-        """The job for ``scene``; a scene behind a URI is downloaded to the staging folder first."""
+    @property
+    def events_dir(self) -> Path:
+        """The events' AOI files, read by their region jobs (so on the cluster's shared volume)."""
+        return self.config.output.root / "_scheduler" / self.config.name
+
+    def event(self, aoi_name: str) -> str:
+        return event_id(aoi_name, self.aois[aoi_name], self.config.event_date, self.config_hash)
+
+    def scene_path(self, scene: SceneItem) -> str:
+        """The scene's 14-band asset; behind a URI, downloaded to the staging folder first."""
         out = self.config.output
-        jid = job_id(scene.id, self.config_hash)
-        src = (fetch(scene.href, (out.staging or out.root / "_staging") / _slug(scene.id))
-               if is_uri(scene.href) else local_path(scene.href))
-        publish_to = f"{out.publish.rstrip('/')}/{jid}" if out.publish else None
+        return (str(fetch(scene.href, (out.staging or out.root / "_staging") / _slug(scene.id)))
+                if is_uri(scene.href) else str(local_path(scene.href)))
+
+    def submission(self, aoi_name: str, scenes: list[SceneItem]) -> JobSubmission:
+        """The region job of event ``aoi_name`` over ``scenes`` (its AOI written as GeoJSON)."""
+        out = self.config.output
+        event = self.event(aoi_name)
+        aoi_file = self.events_dir / f"{event}.geojson"  # rewritten atomically: a running job may read it
+        aoi_file.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(aoi_file, {"type": "Feature", "properties": {"name": aoi_name},
+                                     "geometry": mapping(self.aois[aoi_name])})
+        ids = [s.id for s in scenes]
+        publish_to = f"{out.publish.rstrip('/')}/{event}" if out.publish else None
         return JobSubmission(
-            job={**self.job, "scene": str(src), "out": str(out.root / jid)}, submission_id=jid,
-            stac=StacOptions(item_id=jid, when=scene.datetime, derived_from=scene.item_href, publish_to=publish_to),
-            metadata={"schedule": self.config.name, "item": scene.id, "aois": ",".join(scene.aois)})
+            job={**self.job, "scenes": [self.scene_path(s) for s in scenes], "aoi": str(aoi_file),
+                 "out": str(out.root / event)},
+            submission_id=job_id(event, ids),
+            stac=StacOptions(item_id=event, when=max(s.datetime for s in scenes),
+                             derived_from=tuple(s.item_href for s in scenes), publish_to=publish_to),
+            metadata={"schedule": self.config.name, "event": aoi_name, "items": ",".join(ids)})
 
 
 def _location(value: str, base: Path, where: str, *, http_ok: bool = False) -> str:
@@ -171,56 +209,68 @@ def load_schedule(path: str | Path) -> Schedule:
     cfg.state = rebase_path(base, cfg.state)
     for aoi in cfg.aois:
         aoi.geojson = rebase_path(base, aoi.geojson)
-    job = job_from_dict({**cfg.job, "scene": "scene", "out": "out"}, base, f"{path}: job")
-    template = job.model_dump(mode="json", exclude={"scene", "out"})
+    job = job_from_dict({**cfg.job, "scenes": ["scene"], "aoi": "aoi.geojson", "out": "out"}, base, f"{path}: job")
+    template = job.model_dump(mode="json", exclude={"scene", "scenes", "aoi", "out"})
     config_hash = hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:16]
     return Schedule(cfg, template, {a.name: a.wgs84() for a in cfg.aois}, config_hash)
 
 
-def run_pass(schedule: Schedule, submitter: Submitter) -> list[str]:
-    """One pass: start a job for every new scene; -> the ids of the jobs started.
+def run_pass(schedule: Schedule, submitter: Submitter, *, remote: bool = False) -> list[str]:
+    """One pass: for each event with new items, run or submit its region job over all of its
+    items; -> the ids of the jobs started. ``remote``: the submitter is a cluster, so the job's
+    local paths are refused unless ``submit.shared_fs``.
 
-    A job that fails here (a local run with a bad scene) is recorded as failed and the pass goes
-    on; an unreachable cluster stops the pass, and the next one starts from that scene again.
+    A job that fails here (a local run with a bad scene) is recorded as failed, its items stay
+    new (the next pass tries again) and the pass goes on; an unreachable cluster stops the pass.
     """
     cfg = schedule.config
     with SchedulerState.open(schedule.state_path) as state:
-        start = max(utc(cfg.event_date), state.watermark or utc(cfg.event_date))
-        scenes = find_scenes(cfg.catalog, asset=cfg.asset, aois=schedule.aois, start=start,
+        scenes = find_scenes(cfg.catalog, asset=cfg.asset, aois=schedule.aois, start=utc(cfg.event_date),
                              end=utc(cfg.until) if cfg.until else None, collection=cfg.collection,
                              max_cloud_cover=cfg.max_cloud_cover)
-        new = [(jid, s) for jid, s in ((job_id(s.id, schedule.config_hash), s) for s in scenes)
-               if not state.has(jid)]
         started = []
-        for jid, scene in new:
-            job = schedule.submission(scene)
-            try:
-                submitter.submit(job)
-                outcome = "started"
-                started.append(jid)
-            except JobExistsError:
-                outcome = "already known to the cluster"
-            except ClusterError:
-                raise
-            except LandslideBatchError as exc:
-                outcome = f"failed: {exc}"
-                log.error("job %s for scene %s failed: %s", jid, scene.id, exc)
-            state.record(jid, scene.datetime, {
-                "item": scene.id, "datetime": scene.datetime.isoformat(), "aois": list(scene.aois),
-                "out": job.job["out"], "outcome": outcome,
-                "at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
-            log.info("scene %s (%s, AOI %s): job %s %s", scene.id, scene.datetime.isoformat(),
-                     ", ".join(scene.aois), jid, outcome)
-        log.info("pass over %s: %d new scene(s) since %s, %d job(s) started", cfg.catalog, len(new),
-                 start.isoformat(), len(started))
+        for name in schedule.aois:
+            items = [s for s in scenes if name in s.aois]
+            event = schedule.event(name)
+            new = [s.id for s in items if s.id not in state.event_items(event)]
+            if not new:
+                continue
+            job = schedule.submission(name, items)
+            if remote:
+                shared = cfg.submit is not None and cfg.submit.shared_fs
+                cluster_locations(job.job, f"schedule {cfg.name}, event {name}", shared_fs=shared)
+            outcome = _submit(submitter, job)
+            if outcome == "started":
+                started.append(job.submission_id)
+            state.record(job.submission_id, event, [s.id for s in items], {
+                "aoi": name, "new": new, "out": job.job["out"], "outcome": outcome,
+                "at": datetime.now(timezone.utc).isoformat(timespec="seconds")},
+                included=not outcome.startswith("failed"))
+            log.info("event %s (AOI %s): %d item(s), new: %s; job %s %s", event, name, len(items), ", ".join(new),
+                     job.submission_id, outcome)
+        log.info("pass over %s: %d item(s) in the window, %d job(s) started", cfg.catalog, len(scenes), len(started))
         return started
 
 
-def run_schedule(schedule: Schedule, submitter: Submitter) -> None:
+def _submit(submitter: Submitter, job: JobSubmission) -> str:
+    """Start ``job``; -> its outcome for the state file. An unreachable cluster stops the pass."""
+    try:
+        submitter.submit(job)
+        return "started"
+    except JobExistsError:
+        return "already known to the cluster"
+    except ClusterError:
+        raise
+    except LandslideBatchError as exc:
+        log.error("job %s failed: %s", job.submission_id, exc)
+        return f"failed: {exc}"
+
+
+def run_schedule(schedule: Schedule, submitter: Submitter, *, remote: bool = False) -> None:
     """Pass after pass, ``cadence`` apart, until ``until`` (forever without it)."""
     until = schedule.config.until
     while True:
-        run_pass(schedule, submitter)
+        run_pass(schedule, submitter, remote=remote)
         if until is not None and datetime.now(timezone.utc) > utc(until):
             return
         time.sleep(schedule.config.cadence.total_seconds())

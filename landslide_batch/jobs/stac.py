@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -84,7 +85,7 @@ class SceneItem:
     id: str
     datetime: datetime
     href: str        # the scene asset, absolute path or URI
-    item_href: str   # the item itself, for the output's derived_from link
+    item_href: str   # the item itself, for the output's derived_from links
     aois: tuple[str, ...]
 
 
@@ -122,7 +123,7 @@ def find_scenes(catalog: str, *, asset: str, aois: dict[str, BaseGeometry], star
 
 
 def item_for_outputs(out_dir: Path, *, item_id: str | None = None, when: datetime | None = None,
-                     derived_from: str | None = None) -> pystac.Item:
+                     derived_from: Sequence[str] = ()) -> pystac.Item:
     """The STAC item of a finished job; asset hrefs are relative, so the folder can move as a whole."""
     out_dir = Path(out_dir).absolute()
     manifest = read_manifest(out_dir)
@@ -156,14 +157,14 @@ def item_for_outputs(out_dir: Path, *, item_id: str | None = None, when: datetim
     for name, (key, media_type, roles, title) in ASSETS.items():
         if (out_dir / name).exists():
             item.add_asset(key, pystac.Asset(f"./{name}", title=title, media_type=media_type, roles=roles))
-    if derived_from:
-        item.add_link(pystac.Link("derived_from", derived_from, media_type=pystac.MediaType.JSON))
+    for href in derived_from:
+        item.add_link(pystac.Link("derived_from", href, media_type=pystac.MediaType.JSON))
     item.set_self_href(str(out_dir / ITEM_FILE))
     return item
 
 
 def write_item(out_dir: Path, *, item_id: str | None = None, when: datetime | None = None,
-               derived_from: str | None = None, publish_to: str | None = None) -> pystac.Item:
+               derived_from: Sequence[str] = (), publish_to: str | None = None) -> pystac.Item:
     """Write ``OUT/item.json``; with ``publish_to``, copy the outputs there too, the item last
     (its presence marks a complete copy)."""
     item = item_for_outputs(out_dir, item_id=item_id, when=when, derived_from=derived_from)

@@ -1,7 +1,8 @@
-"""The scheduler's memory between passes: the newest scene it processed and every job it started.
+"""The scheduler's memory between passes: the catalog items each event's region job holds, and
+every job it started with the items that job included.
 
 A JSON file, held under a file lock for a whole pass so that two passes (a slow one and the
-next cron tick) never pick the same scene, and saved after every job so that a crash loses at
+next cron tick) never submit the same items, and saved after every job so that a crash loses at
 most the job in flight. On a cluster, keep it on a volume with working locks (not every NFS
 has them); the CronJob's ``concurrencyPolicy: Forbid`` is the first guard.
 """
@@ -11,7 +12,6 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,7 @@ class SchedulerState:
     @staticmethod
     def _load(path: Path) -> dict[str, Any]:
         if not path.exists():
-            return {"watermark": None, "jobs": {}}
+            return {"events": {}, "jobs": {}}
         try:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
@@ -56,18 +56,15 @@ class SchedulerState:
             raise ConfigError(f"scheduler state {path} is not a state file (no 'jobs' mapping)")
         return data
 
-    @property
-    def watermark(self) -> datetime | None:
-        """Time of the newest scene processed so far; later passes look at this time and after."""
-        w = self._data.get("watermark")
-        return datetime.fromisoformat(w) if w else None
+    def event_items(self, event: str) -> set[str]:
+        """Ids of the catalog items already in ``event``'s region job (mapped, or submitted)."""
+        return set(self._data.setdefault("events", {}).get(event, {}).get("items", []))
 
-    def has(self, job_id: str) -> bool:
-        return job_id in self._data["jobs"]
-
-    def record(self, job_id: str, scene_time: datetime, info: dict[str, Any]) -> None:
-        """Remember a started job and move the watermark up to its scene; saved at once."""
-        self._data["jobs"][job_id] = info
-        if self.watermark is None or scene_time > self.watermark:
-            self._data["watermark"] = scene_time.isoformat()
+    def record(self, job_id: str, event: str, items: list[str], info: dict[str, Any], *, included: bool) -> None:
+        """Remember a job of ``event`` over ``items``; with ``included`` (it ran or reached the
+        cluster) the event now holds them, so no later pass maps them again. Saved at once."""
+        self._data["jobs"][job_id] = {**info, "event": event, "items": items}
+        if included:
+            entry = self._data.setdefault("events", {}).setdefault(event, {"items": []})
+            entry["items"] = sorted(set(entry["items"]) | set(items))
         write_json_atomic(self.path, self._data)

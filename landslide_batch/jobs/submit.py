@@ -47,13 +47,13 @@ class StacOptions:
 
     item_id: str | None = None
     when: datetime | None = None
-    derived_from: str | None = None
+    derived_from: tuple[str, ...] = ()  # the source scenes' STAC items
     publish_to: str | None = None
 
     def command(self, out: str) -> list[str]:
         args = [ENTRYPOINT, "stac-item", out]
         for flag, value in (("--id", self.item_id), ("--datetime", self.when and self.when.isoformat()),
-                            ("--derived-from", self.derived_from), ("--publish", self.publish_to)):
+                            *(("--derived-from", href) for href in self.derived_from), ("--publish", self.publish_to)):
             if value:
                 args += [flag, value]
         return args
@@ -126,7 +126,8 @@ class RaySubmitter:
             runtime_env["py_modules"] = [str(Path(landslide_batch.__file__).parent)]
             runtime_env["excludes"] = ["__pycache__"]
         return {"entrypoint": entrypoint, "runtime_env": runtime_env, "submission_id": job.submission_id,
-                "metadata": {"scene": str(job.job["scene"]), "out": str(job.job["out"]), **job.metadata}}
+                "metadata": {"scene": str(job.job.get("scene") or ",".join(job.job.get("scenes") or [])),
+                             "out": str(job.job["out"]), **job.metadata}}
 
     def submit(self, job: JobSubmission) -> str:
         with tempfile.TemporaryDirectory(prefix="landslide-job-") as tmp:
