@@ -6,6 +6,8 @@ is driven exactly as a user drives it; no test hook in the page.
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 from pathlib import Path
 
@@ -15,11 +17,23 @@ import pytest
 import rasterio
 from PIL import Image
 from streamlit.testing.v1 import AppTest
+from test_region import SETTINGS, _job, region  # noqa: F401  (the region fixture: two scenes, two UTM zones)
 
-from landslide_batch.app import MODELS_ENV, PAGE, RUNS_ENV, logic
+from landslide_batch.app import (
+    BASEMAP_ENV,
+    MAX_UPLOAD_ENV,
+    MAX_UPLOAD_MB,
+    MODELS_ENV,
+    PAGE,
+    RUNS_ENV,
+    logic,
+    runs_view,
+)
 from landslide_batch.cli import build_parser, main
 from landslide_batch.commands.app import streamlit_command
+from landslide_batch.config import job_from_dict
 from landslide_batch.errors import InputError
+from landslide_batch.pipeline import run_job
 from landslide_batch.synthetic import synthetic_scene, write_geotiff, write_l4s_patch
 
 TIMEOUT = 120  # model loading on a busy 2-core machine
@@ -110,9 +124,13 @@ def test_app_command_hands_options_to_streamlit(tmp_path, monkeypatch):
         ["app", "--server.port", "8600", "--models-dir", str(tmp_path), "--server.headless", "true"])
     args.extra = extra
     argv, env = streamlit_command(args)
-    assert argv[1:] == ["-m", "streamlit", "run", str(PAGE), "--server.port", "8600", "--server.headless", "true"]
+    assert argv[1:] == ["-m", "streamlit", "run", str(PAGE), "--server.maxUploadSize", str(MAX_UPLOAD_MB),
+                        "--server.port", "8600", "--server.headless", "true"]
     assert env[MODELS_ENV] == str(tmp_path.resolve()) and RUNS_ENV not in env
+    assert env[MAX_UPLOAD_ENV] == str(MAX_UPLOAD_MB)
     assert main(["app", "--models-dir", str(tmp_path / "missing")]) == 2
+    assert main(["app", "--max-upload-mb", "0"]) == 2
+    assert main(["app", "--server.maxUploadSize", "5000"]) == 2  # would lift the cap behind the page's back
 
 
 # ---------------------------------------------------------------------------- page
@@ -228,3 +246,133 @@ def test_runs_mode_reports_a_broken_manifest(monkeypatch, run_folder):
     at = _page(monkeypatch, runs_dir=run_folder)  # the run folder itself
     at.radio(key="mode").set_value("Runs").run()
     assert not at.exception and "not valid JSON" in at.main.error[0].value
+
+
+# ---------------------------------------------------------------------------- region runs on a map
+
+@pytest.fixture(scope="module")
+def runs_dir(region) -> Path:  # noqa: F811
+    """A runs folder as a server sees it: a two-scene region run (EPSG:32644 + 32645) and a
+    single-scene run of one of its scenes, both made by the real jobs."""
+    d, model = region
+    run_job(job_from_dict(_job(d, model, "runs/gorkha", ["A.tif", "B.tif"])))
+    run_job(job_from_dict({"scene": str(d / "B.tif"), "models": [str(model)], "out": str(d / "runs" / "single_b"),
+                           **SETTINGS}))
+    return d / "runs"
+
+
+def _deck(at: AppTest) -> dict:
+    charts = at.get("deck_gl_json_chart")
+    assert len(charts) == 1
+    return json.loads(charts[0].proto.json)
+
+
+def _picture(layer: dict) -> np.ndarray:
+    header, data = layer["image"].split(",", 1)
+    assert header == "data:image/png;base64"
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(data))).convert("RGBA"))
+
+
+def test_region_run_on_an_interactive_map(monkeypatch, runs_dir):
+    """Probability, polygons and footprints on one deck.gl map, in EPSG:4326, no basemap offline.
+    The picture is checked pixel by pixel against the COG sampled independently (pyproj to the
+    run's UTM grid, nearest pixel)."""
+    from matplotlib import colormaps
+    from pyproj import Transformer
+
+    monkeypatch.delenv(BASEMAP_ENV, raising=False)
+    at = _page(monkeypatch, runs_dir=runs_dir)
+    at.radio(key="mode").set_value("Runs").run()
+    assert not at.exception and not at.main.error
+    assert at.selectbox(key="run").value == runs_dir / "gorkha"
+    deck = _deck(at)
+    assert [layer["id"] for layer in deck["layers"]] == ["probability", "scenes", "landslides"]
+    assert deck["mapStyle"] == "__MAP_STYLE__" and "mapProvider" not in deck  # no basemap, nothing fetched
+    assert "cartocdn" not in at.get("deck_gl_json_chart")[0].proto.json
+    assert deck["views"][0]["controller"] is True  # pan and zoom
+    manifest = json.loads((runs_dir / "gorkha" / "run.json").read_text())
+
+    bitmap, scenes, polygons = deck["layers"]
+    west, south, east, north = bitmap["bounds"]
+    assert west < 83.99 and east > 84.024 and south < 27.994 and north > 28.008  # covers the AOI
+    assert west < deck["initialViewState"]["longitude"] < east and south < deck["initialViewState"]["latitude"] < north
+    rgba = _picture(bitmap)
+    h, w = rgba.shape[:2]
+    with rasterio.open(runs_dir / "gorkha" / "probability.tif") as ds:
+        assert ds.crs.to_epsg() == manifest["region"]["epsg"] and max(ds.shape) < runs_view.MAX_SIDE
+        prob = ds.read(1)
+        lon = west + (np.arange(w) + 0.5) * (east - west) / w
+        lat = north - (np.arange(h) + 0.5) * (north - south) / h
+        xs, ys = Transformer.from_crs(4326, ds.crs, always_xy=True).transform(*np.meshgrid(lon, lat))
+        rows, cols = rasterio.transform.rowcol(ds.transform, xs.ravel(), ys.ravel())
+    rows, cols = np.asarray(rows).reshape(h, w), np.asarray(cols).reshape(h, w)
+    inside = (rows >= 0) & (rows < prob.shape[0]) & (cols >= 0) & (cols < prob.shape[1])
+    expected = np.where(inside, prob[rows.clip(0, prob.shape[0] - 1), cols.clip(0, prob.shape[1] - 1)], -1.0)
+    valid = expected >= 0
+    assert valid.mean() > 0.3 and expected[valid].std() >= 0.05  # a map that varies, not a blank
+    # Nearest-pixel choices may differ on pixel edges; everything else must agree exactly.
+    assert ((rgba[..., 3] > 0) == valid).mean() > 0.98
+    colours = colormaps["viridis"](np.clip(expected, 0, 1), bytes=True)[..., :3]
+    both = valid & (rgba[..., 3] > 0)
+    assert (np.abs(rgba[..., :3].astype(int) - colours).max(axis=-1)[both] <= 2).mean() > 0.97
+
+    assert [f["properties"]["scene_id"] for f in scenes["data"]["features"]] == \
+        [s["id"] for s in manifest["scenes"]]
+    assert len(polygons["data"]["features"]) == manifest["summary"]["objects"] > 0
+    lons = [x for f in polygons["data"]["features"] for x, _ in f["geometry"]["coordinates"][0]]
+    assert west - 1e-3 < min(lons) and max(lons) < east + 1e-3
+    assert at.dataframe[0].value["scene"].tolist() == [s["id"] for s in manifest["scenes"]]
+    assert at.dataframe[0].value["CRS"].tolist() == ["EPSG:32644", "EPSG:32645"]
+
+
+def test_single_scene_run_on_the_same_map(monkeypatch, runs_dir):
+    at = _page(monkeypatch, runs_dir=runs_dir)
+    at.radio(key="mode").set_value("Runs").run()
+    at.selectbox(key="run").set_value(runs_dir / "single_b").run()
+    assert not at.exception and not at.main.error
+    assert [layer["id"] for layer in _deck(at)["layers"]] == ["probability", "landslides"]
+    assert not at.dataframe  # no scenes table for one scene
+
+
+def test_basemap_only_when_the_server_says_online(monkeypatch, runs_dir):
+    style = "https://tiles.example.org/style.json"
+    monkeypatch.setenv(BASEMAP_ENV, style)
+    at = _page(monkeypatch, runs_dir=runs_dir)
+    at.radio(key="mode").set_value("Runs").run()
+    deck = _deck(at)
+    assert deck["mapStyle"] == style and deck["mapProvider"] == "carto"
+
+
+def test_large_probability_is_sent_downsampled(runs_dir):
+    full = runs_view.probability_picture(runs_dir / "gorkha" / "probability.tif")
+    small = runs_view.probability_picture(runs_dir / "gorkha" / "probability.tif", max_side=64)
+    assert max(small.shape) <= 70 < max(full.shape)
+    np.testing.assert_allclose(small.bounds, full.bounds, atol=5e-4)  # same place, fewer pixels
+
+
+def test_runs_offered_are_only_those_under_the_runs_folder(monkeypatch, runs_dir, tmp_path):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "run.json").write_text((runs_dir / "gorkha" / "run.json").read_text())
+    for mode in ("Patch", "Runs"):
+        at = _page(monkeypatch, tmp_path, runs_dir)  # tmp_path: a models folder with no models
+        at.radio(key="mode").set_value(mode).run()
+        assert not at.text_input and not at.text_area  # no server path typed into the page
+    assert at.selectbox(key="run").options == ["gorkha", "single_b"]
+    assert str(runs_dir) not in _texts(at)
+
+
+def test_uploads_over_the_cap_are_refused(monkeypatch, models_dir, tmp_path):
+    image = tmp_path / "image_9.h5"
+    write_l4s_patch(image, synthetic_scene(256, 256, seed=9)[0])
+    size = image.stat().st_size
+    assert size > 2_000_000  # 256 x 256 x 14 float32
+    with pytest.raises(InputError, match="over the upload limit of 1 MB"):
+        logic.check_upload_size(image.name, size, limit_mb=1)
+    logic.check_upload_size(image.name, size, limit_mb=5)
+    monkeypatch.setenv(MAX_UPLOAD_ENV, "1")
+    at = _page(monkeypatch, models_dir)
+    at.file_uploader(key="patch").upload(image.name, image.read_bytes())
+    at.run()
+    assert not at.exception and "over the upload limit of 1 MB" in at.main.error[0].value
+    assert not at.button

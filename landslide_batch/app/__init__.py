@@ -10,4 +10,10 @@ from pathlib import Path
 #: Where the page finds model folders and region runs; ``landslide-batch app`` sets them.
 MODELS_ENV = "LANDSLIDE_BATCH_MODELS"
 RUNS_ENV = "LANDSLIDE_BATCH_RUNS"
+#: Largest upload the page accepts, in MB (also Streamlit's ``server.maxUploadSize``); the default
+#: holds the largest patch the page maps (1024 x 1024 x 14 float64, uncompressed: 117 MB).
+MAX_UPLOAD_ENV = "LANDSLIDE_BATCH_MAX_UPLOAD_MB"
+MAX_UPLOAD_MB = 128
+#: A MapLibre style URL for the run map's basemap; unset (offline) draws no basemap.
+BASEMAP_ENV = "LANDSLIDE_BATCH_BASEMAP"
 PAGE = Path(__file__).resolve().parent / "streamlit_app.py"

@@ -29,7 +29,7 @@ from ..config import EnsembleConfig, EnsembleMember
 from ..errors import InputError, ModelError
 from ..infer.predictor import EnsemblePredictor
 from ..models.card import CARD_FILE, WEIGHTS_FILE, ModelCard, read_card
-from . import MODELS_ENV, RUNS_ENV
+from . import MAX_UPLOAD_ENV, MAX_UPLOAD_MB, MODELS_ENV, RUNS_ENV
 
 RUN_FILE = "run.json"
 #: A region job's defaults (128 px tiles, 50 % overlap), so a patch maps as it would in a region.
@@ -46,6 +46,18 @@ def default_models_dir() -> Path:
 
 def default_runs_dir() -> Path:
     return Path(os.environ.get(RUNS_ENV, "."))
+
+
+def max_upload_mb() -> int:
+    return int(os.environ.get(MAX_UPLOAD_ENV, MAX_UPLOAD_MB))
+
+
+def check_upload_size(name: str, size: int, limit_mb: int | None = None) -> None:
+    """Refuse an upload over the cap the server was started with (``--max-upload-mb``)."""
+    limit_mb = max_upload_mb() if limit_mb is None else limit_mb
+    if size > limit_mb * 1_000_000:
+        raise InputError(f"{name}: {size / 1e6:.1f} MB is over the upload limit of {limit_mb} MB; "
+                         "map larger inputs with `landslide-batch run`")
 
 
 # ---------------------------------------------------------------------------- models
@@ -284,6 +296,12 @@ class RunFile:
 def find_runs(root: Path) -> list[Path]:
     """Job output folders (holding ``run.json``): ``root`` itself and its sub-folders."""
     return sorted(p.parent for p in [root / RUN_FILE, *root.glob(f"*/{RUN_FILE}")] if p.is_file())
+
+
+def run_label(root: Path, folder: Path) -> str:
+    """A run as the page names it: its path under the runs folder, never the server's full path."""
+    rel = folder.relative_to(root).as_posix()
+    return root.resolve().name if rel == "." else rel
 
 
 def read_run(folder: Path) -> dict[str, Any]:

@@ -1,19 +1,21 @@
 """Streamlit page: try model folders on one uploaded patch, or browse a finished region run.
 
 Started by ``landslide-batch app`` (which passes ``--models-dir`` / ``--runs-dir`` on as the
-``LANDSLIDE_BATCH_MODELS`` / ``LANDSLIDE_BATCH_RUNS`` environment variables). The page only
+``LANDSLIDE_BATCH_MODELS`` / ``LANDSLIDE_BATCH_RUNS`` environment variables); the page offers
+only what lies in those folders and takes no server path from its user. The page only
 lays things out; what it computes lives in ``logic``. Uploads work in ``AppTest`` too
 (``at.file_uploader(key="patch").upload(name, bytes)``), so the page needs no test hook.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import streamlit as st
 
-from landslide_batch.app import logic
+from landslide_batch.app import logic, runs_view
 from landslide_batch.errors import LandslideBatchError
 from landslide_batch.infer.predictor import EnsemblePredictor
 from landslide_batch.metrics import confusion_counts, scores
@@ -43,8 +45,8 @@ def _card(where, model: logic.ModelEntry) -> None:
 def _choose_models() -> tuple[list[logic.ModelEntry], bool]:
     """Sidebar: models folder, one model or all, and their cards."""
     sb = st.sidebar
-    folder = Path(sb.text_input("Models folder", str(logic.default_models_dir()),
-                                help=f"folders holding card.json + weights.pt; default ${logic.MODELS_ENV}"))
+    folder = logic.default_models_dir()  # fixed by the server: the page never takes a server path
+    sb.caption(f"Models folder: `{folder.name or folder}` (set by `--models-dir`)")
     models, problems = logic.find_models(folder)
     for problem in problems:
         sb.warning(problem)
@@ -123,6 +125,9 @@ def patch_mode() -> None:
         st.info("Upload a patch to map it.")
         return
     try:
+        for f in (upload, truth_upload):
+            if f is not None:
+                logic.check_upload_size(f.name, f.size)
         patch = logic.load_patch(upload.name, upload.getvalue())
         truth = (logic.load_mask(truth_upload.name, truth_upload.getvalue(), patch.valid.shape)
                  if truth_upload is not None else None)
@@ -148,25 +153,46 @@ def patch_mode() -> None:
         _show(patch, stored[1], truth, logic.rgb_composite(patch))
 
 
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _run_map(folder: str, stamp: int, outputs: str) -> runs_view.RunMap | None:
+    """The map's layers are read once per run (``stamp``: run.json's time, new after a rerun)."""
+    return runs_view.run_map(Path(folder), json.loads(outputs))
+
+
 def runs_mode() -> None:
     st.header("Region runs")
-    root = Path(st.sidebar.text_input("Runs folder", str(logic.default_runs_dir()),
-                                      help=f"a job's output folder or a folder of them; default ${logic.RUNS_ENV}"))
+    root = logic.default_runs_dir()  # fixed by the server: the page never takes a server path
     runs = logic.find_runs(root)
+    st.sidebar.caption(f"Runs folder: `{root.name or root}` (set by `--runs-dir`)")
     if not runs:
-        st.info(f"No finished runs (folders with {logic.RUN_FILE}) in {root}.")
+        st.info(f"No finished runs (folders with {logic.RUN_FILE}) in the runs folder. Start the app with "
+                f"`landslide-batch app --runs-dir DIR`.")
         return
-    folder = st.sidebar.selectbox("Run", runs, format_func=lambda p: p.name or str(p), key="run")
+    folder = st.sidebar.selectbox("Run", runs, format_func=lambda p: logic.run_label(root, p), key="run")
     try:
         run = logic.read_run(folder)
     except LandslideBatchError as exc:
         st.error(str(exc))
         return
-    st.subheader(str(folder))
+    st.subheader(logic.run_label(root, folder) + (" — region" if run.get("kind") == "region" else ""))
     if run.get("status") != "complete":
         st.warning(f"Run status is {run.get('status')!r}, not 'complete': outputs may be missing or partial.")
     for col, (label, value) in zip(st.columns(4), logic.run_headline(run)):
         col.metric(label, value)
+    try:
+        view = _run_map(str(folder), (folder / logic.RUN_FILE).stat().st_mtime_ns,
+                        json.dumps(run.get("outputs") or {}))
+    except LandslideBatchError as exc:
+        st.error(str(exc))
+        view = None
+    if view is not None:
+        st.pydeck_chart(view.deck(), height=560, key="run-map")
+        st.caption("Map: " + ", ".join(runs_view.LAYER_LEGEND[n] for n in view.names)
+                   + ". Drag to pan, scroll to zoom.")
+    scenes = runs_view.scene_rows(run)
+    if scenes:
+        st.markdown("**Scenes**")
+        st.dataframe(scenes, hide_index=True)
     files, folders = logic.run_files(folder, run)
     quicklook = next((f.path for f in files if f.label == "quicklook"), None)
     left, right = st.columns([3, 2])
@@ -186,7 +212,8 @@ def runs_mode() -> None:
         bar.download_button(f"{f.path.name} ({f.size_label})", f.path.read_bytes,
                             file_name=f.path.name, on_click="ignore", key=f"run-{f.label}")
     for f in folders:
-        st.caption(f"{f.label}: {f.path.name} is a folder (Zarr store); copy it from {f.path}")
+        st.caption(f"{f.label}: {f.path.name} is a folder (Zarr store); copy it from run "
+                   f"`{logic.run_label(root, folder)}` in the runs folder on the server")
     with st.expander("Job config, versions"):
         st.json({"config": run.get("config"), "versions": run.get("versions")}, expanded=False)
 

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from ..app import MODELS_ENV, PAGE, RUNS_ENV
+from ..app import BASEMAP_ENV, MAX_UPLOAD_ENV, MAX_UPLOAD_MB, MODELS_ENV, PAGE, RUNS_ENV
 from ..errors import ConfigError
 
 
@@ -22,6 +22,10 @@ def register(sub) -> None:
                    help=f"folder of model folders (card.json + weights.pt); default ${MODELS_ENV} or ./models")
     p.add_argument("--runs-dir", type=Path, default=None,
                    help=f"folder of region job outputs (run.json); default ${RUNS_ENV} or .")
+    p.add_argument("--max-upload-mb", type=int, default=MAX_UPLOAD_MB,
+                   help=f"largest upload accepted, in MB (Streamlit's server.maxUploadSize too); default {MAX_UPLOAD_MB}")
+    p.add_argument("--basemap", default=None, metavar="STYLE_URL",
+                   help="MapLibre style URL for the run map's basemap (needs network); default: no basemap")
     p.set_defaults(func=_app, accepts_extra=True)
 
 
@@ -35,7 +39,17 @@ def streamlit_command(args) -> tuple[list[str], dict[str, str]]:
         if not folder.is_dir():
             raise ConfigError(f"{flag} {folder}: no such folder")
         env[var] = str(folder.resolve())
-    return [sys.executable, "-m", "streamlit", "run", str(PAGE), *args.extra], env
+    if args.max_upload_mb < 1:
+        raise ConfigError(f"--max-upload-mb: expected a whole number of MB >= 1, found {args.max_upload_mb}")
+    if any(a.startswith("--server.maxUploadSize") for a in args.extra):
+        raise ConfigError("--server.maxUploadSize: use --max-upload-mb, which caps the page's own check too")
+    env[MAX_UPLOAD_ENV] = str(args.max_upload_mb)
+    if args.basemap:
+        env[BASEMAP_ENV] = args.basemap
+    else:
+        env.pop(BASEMAP_ENV, None)
+    return [sys.executable, "-m", "streamlit", "run", str(PAGE),
+            "--server.maxUploadSize", str(args.max_upload_mb), *args.extra], env
 
 
 def _app(args) -> NoReturn:

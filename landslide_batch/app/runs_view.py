@@ -1,0 +1,154 @@
+"""A run folder on an interactive map: probability, landslide polygons and scene footprints.
+
+Built for ``st.pydeck_chart``: deck.gl ships inside Streamlit's frontend, so the map works with
+no network. The probability goes in as one ``BitmapLayer`` (a PNG data URL on EPSG:4326 bounds),
+read downsampled to at most ``MAX_SIDE`` pixels a side, so a region of any size costs the page
+a bounded amount of memory; vectors go in as ``GeoJsonLayer``s reprojected to EPSG:4326.
+Without a basemap style (the default) the map has no basemap and fetches nothing: pydeck's
+``map_provider=None`` (``map_style=None`` instead would make Streamlit fetch a CARTO basemap).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydeck as pdk
+import rasterio
+from rasterio.crs import CRS
+from rasterio.enums import Resampling
+from rasterio.warp import calculate_default_transform, reproject
+
+from ..errors import InputError
+from . import BASEMAP_ENV
+
+#: Longest side, in pixels, of the probability picture sent to the browser.
+MAX_SIDE = 1024
+WGS84 = CRS.from_epsg(4326)
+#: What each map layer shows, for the caption under the map.
+LAYER_LEGEND = {"probability": "probability (viridis, 0 → 1)", "scenes": "scene footprints (blue outlines)",
+                "landslides": "landslide polygons (red)"}
+POLYGON_COLOUR = [230, 25, 25, 140]
+FOOTPRINT_COLOUR = [30, 90, 230, 255]
+
+
+@dataclass
+class ProbabilityPicture:
+    png: bytes
+    bounds: tuple[float, float, float, float]  # west, south, east, north in degrees
+    shape: tuple[int, int]  # (height, width) of the picture
+
+    @property
+    def data_url(self) -> str:
+        return "data:image/png;base64," + base64.b64encode(self.png).decode()
+
+
+def basemap() -> dict[str, Any]:
+    """``pdk.Deck`` basemap arguments: the style URL the server was started with (online), else none."""
+    style = os.environ.get(BASEMAP_ENV)
+    return {"map_provider": "carto", "map_style": style} if style else {"map_provider": None}
+
+
+def probability_picture(path: Path, max_side: int = MAX_SIDE) -> ProbabilityPicture:
+    """The probability COG, read at most ``max_side`` px a side (its overviews), warped to
+    EPSG:4326 and coloured viridis; nodata and NaN transparent."""
+    from matplotlib import colormaps
+    from PIL import Image
+
+    with rasterio.open(path) as ds:
+        k = max(1.0, max(ds.height, ds.width) / max_side)
+        h, w = max(1, round(ds.height / k)), max(1, round(ds.width / k))
+        # nearest: never blends a valid probability with the nodata value at the map's edge
+        src = ds.read(1, out_shape=(h, w), resampling=Resampling.nearest, masked=True).astype(np.float32)
+        src = src.filled(np.nan)
+        src_t = ds.transform @ ds.transform.scale(ds.width / w, ds.height / h)
+        left, bottom, right, top = ds.bounds
+        dst_t, dw, dh = calculate_default_transform(ds.crs, WGS84, w, h, left, bottom, right, top)
+        dst = np.full((dh, dw), np.nan, np.float32)
+        reproject(src, dst, src_transform=src_t, src_crs=ds.crs, dst_transform=dst_t, dst_crs=WGS84,
+                  src_nodata=np.nan, dst_nodata=np.nan, resampling=Resampling.nearest)
+    valid = np.isfinite(dst) & (dst >= 0)
+    rgba = colormaps["viridis"](np.clip(np.nan_to_num(dst, nan=0.0), 0, 1), bytes=True)
+    rgba[..., 3] = np.where(valid, 200, 0)
+    buf = io.BytesIO()
+    Image.fromarray(rgba, "RGBA").save(buf, format="PNG", optimize=True)
+    west, north = dst_t @ (0, 0)
+    east, south = dst_t @ (dw, dh)
+    return ProbabilityPicture(buf.getvalue(), (west, south, east, north), (dh, dw))
+
+
+def read_vectors(path: Path, layer: str | None = None) -> dict[str, Any]:
+    """A polygon file (GeoPackage, FlatGeobuf or GeoParquet) as a GeoJSON dict in EPSG:4326."""
+    import geopandas as gpd
+    from pyogrio.errors import DataLayerError, DataSourceError
+
+    try:
+        gdf = gpd.read_parquet(path) if path.suffix == ".parquet" else gpd.read_file(path, layer=layer)
+    except (OSError, ValueError, DataSourceError, DataLayerError) as exc:  # ValueError: pyarrow's too
+        raise InputError(f"{path.name}: cannot read as polygons: {exc}") from exc
+    if gdf.crs is None:
+        raise InputError(f"{path.name}: polygons have no CRS, so they cannot be placed on the map")
+    gdf = gdf.to_crs(WGS84)
+    for col in gdf.columns.drop(gdf.geometry.name):  # dates and objects do not go through JSON as they are
+        if gdf[col].dtype == object or str(gdf[col].dtype).startswith("datetime"):
+            gdf[col] = gdf[col].astype(str)
+    return gdf.__geo_interface__
+
+
+def view_state(bounds: tuple[float, float, float, float], width_px: int = 900) -> pdk.ViewState:
+    """Centre on ``bounds`` at the web-mercator zoom that fits their width into ``width_px``."""
+    west, south, east, north = bounds
+    span = max(east - west, (north - south) / max(math.cos(math.radians((north + south) / 2)), 0.1), 1e-6)
+    zoom = math.log2(360 * width_px / 512 / span)
+    return pdk.ViewState(longitude=(west + east) / 2, latitude=(south + north) / 2, zoom=round(zoom, 2))
+
+
+@dataclass
+class RunMap:
+    layers: list[pdk.Layer]
+    bounds: tuple[float, float, float, float]  # of the probability, west, south, east, north
+
+    @property
+    def names(self) -> list[str]:
+        return [layer.id for layer in self.layers]
+
+    def deck(self) -> pdk.Deck:
+        """The layers over the basemap the server was started with (none offline)."""
+        return pdk.Deck(layers=self.layers, initial_view_state=view_state(self.bounds), **basemap())
+
+
+def run_map(folder: Path, outputs: dict[str, str], max_side: int = MAX_SIDE) -> RunMap | None:
+    """The map layers of a run folder, or None when it has no probability COG.
+
+    ``outputs`` is the manifest's name -> file map; only files inside ``folder`` are read.
+    """
+    files = {label: p for label, rel in outputs.items()
+             if (p := (folder / str(rel)).resolve()).is_relative_to(folder.resolve()) and p.is_file()}
+    if "probability" not in files:
+        return None
+    picture = probability_picture(files["probability"], max_side)
+    # A plain ``str`` would be taken by pydeck for a JavaScript expression, hence ``String``.
+    image = pdk.types.String(picture.data_url, quote_type="")
+    layers = [pdk.Layer("BitmapLayer", id="probability", image=image, bounds=list(picture.bounds), opacity=0.9)]
+    if "scenes" in files:
+        layers.append(pdk.Layer("GeoJsonLayer", id="scenes", data=read_vectors(files["scenes"], "scenes"),
+                                stroked=True, filled=False, get_line_color=FOOTPRINT_COLOUR,
+                                line_width_min_pixels=2, pickable=True))
+    if "polygons" in files:
+        layers.append(pdk.Layer("GeoJsonLayer", id="landslides", data=read_vectors(files["polygons"]),
+                                stroked=True, filled=True, get_fill_color=POLYGON_COLOUR,
+                                get_line_color=[120, 0, 0, 255], line_width_min_pixels=1, pickable=True))
+    return RunMap(layers, picture.bounds)
+
+
+def scene_rows(run: dict[str, Any]) -> list[dict[str, Any]]:
+    """A region run's scenes with their provenance, one row each (empty for a single-scene run)."""
+    return [{"scene": s.get("id"), "date": s.get("date"), "cloud cover %": s.get("cloud_cover"),
+             "CRS": s.get("crs"), "blocks computed": (s.get("blocks") or {}).get("computed"),
+             "source": s.get("source")} for s in run.get("scenes") or []]
