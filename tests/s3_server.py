@@ -76,3 +76,15 @@ def s3_environment(env: dict[str, str]) -> Iterator[None]:
             else:
                 os.environ[k] = v
         clear_s3_clients()
+
+
+@contextmanager
+def s3_bucket(folder: Path, bucket: str) -> Iterator[tuple]:
+    """A moto server (its log in ``folder``) with ``bucket`` created, its ``AWS_*`` variables in
+    ``os.environ`` for the block; -> (an s3fs filesystem, the variables)."""
+    import s3fs
+
+    with moto_s3(folder / "moto.log") as env, s3_environment(env):
+        fs = s3fs.S3FileSystem()
+        fs.mkdir(bucket)
+        yield fs, env

@@ -12,9 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -22,10 +20,12 @@ import numpy as np
 import pytest
 import rasterio
 
+from polling import wait_for
+from ray_nodes import LOCAL, local_cluster
+
 from landslide_batch import pipeline
 from landslide_batch.config import job_from_dict
 from landslide_batch.errors import DiskFullError
-from landslide_batch.infer.executors import shutdown_ray
 from landslide_batch.pipeline import OUTPUTS, run_job
 
 N_BLOCKS = 16  # a 512 x 512 scene in blocks of 128 px: enough blocks for a fault to land mid-job
@@ -45,13 +45,6 @@ def markers(out: Path) -> list[Path]:
     blocks = out / ".work" / "blocks"
     return list(blocks.iterdir()) if blocks.is_dir() else []
 
-
-def wait_for(predicate, timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.02)
 
 
 def assert_nothing_finished(out: Path) -> None:
@@ -101,33 +94,10 @@ CLI_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same torch threads as th
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    """A head (no CPUs, so all work lands on workers) + 2 worker nodes of 2 CPUs, all on 127.0.0.1.
-
-    Ray resolves "127.0.0.1" to the machine's outward address unless it believes clusters are
-    off (the flag below; it only changes that address lookup). A private RAY_TMPDIR keeps this
-    cluster's address file away from other Ray users of the machine, whose ``ray.init()``
-    would otherwise join it.
-    """
-    ray = pytest.importorskip("ray")
-    from ray._private import ray_constants
-    from ray.cluster_utils import Cluster
-
-    tmp = tempfile.mkdtemp(prefix="lbray", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
-    local = {"node_ip_address": "127.0.0.1"}
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("RAY_TMPDIR", tmp)
-        mp.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # for the node processes
-        mp.setattr(ray_constants, "ENABLE_RAY_CLUSTER", False)  # for this one (read at import)
-        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False, **local})
-        try:
-            for _ in range(2):
-                cluster.add_node(num_cpus=2, **local)
-            ray.init(address=cluster.address, log_to_driver=False)
-            yield cluster, local
-        finally:
-            shutdown_ray()
-            cluster.shutdown()
-            shutil.rmtree(tmp, ignore_errors=True)
+    """A head (no CPUs, so all work lands on workers) + 2 worker nodes of 2 CPUs, on 127.0.0.1."""
+    pytest.importorskip("ray")
+    with local_cluster(2, num_cpus=2) as cluster:
+        yield cluster, LOCAL
 
 
 def predictor_actor() -> dict:

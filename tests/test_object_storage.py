@@ -20,13 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from s3_server import (
-    _wait_until_up,
-    clear_s3_clients,
-    free_port,
-    moto_s3,
-    s3_environment,
-)
+from polling import wait_for
+from s3_server import _wait_until_up, clear_s3_clients, free_port, s3_bucket
 
 from landslide_batch.cli import main as cli_main
 from landslide_batch.config import job_from_dict
@@ -47,12 +42,8 @@ def _upload_folder(fs, folder: Path, prefix: str) -> str:
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
-    """moto's S3 server with an empty bucket; its ``AWS_*`` variables set here. -> (s3fs, env)."""
-    import s3fs
-
-    with moto_s3(tmp_path_factory.mktemp("moto") / "moto.log") as env, s3_environment(env):
-        fs = s3fs.S3FileSystem()
-        fs.mkdir(BUCKET)
+    """moto's S3 server with the bucket, its ``AWS_*`` variables set in this process."""
+    with s3_bucket(tmp_path_factory.mktemp("moto"), BUCKET) as (fs, env):
         yield fs, env
 
 
@@ -208,13 +199,6 @@ def _markers(fs, out: str) -> list[str]:
         return []
 
 
-def _wait_for(predicate, timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.05)
-
 
 @pytest.mark.slow
 def test_killed_driver_resumes_and_second_writer_is_refused_on_s3(tmp_path, s3, varying_model):
@@ -231,7 +215,7 @@ def test_killed_driver_resumes_and_second_writer_is_refused_on_s3(tmp_path, s3, 
     with log.open("w") as stderr:
         first = subprocess.Popen(command, env=_cli_env(env), stdout=subprocess.DEVNULL, stderr=stderr)
         try:
-            _wait_for(lambda: len(_markers(fs, out)) >= 3 or first.poll() is not None, 300, "three finished blocks")
+            wait_for(lambda: len(_markers(fs, out)) >= 3 or first.poll() is not None, 300, "three finished blocks")
             first.send_signal(signal.SIGSTOP)  # mid-job, lease held
             second = subprocess.run(command, check=False, env=_cli_env(env), capture_output=True, text=True, timeout=300)
         finally:

@@ -22,6 +22,7 @@ from landslide_batch.infer.predictor import TileReuse
 from landslide_batch.infer.stripes import plan_tasks, split_stripes
 from landslide_batch.pipeline import OUTPUTS, job_hash, run_job
 from landslide_batch.plan.tiling import TileGrid, plan_blocks, tile_uses
+from polling import wait_for
 from ray_nodes import LOCAL, local_cluster
 
 
@@ -34,13 +35,6 @@ def read_prob(out: Path) -> np.ndarray:
     with rasterio.open(out / "probability.tif") as ds:
         return ds.read(1)
 
-
-def wait_for(predicate, timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.1)
 
 
 def no_result(out: Path) -> bool:

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import rasterio
 import yaml
-from s3_server import free_port, moto_s3, s3_environment
+from s3_server import free_port, s3_bucket
 from test_jobs import _stop_session
 
 from landslide_batch.config import job_from_dict
@@ -89,11 +89,8 @@ class Cluster:
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
-    import s3fs
-
-    with moto_s3(tmp_path_factory.mktemp("moto") / "moto.log") as env, s3_environment(env):
-        fs = s3fs.S3FileSystem()
-        fs.mkdir(BUCKET)
+    """moto's S3 server with the bucket, its ``AWS_*`` variables set in this process."""
+    with s3_bucket(tmp_path_factory.mktemp("moto"), BUCKET) as (fs, env):
         yield fs, env
 
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import yaml
-from s3_server import moto_s3, s3_environment
+from s3_server import s3_bucket
 
 from landslide_batch.cli import main
 from landslide_batch.config import job_from_dict, load_yaml
@@ -21,11 +21,8 @@ BUCKET = "cluster-store"
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
-    import s3fs
-
-    with moto_s3(tmp_path_factory.mktemp("moto") / "moto.log") as env, s3_environment(env):
-        fs = s3fs.S3FileSystem()
-        fs.mkdir(BUCKET)
+    """moto's S3 server with the bucket, its ``AWS_*`` variables set in this process."""
+    with s3_bucket(tmp_path_factory.mktemp("moto"), BUCKET) as (fs, env):
         yield fs
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from s3_server import moto_s3, s3_environment
+from s3_server import s3_bucket
 from test_jobs import _stop_session
 from test_training import make_split
 
@@ -31,12 +31,8 @@ SNAPSHOT = f"{RUN}/checkpoint_manager_snapshot.json"
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
-    """A moto S3 server with the bucket; its ``AWS_*`` variables set in this process. -> (s3fs, env)."""
-    import s3fs
-
-    with moto_s3(tmp_path_factory.mktemp("moto") / "moto.log") as env, s3_environment(env):
-        fs = s3fs.S3FileSystem()
-        fs.mkdir(BUCKET)
+    """moto's S3 server with the bucket, its ``AWS_*`` variables set in this process."""
+    with s3_bucket(tmp_path_factory.mktemp("moto"), BUCKET) as (fs, env):
         yield fs, env
 
 
