@@ -18,27 +18,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import rasterio
 
+from maps import job, read_prob
 from polling import wait_for
 from ray_nodes import LOCAL, local_cluster
 
 from landslide_batch import pipeline
-from landslide_batch.config import job_from_dict
 from landslide_batch.errors import DiskFullError
 from landslide_batch.pipeline import OUTPUTS, run_job
 
 N_BLOCKS = 16  # a 512 x 512 scene in blocks of 128 px: enough blocks for a fault to land mid-job
-
-
-def job(scene, out, model, **kw):
-    return job_from_dict({"scene": str(scene), "out": str(out), "models": [str(model)], "block": 128,
-                          "batch_size": 8, **kw})
-
-
-def read_prob(out: Path) -> np.ndarray:
-    with rasterio.open(out / "probability.tif") as ds:
-        return ds.read(1)
 
 
 def markers(out: Path) -> list[Path]:

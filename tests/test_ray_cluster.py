@@ -10,11 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import rasterio
 import torch
 
 from conftest import make_varying_model
-from landslide_batch.config import RaySettings, job_from_dict
+from landslide_batch.config import RaySettings
 from landslide_batch.errors import DeviceError
 from landslide_batch.infer.device import nvidia_driver_version
 from landslide_batch.infer.executors import plan_actors
@@ -22,18 +21,9 @@ from landslide_batch.infer.predictor import TileReuse
 from landslide_batch.infer.stripes import plan_tasks, split_stripes
 from landslide_batch.pipeline import OUTPUTS, job_hash, run_job
 from landslide_batch.plan.tiling import TileGrid, plan_blocks, tile_uses
+from maps import job, read_prob
 from polling import wait_for
 from ray_nodes import LOCAL, local_cluster
-
-
-def job(scene, out, model, **kw):
-    return job_from_dict({"scene": str(scene), "out": str(out), "models": [str(model)], "block": 128,
-                          "batch_size": 8, **kw})
-
-
-def read_prob(out: Path) -> np.ndarray:
-    with rasterio.open(out / "probability.tif") as ds:
-        return ds.read(1)
 
 
 
