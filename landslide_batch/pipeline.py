@@ -17,7 +17,6 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
-from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from .errors import ConfigError, OutputLockedError
 from .gdal_env import bounded_gdal_cache
 from .hashing import sha256_tree
 from .infer.device import PRECISION
-from .infer.executors import StageContext, device_session, job_device, ray_session, run_local, run_ray
+from .infer.executors import StageContext, actor_pool, device_session, job_device, ray_session, run_local, run_ray
 from .infer.shared_disk import require_shared_folder
 from .infer.stages import PredictorSpec
 from .ingest import Scene, ingest_job
@@ -81,12 +80,14 @@ def job_hash(cfg: JobConfig, scene_sha: str, model_shas: list[str], device: str)
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def run_job(cfg: JobConfig, *, overwrite: bool = False, predictor=None) -> dict:
+def run_job(cfg: JobConfig, *, overwrite: bool = False, predictor=None, pool=None) -> dict:
     """Run (or resume) a job; returns the run manifest (also written to ``OUT/run.json``).
 
     A region job (``scenes:``) runs in ``region.job``, which maps each scene through here.
     ``predictor``: an ``EnsemblePredictor`` already built for this job's settings (a region job
     loads its models once for all scenes); the local executor then predicts with it.
+    ``pool``: the same for Ray, an ``infer.actor_pool.ActorPool`` of warm predictor actors
+    (started in the caller's Ray session), which the job uses and leaves running.
 
     ``out`` may be a local folder or an object-store prefix: there the lock is a lease object,
     the work (scene store, output store, markers) lives under ``OUT/.work/`` and the products
@@ -108,10 +109,10 @@ def run_job(cfg: JobConfig, *, overwrite: bool = False, predictor=None) -> dict:
         held.enter_context(bounded_gdal_cache())
         held.enter_context(device_session(cfg.device, cfg.executor, cfg.ray))  # Ray's `auto` asks the cluster
         stage = Path(held.enter_context(tempfile.TemporaryDirectory(prefix="landslide-products-")))
-        return _run_locked(cfg, out, overwrite, stage, predictor)
+        return _run_locked(cfg, out, overwrite, stage, predictor, pool)
 
 
-def _run_locked(cfg: JobConfig, out: Location, overwrite: bool, scratch: Path, predictor=None) -> dict:
+def _run_locked(cfg: JobConfig, out: Location, overwrite: bool, scratch: Path, predictor=None, pool=None) -> dict:
     """``scratch``: a local folder for the products of a job whose ``out`` is on object storage."""
     t0 = time.perf_counter()
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -126,7 +127,8 @@ def _run_locked(cfg: JobConfig, out: Location, overwrite: bool, scratch: Path, p
     prep = ThreadPoolExecutor(2, "prepare")
     scene_sha_future = prep.submit(sha256_tree, cfg.scene)
     build = spec.build if predictor is None else lambda: predictor
-    models_future = prep.submit(build if cfg.executor == "local" else spec.check)
+    check = spec.check if pool is None else lambda: pool.spec  # a pool's models were checked when it was made
+    models_future = prep.submit(build if cfg.executor == "local" else check)
     models_ready: list[float] = []
     models_future.add_done_callback(lambda _: models_ready.append(time.perf_counter()))
     prep.shutdown(wait=False)
@@ -204,8 +206,9 @@ def _run_locked(cfg: JobConfig, out: Location, overwrite: bool, scratch: Path, p
         else:
             # The driver's check, before any actor starts; the weights it read go to the actors
             # through Ray's object store, so no actor reads a model path.
-            ctx = replace(ctx, predictor=models_future.result().shipped())
-            rows = run_ray(todo, ctx, cfg.ray)
+            if pool is None:
+                pool = session.enter_context(actor_pool(models_future.result().shipped(), cfg.ray))
+            rows = run_ray(todo, ctx, pool)
         forward = tiles = kept_at_end = 0
         node_of: dict[str, str] = {}
         t_loop = time.perf_counter()
@@ -218,6 +221,7 @@ def _run_locked(cfg: JobConfig, out: Location, overwrite: bool, scratch: Path, p
             log.info("block %s done (%d/%d): %d tiles, %.1f tiles/s so far", row["key"], i, len(todo),
                      row["tiles"], tiles / dt if dt else 0.0)
         t_plan = max(t_loop, *models_ready)  # inference starts once the models are ready
+        actors = pool.loads() if pool is not None else None  # how often each actor loaded its models
         infer_s = time.perf_counter() - t_plan
 
         threshold = cfg.threshold if cfg.threshold is not None else members.decision_threshold([c.threshold for c in cards])
@@ -254,6 +258,7 @@ def _run_locked(cfg: JobConfig, out: Location, overwrite: bool, scratch: Path, p
                   "kept_at_end": kept_at_end},
         "blocks": {"total": len(blocks), "computed": len(todo), "skipped_nodata": len(empty),
                    "resumed": len(resumed), "node_of": node_of, "per_node": dict(Counter(node_of.values()))},
+        **({"actors": actors} if actors is not None else {}),
         "summary": {**summary, "threshold": threshold},
         "outputs": outputs,
     }

@@ -16,14 +16,15 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from ..config import RaySettings
 from ..errors import LandslideBatchError
 from ..outputs.store import BlockStore
 from ..plan.tiling import Block, TileGrid
+from .actor_pool import ActorPool
 from .device import device_type
-from .stages import PredictBlock, PredictorSpec, ReadBlock, WriteBlock
+from .stages import PredictBlock, PredictorSpec, ReadBlock, WriteBlock, block_of
 from .stripes import BlockTask, plan_tasks, split_stripes
 
 log = logging.getLogger(__name__)
@@ -174,31 +175,16 @@ def device_session(device: str, executor: str, settings: RaySettings) -> Abstrac
     return nullcontext()
 
 
-class PredictBlockActor:
-    """``PredictBlock`` on a Ray actor, one stripe at a time. The predictor is built with the first
-    block, so an error there (a model, no GPU) reaches the driver as that block's error; results
-    name the node that computed them."""
+def actor_pool(spec: PredictorSpec, settings: RaySettings, *, shared: bool = False,
+               on_block: Callable[[Block], None] | None = None) -> ActorPool:
+    """A pool of predictor actors for ``spec`` (a shipped spec), sized and placed by ``settings``
+    on the cluster this process is connected to (call it inside a ``ray_session``)."""
+    import ray
 
-    def __init__(self, spec: PredictorSpec, grid: TileGrid, reader: ReadBlock | None):
-        self.spec, self.grid, self.reader = spec, grid, reader
-        self.stage: PredictBlock | None = None
-        self.stripe = -1
-
-    def ready(self) -> None:
-        """Answers once the actor is placed: the driver hands it a stripe then."""
-
-    def predict(self, row: dict, imports: dict) -> dict:
-        import ray
-
-        from .predictor import TileReuse
-
-        if self.stage is None:
-            self.stage = PredictBlock(self.spec, self.grid, reader=self.reader)
-        if row["task"].stripe != self.stripe:  # a new stripe: nothing of the last one is needed
-            self.stage.reuse, self.stripe = TileReuse(), row["task"].stripe
-        result = self.stage({**row, "imports": imports})
-        result["node"] = ray.get_runtime_context().get_node_id()
-        return result
+    nodes = [n for n in ray.nodes() if n["Alive"]]
+    plan = plan_actors(settings, spec.device, spec.threads, ray.cluster_resources().get("GPU", 0),
+                       [int(n["Resources"].get("CPU", 0)) for n in nodes])
+    return ActorPool(replace(spec, device=plan.device, threads=plan.threads), plan, shared=shared, on_block=on_block)
 
 
 def _read_block(read: ReadBlock, row: dict) -> dict:
@@ -231,7 +217,7 @@ class _Handover:
         return out
 
 
-def run_ray(blocks: list[Block], ctx: StageContext, settings: RaySettings) -> Iterator[dict]:
+def run_ray(blocks: list[Block], ctx: StageContext, pool: ActorPool) -> Iterator[dict]:
     """Blocks through predictor actors inside a ``ray_session``, one stripe per actor; results
     come back to the driver, which writes them (so the output store needs no shared disk).
     A stripe goes to the first actor that is placed and free, so a job whose actors do not all
@@ -243,22 +229,19 @@ def run_ray(blocks: list[Block], ctx: StageContext, settings: RaySettings) -> It
     actors read their own blocks: there reading is ~2 % of a block, and read tasks would only
     compete with the model's threads for the cores and copy every block's bands through the
     object store. Actors restart and retry their blocks without limit when they or their node
-    die (``max_restarts`` / ``max_task_retries`` -1)."""
+    die (``max_restarts`` / ``max_task_retries`` -1). The actors are ``pool``'s: started here if
+    not yet, left running (the pool's owner closes it), so a region's next scene finds them warm."""
     if not blocks:  # every block is done (a re-run after a failure while finishing): nothing to compute
         return
     import ray
 
-    nodes = [n for n in ray.nodes() if n["Alive"]]
-    plan = plan_actors(settings, ctx.predictor.device, ctx.predictor.threads, ray.cluster_resources().get("GPU", 0),
-                       [int(n["Resources"].get("CPU", 0)) for n in nodes])
+    pool.start()
+    plan = pool.plan
     stripes = _stripe_rows(blocks, ctx.grid, plan.actors)
     read = ReadBlock(ctx.scene_path, ctx.grid)
-    spec = replace(ctx.predictor, device=plan.device, threads=plan.threads)
-    # SPREAD: actors on different nodes where they fit (more memory bandwidth, a node's loss costs one)
-    actor_class = ray.remote(PredictBlockActor).options(num_cpus=plan.num_cpus, num_gpus=plan.num_gpus,
-                                                        max_restarts=-1, max_task_retries=-1,
-                                                        scheduling_strategy="SPREAD")
-    actors = [actor_class.remote(spec, ctx.grid, None if plan.read_ahead else read) for _ in stripes]
+    actors = pool.actors
+    scene = str(ctx.scene_path)
+    own_reader = None if plan.read_ahead else read
     # Read tasks beside CPU actors reserve no core: the actors hold them all for their threads.
     read_cpus = 0.5 if plan.device == "cuda" else 0
     read_task = ray.remote(_read_block).options(num_cpus=read_cpus, max_retries=-1) if plan.read_ahead else None
@@ -268,17 +251,18 @@ def run_ray(blocks: list[Block], ctx: StageContext, settings: RaySettings) -> It
     queues = [deque(rows) for rows in stripes]
     left = [len(rows) for rows in stripes]  # results outstanding per stripe
     queued = [0] * len(stripes)
-    unassigned = deque(range(len(stripes)))
+    # The last stripe first: it never waits, and predicts the tiles it shares at its start, so an
+    # earlier stripe whose actor is placed later finds them handed over instead of predicting them.
+    unassigned = deque(reversed(range(len(stripes))))
     actor_of: dict[int, int] = {}  # running stripe -> actor
-    placing = {actor.ready.remote(): a for a, actor in enumerate(actors)}  # ObjectRef -> actor
     pending: dict = {}  # ObjectRef -> stripe
     handover = _Handover(stripes)
 
     def start_stripe(a: int) -> None:
         if unassigned:
             actor_of[unassigned.popleft()] = a
-        else:  # nothing left for it: free its resources for others
-            ray.kill(actors[a])
+        else:  # nothing left for it in this scene
+            pool.idle(a)
 
     def submit_ready() -> None:
         for s, a in actor_of.items():
@@ -287,34 +271,34 @@ def run_ray(blocks: list[Block], ctx: StageContext, settings: RaySettings) -> It
                 row = queue.popleft()
                 imports = handover.take(row["task"])
                 block = read_task.remote(read, row) if read_task else row
-                pending[actors[a].predict.remote(block, imports)] = s
+                pending[actors[a].predict.remote(block, imports, scene, ctx.grid, own_reader)] = s
                 queued[s] += 1
 
     write = WriteBlock(ctx.store)
-    try:
-        while pending or any(left):
-            if not pending and not placing:  # cannot happen: the highest running stripe never waits
-                raise RuntimeError(f"blocks left waiting for tiles from other stripes: {left}")
-            (ref,), _ = ray.wait(list(pending) + list(placing), num_returns=1)
-            if ref in placing:
-                ray.get(ref)
-                start_stripe(placing.pop(ref))
-                submit_ready()
-                continue
-            s = pending.pop(ref)
-            queued[s] -= 1
-            left[s] -= 1
-            result = _result(ref)
-            handover.add(result.pop("exports"))
-            if not left[s]:
-                start_stripe(actor_of.pop(s))
+    for a in [a for a in pool.placed if a not in pool.retired]:  # warm from an earlier scene: free now
+        start_stripe(a)
+    submit_ready()
+    while pending or any(left):
+        if not pending and not pool.placing:  # cannot happen: the highest running stripe never waits
+            raise RuntimeError(f"blocks left waiting for tiles from other stripes: {left}")
+        (ref,), _ = ray.wait(list(pending) + list(pool.placing), num_returns=1)
+        if ref in pool.placing:
+            start_stripe(pool.mark_placed(ref))
             submit_ready()
-            yield _write(write, result, result["node"])
-        if placing:
-            log.info("ray: %d predictor actor(s) never started (their resources never became free)", len(placing))
-    finally:
-        for actor in actors:
-            ray.kill(actor)
+            continue
+        s = pending.pop(ref)
+        queued[s] -= 1
+        left[s] -= 1
+        result = _result(ref)
+        handover.add(result.pop("exports"))
+        if not left[s]:
+            start_stripe(actor_of.pop(s))
+        submit_ready()
+        row = _write(write, result, result["node"])
+        pool.block_done(block_of(result))
+        yield row
+    if pool.placing:
+        log.info("ray: %d predictor actor(s) not started yet (their resources never became free)", len(pool.placing))
 
 
 def _result(ref) -> dict:
