@@ -69,6 +69,16 @@ class RaySettings(StrictModel):
         return v
 
 
+class StacSearch(StrictModel):
+    """``stac_search:`` of a region job."""
+
+    url: str  # the STAC API's root (its landing page), e.g. https://earth-search.aws.element84.com/v1
+    collections: list[str] = Field(min_length=1)  # e.g. [sentinel-2-l2a]
+    datetime: str | None = None  # RFC 3339 instant or interval, e.g. 2015-04-25/2015-06-30
+    max_cloud_cover: float | None = Field(None, ge=0, le=100)  # eo:cloud_cover, percent
+    max_items: int = Field(50, ge=1)
+
+
 def _as_list(v):
     """``scenes:`` may be one string (a glob or a STAC ItemCollection file) or a list."""
     return [v] if isinstance(v, (str, Path)) else v
@@ -85,6 +95,8 @@ class JobConfig(StrictModel):
     #: ``module:function`` signing STAC asset hrefs of a region's items (e.g. Planetary Computer's
     #: ``planetary_computer:sign``); default: hrefs are used as they are.
     href_signer: str | None = None
+    #: A region's scenes from a STAC API search over the AOI (with or besides ``scenes``).
+    stac_search: StacSearch | None = None
     out: PathOrUri
     ensemble: PathOrUri | None = None
     models: list[PathOrUri] = Field(default_factory=list)
@@ -131,10 +143,13 @@ class JobConfig(StrictModel):
 
     @model_validator(mode="after")
     def _check(self) -> "JobConfig":
+        if self.stac_search is not None and self.scenes is None:
+            self.scenes = []  # a region job whose scenes all come from the search
         if (self.scene is None) == (self.scenes is None):
-            raise ValueError("give exactly one of 'scene' (one scene) or 'scenes' (a region job, with 'aoi')")
+            raise ValueError("give exactly one of 'scene' (one scene) or 'scenes' / 'stac_search' (a region job, "
+                             "with 'aoi')")
         if self.scenes is not None and self.aoi is None:
-            raise ValueError("a region job ('scenes') needs 'aoi': the area its map covers")
+            raise ValueError("a region job ('scenes' / 'stac_search') needs 'aoi': the area its map covers")
         if self.scenes is None and (self.aoi is not None or self.crs is not None):
             raise ValueError("'aoi' and 'crs' belong to region jobs: give 'scenes' (or set inputs.aoi to clip "
                              "one scene)")

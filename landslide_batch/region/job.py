@@ -20,7 +20,7 @@ import json
 import logging
 import shutil
 import time
-from contextlib import ExitStack, nullcontext
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,6 +30,7 @@ import zarr
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.features import geometry_mask
+from rasterio.warp import transform_bounds
 from shapely.geometry import box, mapping
 
 from ..bands import BAND_INDEX, L4S_BANDS, RGB_BANDS
@@ -64,7 +65,9 @@ from .mosaic import (
     sample,
     source_pixels,
 )
+from .progress import RegionProgress
 from .scenes import SceneSource, find_scenes, load_signer
+from .stac_search import search_items
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +143,7 @@ def _run_region_locked(cfg: JobConfig, out: Path, overwrite: bool) -> dict:
         return {**previous, "blocks": {**previous["blocks"], "computed": 0, "resumed": previous["blocks"]["total"]}}
 
     t_map = time.perf_counter()
-    _map_scenes(cfg, scenes, overwrite)
+    actors = _map_scenes(cfg, scenes, overwrite)
     map_s = time.perf_counter() - t_map
 
     t_merge = time.perf_counter()
@@ -170,7 +173,9 @@ def _run_region_locked(cfg: JobConfig, out: Path, overwrite: bool) -> dict:
         "config": cfg.model_dump(mode="json"),
         "models": [{"path": str(m.model), "name": c.name, "weight": m.weight, "threshold": c.threshold, "sha256": sha}
                    for m, c, sha in zip(members.members, cards, model_shas)],
-        "models_loaded": 1 if cfg.executor == "local" else None,
+        # times the models were loaded: once locally, once per actor (warm across scenes) on Ray
+        "models_loaded": 1 if actors is None else sum(a["models_loaded"] for a in actors),
+        **({"actors": actors} if actors is not None else {}),
         "versions": package_versions(),
         "region": {"crs": grid.crs_wkt, "epsg": crs.to_epsg(), "height": grid.height, "width": grid.width,
                    "transform": list(grid.transform), "resolution_m": cfg.resolution, "aoi": aoi_text,
@@ -218,7 +223,11 @@ def _discard_unless(folder: Path, rhash: str) -> None:
 def _prepare_scenes(cfg: JobConfig, work: Path, aoi, crs: CRS) -> tuple[list[MappedScene], list[dict]]:
     """Find, ingest and check every scene; scenes missing the AOI are skipped with a warning.
     Raises InputError for a scene without a CRS or at another resolution, and when none is left."""
-    sources = find_scenes(list(cfg.scenes or []), work / "items", load_signer(cfg.href_signer))
+    entries = list(cfg.scenes or [])
+    if cfg.stac_search is not None:
+        entries.append(search_items(cfg.stac_search, transform_bounds(crs, "EPSG:4326", *aoi.bounds),
+                                    work / "stac_search.json"))
+    sources = find_scenes(entries, work / "items", load_signer(cfg.href_signer))
     scenes, skipped = [], []
     for src in sources:
         folder = work / "scenes" / src.id
@@ -267,24 +276,30 @@ def _signature(scenes: list[MappedScene]) -> str:
     return hashlib.sha256(json.dumps(sorted((s.source.id, s.sha256) for s in scenes)).encode()).hexdigest()[:16]
 
 
-def _map_scenes(cfg: JobConfig, scenes: list[MappedScene], overwrite: bool) -> None:
-    """Each scene through the single-scene pipeline into its folder. Local: the models load once,
-    and every scene predicts with that one predictor. Ray: one Ray session for all scenes."""
-    predictor = None
-    if cfg.executor == "local":
-        predictor = predictor_spec(cfg, ensemble_members(cfg)).build()
-    if cfg.executor == "ray":
-        from ..infer.executors import ray_session
+def _map_scenes(cfg: JobConfig, scenes: list[MappedScene], overwrite: bool) -> list[dict] | None:
+    """Each scene through the single-scene pipeline into its folder, with the models loaded once.
+    Local: every scene predicts with one predictor. Ray: one Ray session and one pool of warm
+    predictor actors for all scenes; -> each actor's ``{node, models_loaded}`` (None locally)."""
+    spec = predictor_spec(cfg, ensemble_members(cfg))
+    progress = RegionProgress([(s.scene.info.height, s.scene.info.width) for s in scenes], cfg.block, cfg.resolution)
+    with ExitStack() as session:
+        predictor = pool = None
+        if cfg.executor == "local":
+            predictor = spec.build()
+        else:
+            from ..infer.executors import actor_pool, ray_session
 
-        session = ray_session(cfg.ray)
-    else:
-        session = nullcontext()
-    with session:
+            session.enter_context(ray_session(cfg.ray))
+            pool = session.enter_context(actor_pool(spec.check().shipped(), cfg.ray, shared=True,
+                                                    on_block=progress.block_done))
         for i, s in enumerate(scenes, 1):
             log.info("region: scene %d/%d %s", i, len(scenes), s.source.origin)
             scene_cfg = cfg.model_copy(update={"scene": s.folder / "scene.zarr", "out": s.folder / "map",
                                                "scenes": None, "aoi": None, "crs": None, "inputs": None})
-            s.manifest = run_job(scene_cfg, overwrite=overwrite, predictor=predictor)
+            s.manifest = run_job(scene_cfg, overwrite=overwrite, predictor=predictor, pool=pool)
+            progress.scene_done()
+            log.info("region: %s", progress.describe())
+        return pool.loads() if pool is not None else None
 
 
 def _scene_reader(s: MappedScene, has_slope: bool):
