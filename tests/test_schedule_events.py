@@ -117,3 +117,67 @@ def test_cluster_submission_of_an_event_follows_the_shared_fs_rule(region, tmp_p
     assert main(["schedule", _schedule_yaml(tmp_path, d, model, submit={"address": "http://127.0.0.1:1"},
                                             state="other.json"), "--once"]) == ConfigError.exit_code
     assert "cannot read paths of this machine" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_scheduled_sentinel2_items_with_one_asset_per_band(region, tmp_path):  # noqa: F811
+    """Real L2A catalogs have one asset per band: with ``asset: null`` each item is the scene,
+    ingested as a STAC item (bands resampled to 10 m, SCL clouds masked), and a second pass maps
+    only the item that arrived."""
+    import pystac
+    from pyproj import Transformer
+    from shapely.geometry import mapping
+    from test_region import _l2a_item, _utm
+
+    from landslide_batch.jobs.stac import raster_footprint
+    from landslide_batch.synthetic import synthetic_scene
+
+    _, model = region
+    world, _ = synthetic_scene(120, 300, seed=21)
+    x0, y0 = _utm(32645, 84.3, 28.2)
+    x0, y0 = x0 - x0 % 60, y0 - y0 % 60
+    files = tmp_path / "files"
+    files.mkdir()
+    items = []
+    for name, cols, origin, day in (("S2A_20150502", slice(0, 180), (x0, y0), 1),
+                                    ("S2B_20150507", slice(120, 300), (x0 + 1200, y0), 2)):
+        d = _l2a_item(files, name, world, cols, origin, None, {"eo:cloud_cover": 1.0})
+        for asset in d["assets"].values():
+            asset["href"] = str(files / asset["href"])
+        geom, _, bounds = raster_footprint(files / name / "B02.tif")
+        d.update(geometry=mapping(geom), bbox=list(geom.bounds),
+                 properties={**d["properties"], "datetime": (EVENT + timedelta(days=day)).isoformat()})
+        items.append(pystac.Item.from_dict(d))
+
+    def catalog(with_items):
+        cat = pystac.Catalog("l2a", "per-band items")
+        for item in with_items:
+            cat.add_item(item.clone())
+        cat.normalize_hrefs(str(tmp_path / "catalog"))
+        cat.save(pystac.CatalogType.SELF_CONTAINED)
+
+    west, north = Transformer.from_crs(32645, 4326, always_xy=True).transform(x0 + 300, y0 - 200)
+    east, south = Transformer.from_crs(32645, 4326, always_xy=True).transform(x0 + 2700, y0 - 1000)
+    aoi = tmp_path / "aoi.geojson"
+    aoi.write_text(json.dumps({"type": "Polygon", "coordinates": [[
+        [west, south], [east, south], [east, north], [west, north], [west, south]]]}))
+    spec = {"name": "l2a", "catalog": "catalog/catalog.json", "asset": None, "event_date": EVENT.isoformat(),
+            "aois": [{"name": "valley", "geojson": str(aoi)}], "job": {"models": [str(model)], **SETTINGS},
+            "output": {"root": "events"}}
+    (tmp_path / "schedule.yaml").write_text(yaml.safe_dump(spec))
+
+    catalog(items[:1])
+    schedule = load_schedule(str(tmp_path / "schedule.yaml"))
+    out = tmp_path / "events" / schedule.event("valley")
+    assert run_pass(schedule, LocalRunner()) == [job_id(schedule.event("valley"), ["S2A_20150502"])]
+    catalog(items)
+    assert run_pass(schedule, LocalRunner()) == [job_id(schedule.event("valley"), ["S2A_20150502", "S2B_20150507"])]
+    run = json.loads((out / "run.json").read_text())
+    blocks = {name: s["blocks"] for s in run["scenes"] for name in ("S2A_20150502", "S2B_20150507")
+              if name in s["source"]}
+    assert blocks["S2A_20150502"]["computed"] == 0 < blocks["S2A_20150502"]["resumed"]
+    assert blocks["S2B_20150507"]["computed"] == blocks["S2B_20150507"]["total"] > 0
+    with rasterio.open(out / "probability.tif") as ds:
+        prob = ds.read(1)
+        assert ds.crs.to_epsg() == 32645
+    assert (prob >= 0).mean() > 0.9 and prob[prob >= 0].std() >= 0.05

@@ -98,7 +98,9 @@ class ScheduleConfig(StrictModel):
     name: str = Field(pattern=r"^[A-Za-z0-9._-]+$")
     catalog: str  # static STAC catalog: catalog.json path, http(s) URL or fsspec URI
     collection: str | None = None  # only items of this collection
-    asset: str = "image"  # asset key of the 14-band scene
+    #: Asset key of the 14-band scene; null: the items have one asset per band (Sentinel-2 L2A),
+    #: each item is ingested as a scene (bands resampled to 10 m, SCL clouds masked).
+    asset: str | None = "image"
     event_date: datetime  # map scenes acquired at or after this (naive: UTC)
     until: datetime | None = None  # and up to this; the loop stops after it
     cadence: timedelta = Field(timedelta(hours=6), gt=timedelta(0))  # between passes without --once
@@ -163,7 +165,13 @@ class Schedule:
         return event_id(aoi_name, self.aois[aoi_name], self.config.event_date, self.config_hash)
 
     def scene_path(self, scene: SceneItem) -> str:
-        """The scene's 14-band asset; behind a URI, downloaded to the staging folder first."""
+        """The scene's 14-band asset; behind a URI, downloaded to the staging folder first. An item
+        with one asset per band is written as an item file (hrefs absolute) for the region job."""
+        if scene.item is not None:
+            path = self.events_dir / "items" / f"{_slug(scene.id)}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(scene.item))
+            return str(path)
         out = self.config.output
         return (str(fetch(scene.href, (out.staging or out.root / "_staging") / _slug(scene.id)))
                 if is_uri(scene.href) else str(local_path(scene.href)))

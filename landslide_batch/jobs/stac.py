@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -84,9 +84,11 @@ class SceneItem:
 
     id: str
     datetime: datetime
-    href: str        # the scene asset, absolute path or URI
+    href: str        # the scene asset, absolute path or URI (the item itself for one asset per band)
     item_href: str   # the item itself, for the output's derived_from links
     aois: tuple[str, ...]
+    #: The item with absolute asset hrefs, when the scene is the item (one asset per band).
+    item: dict | None = field(default=None, compare=False)
 
 
 def _item_time(item: pystac.Item) -> datetime | None:
@@ -94,10 +96,12 @@ def _item_time(item: pystac.Item) -> datetime | None:
     return utc(dt) if dt else None
 
 
-def find_scenes(catalog: str, *, asset: str, aois: dict[str, BaseGeometry], start: datetime,
+def find_scenes(catalog: str, *, asset: str | None, aois: dict[str, BaseGeometry], start: datetime,
                 end: datetime | None = None, collection: str | None = None,
                 max_cloud_cover: float | None = None) -> list[SceneItem]:
-    """Items at or after ``start`` (and up to ``end``) intersecting any AOI, oldest first."""
+    """Items at or after ``start`` (and up to ``end``) intersecting any AOI, oldest first.
+    ``asset``: the key of a 14-band scene asset; None: each item is the scene (Sentinel-2 L2A
+    with one asset per band, assembled by ingest like any STAC item)."""
     try:
         root = pystac.Catalog.from_file(catalog, stac_io=FsspecStacIO())
     except (OSError, ValueError, pystac.STACError) as exc:
@@ -113,6 +117,10 @@ def find_scenes(catalog: str, *, asset: str, aois: dict[str, BaseGeometry], star
         footprint = shape(item.geometry) if item.geometry else box(*item.bbox) if item.bbox else None
         hits = tuple(name for name, aoi in aois.items() if footprint is not None and footprint.intersects(aoi))
         if not hits:
+            continue
+        if asset is None:
+            item.make_asset_hrefs_absolute()
+            found.append(SceneItem(item.id, when, item.get_self_href(), item.get_self_href(), hits, item.to_dict()))
             continue
         if asset not in item.assets:
             log.warning("skipping STAC item %s: no asset %r (it has: %s); 'asset' in the schedule names the "
