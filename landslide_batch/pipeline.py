@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import zarr
@@ -47,7 +48,7 @@ from .outputs.rasters import write_cog
 from .outputs.store import NODATA, SLOPE, BlockStore, create_store
 from .outputs.summary import assumed_pixel_m, describe_mapped
 from .storage import Location, exclusive_location, location, require_exists, storage_errors
-from .plan.tiling import TileGrid, plan_blocks, tile_uses
+from .plan.tiling import Block, TileGrid, plan_blocks, tile_uses
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,8 @@ def job_hash(cfg: JobConfig, scene_sha: str, model_shas: list[str], device: str)
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def run_job(cfg: JobConfig, *, overwrite: bool = False, predictor=None, pool=None) -> dict:
+def run_job(cfg: JobConfig, *, overwrite: bool = False, predictor=None, pool=None,
+            on_block: Callable[[Block], None] | None = None) -> dict:
     """Run (or resume) a job; returns the run manifest (also written to ``OUT/run.json``).
 
     A region job (``scenes:``) runs in ``region.job``, which maps each scene through here.
@@ -88,6 +90,7 @@ def run_job(cfg: JobConfig, *, overwrite: bool = False, predictor=None, pool=Non
     loads its models once for all scenes); the local executor then predicts with it.
     ``pool``: the same for Ray, an ``infer.actor_pool.ActorPool`` of warm predictor actors
     (started in the caller's Ray session), which the job uses and leaves running.
+    ``on_block``: called with each block once written (a region's progress over its scenes).
 
     ``out`` may be a local folder or an object-store prefix: there the lock is a lease object,
     the work (scene store, output store, markers) lives under ``OUT/.work/`` and the products
@@ -109,10 +112,11 @@ def run_job(cfg: JobConfig, *, overwrite: bool = False, predictor=None, pool=Non
         held.enter_context(bounded_gdal_cache())
         held.enter_context(device_session(cfg.device, cfg.executor, cfg.ray))  # Ray's `auto` asks the cluster
         stage = Path(held.enter_context(tempfile.TemporaryDirectory(prefix="landslide-products-")))
-        return _run_locked(cfg, out, overwrite, stage, predictor, pool)
+        return _run_locked(cfg, out, overwrite, stage, predictor, pool, on_block)
 
 
-def _run_locked(cfg: JobConfig, out: Location, overwrite: bool, scratch: Path, predictor=None, pool=None) -> dict:
+def _run_locked(cfg: JobConfig, out: Location, overwrite: bool, scratch: Path, predictor=None, pool=None,
+                on_block: Callable[[Block], None] | None = None) -> dict:
     """``scratch``: a local folder for the products of a job whose ``out`` is on object storage."""
     t0 = time.perf_counter()
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -211,6 +215,7 @@ def _run_locked(cfg: JobConfig, out: Location, overwrite: bool, scratch: Path, p
             rows = run_ray(todo, ctx, pool)
         forward = tiles = kept_at_end = 0
         node_of: dict[str, str] = {}
+        by_key = {b.key: b for b in todo}
         t_loop = time.perf_counter()
         for i, row in enumerate(rows, 1):
             forward += row["forward_passes"]
@@ -220,6 +225,8 @@ def _run_locked(cfg: JobConfig, out: Location, overwrite: bool, scratch: Path, p
             dt = time.perf_counter() - max(t_loop, *models_ready)
             log.info("block %s done (%d/%d): %d tiles, %.1f tiles/s so far", row["key"], i, len(todo),
                      row["tiles"], tiles / dt if dt else 0.0)
+            if on_block is not None:
+                on_block(by_key[row["key"]])
         t_plan = max(t_loop, *models_ready)  # inference starts once the models are ready
         actors = pool.loads() if pool is not None else None  # how often each actor loaded its models
         infer_s = time.perf_counter() - t_plan

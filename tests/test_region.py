@@ -95,13 +95,19 @@ def _expected_mosaic(maps: list, dst_t: Affine, shape: tuple[int, int], dst_crs,
     return np.where((den > 0) & aoi_inside, num / np.where(den > 0, den, 1), -1.0), den
 
 
-def test_two_utm_zones_make_one_seamless_region_map(region):
+def test_two_utm_zones_make_one_seamless_region_map(region, caplog):
     import geopandas as gpd
     from rasterio.features import geometry_mask
     from shapely.geometry import box
 
     d, model = region
-    manifest = run_job(job_from_dict(_job(d, model, "region", ["A.tif", "B.tif"])))
+    with caplog.at_level(logging.INFO, logger="landslide_batch.region.progress"):
+        manifest = run_job(job_from_dict(_job(d, model, "region", ["A.tif", "B.tif"])))
+    # Progress over the whole region on the local executor too: blocks done / total, km²/h, ETA.
+    total = sum(s["blocks"]["total"] for s in manifest["scenes"])
+    done = [tuple(map(int, m.groups())) for m in re.finditer(r"region: (\d+)/(\d+) blocks", caplog.text)]
+    assert done[-1] == (total, total) and [n for n, _ in done] == sorted(n for n, _ in done)
+    assert re.search(r"\d+\.\d km²/h, ETA \d+:\d\d:\d\d", caplog.text)
     singles = [run_job(job_from_dict({"scene": str(d / f"{s}.tif"), "models": [str(model)], "out": str(d / s),
                                       **SETTINGS})) for s in "AB"]
     out = d / "region"

@@ -9,12 +9,12 @@ own and closes it with the job.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from .stages import PredictBlock, PredictorSpec, ReadBlock
 
 if TYPE_CHECKING:
-    from ..plan.tiling import Block, TileGrid
+    from ..plan.tiling import TileGrid
     from .executors import ActorPlan
 
 log = logging.getLogger(__name__)
@@ -61,12 +61,10 @@ class PredictBlockActor:
 class ActorPool:
     """``plan.actors`` predictor actors of ``spec``, created on first use. ``shared``: the pool
     serves several scenes, so an actor without a stripe in one scene stays (idle, warm) for the
-    next; a job's own pool kills it at once to free its resources for others.
-    ``on_block``: called with each block written (the region's progress)."""
+    next; a job's own pool kills it at once to free its resources for others."""
 
-    def __init__(self, spec: PredictorSpec, plan: ActorPlan, *, shared: bool = False,
-                 on_block: Callable[[Block], None] | None = None):
-        self.spec, self.plan, self.shared, self.on_block = spec, plan, shared, on_block
+    def __init__(self, spec: PredictorSpec, plan: ActorPlan, *, shared: bool = False):
+        self.spec, self.plan, self.shared = spec, plan, shared
         self.actors: list = []
         self.placing: dict = {}  # ObjectRef of ready() -> actor index, for actors not placed yet
         self.placed: list[int] = []  # actors placed, in the order they were
@@ -104,10 +102,6 @@ class ActorPool:
         if not self.shared:
             self.retired[a] = ray.get(self.actors[a].loads.remote())
             ray.kill(self.actors[a])
-
-    def block_done(self, block: Block) -> None:
-        if self.on_block is not None:
-            self.on_block(block)
 
     def loads(self) -> list[dict]:
         """``{actor, node, models_loaded}`` of every placed actor (in placing order)."""

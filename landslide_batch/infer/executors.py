@@ -16,7 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 from ..config import RaySettings
 from ..errors import LandslideBatchError
@@ -24,7 +24,7 @@ from ..outputs.store import BlockStore
 from ..plan.tiling import Block, TileGrid
 from .actor_pool import ActorPool
 from .device import device_type
-from .stages import PredictBlock, PredictorSpec, ReadBlock, WriteBlock, block_of
+from .stages import PredictBlock, PredictorSpec, ReadBlock, WriteBlock
 from .stripes import BlockTask, plan_tasks, split_stripes
 
 log = logging.getLogger(__name__)
@@ -175,8 +175,7 @@ def device_session(device: str, executor: str, settings: RaySettings) -> Abstrac
     return nullcontext()
 
 
-def actor_pool(spec: PredictorSpec, settings: RaySettings, *, shared: bool = False,
-               on_block: Callable[[Block], None] | None = None) -> ActorPool:
+def actor_pool(spec: PredictorSpec, settings: RaySettings, *, shared: bool = False) -> ActorPool:
     """A pool of predictor actors for ``spec`` (a shipped spec), sized and placed by ``settings``
     on the cluster this process is connected to (call it inside a ``ray_session``)."""
     import ray
@@ -184,7 +183,7 @@ def actor_pool(spec: PredictorSpec, settings: RaySettings, *, shared: bool = Fal
     nodes = [n for n in ray.nodes() if n["Alive"]]
     plan = plan_actors(settings, spec.device, spec.threads, ray.cluster_resources().get("GPU", 0),
                        [int(n["Resources"].get("CPU", 0)) for n in nodes])
-    return ActorPool(replace(spec, device=plan.device, threads=plan.threads), plan, shared=shared, on_block=on_block)
+    return ActorPool(replace(spec, device=plan.device, threads=plan.threads), plan, shared=shared)
 
 
 def _read_block(read: ReadBlock, row: dict) -> dict:
@@ -295,7 +294,6 @@ def run_ray(blocks: list[Block], ctx: StageContext, pool: ActorPool) -> Iterator
             start_stripe(actor_of.pop(s))
         submit_ready()
         row = _write(write, result, result["node"])
-        pool.block_done(block_of(result))
         yield row
     if pool.placing:
         log.info("ray: %d predictor actor(s) not started yet (their resources never became free)", len(pool.placing))

@@ -290,13 +290,13 @@ def _map_scenes(cfg: JobConfig, scenes: list[MappedScene], overwrite: bool) -> l
             from ..infer.executors import actor_pool, ray_session
 
             session.enter_context(ray_session(cfg.ray))
-            pool = session.enter_context(actor_pool(spec.check().shipped(), cfg.ray, shared=True,
-                                                    on_block=progress.block_done))
+            pool = session.enter_context(actor_pool(spec.check().shipped(), cfg.ray, shared=True))
         for i, s in enumerate(scenes, 1):
             log.info("region: scene %d/%d %s", i, len(scenes), s.source.origin)
             scene_cfg = cfg.model_copy(update={"scene": s.folder / "scene.zarr", "out": s.folder / "map",
                                                "scenes": None, "aoi": None, "crs": None, "inputs": None})
-            s.manifest = run_job(scene_cfg, overwrite=overwrite, predictor=predictor, pool=pool)
+            s.manifest = run_job(scene_cfg, overwrite=overwrite, predictor=predictor, pool=pool,
+                                 on_block=progress.block_done)
             progress.scene_done()
             log.info("region: %s", progress.describe())
         return pool.loads() if pool is not None else None
