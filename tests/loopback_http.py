@@ -64,15 +64,22 @@ def _handler(state: ServerState):
 
 
 @contextmanager
-def serve(root: Path) -> Iterator[tuple[str, ServerState]]:
-    """(base URL, state) of a threaded HTTP server on 127.0.0.1 serving ``root``."""
-    state = ServerState(Path(root))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
+def serving(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
+    """The base URL of a threaded HTTP server on 127.0.0.1 answering with ``handler``."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", state
+        yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+@contextmanager
+def serve(root: Path) -> Iterator[tuple[str, ServerState]]:
+    """(base URL, state) of a threaded HTTP server on 127.0.0.1 serving ``root``."""
+    state = ServerState(Path(root))
+    with serving(_handler(state)) as url:
+        yield url, state

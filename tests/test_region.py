@@ -351,15 +351,29 @@ def _l2a_item(root: Path, name: str, world: np.ndarray, cols: slice, origin: tup
             "geometry": None, "properties": {"s2:processing_baseline": "05.11", **props}, "assets": assets}
 
 
+def l2a_world(tmp_path: Path):
+    """The synthetic world the L2A-like items are cut from (EPSG:32645 near 84.3°E 28.2°N, origin
+    on the 60 m grid) and an AOI over both its halves; -> (world, (x0, y0), AOI file, AOI bounds
+    west, south, east, north in degrees)."""
+    world, _ = synthetic_scene(120, 300, seed=21)
+    x0, y0 = _utm(32645, 84.3, 28.2)
+    x0, y0 = x0 - x0 % 60, y0 - y0 % 60
+    to_degrees = Transformer.from_crs(32645, 4326, always_xy=True)
+    west, north = to_degrees.transform(x0 + 300, y0 - 200)
+    east, south = to_degrees.transform(x0 + 2700, y0 - 1000)
+    aoi = tmp_path / "aoi.geojson"
+    aoi.write_text(json.dumps({"type": "Polygon", "coordinates": [[
+        [west, south], [east, south], [east, north], [west, north], [west, south]]]}))
+    return world, (x0, y0), aoi, (west, south, east, north)
+
+
 def test_stac_item_collection_over_http_gives_a_region_map(region, tmp_path):
     """Two Sentinel-2 L2A-like items, one asset per band (10/20/60 m, SCL, DEM), in an
     ItemCollection served over loopback HTTP with relative hrefs, signed by the job's signer."""
     import geopandas as gpd
 
     _, model = region
-    world, _ = synthetic_scene(120, 300, seed=21)
-    x0, y0 = _utm(32645, 84.3, 28.2)
-    x0, y0 = x0 - x0 % 60, y0 - y0 % 60
+    world, (x0, y0), aoi, _ = l2a_world(tmp_path)
     root = tmp_path / "catalog"
     root.mkdir()
     items = [_l2a_item(root, "S2A_45RUL_20150502", world, slice(0, 180), (x0, y0), (slice(10, 30), slice(70, 85)),
@@ -367,13 +381,9 @@ def test_stac_item_collection_over_http_gives_a_region_map(region, tmp_path):
              _l2a_item(root, "S2B_45RUL_20150507", world, slice(120, 300), (x0 + 1200, y0), None,
                        {"datetime": "2015-05-07T05:00:00Z", "eo:cloud_cover": 0.5})]
     (root / "collection.json").write_text(json.dumps({"type": "FeatureCollection", "features": items}))
-    west, north = Transformer.from_crs(32645, 4326, always_xy=True).transform(x0 + 300, y0 - 200)
-    east, south = Transformer.from_crs(32645, 4326, always_xy=True).transform(x0 + 2700, y0 - 1000)
-    (tmp_path / "aoi.geojson").write_text(json.dumps({"type": "Polygon", "coordinates": [[
-        [west, south], [east, south], [east, north], [west, north], [west, south]]]}))
     with _range_server(root, tmp_path / "requests.log") as url:
         manifest = run_job(job_from_dict({
-            "scenes": f"{url}/collection.json", "aoi": str(tmp_path / "aoi.geojson"), "models": [str(model)],
+            "scenes": f"{url}/collection.json", "aoi": str(aoi), "models": [str(model)],
             "out": str(tmp_path / "out"), "href_signer": "test_region:sign_href", **SETTINGS}))
     seen = (tmp_path / "requests.log").read_text().split()
     bands_read = {p.split("?")[0] for p in seen if p.endswith(".tif?" + SIGNED)}

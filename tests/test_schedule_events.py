@@ -125,17 +125,13 @@ def test_scheduled_sentinel2_items_with_one_asset_per_band(region, tmp_path):  #
     ingested as a STAC item (bands resampled to 10 m, SCL clouds masked), and a second pass maps
     only the item that arrived."""
     import pystac
-    from pyproj import Transformer
     from shapely.geometry import mapping
-    from test_region import _l2a_item, _utm
+    from test_region import _l2a_item, l2a_world
 
     from landslide_batch.jobs.stac import raster_footprint
-    from landslide_batch.synthetic import synthetic_scene
 
     _, model = region
-    world, _ = synthetic_scene(120, 300, seed=21)
-    x0, y0 = _utm(32645, 84.3, 28.2)
-    x0, y0 = x0 - x0 % 60, y0 - y0 % 60
+    world, (x0, y0), aoi, _ = l2a_world(tmp_path)
     files = tmp_path / "files"
     files.mkdir()
     items = []
@@ -156,11 +152,6 @@ def test_scheduled_sentinel2_items_with_one_asset_per_band(region, tmp_path):  #
         cat.normalize_hrefs(str(tmp_path / "catalog"))
         cat.save(pystac.CatalogType.SELF_CONTAINED)
 
-    west, north = Transformer.from_crs(32645, 4326, always_xy=True).transform(x0 + 300, y0 - 200)
-    east, south = Transformer.from_crs(32645, 4326, always_xy=True).transform(x0 + 2700, y0 - 1000)
-    aoi = tmp_path / "aoi.geojson"
-    aoi.write_text(json.dumps({"type": "Polygon", "coordinates": [[
-        [west, south], [east, south], [east, north], [west, north], [west, south]]]}))
     spec = {"name": "l2a", "catalog": "catalog/catalog.json", "asset": None, "event_date": EVENT.isoformat(),
             "aois": [{"name": "valley", "geojson": str(aoi)}], "job": {"models": [str(model)], **SETTINGS},
             "output": {"root": "events"}}

@@ -5,22 +5,20 @@ searched with pystac-client, its Sentinel-2 L2A-like items (one asset per band) 
 from __future__ import annotations
 
 import json
-import threading
 from contextlib import contextmanager
 from datetime import datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import numpy as np
 import pytest
 import rasterio
-from pyproj import Transformer
-from test_region import SETTINGS, _l2a_item, _range_server, _utm, region  # noqa: F401 (region: a fixture)
+from loopback_http import serving
+from test_region import SETTINGS, _l2a_item, _range_server, l2a_world, region  # noqa: F401 (region: a fixture)
 
 from landslide_batch.cli import main
 from landslide_batch.config import job_from_dict
 from landslide_batch.errors import InputError
 from landslide_batch.pipeline import run_job
-from landslide_batch.synthetic import synthetic_scene
 
 CONFORMS = ["https://api.stacspec.org/v1.0.0/core", "https://api.stacspec.org/v1.0.0/item-search",
             "https://api.stacspec.org/v1.0.0/item-search#query"]
@@ -72,32 +70,19 @@ def stac_api(items: list[dict]):
             self._json({"type": "FeatureCollection", "features": [i for i in items if _matches(i, body)],
                         "links": []})
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Api)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}/", searches
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(Api) as url:
+        yield f"{url}/", searches
 
 
 def test_region_from_a_stac_api_search(region, tmp_path):  # noqa: F811
     _, model = region
-    world, _ = synthetic_scene(120, 300, seed=21)
-    x0, y0 = _utm(32645, 84.3, 28.2)
-    x0, y0 = x0 - x0 % 60, y0 - y0 % 60
+    world, (x0, y0), aoi, (west, south, east, north) = l2a_world(tmp_path)
     root = tmp_path / "files"
     root.mkdir()
     dated = [("S2A_20150502", slice(0, 180), (x0, y0), "2015-05-02T05:00:00Z", 8.0),
              ("S2B_20150507", slice(120, 300), (x0 + 1200, y0), "2015-05-07T05:00:00Z", 0.5),
              ("S2A_20150512", slice(0, 180), (x0, y0), "2015-05-12T05:00:00Z", 85.0),  # too cloudy
              ("S2B_20150320", slice(120, 300), (x0 + 1200, y0), "2015-03-20T05:00:00Z", 0.0)]  # before the event
-    west, north = Transformer.from_crs(32645, 4326, always_xy=True).transform(x0 + 300, y0 - 200)
-    east, south = Transformer.from_crs(32645, 4326, always_xy=True).transform(x0 + 2700, y0 - 1000)
-    aoi = tmp_path / "aoi.geojson"
-    aoi.write_text(json.dumps({"type": "Polygon", "coordinates": [[
-        [west, south], [east, south], [east, north], [west, north], [west, south]]]}))
     with _range_server(root, tmp_path / "requests.log") as files:
         items = []
         for name, cols, origin, when, cloud in dated:
