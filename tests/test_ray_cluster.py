@@ -263,7 +263,9 @@ def api_that_answers_once():
     """A loopback HTTP server that answers Ray's version check, then drops every connection
     without an answer (a head that died, a port-forward that broke) -> its address."""
     import json
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from http.server import BaseHTTPRequestHandler
+
+    from loopback_http import serving
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):
@@ -282,14 +284,8 @@ def api_that_answers_once():
         def log_message(self, *args):
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(Handler) as url:
+        yield url
 
 
 def test_submit_status_and_logs_turn_a_broken_connection_into_a_clear_error(api_that_answers_once, tmp_path,

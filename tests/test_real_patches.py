@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
-from torch import nn
+from test_study_import import lightning_state
 
 from landslide_batch.app import MODELS_ENV, PAGE, logic
 from landslide_batch.cli import main
@@ -41,18 +41,6 @@ def _mask(n: int) -> Path:
     return SAMPLE / "mask" / f"mask_{n}.h5"
 
 
-class _Wrapper(nn.Module):
-    def __init__(self, net):
-        super().__init__()
-        self.model = net
-
-
-class _Lightning(nn.Module):  # the study's LandslideModel's persistent state
-    def __init__(self, net):
-        super().__init__()
-        self.model, self.wce = _Wrapper(net), nn.BCELoss(weight=torch.tensor([5.0]))
-
-
 @pytest.fixture(scope="module")
 def study_model(tmp_path_factory):
     """(model folder imported from a study-layout mobilenetv2 checkpoint, its independent smp network).
@@ -69,7 +57,7 @@ def study_model(tmp_path_factory):
         head.weight.mul_(gain)
         head.bias.mul_(gain).sub_(float(y.mean()) * gain)
     root = tmp_path_factory.mktemp("real")
-    torch.save(_Lightning(net).state_dict(), root / "mobilenetv2.pth")
+    torch.save(lightning_state(net), root / "mobilenetv2.pth")
     import_checkpoint("mobilenetv2", root / "mobilenetv2.pth", root / "models" / "study_mobilenetv2")
     return root / "models" / "study_mobilenetv2", net
 
@@ -90,7 +78,7 @@ def test_float64_patches_are_read_exactly_and_ingested(tmp_path):
     assert valid.all() and np.array_equal(got, read_l4s_h5(_image(512)))
 
 
-def _independent_probability(net: nn.Module, bands: np.ndarray, tta: bool) -> np.ndarray:
+def _independent_probability(net: torch.nn.Module, bands: np.ndarray, tta: bool) -> np.ndarray:
     """The study's inference by hand: raw bands, NaN -> 1e-6, sigmoid; with ``tta`` the 8 flips and
     rotations, each turned back, averaged in numpy."""
     x = np.nan_to_num(bands, nan=1e-6)

@@ -55,24 +55,14 @@ def test_split_by_links_is_seeded_and_copies_nothing(tmp_path):
 def _published(folder: Path) -> Path:
     """A folder as ``import-model --all`` leaves it: one imported study checkpoint + ensemble.yaml."""
     import torch
-    from torch import nn
+    from test_study_import import lightning_state
 
     from landslide_batch.models.registry import build_model
     from landslide_batch.models.study import ensemble_yaml, import_checkpoint
 
-    class Wrapper(nn.Module):
-        def __init__(self, net):
-            super().__init__()
-            self.model = net
-
-    class Lightning(nn.Module):  # the study's LandslideModel's persistent state
-        def __init__(self, net):
-            super().__init__()
-            self.model, self.wce = Wrapper(net), nn.BCELoss(weight=torch.tensor([5.0]))
-
     torch.manual_seed(3)
     folder.mkdir()
-    torch.save(Lightning(build_model("Unet", "mobilenet_v2", 14)).state_dict(), folder / "mobilenetv2.pth")
+    torch.save(lightning_state(build_model("Unet", "mobilenet_v2", 14)), folder / "mobilenetv2.pth")
     import_checkpoint("mobilenetv2", folder / "mobilenetv2.pth", folder / "study_mobilenetv2")
     (folder / "ensemble.yaml").write_text(ensemble_yaml(["mobilenetv2"]))
     return folder

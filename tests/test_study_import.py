@@ -4,11 +4,11 @@ loading, identical predictions, and downloads from a loopback HTTP server (progr
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from loopback_http import serve
 from torch import nn
 
 from landslide_batch.cli import main
@@ -21,7 +21,6 @@ from landslide_batch.models.card import load_model_folder, read_card
 from landslide_batch.models.registry import build_model
 from landslide_batch.models.study import STUDY_MODELS, import_checkpoint
 from landslide_batch.synthetic import synthetic_scene
-from loopback_http import serve
 
 
 class _SmpWrapper(nn.Module):
@@ -48,6 +47,11 @@ class LandslideModel(nn.Module):
         super().__init__()
         self.model = inner
         self.wce = nn.BCELoss(weight=torch.tensor([5.0]))
+
+
+def lightning_state(net: nn.Module) -> dict:
+    """The state dict of the study's checkpoint file for a bare smp network ``net``."""
+    return LandslideModel(_SmpWrapper(net)).state_dict()
 
 
 def _reference(name: str, seed: int) -> tuple[nn.Module, nn.Module]:
