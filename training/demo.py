@@ -89,6 +89,7 @@ Map of the unseen scene against its known landslides (pixel-wise, threshold {car
 ({summary['objects']} landslide objects)
 NOTE: the model was trained for {epochs} epochs on SYNTHETIC data only, and scored on synthetic data
 drawn from the same generator. These numbers show the system works end to end; they say
-nothing about accuracy on real imagery. For real maps, train on Landslide4Sense
-(configs/train/*.yaml) and evaluate with `landslide-batch evaluate`.""")
+nothing about accuracy on real imagery. For real maps, import the reference study's trained
+models (`landslide-batch import-model --all`), or fetch Landslide4Sense (`landslide-batch
+fetch-data l4s`), train (configs/train/*.yaml) and evaluate with `landslide-batch evaluate`.""")
     return summary
