@@ -35,6 +35,23 @@ BUCKET = "shared-nothing"
 JOB = {"block": 128, "threads": 1, "batch_size": 8}
 
 
+def _hide(hidden: list[str], keep: list[str]) -> str:
+    """Shell commands (for a fresh mount namespace) laying a tmpfs over each ``hidden`` folder,
+    while ``keep`` (this checkout, its Python) stays visible when it lies below one of them, as a
+    clone in /tmp does: bound aside first, then bound back over the tmpfs."""
+    def below(p: str, d: str) -> bool:
+        return p == d or p.startswith(d.rstrip("/") + "/")
+
+    keep = [p for p in dict.fromkeys(keep) if any(below(p, d) for d in hidden)]
+    keep = [p for p in keep if not any(p != q and below(p, q) for q in keep)]  # the outermost only
+    script = "mount -t tmpfs tmpfs /mnt && " if keep else ""
+    script += "".join(f"mkdir /mnt/k{i} && mount --bind {shlex.quote(p)} /mnt/k{i} && " for i, p in enumerate(keep))
+    script += "".join(f"mount -t tmpfs tmpfs {shlex.quote(d)} && " for d in hidden)
+    script += "".join(f"mkdir -p {shlex.quote(p)} && mount --bind /mnt/k{i} {shlex.quote(p)} && "
+                      for i, p in enumerate(keep))
+    return script
+
+
 def _can_unshare() -> bool:
     """Root and a kernel that lets us make a mount namespace with a private tmpfs."""
     if not sys.platform.startswith("linux") or shutil.which("unshare") is None:
@@ -116,7 +133,7 @@ def cluster(tmp_path_factory, s3):
     worker = [str(BIN / "ray"), "start", "--block", "--address", gcs, "--node-ip-address", "127.0.0.1",
               "--num-cpus", "1", "--num-gpus", "0", "--object-store-memory", str(256 * 2**20),
               "--temp-dir", "/tmp/lsw", "--disable-usage-stats", *_ray_ports()]
-    script = "".join(f"mount -t tmpfs tmpfs {shlex.quote(d)} && " for d in hidden)
+    script = _hide(hidden, keep=[str(Path(__file__).resolve().parents[1]), sys.prefix])
     script += "mkdir -p /tmp/lsw && exec " + shlex.join(worker)
     with ExitStack() as stack:
         stack.callback(shutil.rmtree, head_tmp, True)
