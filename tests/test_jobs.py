@@ -314,10 +314,16 @@ def test_unreachable_cluster_is_a_clear_error(capsys):
 
 # --- a real local Ray head ------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_ports(n: int) -> list[int]:
+    """``n`` distinct loopback ports free now (all held at once, so no two are the same)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def _session_pids(sid: int) -> list[int]:
@@ -350,20 +356,27 @@ def _stop_session(sid: int) -> None:
 @pytest.fixture
 def ray_head():
     """A local Ray head on loopback, 2 CPUs, token auth with a fresh token; -> (dashboard URL, env)."""
-    temp = tempfile.mkdtemp(prefix="lsray", dir="/tmp")  # short: Ray's socket paths have a length limit
-    dashboard = _free_port()
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": os.urandom(32).hex(), "RAY_USAGE_STATS_ENABLED": "0",
            "OMP_NUM_THREADS": "1"}
-    cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1",
-           "--port", str(_free_port()), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
-           "--include-dashboard", "true", "--ray-client-server-port", str(_free_port()),
-           "--dashboard-agent-listen-port", str(_free_port()), "--num-cpus", "2", "--num-gpus", "0",
-           "--object-store-memory", str(256 * 2**20), "--temp-dir", temp, "--disable-usage-stats"]
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    try:
+    # A port free when picked may be taken by another process before Ray binds it (the machine
+    # runs other tests' Ray workers): a head that could not bind is started again on new ports.
+    for attempt in range(3):
+        temp = tempfile.mkdtemp(prefix="lsray", dir="/tmp")  # short: Ray's socket paths have a length limit
+        gcs, dashboard, client, agent = _free_ports(4)
+        cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1",
+               "--port", str(gcs), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
+               "--include-dashboard", "true", "--ray-client-server-port", str(client),
+               "--dashboard-agent-listen-port", str(agent), "--num-cpus", "2", "--num-gpus", "0",
+               "--object-store-memory", str(256 * 2**20), "--temp-dir", temp, "--disable-usage-stats"]
+        proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
         output, _ = proc.communicate(timeout=120)
+        if proc.returncode == 0 or "address already in use" not in output or attempt == 2:
+            break
+        _stop_session(proc.pid)
+        shutil.rmtree(temp, ignore_errors=True)
+    try:
         assert proc.returncode == 0, output
         yield f"http://127.0.0.1:{dashboard}", env
     finally:
