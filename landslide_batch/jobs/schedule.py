@@ -33,9 +33,10 @@ from shapely.ops import unary_union
 from ..config import StrictModel, job_from_dict, load_yaml, rebase_path, validate_model
 from ..errors import ConfigError, LandslideBatchError
 from ..outputs.manifest import write_json_atomic
+from ..storage import is_uri, path_or_uri
 from .stac import SceneItem, find_scenes, to_wgs84, utc
 from .state import SchedulerState
-from .storage import check_uri, fetch, is_uri, local_path
+from .storage import check_uri, fetch
 from .submit import ClusterError, JobExistsError, JobSubmission, StacOptions, Submitter
 from .upload import cluster_locations
 
@@ -174,7 +175,7 @@ class Schedule:
             return str(path)
         out = self.config.output
         return (str(fetch(scene.href, (out.staging or out.root / "_staging") / _slug(scene.id)))
-                if is_uri(scene.href) else str(local_path(scene.href)))
+                if is_uri(scene.href) else str(path_or_uri(scene.href)))
 
     def submission(self, aoi_name: str, scenes: list[SceneItem]) -> JobSubmission:
         """The region job of event ``aoi_name`` over ``scenes`` (its AOI written as GeoJSON)."""
@@ -198,7 +199,7 @@ class Schedule:
 def _location(value: str, base: Path, where: str, *, http_ok: bool = False) -> str:
     """A local path (relative to ``base``) made absolute, or a URI whose fsspec driver works here."""
     if not is_uri(value):
-        return str(rebase_path(base, local_path(value)))
+        return str(rebase_path(base, path_or_uri(value)))
     if not (http_ok and value.startswith(("http://", "https://"))):
         check_uri(value, where)
     return value

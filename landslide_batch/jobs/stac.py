@@ -27,7 +27,8 @@ from shapely.ops import transform
 
 from ..errors import InputError
 from ..outputs.manifest import read_manifest
-from .storage import is_uri, publish
+from ..storage import is_uri
+from .storage import publish
 
 log = logging.getLogger(__name__)
 

@@ -1,33 +1,16 @@
-"""Local paths vs object-store URIs at the edges of a job.
-
-The pipeline reads and writes POSIX paths; on a cluster these must be on a volume mounted at
-the same path on every node (a PVC, NFS, a bucket mounted through a CSI driver). Object
-stores enter at the edges only, through fsspec: the scheduler stages scene assets from any
-fsspec URI into a local folder, and ``stac-item --publish`` copies finished outputs to one.
-"""
+"""The scheduler's object-store edges: checking a catalog or output URI early, staging a scene
+asset from a URI into a local folder, and ``stac-item --publish`` copying finished outputs to
+one. Telling paths from URIs is ``landslide_batch.storage``'s."""
 
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
-from urllib.parse import unquote, urlparse
+from urllib.parse import urlparse
 
 import fsspec
 
 from ..errors import ConfigError, InputError
-
-_SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
-
-
-def is_uri(value: str) -> bool:
-    """True for ``s3://``, ``gs://``, ``https://`` ...; ``file://`` URLs count as local paths."""
-    return bool(_SCHEME.match(value)) and not value.startswith("file://")
-
-
-def local_path(value: str) -> Path:
-    """A local path from a plain path or a ``file://`` URL."""
-    return Path(unquote(urlparse(value).path)) if value.startswith("file://") else Path(value)
 
 
 def check_uri(uri: str, where: str) -> None:
