@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -99,7 +100,7 @@ def run_job(cfg: JobConfig, *, overwrite: bool = False, predictor=None, pool=Non
         from .region.job import run_region  # the region layer sits on top of this module
 
         return run_region(cfg, overwrite=overwrite)
-    cfg = preflight(cfg, overwrite)  # out, free space, model folders, inputs units: before anything is written
+    cfg, model_files = preflight(cfg, overwrite)  # out, free space, model folders, inputs units: before anything is written
     out = location(cfg.out)
     busy = lambda: OutputLockedError(f"{out} is being written by another job (lock {out / '.lock'} is held); "  # noqa: E731
                                      "wait for it or choose another output folder")
@@ -112,12 +113,13 @@ def run_job(cfg: JobConfig, *, overwrite: bool = False, predictor=None, pool=Non
         held.enter_context(bounded_gdal_cache())
         held.enter_context(device_session(cfg.device, cfg.executor, cfg.ray))  # Ray's `auto` asks the cluster
         stage = Path(held.enter_context(tempfile.TemporaryDirectory(prefix="landslide-products-")))
-        return _run_locked(cfg, out, overwrite, stage, predictor, pool, on_block)
+        return _run_locked(cfg, out, overwrite, stage, predictor, pool, on_block, model_files)
 
 
 def _run_locked(cfg: JobConfig, out: Location, overwrite: bool, scratch: Path, predictor=None, pool=None,
-                on_block: Callable[[Block], None] | None = None) -> dict:
-    """``scratch``: a local folder for the products of a job whose ``out`` is on object storage."""
+                on_block: Callable[[Block], None] | None = None, model_files: tuple | None = None) -> dict:
+    """``scratch``: a local folder for the products of a job whose ``out`` is on object storage;
+    ``model_files``: the members' files as the preflight read and checked them."""
     t0 = time.perf_counter()
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     members = ensemble_members(cfg)
@@ -127,7 +129,7 @@ def _run_locked(cfg: JobConfig, out: Location, overwrite: bool, scratch: Path, p
     # start-up; its errors surface before any block is predicted, and on the driver: on Ray a
     # predictor that cannot load is an ActorDiedError under Ray's own traceback. The local
     # executor predicts with this very predictor.
-    spec = predictor_spec(cfg, members)
+    spec = replace(predictor_spec(cfg, members), model_files=model_files)
     prep = ThreadPoolExecutor(2, "prepare")
     scene_sha_future = prep.submit(sha256_tree, cfg.scene)
     build = spec.build if predictor is None else lambda: predictor

@@ -16,7 +16,7 @@ from ..bands import N_BANDS
 from ..config import EnsembleConfig, JobConfig, ensemble_members
 from ..errors import ConfigError
 from ..ingest.units import INPUTS_UNITS
-from ..models.card import ModelCard, load_model_folder
+from ..models.card import ModelCard, ModelFiles, load_model_folder, read_model_files
 from ..storage import location
 from .output import ZARR_MARKERS, check_free_space, check_out_path
 
@@ -26,23 +26,28 @@ log = logging.getLogger(__name__)
 _INPUTS_FOR = {card: inputs for inputs, card in INPUTS_UNITS.items()}
 
 
-def preflight(cfg: JobConfig, overwrite: bool) -> JobConfig:
-    """Check ``out``, free space and every model folder; -> ``cfg`` with ``inputs.units`` resolved."""
+def preflight(cfg: JobConfig, overwrite: bool) -> tuple[JobConfig, tuple[ModelFiles, ...]]:
+    """Check ``out``, free space and every model folder; -> (``cfg`` with ``inputs.units``
+    resolved, the members' files as read and checked: the job builds its models from them)."""
     out = location(cfg.out)
     scene = location(cfg.scene)
     if out.is_local and scene.is_local:
         check_out_path(out.path, scene.path)
-    cards = check_models(ensemble_members(cfg))
+    files = check_models(ensemble_members(cfg))
     if out.is_local and scene.is_local and (overwrite or not (out.path / "run.json").is_file()):
         shape = scene_shape(scene.path)
         if shape is not None:
             check_free_space(out.path, *shape)
-    return resolve_inputs_units(cfg, cards)
+    return resolve_inputs_units(cfg, [f.card for f in files]), files
 
 
-def check_models(ensemble: EnsembleConfig) -> list[ModelCard]:
-    """Load every member once (card, weights present, hash, weights fit the card): ModelError otherwise."""
-    return [load_model_folder(member.model)[1] for member in ensemble.members]
+def check_models(ensemble: EnsembleConfig) -> tuple[ModelFiles, ...]:
+    """Read every member once and load it (card, weights present, hash, weights fit the card):
+    ModelError otherwise. -> the files read, so that nothing reads or verifies them again."""
+    files = tuple(read_model_files(member.model) for member in ensemble.members)
+    for f in files:
+        load_model_folder(f)
+    return files
 
 
 def resolve_inputs_units(cfg: JobConfig, cards: list[ModelCard]) -> JobConfig:

@@ -41,8 +41,12 @@ class PredictorSpec:
 
     def check(self) -> "PredictorSpec":
         """Read every member once and build it (raises ModelError): the driver's check before
-        Ray actors load them. -> this spec holding the files read."""
+        Ray actors load them. -> this spec holding the files read (as it is when it holds them:
+        the job's preflight read and checked them already)."""
         from ..models.card import load_model_folder, read_model_files
+
+        if self.model_files is not None:
+            return self
 
         files = tuple(read_model_files(member.model) for member in self.ensemble.members)
         for f in files:
