@@ -47,8 +47,18 @@ def make_scene(path: Path, size: int, seed: int = 0, origin: tuple[float, float]
     if path.exists():
         return path
     step = min(size, 2048)
-    profile = dict(driver="GTiff", height=size, width=size, count=14, dtype="float32", crs="EPSG:32645",
-                   transform=from_origin(*origin, 10, 10), tiled=True, blockxsize=256, blockysize=256)
+    profile = dict(
+        driver="GTiff",
+        height=size,
+        width=size,
+        count=14,
+        dtype="float32",
+        crs="EPSG:32645",
+        transform=from_origin(*origin, 10, 10),
+        tiled=True,
+        blockxsize=256,
+        blockysize=256,
+    )
     with rasterio.open(path, "w", **profile) as ds:
         for y in range(0, size, step):
             for x in range(0, size, step):
@@ -62,8 +72,7 @@ def prepared_model(model_dir: Path, threads: int, device: str):
     ``EnsemblePredictor`` of one member; loaded once and measured by the functions below."""
     from landslide_batch.infer.predictor import EnsemblePredictor
 
-    return EnsemblePredictor(EnsembleConfig(members=[EnsembleMember(model=model_dir)]), device=device,
-                             threads=threads)
+    return EnsemblePredictor(EnsembleConfig(members=[EnsembleMember(model=model_dir)]), device=device, threads=threads)
 
 
 def best_rate(step, work: float, device, seconds: float, windows: int) -> float:
@@ -90,8 +99,9 @@ def raw_throughput(predictor, batch: int, seconds: float, windows: int = 3) -> f
     import torch
 
     member = predictor.ensemble.members[0]
-    x = torch.randn(batch, member.card.in_channels, TILE, TILE,
-                    device=predictor.device).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(batch, member.card.in_channels, TILE, TILE, device=predictor.device).contiguous(
+        memory_format=torch.channels_last
+    )
     with torch.inference_mode(), predictor.autocast:
         return best_rate(lambda: torch.sigmoid(member.model(x)), batch, predictor.device, seconds, windows)
 
@@ -112,9 +122,13 @@ def compute_floor(predictor) -> dict:
     n = 4096 if device.type == "cuda" else 2048
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
-    rate = best_rate(lambda: a @ b, 2 * n ** 3, device, seconds=1.0, windows=3)
-    return {"gflop_per_tile": flops / 1e9, "matrix_tflops": rate / 1e12, "dtype": str(dtype).split(".")[-1],
-            "floor_tiles_per_s": rate / flops}
+    rate = best_rate(lambda: a @ b, 2 * n**3, device, seconds=1.0, windows=3)
+    return {
+        "gflop_per_tile": flops / 1e9,
+        "matrix_tflops": rate / 1e12,
+        "dtype": str(dtype).split(".")[-1],
+        "floor_tiles_per_s": rate / flops,
+    }
 
 
 def _run_measured(cmd: list[str], env: dict | None = None) -> tuple[float, float, str]:
@@ -139,17 +153,45 @@ def _run_measured(cmd: list[str], env: dict | None = None) -> tuple[float, float
     return wall, peak / 1024, stderr
 
 
-def run_pipeline(scene: Path | list[Path], model: Path, out: Path, executor: str, batch: int, threads: int,
-                 device: str, block: int, extra: tuple[str, ...] = (), ray_address: str | None = None) -> dict:
+def run_pipeline(
+    scene: Path | list[Path],
+    model: Path,
+    out: Path,
+    executor: str,
+    batch: int,
+    threads: int,
+    device: str,
+    block: int,
+    extra: tuple[str, ...] = (),
+    ray_address: str | None = None,
+) -> dict:
     """``landslide-batch run`` in a child process (joining the Ray cluster at ``ray_address`` through
     ``RAY_ADDRESS``, as a submitted job does); returns its manifest plus wall time and peak RSS.
     ``model``: a model folder, or an ensemble YAML; ``scene``: a list for a region job (with
     ``--aoi`` in ``extra``)."""
     which = "--ensemble" if model.suffix == ".yaml" else "--model"
     scenes = [a for s in (scene if isinstance(scene, list) else [scene]) for a in ("--scene", str(s))]
-    cmd = [str(ROOT / ".venv" / "bin" / "landslide-batch"), "run", *scenes, which, str(model),
-           "--out", str(out), "--executor", executor, "--batch-size", str(batch), "--threads", str(threads),
-           "--device", device, "--block", str(block), "--overwrite", *extra]
+    cmd = [
+        str(ROOT / ".venv" / "bin" / "landslide-batch"),
+        "run",
+        *scenes,
+        which,
+        str(model),
+        "--out",
+        str(out),
+        "--executor",
+        executor,
+        "--batch-size",
+        str(batch),
+        "--threads",
+        str(threads),
+        "--device",
+        device,
+        "--block",
+        str(block),
+        "--overwrite",
+        *extra,
+    ]
     wall, peak, _ = _run_measured(cmd, {**os.environ, "RAY_ADDRESS": ray_address} if ray_address else None)
     manifest = json.loads((out / "run.json").read_text())
     return {**manifest, "wall_s": wall, "peak_rss_mb": peak}
@@ -181,13 +223,13 @@ def naive_sliding_window(scene: Path, model_dir: Path, out: Path, batch: int, th
     origins = [(i * STRIDE, j * STRIDE) for i in range(grid.ny) for j in range(grid.nx)]
     with torch.inference_mode():
         for b in range(0, len(origins), batch):
-            chunk = origins[b:b + batch]
-            x = torch.from_numpy(np.stack([padded[:, y:y + TILE, x:x + TILE] for y, x in chunk])).to(device)
+            chunk = origins[b : b + batch]
+            x = torch.from_numpy(np.stack([padded[:, y : y + TILE, x : x + TILE] for y, x in chunk])).to(device)
             prob = torch.sigmoid(model(x)[:, 0]).cpu().numpy()
             for p, (y, x) in zip(prob, chunk):
-                num[y:y + TILE, x:x + TILE] += p
-                den[y:y + TILE, x:x + TILE] += weight
-    result = (num / den)[m:m + h, m:m + w]
+                num[y : y + TILE, x : x + TILE] += p
+                den[y : y + TILE, x : x + TILE] += weight
+    result = (num / den)[m : m + h, m : m + w]
     profile.update(count=1, dtype="float32")
     with rasterio.open(out, "w", **profile) as ds:
         ds.write(result, 1)
@@ -200,8 +242,13 @@ def region_scenes(work: Path, size: int, overlap: int = 64) -> tuple[list[Path],
     from shapely.geometry import box
 
     x0, y0, step = 500000, 3100000, (size - overlap) * 10
-    scenes = [make_scene(work / f"region_{size}_{r}{c}.tif", size, seed=100 + 2 * r + c,
-                         origin=(x0 + c * step, y0 - r * step)) for r in (0, 1) for c in (0, 1)]
+    scenes = [
+        make_scene(
+            work / f"region_{size}_{r}{c}.tif", size, seed=100 + 2 * r + c, origin=(x0 + c * step, y0 - r * step)
+        )
+        for r in (0, 1)
+        for c in (0, 1)
+    ]
     aoi = work / f"region_{size}_aoi.gpkg"
     if not aoi.exists():
         extent = step + size * 10
@@ -223,18 +270,46 @@ def ray_cluster_rows(work: Path, model: Path, scene: Path, region_size: int, com
     scenes, aoi = region_scenes(work, region_size)
     log(f"ray region job, 4 × {region_size}² scenes, on a running local Ray ...")
     with local_cluster(1, num_cpus=common["threads"]) as cluster:
-        m = run_pipeline(scenes, model, work / f"out_ray_region_{region_size}", "ray", **common,
-                         extra=("--aoi", str(aoi)), ray_address=cluster.address)
+        m = run_pipeline(
+            scenes,
+            model,
+            work / f"out_ray_region_{region_size}",
+            "ray",
+            **common,
+            extra=("--aoi", str(aoi)),
+            ray_address=cluster.address,
+        )
     tiles = len(scenes) * TileGrid(region_size, region_size, TILE, STRIDE).n_tiles
-    region = {"scenes": len(scenes), "size": region_size, "tiles": tiles, "tiles_per_s": tiles / m["timings"]["total_s"],
-              "timings": m["timings"], "wall_s": m["wall_s"], "actors": m["actors"],
-              "blocks": m["blocks"], "merge_blocks": m["merge_blocks"]}
+    region = {
+        "scenes": len(scenes),
+        "size": region_size,
+        "tiles": tiles,
+        "tiles_per_s": tiles / m["timings"]["total_s"],
+        "timings": m["timings"],
+        "wall_s": m["wall_s"],
+        "actors": m["actors"],
+        "blocks": m["blocks"],
+        "merge_blocks": m["merge_blocks"],
+    }
     log("ray, 2 actors on a 2-node local Ray ...")
     with local_cluster(2, num_cpus=1) as cluster:
-        m = run_pipeline(scene, model, work / "out_ray_two_nodes", "ray", **{**common, "threads": 1},
-                         extra=("--num-actors", "2"), ray_address=cluster.address)
-    two = {"scene": scene.name, "grid_tiles": m["tiles"]["grid"], "forward_passes": m["tiles"]["forward_passes"],
-           "per_node": m["blocks"]["per_node"], "actors": m["actors"], "timings": m["timings"]}
+        m = run_pipeline(
+            scene,
+            model,
+            work / "out_ray_two_nodes",
+            "ray",
+            **{**common, "threads": 1},
+            extra=("--num-actors", "2"),
+            ray_address=cluster.address,
+        )
+    two = {
+        "scene": scene.name,
+        "grid_tiles": m["tiles"]["grid"],
+        "forward_passes": m["tiles"]["forward_passes"],
+        "per_node": m["blocks"]["per_node"],
+        "actors": m["actors"],
+        "timings": m["timings"],
+    }
     return {"region": region, "two_nodes": two}
 
 
@@ -252,15 +327,25 @@ def zoo_rows(work: Path, size: int, common: dict) -> dict:
     ensemble = work / "zoo.yaml"
     ensemble.write_text("members:\n" + "".join(f"  - {{model: {f}}}\n" for f in folders))
     print(f"[{time.strftime('%H:%M:%S')}] zoo: raw forward of {len(folders)} members ...", file=sys.stderr, flush=True)
-    rates = {f.name: raw_throughput(prepared_model(f, common["threads"], common["device"]), common["batch"],
-                                    seconds=3, windows=1) for f in folders}
+    rates = {
+        f.name: raw_throughput(
+            prepared_model(f, common["threads"], common["device"]), common["batch"], seconds=3, windows=1
+        )
+        for f in folders
+    }
     print(f"[{time.strftime('%H:%M:%S')}] zoo: pipeline local {size}² ...", file=sys.stderr, flush=True)
-    m = run_pipeline(make_scene(work / f"scene_{size}.tif", size), ensemble, work / f"out_zoo_{size}", "local",
-                     **common)
+    m = run_pipeline(
+        make_scene(work / f"scene_{size}.tif", size), ensemble, work / f"out_zoo_{size}", "local", **common
+    )
     tiles = TileGrid(size, size, TILE, STRIDE).n_tiles
-    return {"size": size, "members": len(folders), "member_raw_tiles_per_s": rates,
-            "raw_tiles_per_s": 1 / sum(1 / r for r in rates.values()),
-            "tiles_per_s": tiles / m["timings"]["total_s"], "timings": m["timings"]}
+    return {
+        "size": size,
+        "members": len(folders),
+        "member_raw_tiles_per_s": rates,
+        "raw_tiles_per_s": 1 / sum(1 / r for r in rates.values()),
+        "tiles_per_s": tiles / m["timings"]["total_s"],
+        "timings": m["timings"],
+    }
 
 
 def main() -> int:
@@ -270,16 +355,30 @@ def main() -> int:
         return 0
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="2048² pipeline scene only")
-    ap.add_argument("--sizes", type=int, nargs="+", default=None,
-                    help="pipeline scene sizes (default: 2048 with --quick, else 2048 8192)")
+    ap.add_argument(
+        "--sizes",
+        type=int,
+        nargs="+",
+        default=None,
+        help="pipeline scene sizes (default: 2048 with --quick, else 2048 8192)",
+    )
     ap.add_argument("--batch-size", type=int, default=None, help="default 16 on CPU, 64 on a GPU (as the pipeline)")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--device", default="auto")
     ap.add_argument("--block", type=int, default=1024)
-    ap.add_argument("--region-size", type=int, default=2048,
-                    help="side of each of the 4 scenes of the Ray region row (default 2048)")
-    ap.add_argument("--zoo", type=int, metavar="SIZE", default=None,
-                    help="also the whole model zoo as one ensemble, on a SIZE² scene (meant for a GPU)")
+    ap.add_argument(
+        "--region-size",
+        type=int,
+        default=2048,
+        help="side of each of the 4 scenes of the Ray region row (default 2048)",
+    )
+    ap.add_argument(
+        "--zoo",
+        type=int,
+        metavar="SIZE",
+        default=None,
+        help="also the whole model zoo as one ensemble, on a SIZE² scene (meant for a GPU)",
+    )
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temp dir)")
     ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "latest.json")
     args = ap.parse_args()
@@ -297,8 +396,14 @@ def main() -> int:
         init_model_folder("Unet", "mobilenet_v2", mnv2, seed=0)
     args.batch_size = args.batch_size or (64 if device == "cuda" else 16)
     common = dict(batch=args.batch_size, threads=args.threads, device=device, block=args.block)
-    results: dict = {"device": device, "threads": args.threads, "batch_size": args.batch_size,
-                     "block": args.block, "model": "Unet-resnet34 (untrained)", "rows": {}}
+    results: dict = {
+        "device": device,
+        "threads": args.threads,
+        "batch_size": args.batch_size,
+        "block": args.block,
+        "model": "Unet-resnet34 (untrained)",
+        "rows": {},
+    }
 
     def log(msg: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
@@ -316,19 +421,34 @@ def main() -> int:
         for executor in ("local", "ray"):
             log(f"pipeline {executor} {size}² ...")
             m = run_pipeline(scene, r34, work / f"out_{executor}_{size}", executor, **common)
-            row[executor] = {"tiles_per_s": tiles / m["timings"]["total_s"],
-                             "tiles_per_s_wall": tiles / m["wall_s"], "total_s": m["timings"]["total_s"],
-                             "timings": m["timings"],
-                             "wall_s": m["wall_s"], "forward_passes": m["tiles"]["forward_passes"],
-                             "peak_rss_mb": m["peak_rss_mb"]}
+            row[executor] = {
+                "tiles_per_s": tiles / m["timings"]["total_s"],
+                "tiles_per_s_wall": tiles / m["wall_s"],
+                "total_s": m["timings"]["total_s"],
+                "timings": m["timings"],
+                "wall_s": m["wall_s"],
+                "forward_passes": m["tiles"]["forward_passes"],
+                "peak_rss_mb": m["peak_rss_mb"],
+            }
         log(f"naive sliding window {size}² ...")
-        wall, peak, _ = _run_measured([sys.executable, __file__, "--naive", str(scene), str(r34),
-                                       str(work / f"naive_{size}.tif"), str(args.batch_size), str(args.threads),
-                                       device])
+        wall, peak, _ = _run_measured(
+            [
+                sys.executable,
+                __file__,
+                "--naive",
+                str(scene),
+                str(r34),
+                str(work / f"naive_{size}.tif"),
+                str(args.batch_size),
+                str(args.threads),
+                device,
+            ]
+        )
         row["naive"] = {"tiles_per_s_wall": tiles / wall, "wall_s": wall, "peak_rss_mb": peak}
         results["rows"][size] = row
-    results["ray_cluster"] = ray_cluster_rows(work, r34, make_scene(work / f"scene_{sizes[0]}.tif", sizes[0]),
-                                              args.region_size, common, log)
+    results["ray_cluster"] = ray_cluster_rows(
+        work, r34, make_scene(work / f"scene_{sizes[0]}.tif", sizes[0]), args.region_size, common, log
+    )
     if args.zoo:
         results["zoo"] = zoo_rows(work, args.zoo, common)
     memory = {}
@@ -349,16 +469,22 @@ def main() -> int:
 def print_table(r: dict) -> list[dict]:
     """Print the table; -> every gated row: ``{row, value, gate, pass}`` (for the JSON)."""
     raw = r["raw_tiles_per_s"]
-    lines = [f"device {r['device']}, {r['threads']} threads, batch {r['batch_size']}, block {r['block']}, "
-             f"{r['model']}", "",
-             "| measure | value | km²/h | target | result |", "|---|---|---|---|---|",
-             f"| raw model forward (tiles/s, best of 6 × 5 s windows) | {raw:.1f} | {raw * KM2_PER_TILE_PER_S_TO_PER_H:.0f} | | |"]
+    lines = [
+        f"device {r['device']}, {r['threads']} threads, batch {r['batch_size']}, block {r['block']}, {r['model']}",
+        "",
+        "| measure | value | km²/h | target | result |",
+        "|---|---|---|---|---|",
+        f"| raw model forward (tiles/s, best of 6 × 5 s windows) | {raw:.1f} "
+        f"| {raw * KM2_PER_TILE_PER_S_TO_PER_H:.0f} | | |",
+    ]
 
     f = r["floor"]
-    lines += [f"| model work per 128² tile (GFLOP) | {f['gflop_per_tile']:.2f} | | | |",
-              f"| measured matrix rate ({f['dtype']}, TFLOP/s) | {f['matrix_tflops']:.3f} | | | |",
-              f"| compute floor (tiles/s: rate / work; raw / floor) | {f['floor_tiles_per_s']:.1f} "
-              f"({raw / f['floor_tiles_per_s']:.2f}) | {f['floor_tiles_per_s'] * KM2_PER_TILE_PER_S_TO_PER_H:.0f} | | |"]
+    lines += [
+        f"| model work per 128² tile (GFLOP) | {f['gflop_per_tile']:.2f} | | | |",
+        f"| measured matrix rate ({f['dtype']}, TFLOP/s) | {f['matrix_tflops']:.3f} | | | |",
+        f"| compute floor (tiles/s: rate / work; raw / floor) | {f['floor_tiles_per_s']:.1f} "
+        f"({raw / f['floor_tiles_per_s']:.2f}) | {f['floor_tiles_per_s'] * KM2_PER_TILE_PER_S_TO_PER_H:.0f} | | |",
+    ]
 
     gates: list[dict] = []
 
@@ -371,27 +497,42 @@ def print_table(r: dict) -> list[dict]:
         for ex, target in (("local", 0.85), ("ray", 0.75)):
             e = row[ex]
             eff = e["tiles_per_s"] / raw
-            lines.append(f"| pipeline {ex} {size}² (tiles/s, run total) | {e['tiles_per_s']:.1f} "
-                         f"| {e['tiles_per_s'] * KM2_PER_TILE_PER_S_TO_PER_H:.0f} | | |")
+            lines.append(
+                f"| pipeline {ex} {size}² (tiles/s, run total) | {e['tiles_per_s']:.1f} "
+                f"| {e['tiles_per_s'] * KM2_PER_TILE_PER_S_TO_PER_H:.0f} | | |"
+            )
             lines.append(gated(f"efficiency {ex} {size}² (pipeline / raw)", f"{eff:.2f}", f"≥ {target}", eff >= target))
             stage = row["tiles"] / e["timings"]["infer_s"]
-            lines.append(f"| {ex} {size}² inference stage alone (tiles/s; / raw) | {stage:.1f} ({stage / raw:.2f}) "
-                         f"| | | |")
+            lines.append(
+                f"| {ex} {size}² inference stage alone (tiles/s; / raw) | {stage:.1f} ({stage / raw:.2f}) | | | |"
+            )
         red = row["local"]["forward_passes"] / row["tiles"]
         lines.append(gated(f"redundancy {size}² (forward passes / grid tiles)", f"{red:.3f}", "≤ 1.07", red <= 1.07))
         naive = row["naive"]["tiles_per_s_wall"]
         speedup = row["local"]["tiles_per_s_wall"] / naive
-        lines.append(f"| naive sliding window {size}² (tiles/s, process wall) | {naive:.1f} "
-                     f"| {naive * KM2_PER_TILE_PER_S_TO_PER_H:.0f} | | |")
-        lines.append(f"| pipeline local {size}² (tiles/s, process wall) | {row['local']['tiles_per_s_wall']:.1f} "
-                     f"| | | |")
-        lines.append(gated(f"pipeline local / naive {size}² (process wall, peak RSS {row['local']['peak_rss_mb']:.0f} "
-                           f"vs {row['naive']['peak_rss_mb']:.0f} MB)", f"{speedup:.2f}×", "≥ 1.2×", speedup >= 1.2))
+        lines.append(
+            f"| naive sliding window {size}² (tiles/s, process wall) | {naive:.1f} "
+            f"| {naive * KM2_PER_TILE_PER_S_TO_PER_H:.0f} | | |"
+        )
+        lines.append(
+            f"| pipeline local {size}² (tiles/s, process wall) | {row['local']['tiles_per_s_wall']:.1f} | | | |"
+        )
+        lines.append(
+            gated(
+                f"pipeline local / naive {size}² (process wall, peak RSS {row['local']['peak_rss_mb']:.0f} "
+                f"vs {row['naive']['peak_rss_mb']:.0f} MB)",
+                f"{speedup:.2f}×",
+                "≥ 1.2×",
+                speedup >= 1.2,
+            )
+        )
     if "zoo" in r:
         z = r["zoo"]
-        lines += [f"| zoo ensemble ({z['members']} members) raw (tiles/s through all) | {z['raw_tiles_per_s']:.1f} | | | |",
-                  f"| zoo ensemble pipeline local {z['size']}² (tiles/s, run total; / raw) | {z['tiles_per_s']:.1f} "
-                  f"({z['tiles_per_s'] / z['raw_tiles_per_s']:.2f}) | | | |"]
+        lines += [
+            f"| zoo ensemble ({z['members']} members) raw (tiles/s through all) | {z['raw_tiles_per_s']:.1f} | | | |",
+            f"| zoo ensemble pipeline local {z['size']}² (tiles/s, run total; / raw) | {z['tiles_per_s']:.1f} "
+            f"({z['tiles_per_s'] / z['raw_tiles_per_s']:.2f}) | | | |",
+        ]
     mem = r["memory_peak_rss_mb"]
     sizes = sorted(mem)
     for s in sizes:
@@ -402,26 +543,51 @@ def print_table(r: dict) -> list[dict]:
     region, two = rc["region"], rc["two_nodes"]
     eff = region["tiles_per_s"] / raw
     loads = [a["models_loaded"] for a in region["actors"]]
-    lines.append(f"| ray region job {region['scenes']} × {region['size']}² on a running local Ray (tiles/s, run total; "
-                 f"models loaded per actor {loads}) | {region['tiles_per_s']:.1f} "
-                 f"| {region['tiles_per_s'] * KM2_PER_TILE_PER_S_TO_PER_H:.0f} | | |")
-    lines.append(gated(f"efficiency ray region job {region['scenes']} × {region['size']}² (pipeline / raw)",
-                       f"{eff:.2f}", "≥ 0.80", eff >= 0.80))
+    lines.append(
+        f"| ray region job {region['scenes']} × {region['size']}² on a running local Ray (tiles/s, run total; "
+        f"models loaded per actor {loads}) | {region['tiles_per_s']:.1f} "
+        f"| {region['tiles_per_s'] * KM2_PER_TILE_PER_S_TO_PER_H:.0f} | | |"
+    )
+    lines.append(
+        gated(
+            f"efficiency ray region job {region['scenes']} × {region['size']}² (pipeline / raw)",
+            f"{eff:.2f}",
+            "≥ 0.80",
+            eff >= 0.80,
+        )
+    )
     red = two["forward_passes"] / two["grid_tiles"]
-    lines.append(gated(f"2 actors on a 2-node local Ray, {two['scene']} (forward passes / grid tiles; blocks per node "
-                       f"{sorted(two['per_node'].values())})", f"{red:.3f}", "≤ 1.02", red <= 1.02))
-    lines += ["", "Where the time goes (seconds, run.json timings; prepare = hashing, ingest and model loading "
-              "or Ray start-up, overlapped):", "",
-              "| run | prepare | inference | finish | total | process wall |", "|---|---|---|---|---|---|"]
+    lines.append(
+        gated(
+            f"2 actors on a 2-node local Ray, {two['scene']} (forward passes / grid tiles; blocks per node "
+            f"{sorted(two['per_node'].values())})",
+            f"{red:.3f}",
+            "≤ 1.02",
+            red <= 1.02,
+        )
+    )
+    lines += [
+        "",
+        "Where the time goes (seconds, run.json timings; prepare = hashing, ingest and model loading "
+        "or Ray start-up, overlapped):",
+        "",
+        "| run | prepare | inference | finish | total | process wall |",
+        "|---|---|---|---|---|---|",
+    ]
     for size, row in r["rows"].items():
         for ex in ("local", "ray"):
             t = row[ex]["timings"]
-            lines.append(f"| {ex} {size}² | {t['prepare_s']:.1f} | {t['infer_s']:.1f} | {t['finish_s']:.1f} "
-                         f"| {t['total_s']:.1f} | {row[ex]['wall_s']:.1f} |")
+            lines.append(
+                f"| {ex} {size}² | {t['prepare_s']:.1f} | {t['infer_s']:.1f} | {t['finish_s']:.1f} "
+                f"| {t['total_s']:.1f} | {row[ex]['wall_s']:.1f} |"
+            )
     t = region["timings"]
-    lines += ["", f"Ray region job (seconds, run.json timings): map {t['map_s']:.1f} (4 scenes: ingest, inference, "
-              f"each scene's products), merge {t['merge_s']:.1f}, region products {t['finish_s']:.1f}, total "
-              f"{t['total_s']:.1f}, process wall {region['wall_s']:.1f}"]
+    lines += [
+        "",
+        f"Ray region job (seconds, run.json timings): map {t['map_s']:.1f} (4 scenes: ingest, inference, "
+        f"each scene's products), merge {t['merge_s']:.1f}, region products {t['finish_s']:.1f}, total "
+        f"{t['total_s']:.1f}, process wall {region['wall_s']:.1f}",
+    ]
     print("\n".join(lines))
     return gates
 

@@ -38,9 +38,12 @@ def mosaic(size: int) -> np.ndarray:
 def codecs() -> dict[str, object]:
     from zarr.codecs import BloscCodec, ZstdCodec
 
-    return {"none": None, "zstd-1": ZstdCodec(level=1),
-            "blosc-lz4-shuffle": BloscCodec(cname="lz4", clevel=1, shuffle="shuffle"),
-            "blosc-zstd1-bitshuffle": BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle")}
+    return {
+        "none": None,
+        "zstd-1": ZstdCodec(level=1),
+        "blosc-lz4-shuffle": BloscCodec(cname="lz4", clevel=1, shuffle="shuffle"),
+        "blosc-zstd1-bitshuffle": BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle"),
+    }
 
 
 def measure(where: str, bands: np.ndarray, codec, repeat: int) -> dict[str, float]:
@@ -52,12 +55,13 @@ def measure(where: str, bands: np.ndarray, codec, repeat: int) -> dict[str, floa
     for _ in range(repeat):
         location(where).rm()
         group = zarr.open_group(where, mode="w")
-        arr = group.create_array("bands", shape=bands.shape, chunks=(bands.shape[0], CHUNK, CHUNK),
-                                 dtype="float32", compressors=codec)
+        arr = group.create_array(
+            "bands", shape=bands.shape, chunks=(bands.shape[0], CHUNK, CHUNK), dtype="float32", compressors=codec
+        )
         t = time.perf_counter()
         for y in range(0, bands.shape[1], CHUNK):
             for x in range(0, bands.shape[2], CHUNK):
-                arr[:, y:y + CHUNK, x:x + CHUNK] = bands[:, y:y + CHUNK, x:x + CHUNK]
+                arr[:, y : y + CHUNK, x : x + CHUNK] = bands[:, y : y + CHUNK, x : x + CHUNK]
         best_w = min(best_w, time.perf_counter() - t)
         arr = zarr.open_group(where, mode="r")["bands"]
         t = time.perf_counter()
@@ -65,8 +69,11 @@ def measure(where: str, bands: np.ndarray, codec, repeat: int) -> dict[str, floa
         best_r = min(best_r, time.perf_counter() - t)
         assert np.array_equal(got, bands)
     loc = location(where)
-    stored = (sum(p.stat().st_size for p in loc.path.rglob("*") if p.is_file()) if loc.is_local
-              else sum(loc.fs.du(loc.fs_path, total=False).values()))
+    stored = (
+        sum(p.stat().st_size for p in loc.path.rglob("*") if p.is_file())
+        if loc.is_local
+        else sum(loc.fs.du(loc.fs_path, total=False).values())
+    )
     mb = bands.nbytes / 1e6
     return {"ratio": bands.nbytes / stored, "write_MBps": mb / best_w, "read_MBps": mb / best_r}
 
@@ -80,9 +87,14 @@ def block_predict_s(bands: np.ndarray) -> float:
 
     with tempfile.TemporaryDirectory() as tmp:
         init_model_folder("Unet", "mobilenet_v2", Path(tmp) / "m", seed=0)
-        pred = EnsemblePredictor(EnsembleConfig(members=[EnsembleMember(model=Path(tmp) / "m")]), tile=128,
-                                 stride=64, device="cpu", threads=os.cpu_count())
-        window = bands[:, :1024 + 64, :1024 + 64]
+        pred = EnsemblePredictor(
+            EnsembleConfig(members=[EnsembleMember(model=Path(tmp) / "m")]),
+            tile=128,
+            stride=64,
+            device="cpu",
+            threads=os.cpu_count(),
+        )
+        window = bands[:, : 1024 + 64, : 1024 + 64]
         valid = np.ones(window.shape[1:], bool)
         t = time.perf_counter()
         pred.predict_window(window, valid)
@@ -98,8 +110,10 @@ def main() -> None:
     bands = mosaic(args.size)
     block_mb = 14 * (1024 + 64) ** 2 * 4 / 1e6  # one 1024² block with its halo
     predict = block_predict_s(bands)
-    print(f"scene {bands.shape}, {bands.nbytes / 1e6:.0f} MB; one 1024² block (+halo, {block_mb:.0f} MB) "
-          f"predicts in {predict:.2f} s on {os.cpu_count()} CPU(s)")
+    print(
+        f"scene {bands.shape}, {bands.nbytes / 1e6:.0f} MB; one 1024² block (+halo, {block_mb:.0f} MB) "
+        f"predicts in {predict:.2f} s on {os.cpu_count()} CPU(s)"
+    )
     targets = []
     with tempfile.TemporaryDirectory() as tmp:
         targets.append(("local disk", f"{tmp}/scene.zarr"))
@@ -115,16 +129,20 @@ def main() -> None:
             s3fs.S3FileSystem().mkdir("bench")
             targets.append(("S3 (moto, loopback)", "s3://bench/scene.zarr"))
         try:
-            print(f"{'store':22} {'codec':24} {'ratio':>6} {'write MB/s':>11} {'read MB/s':>10} "
-                  f"{'read s/block':>13} {'vs none':>8} {'of predict':>11}")
+            print(
+                f"{'store':22} {'codec':24} {'ratio':>6} {'write MB/s':>11} {'read MB/s':>10} "
+                f"{'read s/block':>13} {'vs none':>8} {'of predict':>11}"
+            )
             for label, where in targets:
                 base = None
                 for name, codec in codecs().items():
                     m = measure(where, bands, codec, args.repeat)
                     read_s = block_mb / m["read_MBps"]
                     base = read_s if base is None else base
-                    print(f"{label:22} {name:24} {m['ratio']:6.2f} {m['write_MBps']:11.0f} {m['read_MBps']:10.0f} "
-                          f"{read_s:13.3f} {read_s - base:+8.3f} {(read_s - base) / predict:+11.1%}")
+                    print(
+                        f"{label:22} {name:24} {m['ratio']:6.2f} {m['write_MBps']:11.0f} {m['read_MBps']:10.0f} "
+                        f"{read_s:13.3f} {read_s - base:+8.3f} {(read_s - base) / predict:+11.1%}"
+                    )
         finally:
             if server is not None:
                 server.__exit__(None, None, None)

@@ -6,7 +6,8 @@ It works on numpy arrays and torch tensors (bands on axis ``-3``: ``(..., 14, H,
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -15,8 +16,20 @@ from .errors import ConfigError, InputError
 #: The 14 layers of a Landslide4Sense patch, in file order: Sentinel-2 B1..B12, then
 #: ALOS PALSAR slope and DEM (layers 13 and 14 of the L4S documentation).
 L4S_BANDS: tuple[str, ...] = (
-    "B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B9", "B10", "B11", "B12",
-    "slope", "DEM",
+    "B1",
+    "B2",
+    "B3",
+    "B4",
+    "B5",
+    "B6",
+    "B7",
+    "B8",
+    "B9",
+    "B10",
+    "B11",
+    "B12",
+    "slope",
+    "DEM",
 )
 N_BANDS = len(L4S_BANDS)
 BAND_INDEX = {name: i for i, name in enumerate(L4S_BANDS)}

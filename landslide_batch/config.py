@@ -137,30 +137,36 @@ class JobConfig(StrictModel):
     @classmethod
     def _out(cls, v: Path | str) -> Path | str:
         if not location(v).writable:
-            raise ValueError(f"out {v}: http(s):// locations are read-only; write to a local folder or "
-                             "an object store (s3://, gs://, az://)")
+            raise ValueError(
+                f"out {v}: http(s):// locations are read-only; write to a local folder or "
+                "an object store (s3://, gs://, az://)"
+            )
         return v
 
     @model_validator(mode="after")
-    def _check(self) -> "JobConfig":
+    def _check(self) -> JobConfig:
         if self.stac_search is not None and self.scenes is None:
             self.scenes = []  # a region job whose scenes all come from the search
         if (self.scene is None) == (self.scenes is None):
-            raise ValueError("give exactly one of 'scene' (one scene) or 'scenes' / 'stac_search' (a region job, "
-                             "with 'aoi')")
+            raise ValueError(
+                "give exactly one of 'scene' (one scene) or 'scenes' / 'stac_search' (a region job, with 'aoi')"
+            )
         if self.scenes is not None and self.aoi is None:
             raise ValueError("a region job ('scenes' / 'stac_search') needs 'aoi': the area its map covers")
         if self.scenes is None and (self.aoi is not None or self.crs is not None):
-            raise ValueError("'aoi' and 'crs' belong to region jobs: give 'scenes' (or set inputs.aoi to clip "
-                             "one scene)")
+            raise ValueError(
+                "'aoi' and 'crs' belong to region jobs: give 'scenes' (or set inputs.aoi to clip one scene)"
+            )
         if (self.ensemble is None) == (not self.models):
             raise ValueError("give exactly one of 'ensemble' (an ensemble YAML) or 'models' (model folders)")
         stride = self.stride
         if stride < 1:
             raise ValueError(f"overlap {self.overlap} leaves no stride for tile {self.tile}")
         if self.block % stride:
-            raise ValueError(f"block ({self.block}) must be a multiple of the tile stride ({stride} = "
-                             f"tile {self.tile} - overlap {self.tile - stride} px)")
+            raise ValueError(
+                f"block ({self.block}) must be a multiple of the tile stride ({stride} = "
+                f"tile {self.tile} - overlap {self.tile - stride} px)"
+            )
         if self.device == "cpu" and self.ray.gpus_per_actor:
             raise ValueError(f"ray.gpus_per_actor ({self.ray.gpus_per_actor}) asks for GPUs but device is cpu")
         return self

@@ -12,7 +12,6 @@ import hashlib
 import http.client
 import logging
 import os
-import socket
 import sys
 import urllib.error
 import urllib.request
@@ -38,8 +37,15 @@ def partial_path(dest: Path) -> Path:
     return dest.with_name(dest.name + ".partial")
 
 
-def download(url: str, dest: str | Path, *, checksums: dict[str, str] | None = None, progress: bool = True,
-             retries: int = 3, timeout: float = 60.0) -> Path:
+def download(
+    url: str,
+    dest: str | Path,
+    *,
+    checksums: dict[str, str] | None = None,
+    progress: bool = True,
+    retries: int = 3,
+    timeout: float = 60.0,
+) -> Path:
     """Fetch ``url`` into ``dest``; -> ``dest``. ``checksums``: ``{"sha256"|"md5": hex}``, all verified.
 
     An existing ``dest`` that matches the checksums is kept (nothing is fetched). A dropped
@@ -61,13 +67,18 @@ def download(url: str, dest: str | Path, *, checksums: dict[str, str] | None = N
             break
         except _Interrupted as exc:
             if attempt == retries:
-                raise DownloadError(f"{url}: transfer interrupted {retries + 1} time(s) ({exc}); "
-                                    f"{part.stat().st_size} bytes kept in {part}, run again to resume") from None
+                raise DownloadError(
+                    f"{url}: transfer interrupted {retries + 1} time(s) ({exc}); "
+                    f"{part.stat().st_size} bytes kept in {part}, run again to resume"
+                ) from None
             log.warning("%s: connection lost after %d bytes (%s); resuming", url, part.stat().st_size, exc)
     if bad := _mismatches(part, checksums):
         part.unlink()
-        raise DownloadError(f"{url}: checksum mismatch, " + "; ".join(
-            f"{alg} expected {want}, got {got}" for alg, want, got in bad) + "; the download was deleted")
+        raise DownloadError(
+            f"{url}: checksum mismatch, "
+            + "; ".join(f"{alg} expected {want}, got {got}" for alg, want, got in bad)
+            + "; the download was deleted"
+        )
     os.replace(part, dest)
     return dest
 
@@ -90,10 +101,11 @@ def _open(url: str, offset: int, timeout: float):
         if exc.code == 416 and offset:  # nothing left after offset: the partial file is complete
             return None
         raise DownloadError(f"{url}: HTTP {exc.code} {exc.reason}") from None
-    except (urllib.error.URLError, socket.timeout, ConnectionError) as exc:
+    except (TimeoutError, urllib.error.URLError, ConnectionError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise DownloadError(f"cannot reach {url} ({reason}); check the network (offline?) or use a mirror "
-                            "(--base-url) or a local file") from None
+        raise DownloadError(
+            f"cannot reach {url} ({reason}); check the network (offline?) or use a mirror (--base-url) or a local file"
+        ) from None
 
 
 def read_json(url: str, timeout: float = 60.0) -> dict:
@@ -126,15 +138,26 @@ def _fetch_into(url: str, part: Path, progress: bool, timeout: float) -> None:
         length = resp.headers.get("Content-Length")
         total = offset + int(length) if length is not None else None
         done = offset
-        with open(part, "ab" if offset else "wb") as f, tqdm(
-                total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
-                desc=part.name.removesuffix(".partial"), disable=not progress, mininterval=0.2) as bar:
+        with (
+            open(part, "ab" if offset else "wb") as f,
+            tqdm(
+                total=total,
+                initial=offset,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                file=sys.stderr,
+                desc=part.name.removesuffix(".partial"),
+                disable=not progress,
+                mininterval=0.2,
+            ) as bar,
+        ):
             try:
                 while block := resp.read(CHUNK):
                     f.write(block)
                     done += len(block)
                     bar.update(len(block))
-            except (http.client.IncompleteRead, ConnectionError, socket.timeout) as exc:
+            except (TimeoutError, http.client.IncompleteRead, ConnectionError) as exc:
                 raise _Interrupted(f"{type(exc).__name__}") from None
     if total is not None and done < total:
         raise _Interrupted(f"got {done} of {total} bytes")

@@ -18,9 +18,10 @@ import re
 import shutil
 import tarfile
 import zipfile
+from collections.abc import Callable, Iterator
 from importlib.resources import files as package_files
 from pathlib import Path
-from typing import IO, Callable, Iterator
+from typing import IO
 
 import yaml
 from pydantic import Field, ValidationError
@@ -64,7 +65,9 @@ class Sources(StrictModel):
 
 def load_sources(path: str | Path | None = None) -> Sources:
     """The user's sources file, or the one shipped with the package."""
-    text = Path(path).read_text() if path else (package_files("landslide_batch") / "data" / "l4s_sources.yaml").read_text()
+    text = (
+        Path(path).read_text() if path else (package_files("landslide_batch") / "data" / "l4s_sources.yaml").read_text()
+    )
     where = str(path or "landslide_batch/data/l4s_sources.yaml")
     try:
         return Sources.model_validate(yaml.safe_load(text))
@@ -84,8 +87,10 @@ def with_record_checksums(sources: Sources, timeout: float = 60.0) -> Sources:
     files = []
     for f in sources.files:
         if f.name not in listed:
-            raise ConfigError(f"{sources.record_api} does not list {f.name} (it lists {sorted(map(str, listed))}); "
-                              "the sources file does not fit the record")
+            raise ConfigError(
+                f"{sources.record_api} does not list {f.name} (it lists {sorted(map(str, listed))}); "
+                "the sources file does not fit the record"
+            )
         algo, _, digest = listed[f.name].partition(":")
         if algo not in ("md5", "sha256") or not digest:
             files.append(f)
@@ -142,15 +147,24 @@ def _check_layout(archive: Path, folder: Path, counts: dict[str, int]) -> None:
     if not counts["img"]:
         raise InputError(f"{archive}: no image_N.h5 under an img/ folder; not a Landslide4Sense archive")
     if counts["mask"]:
-        numbers = {kind: {int(re.search(r"\d+", p.name).group()) for p in (folder / kind).iterdir()}
-                   for kind in ("img", "mask")}
+        numbers = {
+            kind: {int(re.search(r"\d+", p.name).group()) for p in (folder / kind).iterdir()}
+            for kind in ("img", "mask")
+        }
         if numbers["img"] != numbers["mask"]:
             odd = sorted(numbers["img"] ^ numbers["mask"])[:5]
             raise InputError(f"{archive}: images and masks do not pair up (e.g. number(s) {odd})")
 
 
-def fetch_l4s(out: str | Path, *, sources: Sources | None = None, base_url: str | None = None,
-              splits: tuple[str, ...] = SPLITS, progress: bool = True, overwrite: bool = False) -> dict:
+def fetch_l4s(
+    out: str | Path,
+    *,
+    sources: Sources | None = None,
+    base_url: str | None = None,
+    splits: tuple[str, ...] = SPLITS,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> dict:
     """Download and unpack the requested splits into ``out``; -> the manifest written to ``out/fetch.json``."""
     out = Path(out)
     sources = with_record_checksums(sources or load_sources())
@@ -167,15 +181,26 @@ def fetch_l4s(out: str | Path, *, sources: Sources | None = None, base_url: str 
             continue
         url = sources.url(f, base_url)
         if not f.checksums:
-            log.warning("%s has no checksum in the sources file or the record: downloaded unverified (its digests "
-                        "go to %s)",
-                        f.name, out / MANIFEST)
+            log.warning(
+                "%s has no checksum in the sources file or the record: downloaded unverified (its digests go to %s)",
+                f.name,
+                out / MANIFEST,
+            )
         archive = download(url, out / "downloads" / f.name, checksums=f.checksums, progress=progress)
         counts = unpack_split(archive, target)
         manifest["files"] = [m for m in manifest["files"] if m["split"] != f.split]
-        manifest["files"].append({"name": f.name, "url": url, "split": f.split, "verified": bool(f.checksums),
-                                  "sha256": file_digest(archive, "sha256"), "md5": file_digest(archive, "md5"),
-                                  "images": counts["img"], "masks": counts["mask"]})
+        manifest["files"].append(
+            {
+                "name": f.name,
+                "url": url,
+                "split": f.split,
+                "verified": bool(f.checksums),
+                "sha256": file_digest(archive, "sha256"),
+                "md5": file_digest(archive, "md5"),
+                "images": counts["img"],
+                "masks": counts["mask"],
+            }
+        )
     if manifest["files"]:
         out.mkdir(parents=True, exist_ok=True)
         (out / MANIFEST).write_text(json.dumps(manifest, indent=2))

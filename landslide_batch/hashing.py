@@ -28,7 +28,7 @@ def sha256_tree(path: str | Path) -> str:
         files = sorted(str(p.relative_to(where.path)) for p in where.path.rglob("*") if p.is_file())
     else:
         root = where.fs_path.rstrip("/") + "/"
-        files = sorted(p[len(root):] for p in where.fs.find(where.fs_path))
+        files = sorted(p[len(root) :] for p in where.fs.find(where.fs_path))
     for rel in files:
         h.update(rel.encode())
         h.update(sha256_file(where.join(rel).uri).encode())

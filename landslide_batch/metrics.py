@@ -23,7 +23,7 @@ class Counts:
     fn: int = 0
     tn: int = 0
 
-    def __add__(self, other: "Counts") -> "Counts":
+    def __add__(self, other: Counts) -> Counts:
         return Counts(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
 
 
@@ -37,8 +37,12 @@ def confusion_counts(pred: Any, target: Any, valid: Any = None) -> Counts:
     if valid is not None:
         valid = _as_bool(valid)
         pred, target = pred[valid], target[valid]
-    return Counts(int((pred & target).sum()), int((pred & ~target).sum()),
-                  int((~pred & target).sum()), int((~pred & ~target).sum()))
+    return Counts(
+        int((pred & target).sum()),
+        int((pred & ~target).sum()),
+        int((~pred & target).sum()),
+        int((~pred & ~target).sum()),
+    )
 
 
 def _ratio(num: float, den: float) -> float:
@@ -70,8 +74,10 @@ def prob_histograms(prob: Any, target: Any, bins: int = 100, valid: Any = None) 
     keep = np.isfinite(prob) if valid is None else np.isfinite(prob) & valid.astype(bool)
     idx = np.clip((prob[keep] * bins).astype(np.int64), 0, bins - 1)
     pos = target[keep].astype(bool)
-    return (np.bincount(idx[pos], minlength=bins).astype(np.int64),
-            np.bincount(idx[~pos], minlength=bins).astype(np.int64))
+    return (
+        np.bincount(idx[pos], minlength=bins).astype(np.int64),
+        np.bincount(idx[~pos], minlength=bins).astype(np.int64),
+    )
 
 
 def sweep(pos_hist: np.ndarray, neg_hist: np.ndarray) -> tuple[np.ndarray, list[Counts]]:

@@ -15,12 +15,12 @@ import shutil
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import zarr
@@ -39,8 +39,8 @@ from .infer.shared_disk import require_shared_folder
 from .infer.stages import PredictorSpec
 from .ingest import Scene, ingest_job
 from .models.card import WEIGHTS_FILE, read_card
-from .outputs.manifest import package_versions, read_manifest, write_json_atomic
 from .outputs.derive import MASK_NODATA, ProbabilitySource, min_object_pixels, window_reader, write_mask_and_polygons
+from .outputs.manifest import package_versions, read_manifest, write_json_atomic
 from .outputs.polygons import POLYGON_FILES
 from .outputs.publish import move_all
 from .outputs.publish_remote import publish_to_object_store
@@ -48,8 +48,8 @@ from .outputs.quicklook import write_quicklook
 from .outputs.rasters import write_cog
 from .outputs.store import NODATA, SLOPE, BlockStore, create_store
 from .outputs.summary import assumed_pixel_m, describe_mapped
-from .storage import Location, exclusive_location, location, require_exists, storage_errors
 from .plan.tiling import Block, TileGrid, plan_blocks, tile_uses
+from .storage import Location, exclusive_location, location, require_exists, storage_errors
 
 log = logging.getLogger(__name__)
 
@@ -73,17 +73,28 @@ def job_hash(cfg: JobConfig, scene_sha: str, model_shas: list[str], device: str)
     """Identity of a job's result: inputs, models, the device type (``cpu`` / ``cuda``) with its
     arithmetic, and every setting that changes the map."""
     key = {
-        "scene": scene_sha, "models": model_shas, "weights": [m.weight for m in ensemble_members(cfg).members],
-        "device": device, "precision": PRECISION[device],
-        **cfg.model_dump(mode="json", include={"tile", "overlap", "blend", "block", "threshold", "min_area_m2",
-                                                "min_pixels", "nodata", "inputs"}),
+        "scene": scene_sha,
+        "models": model_shas,
+        "weights": [m.weight for m in ensemble_members(cfg).members],
+        "device": device,
+        "precision": PRECISION[device],
+        **cfg.model_dump(
+            mode="json",
+            include={"tile", "overlap", "blend", "block", "threshold", "min_area_m2", "min_pixels", "nodata", "inputs"},
+        ),
         **({"tta": True} if cfg.tta else {}),  # only when set: earlier jobs keep their hashes
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def run_job(cfg: JobConfig, *, overwrite: bool = False, predictor=None, pool=None,
-            on_block: Callable[[Block], None] | None = None) -> dict:
+def run_job(
+    cfg: JobConfig,
+    *,
+    overwrite: bool = False,
+    predictor=None,
+    pool=None,
+    on_block: Callable[[Block], None] | None = None,
+) -> dict:
     """Run (or resume) a job; returns the run manifest (also written to ``OUT/run.json``).
 
     A region job (``scenes:``) runs in ``region.job``, which maps each scene through here.
@@ -100,10 +111,17 @@ def run_job(cfg: JobConfig, *, overwrite: bool = False, predictor=None, pool=Non
         from .region.job import run_region  # the region layer sits on top of this module
 
         return run_region(cfg, overwrite=overwrite)
-    cfg, model_files = preflight(cfg, overwrite)  # out, free space, model folders, inputs units: before anything is written
+    cfg, model_files = preflight(
+        cfg, overwrite
+    )  # out, free space, model folders, inputs units: before anything is written
     out = location(cfg.out)
-    busy = lambda: OutputLockedError(f"{out} is being written by another job (lock {out / '.lock'} is held); "  # noqa: E731
-                                     "wait for it or choose another output folder")
+
+    def busy():
+        return OutputLockedError(
+            f"{out} is being written by another job (lock {out / '.lock'} is held); "  # noqa: E731
+            "wait for it or choose another output folder"
+        )
+
     with ExitStack() as held:
         if out.is_local:  # entered first, left last: a full disk anywhere below ends in one clear error
             held.enter_context(disk_full_is_clear(out.path))
@@ -116,8 +134,16 @@ def run_job(cfg: JobConfig, *, overwrite: bool = False, predictor=None, pool=Non
         return _run_locked(cfg, out, overwrite, stage, predictor, pool, on_block, model_files)
 
 
-def _run_locked(cfg: JobConfig, out: Location, overwrite: bool, scratch: Path, predictor=None, pool=None,
-                on_block: Callable[[Block], None] | None = None, model_files: tuple | None = None) -> dict:
+def _run_locked(
+    cfg: JobConfig,
+    out: Location,
+    overwrite: bool,
+    scratch: Path,
+    predictor=None,
+    pool=None,
+    on_block: Callable[[Block], None] | None = None,
+    model_files: tuple | None = None,
+) -> dict:
     """``scratch``: a local folder for the products of a job whose ``out`` is on object storage;
     ``model_files``: the members' files as the preflight read and checked them."""
     t0 = time.perf_counter()
@@ -139,8 +165,9 @@ def _run_locked(cfg: JobConfig, out: Location, overwrite: bool, scratch: Path, p
     models_future.add_done_callback(lambda _: models_ready.append(time.perf_counter()))
     prep.shutdown(wait=False)
     # The card's hash; loading (above, in the background) refuses weights that do not match it.
-    model_shas = [c.weights_sha256 or sha256_tree(location(m.model) / WEIGHTS_FILE)
-                  for m, c in zip(members.members, cards)]
+    model_shas = [
+        c.weights_sha256 or sha256_tree(location(m.model) / WEIGHTS_FILE) for m, c in zip(members.members, cards)
+    ]
     scene_sha = scene_sha_future.result()
     device = job_device(cfg.device, cfg.executor, cfg.ray)
     jhash = job_hash(cfg, scene_sha, model_shas, device)
@@ -150,15 +177,22 @@ def _run_locked(cfg: JobConfig, out: Location, overwrite: bool, scratch: Path, p
     if previous is not None and not overwrite:
         missing = [f for f in previous.get("outputs", outputs).values() if not (out / f).exists()]
         if previous.get("job_hash") == jhash and missing:
-            raise ConfigError(f"{out} holds this job's run.json but {', '.join(missing)} is missing; "
-                              "use --overwrite to compute the job again")
+            raise ConfigError(
+                f"{out} holds this job's run.json but {', '.join(missing)} is missing; "
+                "use --overwrite to compute the job again"
+            )
         if previous.get("job_hash") == jhash:
             log.info("%s already holds the finished result of this job (hash %s): nothing to do", out, jhash)
             _log_kept_derivation(previous, outputs, out)
-            return {**previous, "blocks": {**previous["blocks"], "computed": 0, "resumed": previous["blocks"]["total"]},
-                    "tiles": {**previous["tiles"], "forward_passes": 0}}
-        raise ConfigError(f"{out} holds the result of a different job (hash {previous.get('job_hash')}, "
-                          f"this job {jhash}); use another output folder or --overwrite")
+            return {
+                **previous,
+                "blocks": {**previous["blocks"], "computed": 0, "resumed": previous["blocks"]["total"]},
+                "tiles": {**previous["tiles"], "forward_passes": 0},
+            }
+        raise ConfigError(
+            f"{out} holds the result of a different job (hash {previous.get('job_hash')}, "
+            f"this job {jhash}); use another output folder or --overwrite"
+        )
     if previous is not None:  # overwriting: from now on nothing may vouch for the folder's old products
         (out / "run.json").rm()
         old_polygons = previous.get("outputs", {}).get("polygons", outputs["polygons"])
@@ -202,9 +236,19 @@ def _run_locked(cfg: JobConfig, out: Location, overwrite: bool, scratch: Path, p
                 empty.append(b)
             else:
                 todo.append(b)
-        log.info("scene %dx%d px, %d tiles of %d px (stride %d) in %d block(s): %d to compute, %d resumed, "
-                 "%d without valid pixels", info.height, info.width, grid.n_tiles, cfg.tile, cfg.stride,
-                 len(blocks), len(todo), len(resumed), len(empty))
+        log.info(
+            "scene %dx%d px, %d tiles of %d px (stride %d) in %d block(s): %d to compute, %d resumed, "
+            "%d without valid pixels",
+            info.height,
+            info.width,
+            grid.n_tiles,
+            cfg.tile,
+            cfg.stride,
+            len(blocks),
+            len(todo),
+            len(resumed),
+            len(empty),
+        )
 
         ctx = StageContext(scene.path, grid, spec, store)
         if cfg.executor == "local":  # reads its first block while the models finish loading
@@ -225,15 +269,23 @@ def _run_locked(cfg: JobConfig, out: Location, overwrite: bool, scratch: Path, p
             node_of[row["key"]] = row["node"]
             kept_at_end += row["kept_tiles"] if row["last_in_stripe"] else 0
             dt = time.perf_counter() - max(t_loop, *models_ready)
-            log.info("block %s done (%d/%d): %d tiles, %.1f tiles/s so far", row["key"], i, len(todo),
-                     row["tiles"], tiles / dt if dt else 0.0)
+            log.info(
+                "block %s done (%d/%d): %d tiles, %.1f tiles/s so far",
+                row["key"],
+                i,
+                len(todo),
+                row["tiles"],
+                tiles / dt if dt else 0.0,
+            )
             if on_block is not None:
                 on_block(by_key[row["key"]])
         t_plan = max(t_loop, *models_ready)  # inference starts once the models are ready
         actors = pool.loads() if pool is not None else None  # how often each actor loaded its models
         infer_s = time.perf_counter() - t_plan
 
-        threshold = cfg.threshold if cfg.threshold is not None else members.decision_threshold([c.threshold for c in cards])
+        threshold = (
+            cfg.threshold if cfg.threshold is not None else members.decision_threshold([c.threshold for c in cards])
+        )
         # The products are written while the Ray session closes (a second or more of waiting on
         # Ray's processes); finishing needs nothing from Ray.
         t_finish = time.perf_counter()
@@ -249,24 +301,57 @@ def _run_locked(cfg: JobConfig, out: Location, overwrite: bool, scratch: Path, p
         "job_hash": jhash,
         "started": started,
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "timings": {"ingest_s": round(ingest_s, 3), "prepare_s": round(t_plan - t0, 3), "infer_s": round(infer_s, 3),
-                    "finish_s": round(finish_s, 3), "total_s": round(time.perf_counter() - t0, 3)},
+        "timings": {
+            "ingest_s": round(ingest_s, 3),
+            "prepare_s": round(t_plan - t0, 3),
+            "infer_s": round(infer_s, 3),
+            "finish_s": round(finish_s, 3),
+            "total_s": round(time.perf_counter() - t0, 3),
+        },
         "inputs": {"scene": {"path": str(cfg.scene), "sha256": scene_sha}},
         "warnings": [*scene.attrs.get("warnings", []), *warnings],
         "checks": {"units": [v.record() for v in unit_checks]},
         "config": cfg.model_dump(mode="json"),
-        "models": [{"path": str(m.model), "name": c.name, "arch": c.arch, "encoder": c.encoder,
-                    "features": c.features, "weight": m.weight, "trained": c.trained, "threshold": c.threshold,
-                    "sha256": sha} for m, c, sha in zip(members.members, cards, model_shas)],
+        "models": [
+            {
+                "path": str(m.model),
+                "name": c.name,
+                "arch": c.arch,
+                "encoder": c.encoder,
+                "features": c.features,
+                "weight": m.weight,
+                "trained": c.trained,
+                "threshold": c.threshold,
+                "sha256": sha,
+            }
+            for m, c, sha in zip(members.members, cards, model_shas)
+        ],
         "versions": package_versions(),
-        "scene": {"height": info.height, "width": info.width, "crs": info.crs_wkt,
-                  "transform": list(info.transform), "pixel_area_m2": info.pixel_area_m2},
+        "scene": {
+            "height": info.height,
+            "width": info.width,
+            "crs": info.crs_wkt,
+            "transform": list(info.transform),
+            "pixel_area_m2": info.pixel_area_m2,
+        },
         "device": {"type": device, "precision": PRECISION[device]},
-        "tiles": {"grid": grid.n_tiles, "tile": cfg.tile, "stride": cfg.stride, "forward_passes": forward,
-                  "computed_in_blocks": tiles, **_reuse_figures(forward, len(members.members), grid, todo),
-                  "kept_at_end": kept_at_end},
-        "blocks": {"total": len(blocks), "computed": len(todo), "skipped_nodata": len(empty),
-                   "resumed": len(resumed), "node_of": node_of, "per_node": dict(Counter(node_of.values()))},
+        "tiles": {
+            "grid": grid.n_tiles,
+            "tile": cfg.tile,
+            "stride": cfg.stride,
+            "forward_passes": forward,
+            "computed_in_blocks": tiles,
+            **_reuse_figures(forward, len(members.members), grid, todo),
+            "kept_at_end": kept_at_end,
+        },
+        "blocks": {
+            "total": len(blocks),
+            "computed": len(todo),
+            "skipped_nodata": len(empty),
+            "resumed": len(resumed),
+            "node_of": node_of,
+            "per_node": dict(Counter(node_of.values())),
+        },
         **({"actors": actors} if actors is not None else {}),
         "summary": {**summary, "threshold": threshold},
         "outputs": outputs,
@@ -274,8 +359,7 @@ def _run_locked(cfg: JobConfig, out: Location, overwrite: bool, scratch: Path, p
     write_json_atomic(stage / "final" / "run.json", manifest)
     _publish(stage / "final", store_path, out, outputs)
     work.rm()
-    log.info("finished: %s (%d landslide objects, %s)", out / "run.json", summary["objects"],
-             describe_mapped(summary))
+    log.info("finished: %s (%d landslide objects, %s)", out / "run.json", summary["objects"], describe_mapped(summary))
     return manifest
 
 
@@ -289,8 +373,7 @@ def _reuse_figures(forward: int, members: int, grid: TileGrid, todo: list) -> di
 
 def predictor_spec(cfg: JobConfig, members) -> PredictorSpec:
     """What builds the job's ensemble predictor (``members``: the job's ``EnsembleConfig``)."""
-    return PredictorSpec(members, cfg.tile, cfg.stride, cfg.blend, cfg.batch_size, cfg.device, cfg.threads,
-                         tta=cfg.tta)
+    return PredictorSpec(members, cfg.tile, cfg.stride, cfg.blend, cfg.batch_size, cfg.device, cfg.threads, tta=cfg.tta)
 
 
 def scene_chunk(block: int) -> int:
@@ -316,8 +399,9 @@ def _prepare_stores(cfg: JobConfig, work: Location, jhash: str) -> tuple[Scene, 
     return scene, store_path, ingest_s
 
 
-def _finish(cfg: JobConfig, scene: Scene, store_path: Path, work: Path, threshold: float,
-            outputs: dict[str, str]) -> dict:
+def _finish(
+    cfg: JobConfig, scene: Scene, store_path: Path, work: Path, threshold: float, outputs: dict[str, str]
+) -> dict:
     """Write the products (all but the store) into ``work/final`` window by window; returns the
     summary. The mask and polygons come from the step ``vectorize`` repeats later, and the
     scene's slope goes into the store as that step reads it, for ``vectorize`` to read there."""
@@ -330,8 +414,14 @@ def _finish(cfg: JobConfig, scene: Scene, store_path: Path, work: Path, threshol
 
     def write_rasters() -> None:
         for key in ("probability", "uncertainty"):
-            write_cog(final / outputs[key], info, window_reader(group[key]), dtype="float32", nodata=NODATA,
-                      scratch=work / f"{key}.scratch.tif")
+            write_cog(
+                final / outputs[key],
+                info,
+                window_reader(group[key]),
+                dtype="float32",
+                nodata=NODATA,
+                scratch=work / f"{key}.scratch.tif",
+            )
 
     kept = group.get(SLOPE)  # None: a store resumed from before stores kept the slope
 
@@ -345,14 +435,23 @@ def _finish(cfg: JobConfig, scene: Scene, store_path: Path, work: Path, threshol
     with ThreadPoolExecutor(1, "rasters") as pool:
         rasters = pool.submit(write_rasters)
         source = ProbabilitySource(info, window_reader(prob), slope_kept if SLOPE in info.band_names else None)
-        summary = write_mask_and_polygons(source, threshold, min_object_pixels(info, cfg.min_area_m2, cfg.min_pixels),
-                                          final / outputs["mask"], final / outputs["polygons"],
-                                          scratch=work / "mask.scratch.tif")
-        write_quicklook(final / outputs["quicklook"], zarr.open_group(str(scene.path), mode="r")["bands"], prob,
-                        threshold)
+        summary = write_mask_and_polygons(
+            source,
+            threshold,
+            min_object_pixels(info, cfg.min_area_m2, cfg.min_pixels),
+            final / outputs["mask"],
+            final / outputs["polygons"],
+            scratch=work / "mask.scratch.tif",
+        )
+        write_quicklook(
+            final / outputs["quicklook"], zarr.open_group(str(scene.path), mode="r")["bands"], prob, threshold
+        )
         rasters.result()
-    return {**summary, "min_area_m2": cfg.min_area_m2,
-            "assumed_pixel_m": assumed_pixel_m(scene.attrs.get("source", {}).get("kind"), info.pixel_area_m2)}
+    return {
+        **summary,
+        "min_area_m2": cfg.min_area_m2,
+        "assumed_pixel_m": assumed_pixel_m(scene.attrs.get("source", {}).get("kind"), info.pixel_area_m2),
+    }
 
 
 def _log_kept_derivation(previous: dict, outputs: dict[str, str], out: Path) -> None:
@@ -360,14 +459,25 @@ def _log_kept_derivation(previous: dict, outputs: dict[str, str], out: Path) -> 
     derived = previous.get("derivations") or []
     if derived:
         last = derived[-1]
-        log.info("%s: mask and polygons were re-derived on %s (threshold %s, min area %s m², %s) and are kept; "
-                 "`landslide-batch vectorize` derives them again", out, last["time"], last["threshold"],
-                 last["min_area_m2"], last["polygons"])
+        log.info(
+            "%s: mask and polygons were re-derived on %s (threshold %s, min area %s m², %s) and are kept; "
+            "`landslide-batch vectorize` derives them again",
+            out,
+            last["time"],
+            last["threshold"],
+            last["min_area_m2"],
+            last["polygons"],
+        )
     current = previous.get("outputs", {}).get("polygons")
     if current and current != outputs["polygons"]:
-        log.warning("%s: polygons stay in %s; `landslide-batch vectorize %s --format %s` writes %s without "
-                    "running the models", out, current, out, Path(outputs["polygons"]).suffix[1:],
-                    outputs["polygons"])
+        log.warning(
+            "%s: polygons stay in %s; `landslide-batch vectorize %s --format %s` writes %s without running the models",
+            out,
+            current,
+            out,
+            Path(outputs["polygons"]).suffix[1:],
+            outputs["polygons"],
+        )
 
 
 def _publish(final: Path, store_path: Location, out: Location, outputs: dict[str, str]) -> None:

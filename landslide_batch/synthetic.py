@@ -61,19 +61,34 @@ def synthetic_scene(height: int, width: int, seed: int = 0, density: float = 1.0
     return bands, labels.astype(np.uint8)
 
 
-def write_geotiff(path: str | Path, data: np.ndarray, *, crs: str | None = "EPSG:32645",
-                  origin: tuple[float, float] = (500000.0, 3100000.0), pixel: float = PIXEL_M,
-                  nodata: float | None = None, dtype: str | None = None) -> Path:
+def write_geotiff(
+    path: str | Path,
+    data: np.ndarray,
+    *,
+    crs: str | None = "EPSG:32645",
+    origin: tuple[float, float] = (500000.0, 3100000.0),
+    pixel: float = PIXEL_M,
+    nodata: float | None = None,
+    dtype: str | None = None,
+) -> Path:
     """Write ``(C, H, W)`` or ``(H, W)`` to a tiled GeoTIFF north-up at ``origin`` (upper-left)."""
     import rasterio
     from rasterio.transform import from_origin
 
     data = data[None] if data.ndim == 2 else data
     path = Path(path)
-    profile = dict(driver="GTiff", height=data.shape[1], width=data.shape[2], count=data.shape[0],
-                   dtype=dtype or data.dtype.name, transform=from_origin(*origin, pixel, pixel),
-                   nodata=nodata, tiled=data.shape[1] >= 256 and data.shape[2] >= 256,
-                   blockxsize=256, blockysize=256)
+    profile = dict(
+        driver="GTiff",
+        height=data.shape[1],
+        width=data.shape[2],
+        count=data.shape[0],
+        dtype=dtype or data.dtype.name,
+        transform=from_origin(*origin, pixel, pixel),
+        nodata=nodata,
+        tiled=data.shape[1] >= 256 and data.shape[2] >= 256,
+        blockxsize=256,
+        blockysize=256,
+    )
     if crs:
         profile["crs"] = crs
     with rasterio.open(path, "w", **profile) as ds:
@@ -81,8 +96,9 @@ def write_geotiff(path: str | Path, data: np.ndarray, *, crs: str | None = "EPSG
     return path
 
 
-def write_l4s_patch(image_path: str | Path, bands: np.ndarray, mask_path: str | Path | None = None,
-                    labels: np.ndarray | None = None) -> None:
+def write_l4s_patch(
+    image_path: str | Path, bands: np.ndarray, mask_path: str | Path | None = None, labels: np.ndarray | None = None
+) -> None:
     """Write an L4S-format pair: ``img`` (H, W, 14) float and, optionally, ``mask`` (H, W)."""
     import h5py
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import http.server
 import re
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 
 @dataclass
@@ -53,7 +53,7 @@ def _handler(state: ServerState):
             self.end_headers()
             if path in state.drop_once and not start:
                 state.drop_once.discard(path)
-                self.wfile.write(body[:len(body) // 2])
+                self.wfile.write(body[: len(body) // 2])
                 self.wfile.flush()
                 self.close_connection = True
                 self.connection.shutdown(2)  # the client sees the connection end mid-body

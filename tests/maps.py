@@ -12,8 +12,9 @@ from landslide_batch.config import job_from_dict
 
 def job(scene, out, model, **kw):
     """A one-model job in blocks of 128 px (many blocks on a small scene), batches of 8."""
-    return job_from_dict({"scene": str(scene), "out": str(out), "models": [str(model)], "block": 128,
-                          "batch_size": 8, **kw})
+    return job_from_dict(
+        {"scene": str(scene), "out": str(out), "models": [str(model)], "block": 128, "batch_size": 8, **kw}
+    )
 
 
 def read_prob(out: Path) -> np.ndarray:

@@ -70,11 +70,19 @@ def _page(monkeypatch, models_dir: Path | None = None, runs_dir: Path | None = N
 
 
 def _texts(at: AppTest) -> str:
-    return "\n".join(e.value for kind in ("markdown", "caption", "subheader", "error", "warning", "info")
-                     for e in getattr(at, kind)) + "\n" + "\n".join(at.sidebar.markdown.values)
+    return (
+        "\n".join(
+            e.value
+            for kind in ("markdown", "caption", "subheader", "error", "warning", "info")
+            for e in getattr(at, kind)
+        )
+        + "\n"
+        + "\n".join(at.sidebar.markdown.values)
+    )
 
 
 # ---------------------------------------------------------------------------- logic
+
 
 @pytest.mark.parametrize("n, size", [(128, 128), (1, 128), (129, 192), (192, 192), (300, 320)])
 def test_padded_size_is_smallest_tiled_window(n, size):
@@ -98,13 +106,16 @@ def test_odd_sized_geotiff_is_padded_cropped_and_downloadable_as_geotiff(tmp_pat
         np.testing.assert_array_equal(ds.read(1), pred.probability)
 
 
-@pytest.mark.parametrize("name, make, message", [
-    ("image_1.h5", lambda p: _h5(p, np.zeros((128, 128, 3), np.float32)), "expected 14 bands"),
-    ("image_1.h5", lambda p: b"this is not an HDF5 file", "not a readable HDF5 file"),
-    ("image_1.h5", lambda p: _h5(p, np.full((128, 128, 14), np.nan, np.float32)), "no valid pixel"),
-    ("scene.tif", lambda p: write_geotiff(p, np.ones((3, 32, 32), np.float32)).read_bytes(), "found 3"),
-    ("scene.jpg", lambda p: b"\xff\xd8", "expected an L4S .h5 patch or a 14-band GeoTIFF"),
-])
+@pytest.mark.parametrize(
+    "name, make, message",
+    [
+        ("image_1.h5", lambda p: _h5(p, np.zeros((128, 128, 3), np.float32)), "expected 14 bands"),
+        ("image_1.h5", lambda p: b"this is not an HDF5 file", "not a readable HDF5 file"),
+        ("image_1.h5", lambda p: _h5(p, np.full((128, 128, 14), np.nan, np.float32)), "no valid pixel"),
+        ("scene.tif", lambda p: write_geotiff(p, np.ones((3, 32, 32), np.float32)).read_bytes(), "found 3"),
+        ("scene.jpg", lambda p: b"\xff\xd8", "expected an L4S .h5 patch or a 14-band GeoTIFF"),
+    ],
+)
 def test_bad_patch_uploads_raise_input_errors_naming_the_upload(tmp_path, name, make, message):
     with pytest.raises(InputError, match=message) as err:
         logic.load_patch(name, make(tmp_path / name))
@@ -121,11 +132,22 @@ def test_mask_must_match_the_patch(tmp_path):
 def test_app_command_hands_options_to_streamlit(tmp_path, monkeypatch):
     monkeypatch.delenv(RUNS_ENV, raising=False)
     args, extra = build_parser().parse_known_args(
-        ["app", "--server.port", "8600", "--models-dir", str(tmp_path), "--server.headless", "true"])
+        ["app", "--server.port", "8600", "--models-dir", str(tmp_path), "--server.headless", "true"]
+    )
     args.extra = extra
     argv, env = streamlit_command(args)
-    assert argv[1:] == ["-m", "streamlit", "run", str(PAGE), "--server.maxUploadSize", str(MAX_UPLOAD_MB),
-                        "--server.port", "8600", "--server.headless", "true"]
+    assert argv[1:] == [
+        "-m",
+        "streamlit",
+        "run",
+        str(PAGE),
+        "--server.maxUploadSize",
+        str(MAX_UPLOAD_MB),
+        "--server.port",
+        "8600",
+        "--server.headless",
+        "true",
+    ]
     assert env[MODELS_ENV] == str(tmp_path.resolve()) and RUNS_ENV not in env
     assert env[MAX_UPLOAD_ENV] == str(MAX_UPLOAD_MB)
     assert main(["app", "--models-dir", str(tmp_path / "missing")]) == 2
@@ -134,6 +156,7 @@ def test_app_command_hands_options_to_streamlit(tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------------------- page
+
 
 def test_single_model_on_a_patch_with_ground_truth(monkeypatch, models_dir, l4s_pair):
     image, mask = l4s_pair
@@ -152,8 +175,12 @@ def test_single_model_on_a_patch_with_ground_truth(monkeypatch, models_dir, l4s_
     labels = [b.label for b in at.get("download_button")]
     assert labels == ["probability .npy", "mask .npy"]  # no GeoTIFF: an L4S patch has no location
     captions = [c for img in at.image for c in img.captions]
-    assert captions == ["RGB (B4, B3, B2)", f"Mask (threshold {0.5:.2f})", "Overlay on RGB",
-                        "Probability (viridis, 0 → 1)"]
+    assert captions == [
+        "RGB (B4, B3, B2)",
+        f"Mask (threshold {0.5:.2f})",
+        "Overlay on RGB",
+        "Probability (viridis, 0 → 1)",
+    ]
     at.run()  # a rerun (any other widget) shows the stored result without pressing Run again
     assert len(at.image) == 4
 
@@ -176,11 +203,14 @@ def test_all_models_side_by_side(monkeypatch, models_dir, l4s_pair):
     assert _texts(at).count(":red[UNTRAINED]") == 2
 
 
-@pytest.mark.parametrize("name, make, message", [
-    ("image_1.h5", lambda p: _h5(p, np.zeros((128, 128, 3), np.float32)), "expected 14 bands"),
-    ("image_1.h5", lambda p: b"not hdf5 at all", "not a readable HDF5 file"),
-    ("image_1.h5", lambda p: _h5(p, np.full((128, 128, 14), np.nan, np.float32)), "no valid pixel"),
-])
+@pytest.mark.parametrize(
+    "name, make, message",
+    [
+        ("image_1.h5", lambda p: _h5(p, np.zeros((128, 128, 3), np.float32)), "expected 14 bands"),
+        ("image_1.h5", lambda p: b"not hdf5 at all", "not a readable HDF5 file"),
+        ("image_1.h5", lambda p: _h5(p, np.full((128, 128, 14), np.nan, np.float32)), "no valid pixel"),
+    ],
+)
 def test_bad_upload_shows_an_error_not_a_traceback(monkeypatch, tmp_path, models_dir, name, make, message):
     at = _page(monkeypatch, models_dir)
     at.file_uploader(key="patch").upload(name, make(tmp_path / name))
@@ -206,19 +236,37 @@ def run_folder(tmp_path) -> Path:
     (out / "probability.zarr" / "zarr.json").write_text("{}")
     (tmp_path / "secret.txt").write_text("outside the run folder")
     run = {
-        "status": "complete", "job_hash": "abc123", "started": "2025-01-01T10:00:00+00:00",
+        "status": "complete",
+        "job_hash": "abc123",
+        "started": "2025-01-01T10:00:00+00:00",
         "finished": "2025-01-01T10:05:00+00:00",
         "timings": {"ingest_s": 1.5, "infer_s": 250.25, "finish_s": 3.0, "total_s": 254.75},
         "inputs": {"scene": {"path": "/data/scene.tif", "sha256": "f" * 64}},
-        "config": {"tile": 128, "overlap": 0.5}, "versions": {"landslide_batch": "0.1.0"},
-        "models": [{"path": "/models/unet_resnet34", "name": "unet_resnet34", "arch": "Unet",
-                    "encoder": "resnet34", "weight": 1.0, "trained": False, "sha256": "0" * 64}],
+        "config": {"tile": 128, "overlap": 0.5},
+        "versions": {"landslide_batch": "0.1.0"},
+        "models": [
+            {
+                "path": "/models/unet_resnet34",
+                "name": "unet_resnet34",
+                "arch": "Unet",
+                "encoder": "resnet34",
+                "weight": 1.0,
+                "trained": False,
+                "sha256": "0" * 64,
+            }
+        ],
         "tiles": {"grid": 1200, "forward_passes": 1100},
         "blocks": {"total": 12, "computed": 10, "skipped_nodata": 2, "resumed": 0},
         "summary": {"area_mapped_km2": 123.456, "landslide_area_km2": 1.25, "objects": 42, "threshold": 0.5},
-        "outputs": {"probability": "probability.tif", "uncertainty": "uncertainty.tif", "mask": "mask.tif",
-                    "polygons": "landslides.gpkg", "quicklook": "quicklook.png", "zarr": "probability.zarr",
-                    "sneaky": "../../secret.txt"},
+        "outputs": {
+            "probability": "probability.tif",
+            "uncertainty": "uncertainty.tif",
+            "mask": "mask.tif",
+            "polygons": "landslides.gpkg",
+            "quicklook": "quicklook.png",
+            "zarr": "probability.zarr",
+            "sneaky": "../../secret.txt",
+        },
     }
     (out / "run.json").write_text(json.dumps(run))
     return out
@@ -230,11 +278,16 @@ def test_runs_mode_shows_a_finished_run(monkeypatch, run_folder):
     assert not at.exception and not at.main.error
     assert at.selectbox(key="run").value == run_folder
     assert {m.label: m.value for m in at.metric} == {
-        "Landslide area": "1.250 km²", "Objects": "42", "Area mapped": "123.5 km²", "Threshold": "0.500"}
+        "Landslide area": "1.250 km²",
+        "Objects": "42",
+        "Area mapped": "123.5 km²",
+        "Threshold": "0.500",
+    }
     assert at.image[0].captions == ["Quicklook"]
     details = at.table[0].value
-    assert dict(zip(details["field"], details["value"]))["Blocks"] == \
-        "total 12, computed 10, skipped nodata 2, resumed 0"
+    assert (
+        dict(zip(details["field"], details["value"]))["Blocks"] == "total 12, computed 10, skipped nodata 2, resumed 0"
+    )
     assert at.table[1].value["trained"].tolist() == ["UNTRAINED"]
     labels = [b.label for b in at.get("download_button")]
     assert [lab.split(" ")[0] for lab in labels] == ["run.json", "probability.tif", "quicklook.png"]
@@ -250,14 +303,18 @@ def test_runs_mode_reports_a_broken_manifest(monkeypatch, run_folder):
 
 # ---------------------------------------------------------------------------- region runs on a map
 
+
 @pytest.fixture(scope="module")
 def runs_dir(region) -> Path:  # noqa: F811
     """A runs folder as a server sees it: a two-scene region run (EPSG:32644 + 32645) and a
     single-scene run of one of its scenes, both made by the real jobs."""
     d, model = region
     run_job(job_from_dict(_job(d, model, "runs/gorkha", ["A.tif", "B.tif"])))
-    run_job(job_from_dict({"scene": str(d / "B.tif"), "models": [str(model)], "out": str(d / "runs" / "single_b"),
-                           **SETTINGS}))
+    run_job(
+        job_from_dict(
+            {"scene": str(d / "B.tif"), "models": [str(model)], "out": str(d / "runs" / "single_b"), **SETTINGS}
+        )
+    )
     return d / "runs"
 
 
@@ -316,8 +373,7 @@ def test_region_run_on_an_interactive_map(monkeypatch, runs_dir):
     both = valid & (rgba[..., 3] > 0)
     assert (np.abs(rgba[..., :3].astype(int) - colours).max(axis=-1)[both] <= 2).mean() > 0.97
 
-    assert [f["properties"]["scene_id"] for f in scenes["data"]["features"]] == \
-        [s["id"] for s in manifest["scenes"]]
+    assert [f["properties"]["scene_id"] for f in scenes["data"]["features"]] == [s["id"] for s in manifest["scenes"]]
     assert len(polygons["data"]["features"]) == manifest["summary"]["objects"] > 0
     lons = [x for f in polygons["data"]["features"] for x, _ in f["geometry"]["coordinates"][0]]
     assert west - 1e-3 < min(lons) and max(lons) < east + 1e-3

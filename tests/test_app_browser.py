@@ -31,12 +31,22 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
-                       reason="needs Chromium and its driver: apt-get install -y chromium chromium-driver"),
+    pytest.mark.skipif(
+        not (CHROMIUM and CHROMEDRIVER),
+        reason="needs Chromium and its driver: apt-get install -y chromium chromium-driver",
+    ),
 ]
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--window-size=1600,1400")
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1600,1400",
+)
 WAIT_S = 90  # server start, model load and a forward pass on a busy 2-core machine
 
 
@@ -62,9 +72,23 @@ def _serving(tmp_path: Path, *options: str) -> Iterator[str]:
     cli = Path(sys.executable).with_name("landslide-batch")
     with open(tmp_path / "server.log", "wb") as log:
         proc = subprocess.Popen(
-            [str(cli), "app", *options, "--server.port", str(port), "--server.headless", "true",
-             "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
-            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+            [
+                str(cli),
+                "app",
+                *options,
+                "--server.port",
+                str(port),
+                "--server.headless",
+                "true",
+                "--server.address",
+                "127.0.0.1",
+                "--browser.gatherUsageStats",
+                "false",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
         url = f"http://127.0.0.1:{port}"
         try:
             deadline = time.monotonic() + WAIT_S
@@ -133,21 +157,31 @@ def test_upload_a_patch_and_run_one_model(server, browser, tmp_path, tiny_model)
         return browser.find_element(By.TAG_NAME, "body").text
 
     for key, name in (("patch", "image_7.h5"), ("truth", "mask_7.h5")):  # the widgets load lazily
-        wait.until(ec.presence_of_element_located(
-            (By.CSS_SELECTOR, f".st-key-{key} input[type=file]"))).send_keys(str(tmp_path / name))
-    run = wait.until(ec.element_to_be_clickable(
-        (By.XPATH, f"//button[.//p[text()='Run {tiny_model.name}']]")))
+        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, f".st-key-{key} input[type=file]"))).send_keys(
+            str(tmp_path / name)
+        )
+    run = wait.until(ec.element_to_be_clickable((By.XPATH, f"//button[.//p[text()='Run {tiny_model.name}']]")))
     wait.until(lambda d: "128 x 128 px, 100% valid" in text())
     run.click()
     wait.until(lambda d: "Overlay on RGB" in text() and "IoU" in text())
-    wait.until(lambda d: all(img.get_property("naturalWidth") > 0
-                             for img in d.find_elements(By.CSS_SELECTOR, "[data-testid=stImage] img")))
+    wait.until(
+        lambda d: all(
+            img.get_property("naturalWidth") > 0
+            for img in d.find_elements(By.CSS_SELECTOR, "[data-testid=stImage] img")
+        )
+    )
     body = text()
     shot = _artifacts() / "app_patch_mode.png"
     browser.save_screenshot(str(shot))
     assert "UNTRAINED" in body and "Architecture: Unet" in body
-    for caption in ("RGB (B4, B3, B2)", "Mask (threshold 0.50)", "Probability (viridis, 0 → 1)",
-                    "Precision", "Recall", "F1"):
+    for caption in (
+        "RGB (B4, B3, B2)",
+        "Mask (threshold 0.50)",
+        "Probability (viridis, 0 → 1)",
+        "Precision",
+        "Recall",
+        "F1",
+    ):
         assert caption in body
     assert len(browser.find_elements(By.CSS_SELECTOR, "[data-testid=stImage] img")) == 4
     assert "probability .npy" in body and "Traceback" not in body
@@ -160,11 +194,11 @@ def _map_pixels(browser, canvas) -> np.ndarray:
     scale = browser.execute_script("return window.devicePixelRatio")
     r = canvas.rect
     top, left = round(r["y"] * scale), round(r["x"] * scale)
-    return shot[top:top + round(r["height"] * scale), left:left + round(r["width"] * scale)]
+    return shot[top : top + round(r["height"] * scale), left : left + round(r["width"] * scale)]
 
 
 def _near(pixels: np.ndarray, colour: tuple[int, int, int], tol: int = 40) -> np.ndarray:
-    return (np.abs(pixels.astype(int) - np.array(colour)).max(axis=-1) <= tol)
+    return np.abs(pixels.astype(int) - np.array(colour)).max(axis=-1) <= tol
 
 
 def test_region_run_on_the_map(runs_server, browser):

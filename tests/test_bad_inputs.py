@@ -48,8 +48,10 @@ def assert_nothing_finished(out) -> None:
 def write_zarr_scene(path, data):
     import xarray as xr
 
-    ds = xr.Dataset({"bands": (("band", "y", "x"), data)},
-                    attrs={"crs": "EPSG:32645", "transform": [10.0, 0.0, ORIGIN[0], 0.0, -10.0, ORIGIN[1]]})
+    ds = xr.Dataset(
+        {"bands": (("band", "y", "x"), data)},
+        attrs={"crs": "EPSG:32645", "transform": [10.0, 0.0, ORIGIN[0], 0.0, -10.0, ORIGIN[1]]},
+    )
     ds.to_zarr(path, consolidated=False)
     return path
 
@@ -68,10 +70,14 @@ def copy_model(model, dest, **card_changes):
 
 # Each case builds its input under ``tmp`` and returns (CLI arguments, patterns stderr must hold).
 
+
 def h5_wrong_band_count(tmp, bands, model):
     write_l4s_patch(tmp / "image_1.h5", bands[:12, :64, :64])
     return flags(tmp / "image_1.h5", model, tmp / "out"), [
-        "image_1.h5", "expected 14 bands in Landslide4Sense order", r"found array of shape \(64, 64, 12\)"]
+        "image_1.h5",
+        "expected 14 bands in Landslide4Sense order",
+        r"found array of shape \(64, 64, 12\)",
+    ]
 
 
 def complex_geotiff(tmp, bands, model):
@@ -101,20 +107,26 @@ def all_nodata_layer(tmp, bands, model):
     data = bands.copy()
     data[13] = -9999  # the DEM layer is nodata everywhere
     path = write_geotiff(tmp / "nodem.tif", data, nodata=-9999)
-    return flags(path, model, tmp / "out"), ["nodem.tif", "has no valid pixel",
-                                             "layers without a single valid value: DEM$"]
+    return flags(path, model, tmp / "out"), [
+        "nodem.tif",
+        "has no valid pixel",
+        "layers without a single valid value: DEM$",
+    ]
 
 
 def truncated_geotiff(tmp, bands, model):
     whole = write_geotiff(tmp / "whole.tif", bands).read_bytes()
-    (tmp / "cut.tif").write_bytes(whole[:len(whole) // 2])
+    (tmp / "cut.tif").write_bytes(whole[: len(whole) // 2])
     return flags(tmp / "cut.tif", model, tmp / "out"), ["cut.tif", "truncated or corrupt"]
 
 
 def random_bytes_geotiff(tmp, bands, model):
     (tmp / "noise.tif").write_bytes(np.random.default_rng(0).bytes(10000))
-    return flags(tmp / "noise.tif", model, tmp / "out"), ["noise.tif", "cannot open as a raster",
-                                                          "not recognized as being in a supported file format"]
+    return flags(tmp / "noise.tif", model, tmp / "out"), [
+        "noise.tif",
+        "cannot open as a raster",
+        "not recognized as being in a supported file format",
+    ]
 
 
 def empty_geotiff(tmp, bands, model):
@@ -130,7 +142,7 @@ def empty_h5(tmp, bands, model):
 def truncated_h5(tmp, bands, model):
     write_l4s_patch(tmp / "whole.h5", bands)
     whole = (tmp / "whole.h5").read_bytes()
-    (tmp / "image_4.h5").write_bytes(whole[:len(whole) // 2])
+    (tmp / "image_4.h5").write_bytes(whole[: len(whole) // 2])
     return flags(tmp / "image_4.h5", model, tmp / "out"), ["image_4.h5", "not a readable HDF5 file", "truncated"]
 
 
@@ -158,7 +170,10 @@ def checkpoint_channels(tmp, bands, model, executor="local"):
     shutil.copy(tmp / "six" / WEIGHTS_FILE, bad / WEIGHTS_FILE)
     scene = write_geotiff(tmp / "scene.tif", bands)
     return flags(scene, bad, tmp / "out", "--executor", executor), [
-        "mixed/weights.pt", "14 input channels as the card says", "first conv expects 6 input channels"]
+        "mixed/weights.pt",
+        "14 input channels as the card says",
+        "first conv expects 6 input channels",
+    ]
 
 
 def checkpoint_channels_on_ray(tmp, bands, model):
@@ -172,13 +187,20 @@ def weights_changed(tmp, bands, model):
     with open(bad / WEIGHTS_FILE, "ab") as f:
         f.write(b"\0")
     return flags(write_geotiff(tmp / "scene.tif", bands), bad, tmp / "out"), [
-        "changed/weights.pt", "does not match the card's", "changed or truncated"]
+        "changed/weights.pt",
+        "does not match the card's",
+        "changed or truncated",
+    ]
 
 
 def card_missing_fields(tmp, bands, model):
     bad = copy_model(model, tmp / "cardless", arch=None, features=None)
     return flags(write_geotiff(tmp / "scene.tif", bands), bad, tmp / "out"), [
-        "cardless/card.json", "model card is invalid", "^  arch: Field required$", "^  features: Field required$"]
+        "cardless/card.json",
+        "model card is invalid",
+        "^  arch: Field required$",
+        "^  features: Field required$",
+    ]
 
 
 def job_yaml(tmp, bands, model, text):
@@ -193,17 +215,25 @@ def yaml_syntax_error(tmp, bands, model):
 
 def yaml_unknown_key(tmp, bands, model):
     return job_yaml(tmp, bands, model, "tiles: 128\n"), [
-        "job.yaml", "invalid JobConfig", "tiles: Extra inputs are not permitted"]
+        "job.yaml",
+        "invalid JobConfig",
+        "tiles: Extra inputs are not permitted",
+    ]
 
 
 def yaml_wrong_type(tmp, bands, model):
     return job_yaml(tmp, bands, model, "tile: large\n"), [
-        "job.yaml", "invalid JobConfig", "tile: Input should be a valid integer"]
+        "job.yaml",
+        "invalid JobConfig",
+        "tile: Input should be a valid integer",
+    ]
 
 
 def unknown_blend(tmp, bands, model):
     return flags(write_geotiff(tmp / "scene.tif", bands), model, tmp / "out", "--blend", "median"), [
-        "command line: invalid JobConfig", "blend: Input should be 'mean', 'cosine' or 'gaussian'"]
+        "command line: invalid JobConfig",
+        "blend: Input should be 'mean', 'cosine' or 'gaussian'",
+    ]
 
 
 def dem_outside_scene(tmp, bands, model):
@@ -212,10 +242,31 @@ def dem_outside_scene(tmp, bands, model):
     return job_yaml(tmp, bands, model, "inputs:\n  dem: dem.tif\n"), ["scene.tif", "has no valid pixel"]
 
 
-CASES = [h5_wrong_band_count, complex_geotiff, bool_h5, bool_zarr, all_nan, all_nodata_layer, truncated_geotiff,
-         random_bytes_geotiff, empty_geotiff, empty_h5, truncated_h5, zero_pixel_h5, missing_crs, missing_scene,
-         checkpoint_channels, checkpoint_channels_on_ray, weights_changed, card_missing_fields, yaml_syntax_error,
-         yaml_unknown_key, yaml_wrong_type, unknown_blend, dem_outside_scene]
+CASES = [
+    h5_wrong_band_count,
+    complex_geotiff,
+    bool_h5,
+    bool_zarr,
+    all_nan,
+    all_nodata_layer,
+    truncated_geotiff,
+    random_bytes_geotiff,
+    empty_geotiff,
+    empty_h5,
+    truncated_h5,
+    zero_pixel_h5,
+    missing_crs,
+    missing_scene,
+    checkpoint_channels,
+    checkpoint_channels_on_ray,
+    weights_changed,
+    card_missing_fields,
+    yaml_syntax_error,
+    yaml_unknown_key,
+    yaml_wrong_type,
+    unknown_blend,
+    dem_outside_scene,
+]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.__name__ for c in CASES])
@@ -274,7 +325,7 @@ def test_geotiff_nodata_value_is_masked(tmp_path, bands, tiny_model, capsys):
 
 @pytest.mark.parametrize("shape", [(40, 30), (1, 1)], ids=["40x30", "1x1"])
 def test_scene_smaller_than_one_tile_is_mapped_in_place(tmp_path, bands, tiny_model, capsys, shape):
-    scene = write_geotiff(tmp_path / "small.tif", bands[:, :shape[0], :shape[1]])
+    scene = write_geotiff(tmp_path / "small.tif", bands[:, : shape[0], : shape[1]])
     run_ok(capsys, *flags(scene, tiny_model, tmp_path / "out"))
     prob, crs, transform = read(tmp_path / "out" / "probability.tif")
     with rasterio.open(scene) as src:
@@ -295,8 +346,9 @@ def write_dem(path, bands, lon_offset=0.0, fraction=1.0):
     nx = int((west + fraction * (east - west) - west + margin) / pixel)
     ny = int((north - south + 2 * margin) / pixel)
     dem = 500 + 3 * np.arange(nx)[None, :] + 2 * np.arange(ny)[:, None]
-    return write_geotiff(path, dem.astype(np.float32), crs="EPSG:4326",
-                         origin=(west - margin + lon_offset, north + margin), pixel=pixel)
+    return write_geotiff(
+        path, dem.astype(np.float32), crs="EPSG:4326", origin=(west - margin + lon_offset, north + margin), pixel=pixel
+    )
 
 
 def test_dem_on_another_grid_is_reprojected_and_uncovered_pixels_are_nodata(tmp_path, bands, tiny_model, capsys):

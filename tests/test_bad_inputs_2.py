@@ -74,9 +74,9 @@ def l4s_mosaic(n: int = 2) -> np.ndarray:
     """The first n x n real labelled L4S patches (sorted by name) side by side: (14, 128 n, 128 n)."""
     import h5py
 
-    files = sorted((L4S / "img").glob("image_*.h5"))[:n * n]
+    files = sorted((L4S / "img").glob("image_*.h5"))[: n * n]
     patches = [np.moveaxis(h5py.File(f, "r")["img"][()], -1, 0) for f in files]
-    rows = [np.concatenate(patches[i * n:(i + 1) * n], axis=2) for i in range(n)]
+    rows = [np.concatenate(patches[i * n : (i + 1) * n], axis=2) for i in range(n)]
     return np.concatenate(rows, axis=1).astype(np.float32)
 
 
@@ -114,9 +114,11 @@ def mosaics(tmp_path_factory):
     physical = l4s / scale_from_physical("l4s").astype(np.float32)[:, None, None]
     dn = np.round(physical * scale_from_physical("dn")[:, None, None])
     assert dn.min() >= 0 and dn.max() < 65535
-    return {"l4s": write_geotiff(tmp / "l4s.tif", l4s),
-            "reflectance": write_geotiff(tmp / "reflectance.tif", physical),
-            "dn": write_geotiff(tmp / "dn.tif", dn.astype(np.uint16))}
+    return {
+        "l4s": write_geotiff(tmp / "l4s.tif", l4s),
+        "reflectance": write_geotiff(tmp / "reflectance.tif", physical),
+        "dn": write_geotiff(tmp / "dn.tif", dn.astype(np.uint16)),
+    }
 
 
 @needs_l4s
@@ -134,29 +136,53 @@ def test_real_l4s_mosaic_with_a_card_from_real_patches_passes_the_guard(tmp_path
 
 
 @needs_l4s
-@pytest.mark.parametrize("units, patterns", [
-    ("dn", ["Sentinel-2 digital numbers", r"inputs: \{units: l4s, reflectance: \{mode: l2a, boa_add_offset: 0\}\}",
-            r"~[5-9]\d\dx the values it was trained on"]),
-    ("reflectance", ["reflectance 0-1", "set inputs.units: l4s", r"~0\.1\d*x the values it was trained on",
-                     r"DEM \d+ vs 2\.\d+, slope \d+ vs 1\.\d+"]),
-])
+@pytest.mark.parametrize(
+    "units, patterns",
+    [
+        (
+            "dn",
+            [
+                "Sentinel-2 digital numbers",
+                r"inputs: \{units: l4s, reflectance: \{mode: l2a, boa_add_offset: 0\}\}",
+                r"~[5-9]\d\dx the values it was trained on",
+            ],
+        ),
+        (
+            "reflectance",
+            [
+                "reflectance 0-1",
+                "set inputs.units: l4s",
+                r"~0\.1\d*x the values it was trained on",
+                r"DEM \d+ vs 2\.\d+, slope \d+ vs 1\.\d+",
+            ],
+        ),
+    ],
+)
 def test_guard_refuses_a_scene_in_other_units_than_an_l4s_model(tmp_path, l4s_model, mosaics, capsys, units, patterns):
     code, _, err = run_cli(capsys, *flags(mosaics[units], l4s_model, tmp_path / "out"))
     assert code == 2, err
     assert err.startswith("landslide-batch run: error: the scene is not in the units the model was trained on")
     assert "Traceback" not in err
-    for pattern in [r"model l4s_real:", "Landslide4Sense scaling", r"B\d+ [\d.]+ vs [\d.]+",
-                    "--accept-units-mismatch", *patterns]:
+    for pattern in [
+        r"model l4s_real:",
+        "Landslide4Sense scaling",
+        r"B\d+ [\d.]+ vs [\d.]+",
+        "--accept-units-mismatch",
+        *patterns,
+    ]:
         assert re.search(pattern, err), f"{pattern!r} not in:\n{err}"
     assert_nothing_finished(tmp_path / "out")
     assert_no_block_computed(tmp_path / "out")
 
 
 @needs_l4s
-@pytest.mark.parametrize("units, inputs", [
-    ("reflectance", "inputs: {}\n"),  # units: auto -> l4s from the card: converted at ingest
-    ("dn", "inputs: {reflectance: {mode: l2a, boa_add_offset: 0}}\n"),  # the fix the refusal names
-])
+@pytest.mark.parametrize(
+    "units, inputs",
+    [
+        ("reflectance", "inputs: {}\n"),  # units: auto -> l4s from the card: converted at ingest
+        ("dn", "inputs: {reflectance: {mode: l2a, boa_add_offset: 0}}\n"),  # the fix the refusal names
+    ],
+)
 def test_inputs_convert_to_the_cards_units_and_the_guard_passes(tmp_path, l4s_model, mosaics, capsys, units, inputs):
     code, _, err = run_cli(capsys, write_job(tmp_path, mosaics[units], l4s_model, inputs))
     assert code == 0, err
@@ -179,20 +205,25 @@ def test_accepted_mismatch_is_mapped_and_recorded_as_a_warning(tmp_path, l4s_mod
 
 
 @needs_l4s
-def test_members_trained_on_different_units_are_refused_before_ingest(tmp_path, l4s_model, tiny_model, mosaics,
-                                                                      scene_arrays, capsys):
+def test_members_trained_on_different_units_are_refused_before_ingest(
+    tmp_path, l4s_model, tiny_model, mosaics, scene_arrays, capsys
+):
     from landslide_batch.models.card import Normalization
 
     flat = scene_arrays[0].reshape(14, -1).astype(np.float64)
     stats = Normalization(mean=flat.mean(1).tolist(), std=flat.std(1).tolist())
     reflectance_model = model_with_statistics(tiny_model, tmp_path / "refl_model", stats, "refl_model")
     (tmp_path / "ensemble.yaml").write_text(f"members:\n  - model: {l4s_model}\n  - model: {reflectance_model}\n")
-    (tmp_path / "job.yaml").write_text(f"scene: {mosaics['reflectance']}\nout: {tmp_path / 'out'}\n"
-                                       f"ensemble: {tmp_path / 'ensemble.yaml'}\ninputs: {{}}\n")
+    (tmp_path / "job.yaml").write_text(
+        f"scene: {mosaics['reflectance']}\nout: {tmp_path / 'out'}\n"
+        f"ensemble: {tmp_path / 'ensemble.yaml'}\ninputs: {{}}\n"
+    )
     code, _, err = run_cli(capsys, tmp_path / "job.yaml")
     assert code == 2 and "Traceback" not in err
-    assert ("the models were trained on different input units ({'l4s_real': 'l4s', 'refl_model': 'physical'}); "
-            "one scene cannot serve them all") in err
+    assert (
+        "the models were trained on different input units ({'l4s_real': 'l4s', 'refl_model': 'physical'}); "
+        "one scene cannot serve them all"
+    ) in err
     assert not (tmp_path / "out").exists()
 
 
@@ -256,8 +287,9 @@ def small_scene(tmp_path_factory, scene_arrays):
     return write_geotiff(tmp_path_factory.mktemp("scenes") / "small.tif", scene_arrays[0][:, :128, :160])
 
 
-def test_implausible_landslide_fraction_is_a_warning_in_run_json_and_the_summary(tmp_path, everywhere_model,
-                                                                               nowhere_model, small_scene, capsys):
+def test_implausible_landslide_fraction_is_a_warning_in_run_json_and_the_summary(
+    tmp_path, everywhere_model, nowhere_model, small_scene, capsys
+):
     code, out, err = run_cli(capsys, *flags(small_scene, everywhere_model, tmp_path / "all"))
     assert code == 0, err
     run = manifest(tmp_path / "all")
@@ -294,14 +326,16 @@ def test_out_that_is_the_scene_is_refused_before_anything_is_written(tmp_path, t
 
 
 @pytest.mark.parametrize("scene_is_the_store", [True, False], ids=["the-scene-store", "another-zarr-store"])
-def test_out_inside_a_scene_store_is_refused_before_anything_is_written(tmp_path, tiny_model, scene_arrays,
-                                                                       small_scene, capsys, scene_is_the_store):
+def test_out_inside_a_scene_store_is_refused_before_anything_is_written(
+    tmp_path, tiny_model, scene_arrays, small_scene, capsys, scene_is_the_store
+):
     import xarray as xr
 
     store = tmp_path / "scene.zarr"
-    xr.Dataset({"bands": (("band", "y", "x"), scene_arrays[0][:, :128, :128])},
-               attrs={"crs": "EPSG:32645", "transform": [10.0, 0.0, 5e5, 0.0, -10.0, 3.1e6]}).to_zarr(
-        store, consolidated=False)
+    xr.Dataset(
+        {"bands": (("band", "y", "x"), scene_arrays[0][:, :128, :128])},
+        attrs={"crs": "EPSG:32645", "transform": [10.0, 0.0, 5e5, 0.0, -10.0, 3.1e6]},
+    ).to_zarr(store, consolidated=False)
     listing = sorted(p.relative_to(store) for p in store.rglob("*"))
     code, _, err = run_cli(capsys, *flags(store if scene_is_the_store else small_scene, tiny_model, store / "maps"))
     assert code == 2 and "Traceback" not in err
@@ -322,8 +356,9 @@ def test_model_folder_without_weights_fails_before_ingest(tmp_path, tiny_model, 
 # --- geographic grids ------------------------------------------------------------------------------------
 
 
-def test_geographic_scene_has_geodesic_areas_in_the_summary_and_the_polygons(tmp_path, varying_model, scene_arrays,
-                                                                           capsys):
+def test_geographic_scene_has_geodesic_areas_in_the_summary_and_the_polygons(
+    tmp_path, varying_model, scene_arrays, capsys
+):
     """EPSG:4326 at 0.0001° (~10 x 11 m at 28° N): the summary's per-row pixel areas and the
     polygons' geodesic areas are two computations; both are checked against pyproj's Geod."""
     import geopandas as gpd
@@ -337,8 +372,9 @@ def test_geographic_scene_has_geodesic_areas_in_the_summary_and_the_polygons(tmp
 
     def box_m2(x0, y0, x1, y1):  # pixel box -> geodesic area
         lons, lats = [west + x0 * pixel, west + x1 * pixel], [north - y0 * pixel, north - y1 * pixel]
-        return abs(geod.polygon_area_perimeter([lons[0], lons[1], lons[1], lons[0]],
-                                               [lats[0], lats[0], lats[1], lats[1]])[0])
+        return abs(
+            geod.polygon_area_perimeter([lons[0], lons[1], lons[1], lons[0]], [lats[0], lats[0], lats[1], lats[1]])[0]
+        )
 
     code, out, err = run_cli(capsys, write_job(tmp_path, scene, varying_model, "min_pixels: 1\n"))
     assert code == 0, err
@@ -360,8 +396,12 @@ def _namespaces_allowed() -> str | None:
     """None when this process may mount a tmpfs in a private mount namespace; else why not."""
     if shutil.which("unshare") is None:
         return "unshare not installed"
-    probe = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
-                            "mount -t tmpfs -o size=1m tmpfs /mnt"], capture_output=True, text=True, check=False)
+    probe = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /mnt"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     return None if probe.returncode == 0 else f"no private mount namespace here: {probe.stderr.strip()}"
 
 
@@ -372,10 +412,22 @@ CLI = [sys.executable, "-m", "landslide_batch.cli", "run"]
 def _in_tmpfs(mount: Path, size: str, script: str) -> subprocess.Popen:
     """``script`` (sh) in a private mount namespace with a ``size`` tmpfs on ``mount``."""
     mount.mkdir()
-    return subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c",
-                             f"mount -t tmpfs -o size={size} tmpfs {mount} && {script}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return subprocess.Popen(
+        [
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            f"mount -t tmpfs -o size={size} tmpfs {mount} && {script}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -391,9 +443,12 @@ def test_full_disk_is_refused_before_ingest_with_both_figures(tmp_path, tiny_mod
     proc = _in_tmpfs(mnt, "1m", f"{args}; echo rc=$?; ls -A {mnt}")
     text, _ = proc.communicate(timeout=120)
     assert "rc=4" in text, text
-    assert re.search(r"error: not enough free space for .*/out: this 256x256 px job needs up to 5\.3 MB \(scene "
-                     r"store 3\.7 MB, output store 524\.3 KB, products 1\.0 MB; uncompressed upper bound\) and its "
-                     r"file system has 1\.0 MB free", text), text
+    assert re.search(
+        r"error: not enough free space for .*/out: this 256x256 px job needs up to 5\.3 MB \(scene "
+        r"store 3\.7 MB, output store 524\.3 KB, products 1\.0 MB; uncompressed upper bound\) and its "
+        r"file system has 1\.0 MB free",
+        text,
+    ), text
     assert "Traceback" not in text
     assert text.rstrip().endswith("rc=4")  # ls printed nothing: not even the output folder was made
 
@@ -405,8 +460,10 @@ def test_disk_filling_up_mid_job_is_a_clear_error_and_the_rerun_resumes(tmp_path
     stopped, another writer fills the disk, and the job continues into a full disk."""
     mnt = tmp_path / "mnt"
     run = " ".join(map(str, [*CLI, *flags(scene_256, tiny_model, mnt / "out")]))
-    script = (f"{run} & echo job=$!; wait $!; echo rc1=$?; "
-              f"while [ -e {mnt}/filler ]; do sleep 0.1; done; {run}; echo rc2=$?; cat {mnt}/out/run.json")
+    script = (
+        f"{run} & echo job=$!; wait $!; echo rc1=$?; "
+        f"while [ -e {mnt}/filler ]; do sleep 0.1; done; {run}; echo rc2=$?; cat {mnt}/out/run.json"
+    )
     proc = _in_tmpfs(mnt, "16m", script)
     seen, job = [], None
     inside = Path(f"/proc/{proc.pid}/root") / mnt.relative_to("/")  # the namespace's view of the tmpfs
@@ -423,9 +480,12 @@ def test_disk_filling_up_mid_job_is_a_clear_error_and_the_rerun_resumes(tmp_path
                 break
         text = "".join(seen)
         assert line.strip() == "rc1=4", text
-        assert re.search(r"error: the file system of \S+/out is full( while writing \S+)? \(No space left on device; "
-                         r"[\d.]+ K?B free of 16\.\d MB\)\. Nothing in \S+/out looks finished, and finished blocks are kept: free some "
-                         r"space and run the same command again to resume", text), text
+        assert re.search(
+            r"error: the file system of \S+/out is full( while writing \S+)? \(No space left on device; "
+            r"[\d.]+ K?B free of 16\.\d MB\)\. Nothing in \S+/out looks finished, and finished blocks are kept: "
+            r"free some space and run the same command again to resume",
+            text,
+        ), text
         assert "Traceback" not in text
         assert_nothing_finished(inside / "out")
         assert any((inside / "out" / ".work" / "blocks").iterdir())  # the finished block is kept

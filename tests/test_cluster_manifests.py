@@ -10,11 +10,11 @@ import json
 import re
 import shlex
 import subprocess
-import tomllib
 from pathlib import Path
 
 import pytest
 import ray
+import tomllib
 import yaml
 
 from landslide_batch.cli import build_parser
@@ -83,12 +83,21 @@ def test_image_pins_ray_and_installs_through_the_constraints(ray_version):
     install = re.search(r"^RUN pip install (.*?)(?:&&|$)", dockerfile.replace("\\\n", " "), re.M).group(1)
     assert "-c constraints.txt" in install and "-c cluster/constraints-image.txt" in install
     assert '"ray[data,train,default]==${RAY_VERSION}"' in install and install.split()[-1] == "."
-    for needed in ("constraints.txt", "pyproject.toml", "README.md", "landslide_batch", "training",
-                   "cluster/constraints-image.txt"):
+    for needed in (
+        "constraints.txt",
+        "pyproject.toml",
+        "README.md",
+        "landslide_batch",
+        "training",
+        "cluster/constraints-image.txt",
+    ):
         assert re.search(rf"^COPY .*{re.escape(needed)}", dockerfile, re.M), needed
 
-    pins = dict(line.split("==", 1) for line in (CLUSTER / "constraints-image.txt").read_text().splitlines()
-                if line and not line.startswith("#"))
+    pins = dict(
+        line.split("==", 1)
+        for line in (CLUSTER / "constraints-image.txt").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
     assert pins["ray"] == ray_version
     assert "torch" not in pins and "torchvision" not in pins  # pinned once, in constraints.txt
 
@@ -118,8 +127,11 @@ def test_raycluster(ray_version):
         assert pod["volumes"] == [{"name": "data", "persistentVolumeClaim": {"claimName": pvc["metadata"]["name"]}}]
         assert pod["containers"][0]["volumeMounts"] == [{"name": "data", "mountPath": "/data"}]
         assert pod["securityContext"] == IMAGE_USER
-    gpu = [g for g in spec["workerGroupSpecs"]
-           if g["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu")]
+    gpu = [
+        g
+        for g in spec["workerGroupSpecs"]
+        if g["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu")
+    ]
     assert gpu and all(g["maxReplicas"] > g["minReplicas"] for g in gpu)
 
 
@@ -169,32 +181,79 @@ KUBERAY_MIN = "1.3.0"
 # under the parts the manifests use; a Pod template (``template``, ``submitterPodTemplate``) is
 # Kubernetes' own and not listed. ``True``: required there.
 KUBERAY_FIELDS = {
-    "RayCluster.spec": {"headGroupSpec": True, "workerGroupSpecs": False, "rayVersion": False,
-                        "enableInTreeAutoscaling": False, "autoscalerOptions": False,
-                        "headServiceAnnotations": False, "suspend": False, "managedBy": False,
-                        "gcsFaultToleranceOptions": False},
-    "headGroupSpec": {"serviceType": False, "headService": False, "enableIngress": False,
-                      "rayStartParams": True, "template": True},
-    "workerGroupSpecs[]": {"groupName": True, "replicas": False, "minReplicas": False, "maxReplicas": False,
-                           "numOfHosts": False, "rayStartParams": True, "template": True, "scaleStrategy": False,
-                           "suspend": False, "idleTimeoutSeconds": False},
-    "autoscalerOptions": {"resources": False, "image": False, "imagePullPolicy": False, "env": False,
-                          "envFrom": False, "volumeMounts": False, "securityContext": False,
-                          "idleTimeoutSeconds": False, "upscalingMode": False, "version": False},
-    "RayJob.spec": {"activeDeadlineSeconds": False, "backoffLimit": False, "rayClusterSpec": False,
-                    "submitterPodTemplate": False, "metadata": False, "clusterSelector": False,
-                    "submitterConfig": False, "managedBy": False, "entrypoint": False, "runtimeEnvYAML": False,
-                    "jobId": False, "submissionMode": False, "entrypointResources": False,
-                    "entrypointNumCpus": False, "entrypointNumGpus": False, "ttlSecondsAfterFinished": False,
-                    "shutdownAfterJobFinishes": False, "suspend": False},
+    "RayCluster.spec": {
+        "headGroupSpec": True,
+        "workerGroupSpecs": False,
+        "rayVersion": False,
+        "enableInTreeAutoscaling": False,
+        "autoscalerOptions": False,
+        "headServiceAnnotations": False,
+        "suspend": False,
+        "managedBy": False,
+        "gcsFaultToleranceOptions": False,
+    },
+    "headGroupSpec": {
+        "serviceType": False,
+        "headService": False,
+        "enableIngress": False,
+        "rayStartParams": True,
+        "template": True,
+    },
+    "workerGroupSpecs[]": {
+        "groupName": True,
+        "replicas": False,
+        "minReplicas": False,
+        "maxReplicas": False,
+        "numOfHosts": False,
+        "rayStartParams": True,
+        "template": True,
+        "scaleStrategy": False,
+        "suspend": False,
+        "idleTimeoutSeconds": False,
+    },
+    "autoscalerOptions": {
+        "resources": False,
+        "image": False,
+        "imagePullPolicy": False,
+        "env": False,
+        "envFrom": False,
+        "volumeMounts": False,
+        "securityContext": False,
+        "idleTimeoutSeconds": False,
+        "upscalingMode": False,
+        "version": False,
+    },
+    "RayJob.spec": {
+        "activeDeadlineSeconds": False,
+        "backoffLimit": False,
+        "rayClusterSpec": False,
+        "submitterPodTemplate": False,
+        "metadata": False,
+        "clusterSelector": False,
+        "submitterConfig": False,
+        "managedBy": False,
+        "entrypoint": False,
+        "runtimeEnvYAML": False,
+        "jobId": False,
+        "submissionMode": False,
+        "entrypointResources": False,
+        "entrypointNumCpus": False,
+        "entrypointNumGpus": False,
+        "ttlSecondsAfterFinished": False,
+        "shutdownAfterJobFinishes": False,
+        "suspend": False,
+    },
 }
 
 
 def kuberay_parts() -> list[tuple[str, dict]]:
     """(field list name, the manifest's mapping) for every KubeRay-owned part of the manifests."""
     cluster = docs("raycluster.yaml")["RayCluster"]["spec"]
-    parts = [("RayCluster.spec", cluster), ("headGroupSpec", cluster["headGroupSpec"]),
-             ("RayJob.spec", docs("rayjob.yaml")["RayJob"]["spec"])]
+    parts = [
+        ("RayCluster.spec", cluster),
+        ("headGroupSpec", cluster["headGroupSpec"]),
+        ("RayJob.spec", docs("rayjob.yaml")["RayJob"]["spec"]),
+    ]
     parts += [("workerGroupSpecs[]", group) for group in cluster.get("workerGroupSpecs", [])]
     if "autoscalerOptions" in cluster:
         parts.append(("autoscalerOptions", cluster["autoscalerOptions"]))
@@ -216,14 +275,48 @@ def test_field_list_catches_a_field_of_a_later_kuberay():
     assert set(later) - set(KUBERAY_FIELDS["RayCluster.spec"]) == {"authOptions"}
 
 
-def kuberay_submitter_script(entrypoint: str, address: str = "http://landslide-batch-head-svc:8265",
-                             job_id: str = "landslide-region-melamchi-abc12") -> str:
+def kuberay_submitter_script(
+    entrypoint: str,
+    address: str = "http://landslide-batch-head-svc:8265",
+    job_id: str = "landslide-region-melamchi-abc12",
+) -> str:
     """The script KubeRay's submitter Job runs as ``/bin/bash -ce -- SCRIPT`` (K8sJobMode, KubeRay
     1.3: ray-operator/controllers/ray/common/job.go ``GetK8sJobCommand``, words joined by spaces):
     the entrypoint is pasted in as it is, unquoted, after ``--``."""
-    words = ["if", "!", "ray", "job", "status", "--address", address, job_id, ">/dev/null", "2>&1", ";",
-             "then", "ray", "job", "submit", "--address", address, "--no-wait", "--submission-id", job_id,
-             "--", entrypoint.strip(), ";", "fi", ";", "ray", "job", "logs", "--address", address, "--follow", job_id]
+    words = [
+        "if",
+        "!",
+        "ray",
+        "job",
+        "status",
+        "--address",
+        address,
+        job_id,
+        ">/dev/null",
+        "2>&1",
+        ";",
+        "then",
+        "ray",
+        "job",
+        "submit",
+        "--address",
+        address,
+        "--no-wait",
+        "--submission-id",
+        job_id,
+        "--",
+        entrypoint.strip(),
+        ";",
+        "fi",
+        ";",
+        "ray",
+        "job",
+        "logs",
+        "--address",
+        address,
+        "--follow",
+        job_id,
+    ]
     return " ".join(words)
 
 
@@ -233,11 +326,18 @@ def run_submitter(tmp_path: Path, entrypoint: str) -> tuple[list[list[str]], lis
     stubs.mkdir()
     for name, extra in (("ray", 'if [ "$2" = status ]; then exit 1; fi\n'), ("landslide-batch", "")):
         stub = stubs / name
-        stub.write_text(f'#!/bin/sh\nfor a in "$@"; do printf "%s\\0" "$a"; done >> "{tmp_path}/{name}.log"\n'
-                        f'printf "\\n" >> "{tmp_path}/{name}.log"\n{extra}')
+        stub.write_text(
+            f'#!/bin/sh\nfor a in "$@"; do printf "%s\\0" "$a"; done >> "{tmp_path}/{name}.log"\n'
+            f'printf "\\n" >> "{tmp_path}/{name}.log"\n{extra}'
+        )
         stub.chmod(0o755)
-    done = subprocess.run(["/bin/bash", "-ce", "--", kuberay_submitter_script(entrypoint)],
-                          env={"PATH": str(stubs)}, capture_output=True, text=True, timeout=30)
+    done = subprocess.run(
+        ["/bin/bash", "-ce", "--", kuberay_submitter_script(entrypoint)],
+        env={"PATH": str(stubs)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert done.returncode == 0, done.stderr
 
     def calls(name: str) -> list[list[str]]:
@@ -252,7 +352,7 @@ def submitted_entrypoint(ray_calls: list[list[str]]) -> str:
     """The entrypoint Ray receives from ``ray job submit ... -- ARGS``: Ray's job CLI joins ARGS with
     ``shlex.join`` (on Linux)."""
     (submit,) = [argv for argv in ray_calls if argv[:2] == ["job", "submit"]]
-    return shlex.join(submit[submit.index("--") + 1:])
+    return shlex.join(submit[submit.index("--") + 1 :])
 
 
 def test_rayjob_entrypoint_reaches_ray_whole_through_kuberays_submitter_shell(tmp_path):
@@ -300,8 +400,9 @@ def test_launcher_config_passes_rays_own_validation(launcher):
 def test_launcher_vms_get_a_cuda13_driver_and_share_no_disk(launcher):
     amis = {t["node_config"]["ImageId"] for t in launcher["available_node_types"].values()}
     # AWS's public parameter for its current Ubuntu 24.04 base GPU AMI (driver >= 580), resolved at launch.
-    assert amis == {"resolve:ssm:/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-24.04"
-                    "/latest/ami-id"}
+    assert amis == {
+        "resolve:ssm:/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-24.04/latest/ami-id"
+    }
     assert not any(option.startswith("-v") for option in launcher["docker"].get("run_options", []))
     assert "Object storage and clusters without a shared disk" in (ROOT / "ray-cluster.yaml").read_text()
 
@@ -313,6 +414,10 @@ def test_image_torch_build_driver_and_kuberay_versions_are_stated_where_users_lo
     assert "assert torch.version.cuda == '${TORCH_CUDA}'" in dockerfile
     for readme in (ROOT / "README.md", CLUSTER / "README.md"):
         text = readme.read_text()
-        for needed in (f"CUDA {cuda}", f"driver ≥ {MIN_DRIVER}", f"KubeRay ≥ {KUBERAY_MIN}",
-                       "Object storage and clusters without a shared disk"):
+        for needed in (
+            f"CUDA {cuda}",
+            f"driver ≥ {MIN_DRIVER}",
+            f"KubeRay ≥ {KUBERAY_MIN}",
+            "Object storage and clusters without a shared disk",
+        ):
             assert needed in text, f"{readme.name} does not state {needed!r}"

@@ -81,8 +81,9 @@ with tempfile.NamedTemporaryFile(suffix=".xml") as f:
 def test_malloc_arenas_are_capped_in_process_without_re_exec():
     def heaps(mode):
         env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
-        done = subprocess.run([sys.executable, "-c", ARENA_PROBE, mode], capture_output=True, text=True,
-                              env=env, timeout=120)
+        done = subprocess.run(
+            [sys.executable, "-c", ARENA_PROBE, mode], capture_output=True, text=True, env=env, timeout=120
+        )
         assert done.returncode == 0, done.stderr
         capped, n = done.stdout.split()
         return capped, int(n)

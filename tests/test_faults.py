@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from maps import job, read_prob
 from polling import wait_for
 from ray_nodes import LOCAL, local_cluster
@@ -33,7 +32,6 @@ N_BLOCKS = 16  # a 512 x 512 scene in blocks of 128 px: enough blocks for a faul
 def markers(out: Path) -> list[Path]:
     blocks = out / ".work" / "blocks"
     return list(blocks.iterdir()) if blocks.is_dir() else []
-
 
 
 def assert_nothing_finished(out: Path) -> None:
@@ -93,8 +91,7 @@ def predictor_actor() -> dict:
     """The live predictor actor, from the GCS actor table (the state API would need a dashboard)."""
     from ray._private import state
 
-    alive = [a for a in state.actors().values()
-             if a["State"] == "ALIVE" and "PredictBlock" in a["ActorClassName"]]
+    alive = [a for a in state.actors().values() if a["State"] == "ALIVE" and "PredictBlock" in a["ActorClassName"]]
     assert len(alive) == 1, alive
     return alive[0]
 
@@ -123,16 +120,16 @@ def run_with_fault(cfg, fault) -> tuple[dict, int]:
 
 
 @pytest.mark.slow
-def test_killed_predictor_actor_is_replaced_and_map_is_unchanged(ray_cluster, big_scene, tiny_model, reference,
-                                                                 tmp_path):
+def test_killed_predictor_actor_is_replaced_and_map_is_unchanged(
+    ray_cluster, big_scene, tiny_model, reference, tmp_path
+):
     killed = {}
 
     def kill_actor():
         killed.update(predictor_actor())
         os.kill(killed["Pid"], signal.SIGKILL)
 
-    manifest, done_at_fault = run_with_fault(job(big_scene, tmp_path / "out", tiny_model, executor="ray"),
-                                             kill_actor)
+    manifest, done_at_fault = run_with_fault(job(big_scene, tmp_path / "out", tiny_model, executor="ray"), kill_actor)
     assert done_at_fault < N_BLOCKS  # the kill landed mid-job
     from ray._private import state
 
@@ -142,8 +139,7 @@ def test_killed_predictor_actor_is_replaced_and_map_is_unchanged(ray_cluster, bi
 
 
 @pytest.mark.slow
-def test_removed_worker_node_is_survived_and_map_is_unchanged(ray_cluster, big_scene, tiny_model, reference,
-                                                              tmp_path):
+def test_removed_worker_node_is_survived_and_map_is_unchanged(ray_cluster, big_scene, tiny_model, reference, tmp_path):
     cluster, local = ray_cluster
 
     def remove_node_of_actor():
@@ -152,8 +148,9 @@ def test_removed_worker_node_is_survived_and_map_is_unchanged(ray_cluster, big_s
         cluster.remove_node(node, allow_graceful=False)
 
     try:
-        manifest, done_at_fault = run_with_fault(job(big_scene, tmp_path / "out", tiny_model, executor="ray"),
-                                                 remove_node_of_actor)
+        manifest, done_at_fault = run_with_fault(
+            job(big_scene, tmp_path / "out", tiny_model, executor="ray"), remove_node_of_actor
+        )
     finally:
         cluster.add_node(num_cpus=2, **local)  # back to two workers for whoever uses the cluster next
     assert done_at_fault < N_BLOCKS
@@ -229,8 +226,9 @@ def fail_moving_onto(target: Path):
         yield
 
 
-def test_crash_while_moving_products_leaves_nothing_final_and_resumes(tmp_path, small_scene, tiny_model,
-                                                                      small_reference):
+def test_crash_while_moving_products_leaves_nothing_final_and_resumes(
+    tmp_path, small_scene, tiny_model, small_reference
+):
     """The products move into OUT one by one: a failure part-way must not leave some of them
     under their final names, and must not cost the finished blocks (the store keeps its markers)."""
     ref, ref_run = small_reference
@@ -245,14 +243,26 @@ def test_crash_while_moving_products_leaves_nothing_final_and_resumes(tmp_path, 
 
 
 @pytest.mark.slow
-def test_hard_kill_between_store_and_manifest_recomputes_instead_of_trusting_markers(tmp_path, small_scene,
-                                                                                    tiny_model, small_reference):
+def test_hard_kill_between_store_and_manifest_recomputes_instead_of_trusting_markers(
+    tmp_path, small_scene, tiny_model, small_reference
+):
     """A driver killed after the output store left ``.work`` but before run.json landed leaves
     block markers without their data: resuming from them would give a map of nodata."""
     ref, ref_run = small_reference
     out = tmp_path / "out"
-    argv = ["run", "--scene", str(small_scene), "--model", str(tiny_model), "--out", str(out), "--block", "128",
-            "--batch-size", "8"]
+    argv = [
+        "run",
+        "--scene",
+        str(small_scene),
+        "--model",
+        str(tiny_model),
+        "--out",
+        str(out),
+        "--block",
+        "128",
+        "--batch-size",
+        "8",
+    ]
     killed_at_manifest = f"""
 import os, sys
 from pathlib import Path
@@ -265,8 +275,12 @@ os.replace = replace
 from landslide_batch.cli import main
 main({argv!r})
 """
-    assert subprocess.run([sys.executable, "-c", killed_at_manifest], env=CLI_ENV, capture_output=True,
-                          timeout=300).returncode == 137
+    assert (
+        subprocess.run(
+            [sys.executable, "-c", killed_at_manifest], env=CLI_ENV, capture_output=True, timeout=300
+        ).returncode
+        == 137
+    )
     assert not (out / "run.json").exists() and len(markers(out)) == ref_run["blocks"]["total"]
 
     manifest = run_job(job(small_scene, out, tiny_model))
@@ -274,8 +288,7 @@ main({argv!r})
     np.testing.assert_array_equal(read_prob(out), read_prob(ref))
 
 
-def test_crash_while_creating_output_store_resumes(tmp_path, small_scene, tiny_model, small_reference,
-                                                   monkeypatch):
+def test_crash_while_creating_output_store_resumes(tmp_path, small_scene, tiny_model, small_reference, monkeypatch):
     import zarr
 
     ref, ref_run = small_reference

@@ -11,15 +11,16 @@ from pathlib import Path
 
 import pytest
 import yaml
+from loopback_http import serve
 
 from landslide_batch.cli import main
 from landslide_batch.fetch_data import load_sources
-from loopback_http import serve
 from training.dataset import find_pairs, read_pair
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "landslide4sense"
-pytestmark = pytest.mark.skipif(not (SAMPLE / "labelled" / "img").is_dir(),
-                                reason=f"real Landslide4Sense sample not found at {SAMPLE}")
+pytestmark = pytest.mark.skipif(
+    not (SAMPLE / "labelled" / "img").is_dir(), reason=f"real Landslide4Sense sample not found at {SAMPLE}"
+)
 TRAIN_IDS = (1, 2, 3, 16)  # mask_3 is empty: an all-zero mask is data too
 TEST_IDS = (31, 37)
 
@@ -44,15 +45,22 @@ def _test_tar(path: Path) -> Path:
 
 
 def _sources(path: Path, files: list[dict], **extra) -> Path:
-    path.write_text(yaml.safe_dump({"dataset": "Landslide4Sense", "base_url": "http://unused.invalid",
-                                    "files": files, **extra}))
+    path.write_text(
+        yaml.safe_dump({"dataset": "Landslide4Sense", "base_url": "http://unused.invalid", "files": files, **extra})
+    )
     return path
 
 
 def _record(path: Path, checksums: dict[str, str]) -> Path:
     """A record listing in the shape of Zenodo's REST API (``GET /api/records/ID``)."""
-    path.write_text(json.dumps({"id": 10463239, "files": [
-        {"key": name, "size": 1, "checksum": f"md5:{md5}"} for name, md5 in checksums.items()]}))
+    path.write_text(
+        json.dumps(
+            {
+                "id": 10463239,
+                "files": [{"key": name, "size": 1, "checksum": f"md5:{md5}"} for name, md5 in checksums.items()],
+            }
+        )
+    )
     return path
 
 
@@ -69,10 +77,13 @@ def served(tmp_path):
 
 def test_fetch_lays_out_verified_splits(served, tmp_path, capsys):
     train_zip, test_tar = served
-    sources = _sources(tmp_path / "s.yaml", [
-        {"name": "TrainData.zip", "split": "train", "md5": _md5(train_zip)},
-        {"name": "TestData.tar.gz", "split": "test"},  # no checksum: fetched, flagged, digests recorded
-    ])
+    sources = _sources(
+        tmp_path / "s.yaml",
+        [
+            {"name": "TrainData.zip", "split": "train", "md5": _md5(train_zip)},
+            {"name": "TestData.tar.gz", "split": "test"},  # no checksum: fetched, flagged, digests recorded
+        ],
+    )
     out = tmp_path / "l4s"
     with serve(train_zip.parent) as (base, state):
         state.drop_once.add("/TrainData.zip")
@@ -93,7 +104,9 @@ def test_fetch_lays_out_verified_splits(served, tmp_path, capsys):
     assert not (out / "test" / "mask").exists() and not (out / "val").exists()
     manifest = json.loads((out / "fetch.json").read_text())
     assert [(f["split"], f["verified"], f["images"], f["masks"]) for f in manifest["files"]] == [
-        ("train", True, 4, 4), ("test", False, 2, 0)]
+        ("train", True, 4, 4),
+        ("test", False, 2, 0),
+    ]
     assert manifest["files"][1]["sha256"] == hashlib.sha256(test_tar.read_bytes()).hexdigest()
 
 
@@ -129,8 +142,10 @@ def test_an_archive_without_patches_is_refused(tmp_path, capsys):
     (srv / "ValidData.zip").write_bytes(buf.getvalue())
     sources = _sources(tmp_path / "s.yaml", [{"name": "ValidData.zip", "split": "val"}])
     with serve(srv) as (base, _):
-        assert main(["fetch-data", "l4s", "--out", str(tmp_path / "o"), "--sources", str(sources),
-                     "--base-url", base]) == 2
+        assert (
+            main(["fetch-data", "l4s", "--out", str(tmp_path / "o"), "--sources", str(sources), "--base-url", base])
+            == 2
+        )
     assert "no image_N.h5 under an img/ folder" in capsys.readouterr().err
 
 
@@ -151,14 +166,17 @@ def test_checksums_come_from_the_record_listing(served, tmp_path, capsys):
     _corrupt(train_zip)
     with serve(train_zip.parent) as (base, _):
         sources = _sources(tmp_path / "s.yaml", files[:1], record_api=f"{base}/record.json")
-        assert main(["fetch-data", "l4s", "--out", str(tmp_path / "again"), "--sources", str(sources),
-                     "--base-url", base]) == 2
+        assert (
+            main(["fetch-data", "l4s", "--out", str(tmp_path / "again"), "--sources", str(sources), "--base-url", base])
+            == 2
+        )
         assert "checksum mismatch" in capsys.readouterr().err
         assert not (tmp_path / "again" / "train").exists()
 
         # A file the record does not list, and a pinned checksum the record contradicts.
-        unlisted = _sources(tmp_path / "u.yaml", [{"name": "ValidData.zip", "split": "val"}],
-                            record_api=f"{base}/record.json")
+        unlisted = _sources(
+            tmp_path / "u.yaml", [{"name": "ValidData.zip", "split": "val"}], record_api=f"{base}/record.json"
+        )
         assert main(["fetch-data", "l4s", "--out", str(tmp_path / "u"), "--sources", str(unlisted)]) == 2
         assert "does not list ValidData.zip" in capsys.readouterr().err
         pinned = _sources(tmp_path / "p.yaml", [{**files[0], "md5": "0" * 32}], record_api=f"{base}/record.json")
@@ -167,8 +185,11 @@ def test_checksums_come_from_the_record_listing(served, tmp_path, capsys):
 
 
 def test_an_unreachable_record_is_a_clear_error(tmp_path, capsys):
-    sources = _sources(tmp_path / "s.yaml", [{"name": "TrainData.zip", "split": "train"}],
-                       record_api="http://127.0.0.1:9/api/records/1")
+    sources = _sources(
+        tmp_path / "s.yaml",
+        [{"name": "TrainData.zip", "split": "train"}],
+        record_api="http://127.0.0.1:9/api/records/1",
+    )
     assert main(["fetch-data", "l4s", "--out", str(tmp_path / "o"), "--sources", str(sources)]) == 2
     assert "cannot reach http://127.0.0.1:9/api/records/1" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
@@ -177,7 +198,10 @@ def test_an_unreachable_record_is_a_clear_error(tmp_path, capsys):
 def test_shipped_sources_name_the_zenodo_record():
     s = load_sources()
     assert s.record_api == "https://zenodo.org/api/records/10463239" and not any(f.checksums for f in s.files)
-    assert [(f.name, f.split) for f in s.files] == [("TrainData.zip", "train"), ("ValidData.zip", "val"),
-                                                    ("TestData.zip", "test")]
+    assert [(f.name, f.split) for f in s.files] == [
+        ("TrainData.zip", "train"),
+        ("ValidData.zip", "val"),
+        ("TestData.zip", "test"),
+    ]
     assert s.url(s.files[0]) == "https://zenodo.org/records/10463239/files/TrainData.zip?download=1"
     assert s.url(s.files[0], "http://mirror/l4s/") == "http://mirror/l4s/TrainData.zip"

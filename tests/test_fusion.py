@@ -14,8 +14,12 @@ def randomised(model):
     g = torch.Generator().manual_seed(0)
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
-            for t, lo, hi in ((m.running_mean, -0.5, 0.5), (m.running_var, 0.5, 2.0),
-                              (m.weight.data, 0.5, 1.5), (m.bias.data, -0.2, 0.2)):
+            for t, lo, hi in (
+                (m.running_mean, -0.5, 0.5),
+                (m.running_var, 0.5, 2.0),
+                (m.weight.data, 0.5, 1.5),
+                (m.bias.data, -0.2, 0.2),
+            ):
                 t.copy_(torch.rand(t.shape, generator=g) * (hi - lo) + lo)
     return model.eval()
 
@@ -24,8 +28,9 @@ def n_batchnorm(model):
     return sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
 
 
-@pytest.mark.parametrize("arch,encoder", [("Unet", "resnet34"), ("DeepLabV3Plus", "resnet50"), ("Unet", "mit_b1"),
-                                          ("PlainUnet", None)])
+@pytest.mark.parametrize(
+    "arch,encoder", [("Unet", "resnet34"), ("DeepLabV3Plus", "resnet50"), ("Unet", "mit_b1"), ("PlainUnet", None)]
+)
 def test_folded_model_gives_the_same_logits(arch, encoder):
     torch.manual_seed(0)
     model = randomised(build_model(arch, encoder, 14 if encoder else 6))

@@ -27,13 +27,13 @@ from landslide_batch.synthetic import write_geotiff
 
 UTM = "EPSG:32645"
 X0, Y0 = 500000.0, 3100000.0
-H, W = 120, 180                      # 10 m grid: 1.2 km x 1.8 km
+H, W = 120, 180  # 10 m grid: 1.2 km x 1.8 km
 PRODUCT = "S2B_MSIL2A_20250101T050000_N0511_R019_T45RUL_20250101T080000.SAFE"
 PREFIX = "T45RUL_20250101T050000"
 SLOPE_DEG, ASPECT_DEG = 25.0, 30.0
-CLOUD = (slice(20, 40), slice(60, 80))     # 10 m rows/cols of SCL class 9 (20 m rows 10..20, cols 30..40)
-SHADOW = (slice(80, 90), slice(10, 20))    # SCL class 3
-NODATA_PX = (100, 150)                     # DN 0 in B02
+CLOUD = (slice(20, 40), slice(60, 80))  # 10 m rows/cols of SCL class 9 (20 m rows 10..20, cols 30..40)
+SHADOW = (slice(80, 90), slice(10, 20))  # SCL class 3
+NODATA_PX = (100, 150)  # DN 0 in B02
 
 
 def plane_dn(res: int, base: int, gx: int, gy: int):
@@ -78,15 +78,31 @@ def l2a(tmp_path_factory):
         (img / f"R{res}m").mkdir(parents=True)
 
     def put(band, res, dn, dtype="uint16"):
-        write_geotiff(img / f"R{res}m" / f"{PREFIX}_{band}_{res}m.tif", dn, crs=UTM, origin=(X0, Y0),
-                      pixel=float(res), dtype=dtype)
+        write_geotiff(
+            img / f"R{res}m" / f"{PREFIX}_{band}_{res}m.tif",
+            dn,
+            crs=UTM,
+            origin=(X0, Y0),
+            pixel=float(res),
+            dtype=dtype,
+        )
 
-    def put_jp2(band, res, dn):   # as ESA ships them: lossless JPEG 2000
+    def put_jp2(band, res, dn):  # as ESA ships them: lossless JPEG 2000
         import rasterio
 
-        with rasterio.open(img / f"R{res}m" / f"{PREFIX}_{band}_{res}m.jp2", "w", driver="JP2OpenJPEG",
-                           height=dn.shape[0], width=dn.shape[1], count=1, dtype="uint16", crs=UTM,
-                           transform=from_origin(X0, Y0, res, res), QUALITY=100, REVERSIBLE="YES") as ds:
+        with rasterio.open(
+            img / f"R{res}m" / f"{PREFIX}_{band}_{res}m.jp2",
+            "w",
+            driver="JP2OpenJPEG",
+            height=dn.shape[0],
+            width=dn.shape[1],
+            count=1,
+            dtype="uint16",
+            crs=UTM,
+            transform=from_origin(X0, Y0, res, res),
+            QUALITY=100,
+            REVERSIBLE="YES",
+        ) as ds:
             ds.write(dn, 1)
 
     for band in ("B02", "B03", "B04", "B08"):
@@ -98,7 +114,7 @@ def l2a(tmp_path_factory):
     dn5, at10 = plane_dn(20, 3000, 4, 6)
     put("B05", 20, dn5)
     expected["B05"] = (at10 - 1000) / 10000
-    for band in ("B06", "B07", "B8A", "B11", "B12", "B02"):   # B02_20m: a coarser copy that must not be used
+    for band in ("B06", "B07", "B8A", "B11", "B12", "B02"):  # B02_20m: a coarser copy that must not be used
         put(band, 20, (1000 + rng.integers(500, 4000, (H // 2, W // 2))).astype(np.uint16))
     dn1, at10 = plane_dn(60, 2000, 6, 12)
     put("B01", 60, dn1)
@@ -139,6 +155,7 @@ def _all(scene):
 
 # --------------------------------------------------------------------------- grid, layers, scaling
 
+
 def test_l2a_folder_gives_14_layers_on_the_10m_grid(l2a, l2a_scene):
     scene = l2a_scene
     assert scene.shape == (H, W)
@@ -154,7 +171,7 @@ def test_l2a_folder_gives_14_layers_on_the_10m_grid(l2a, l2a_scene):
     assert info["layers"]["B2"]["path"].endswith("_B02_10m.tif")
     exp = l2a["expected"]["B02"]
     assert np.allclose(bands[BAND_INDEX["B2"]][valid], exp[valid], atol=1e-6)
-    assert not valid[NODATA_PX]                      # DN 0 is L2A no data
+    assert not valid[NODATA_PX]  # DN 0 is L2A no data
     assert "BOA_ADD_OFFSET in product metadata" in info["layers"]["B2"]["scaling"]
     assert info["product_level"] == "L2A" and info["acquired"] == "2025-01-01"
     # JPEG 2000 band files (as in a real SAFE product) read the same.
@@ -167,7 +184,7 @@ def test_l2a_folder_gives_14_layers_on_the_10m_grid(l2a, l2a_scene):
 
 def test_20m_and_60m_bands_are_bilinear_on_the_10m_grid(l2a, l2a_scene):
     bands, valid = _all(l2a_scene)
-    inner = (slice(2, -2), slice(2, -2))             # bilinear is exact away from the border
+    inner = (slice(2, -2), slice(2, -2))  # bilinear is exact away from the border
     b5 = bands[BAND_INDEX["B5"]][inner]
     exp5 = l2a["expected"]["B05"][inner]
     ok = valid[inner]
@@ -196,11 +213,12 @@ def test_missing_b10_is_zero_filled_valid_and_warned(l2a_scene):
     assert np.all(bands[BAND_INDEX["B10"]][valid] == 0.0)
     warnings = l2a_scene.attrs["warnings"]
     assert any("B10" in w and "zero-filled" in w for w in warnings)
-    assert valid.sum() == H * W - 500 - 1            # B10 never makes a pixel invalid
+    assert valid.sum() == H * W - 500 - 1  # B10 never makes a pixel invalid
     assert not any("outside the expected range" in w for w in warnings)
 
 
 # --------------------------------------------------------------------------- terrain
+
 
 def test_slope_from_a_geographic_dem_matches_the_plane(l2a, l2a_scene):
     bands, valid = _all(l2a_scene)
@@ -216,7 +234,7 @@ def test_slope_from_a_geographic_dem_matches_the_plane(l2a, l2a_scene):
 
 def test_slope_from_a_projected_dem_on_another_grid(l2a, tmp_path):
     ny, nx = 50, 70
-    ox, oy = X0 - 85.0, Y0 + 47.0                     # 30 m grid, not aligned with the 10 m one
+    ox, oy = X0 - 85.0, Y0 + 47.0  # 30 m grid, not aligned with the 10 m one
     r, c = np.mgrid[0:ny, 0:nx]
     z = dem_plane(ox + (c + 0.5) * 30, oy - (r + 0.5) * 30, slope_deg=15.0, aspect_deg=200.0)
     dem = write_geotiff(tmp_path / "dem_utm.tif", z.astype(np.float32), crs=UTM, origin=(ox, oy), pixel=30.0)
@@ -233,7 +251,7 @@ def test_horn_slope_uses_true_metres_at_high_latitude():
     lat = 60.05 - (np.arange(80) + 0.5) * res
     lon = 15.0 + (np.arange(90) + 0.5) * res
     e, n = to_utm.transform(*np.meshgrid(lon, lat))
-    z = 0.5 * (e - e.min()) + 0.2 * (n - n.min())       # tan(slope) = hypot(0.5, 0.2)
+    z = 0.5 * (e - e.min()) + 0.2 * (n - n.min())  # tan(slope) = hypot(0.5, 0.2)
     from rasterio.crs import CRS
 
     dx, dy = pixel_size_m(t, CRS.from_epsg(4326), z.shape[0])
@@ -245,15 +263,16 @@ def test_horn_slope_uses_true_metres_at_high_latitude():
 
 # --------------------------------------------------------------------------- AOI
 
+
 def test_bbox_aoi_cuts_the_expected_window(l2a, l2a_scene, tmp_path):
-    bbox = (X0 + 200, Y0 - 500, X0 + 700, Y0 - 100)   # cols 20..70, rows 10..50
+    bbox = (X0 + 200, Y0 - 500, X0 + 700, Y0 - 100)  # cols 20..70, rows 10..50
     inputs = SceneInputs(dem=str(l2a["dem"]), bbox=bbox, aoi_crs=UTM)
     scene = ingest(l2a["safe"], tmp_path / "aoi.zarr", chunk=32, inputs=inputs)
     assert scene.shape == (40, 50)
     assert scene.info.transform == pytest.approx((10.0, 0.0, X0 + 200, 0.0, -10.0, Y0 - 100))
     bands, valid = _all(scene)
     full_bands, full_valid = l2a_scene.read(10, 50, 20, 70)
-    assert np.array_equal(valid, full_valid)        # same SCL/nodata mask, cut
+    assert np.array_equal(valid, full_valid)  # same SCL/nodata mask, cut
     assert np.allclose(bands[:12][:, valid], full_bands[:12][:, valid], atol=1e-6)
     assert np.allclose(bands[12:][:, valid], full_bands[12:][:, valid], atol=1e-3)
 
@@ -263,10 +282,26 @@ def test_polygon_aoi_in_another_crs_masks_outside_pixels(l2a, tmp_path):
     corners_utm = [(X0 + 300, Y0 - 1000), (X0 + 1500, Y0 - 900), (X0 + 700, Y0 - 150)]
     ring = [list(to_geo.transform(x, y)) for x, y in corners_utm]
     aoi = tmp_path / "aoi.geojson"
-    aoi.write_text(json.dumps({"type": "FeatureCollection", "features": [
-        {"type": "Feature", "properties": {}, "geometry": {"type": "Polygon", "coordinates": [ring + [ring[0]]]}}]}))
-    scene = ingest(l2a["safe"], tmp_path / "poly.zarr", chunk=32,
-                   inputs=SceneInputs(dem=str(l2a["dem"]), aoi=str(aoi), use_scl=False))
+    aoi.write_text(
+        json.dumps(
+            {
+                "type": "FeatureCollection",
+                "features": [
+                    {
+                        "type": "Feature",
+                        "properties": {},
+                        "geometry": {"type": "Polygon", "coordinates": [ring + [ring[0]]]},
+                    }
+                ],
+            }
+        )
+    )
+    scene = ingest(
+        l2a["safe"],
+        tmp_path / "poly.zarr",
+        chunk=32,
+        inputs=SceneInputs(dem=str(l2a["dem"]), aoi=str(aoi), use_scl=False),
+    )
     a = scene.info.affine
     # Window = the triangle's bounds rounded out to whole pixels.
     assert a.c == pytest.approx(X0 + 300, abs=10.01) and a.f == pytest.approx(Y0 - 150, abs=10.01)
@@ -275,11 +310,12 @@ def test_polygon_aoi_in_another_crs_masks_outside_pixels(l2a, tmp_path):
 
     tri = Polygon(corners_utm)
     _, valid = _all(scene)
-    r, c = np.mgrid[0:scene.shape[0], 0:scene.shape[1]]
+    r, c = np.mgrid[0 : scene.shape[0], 0 : scene.shape[1]]
     xs, ys = a @ (c + 0.5, r + 0.5)
     inside = np.array([tri.contains(Point(x, y)) for x, y in zip(xs.ravel(), ys.ravel())]).reshape(valid.shape)
-    near_edge = np.array([tri.exterior.distance(Point(x, y)) < 2.0
-                          for x, y in zip(xs.ravel(), ys.ravel())]).reshape(valid.shape)
+    near_edge = np.array([tri.exterior.distance(Point(x, y)) < 2.0 for x, y in zip(xs.ravel(), ys.ravel())]).reshape(
+        valid.shape
+    )
     assert np.array_equal(valid[~near_edge], inside[~near_edge])
     assert 0.3 < valid.mean() < 0.7
     assert scene.attrs["ingest"]["masked_pixels"]["outside_aoi"] == int((~valid).sum())
@@ -287,19 +323,33 @@ def test_polygon_aoi_in_another_crs_masks_outside_pixels(l2a, tmp_path):
 
 def test_aoi_outside_the_scene_is_an_error(l2a, tmp_path):
     with pytest.raises(InputError, match="does not overlap"):
-        ingest(l2a["safe"], tmp_path / "x.zarr",
-               inputs=SceneInputs(dem=str(l2a["dem"]), bbox=(10.0, 10.0, 11.0, 11.0)))
+        ingest(l2a["safe"], tmp_path / "x.zarr", inputs=SceneInputs(dem=str(l2a["dem"]), bbox=(10.0, 10.0, 11.0, 11.0)))
     assert not (tmp_path / "x.zarr").exists() and not (tmp_path / "x.zarr.partial").exists()
 
 
 # --------------------------------------------------------------------------- STAC, job config
 
+
 def _stac_item(l2a, path, keys):
     img = l2a["img"]
-    files = {b: next(img.glob(f"R*/{PREFIX}_{b}_{r}m.*"))
-             for b, r in [("B01", 60), ("B02", 10), ("B03", 10), ("B04", 10), ("B05", 20), ("B06", 20),
-                          ("B07", 20), ("B08", 10), ("B8A", 20), ("B09", 60), ("B11", 20), ("B12", 20),
-                          ("SCL", 20)]}
+    files = {
+        b: next(img.glob(f"R*/{PREFIX}_{b}_{r}m.*"))
+        for b, r in [
+            ("B01", 60),
+            ("B02", 10),
+            ("B03", 10),
+            ("B04", 10),
+            ("B05", 20),
+            ("B06", 20),
+            ("B07", 20),
+            ("B08", 10),
+            ("B8A", 20),
+            ("B09", 60),
+            ("B11", 20),
+            ("B12", 20),
+            ("SCL", 20),
+        ]
+    }
     assets = {}
     for band, key in keys.items():
         asset = {"href": str(files[band]), "type": "image/tiff; application=geotiff", "roles": ["data"]}
@@ -308,22 +358,41 @@ def _stac_item(l2a, path, keys):
         assets[key] = asset
     assets["visual"] = {"href": str(files["B04"]), "roles": ["visual"]}
     assets["dem"] = {"href": str(l2a["dem"]), "roles": ["data"]}
-    item = {"type": "Feature", "stac_version": "1.0.0", "stac_extensions": [], "id": "S2B_45RUL_20250101_0_L2A",
-            "geometry": {"type": "Polygon", "coordinates": [[[87, 28], [87.1, 28], [87.1, 28.1], [87, 28]]]},
-            "bbox": [87, 28, 87.1, 28.1], "links": [], "assets": assets,
-            "properties": {"datetime": "2025-01-01T05:00:00Z", "s2:processing_baseline": "05.11"}}
+    item = {
+        "type": "Feature",
+        "stac_version": "1.0.0",
+        "stac_extensions": [],
+        "id": "S2B_45RUL_20250101_0_L2A",
+        "geometry": {"type": "Polygon", "coordinates": [[[87, 28], [87.1, 28], [87.1, 28.1], [87, 28]]]},
+        "bbox": [87, 28, 87.1, 28.1],
+        "links": [],
+        "assets": assets,
+        "properties": {"datetime": "2025-01-01T05:00:00Z", "s2:processing_baseline": "05.11"},
+    }
     path.write_text(json.dumps(item))
     return path
 
 
-EARTH_SEARCH_KEYS = {"B01": "coastal", "B02": "blue", "B03": "green", "B04": "red", "B05": "rededge1",
-                     "B06": "rededge2", "B07": "rededge3", "B08": "nir", "B8A": "nir08", "B09": "nir09",
-                     "B11": "swir16", "B12": "swir22", "SCL": "scl"}
+EARTH_SEARCH_KEYS = {
+    "B01": "coastal",
+    "B02": "blue",
+    "B03": "green",
+    "B04": "red",
+    "B05": "rededge1",
+    "B06": "rededge2",
+    "B07": "rededge3",
+    "B08": "nir",
+    "B8A": "nir08",
+    "B09": "nir09",
+    "B11": "swir16",
+    "B12": "swir22",
+    "SCL": "scl",
+}
 
 
 def test_stac_item_assets_give_the_same_scene(l2a, l2a_scene, tmp_path):
     item = _stac_item(l2a, tmp_path / "item.json", EARTH_SEARCH_KEYS)
-    scene = ingest(item, tmp_path / "stac.zarr", chunk=64)     # DEM from the item's "dem" asset
+    scene = ingest(item, tmp_path / "stac.zarr", chunk=64)  # DEM from the item's "dem" asset
     bands, valid = _all(scene)
     ref_bands, ref_valid = _all(l2a_scene)
     assert np.array_equal(valid, ref_valid)
@@ -333,12 +402,12 @@ def test_stac_item_assets_give_the_same_scene(l2a, l2a_scene, tmp_path):
 
 def test_job_yaml_with_inputs_and_ingest_job(l2a, tmp_path, scene_tif):
     text = f"""
-scene: {l2a['safe']}
+scene: {l2a["safe"]}
 out: out
 models: [m]
 inputs:
   bands: {{B08: B8A}}
-  dem: {l2a['dem']}
+  dem: {l2a["dem"]}
   bbox: [{X0 + 200}, {Y0 - 500}, {X0 + 700}, {Y0 - 100}]
   aoi_crs: "{UTM}"
   scl_mask: [0, 3, 8, 9, 10]
@@ -366,9 +435,12 @@ def test_b10_model_mean_uses_the_model_cards(l2a, tmp_path):
     mean = [0.1] * 14
     mean[BAND_INDEX["B10"]] = 0.0123
     model = _card(tmp_path / "m1", mean)
-    cfg = JobConfig(scene=l2a["safe"], out=tmp_path / "o", models=[model],
-                    inputs=SceneInputs(dem=str(l2a["dem"]), b10="model_mean", bbox=(X0, Y0 - 200, X0 + 200, Y0),
-                                       aoi_crs=UTM))
+    cfg = JobConfig(
+        scene=l2a["safe"],
+        out=tmp_path / "o",
+        models=[model],
+        inputs=SceneInputs(dem=str(l2a["dem"]), b10="model_mean", bbox=(X0, Y0 - 200, X0 + 200, Y0), aoi_crs=UTM),
+    )
     scene = ingest_job(cfg, tmp_path / "mm.zarr", chunk=32)
     bands, valid = _all(scene)
     assert np.allclose(bands[BAND_INDEX["B10"]][valid], 0.0123)
@@ -377,9 +449,11 @@ def test_b10_model_mean_uses_the_model_cards(l2a, tmp_path):
 
 # --------------------------------------------------------------------------- checks and errors
 
+
 def test_unscaled_values_are_warned(l2a, tmp_path):
-    inputs = SceneInputs(dem=str(l2a["dem"]), reflectance={"mode": "none"}, bbox=(X0, Y0 - 300, X0 + 300, Y0),
-                         aoi_crs=UTM)
+    inputs = SceneInputs(
+        dem=str(l2a["dem"]), reflectance={"mode": "none"}, bbox=(X0, Y0 - 300, X0 + 300, Y0), aoi_crs=UTM
+    )
     scene = ingest(l2a["safe"], tmp_path / "dn.zarr", chunk=32, inputs=inputs)
     warnings = scene.attrs["warnings"]
     assert any("B2" in w and "outside the expected range" in w for w in warnings)
@@ -387,12 +461,14 @@ def test_unscaled_values_are_warned(l2a, tmp_path):
 
 
 def test_offset_from_acquisition_date_is_warned(tmp_path):
-    from landslide_batch.ingest.inputs import ReflectanceScaling
-    from landslide_batch.ingest.sentinel2 import LayerSource, SourcePlan
     from datetime import date
 
-    plan = SourcePlan(kind="sentinel2-folder", root="x", layers={"B2": LayerSource("x", band="B02")},
-                      acquired=date(2023, 5, 1))
+    from landslide_batch.ingest.inputs import ReflectanceScaling
+    from landslide_batch.ingest.sentinel2 import LayerSource, SourcePlan
+
+    plan = SourcePlan(
+        kind="sentinel2-folder", root="x", layers={"B2": LayerSource("x", band="B02")}, acquired=date(2023, 5, 1)
+    )
     warnings: list[str] = []
     s = resolve_scaling(plan, ReflectanceScaling(), {"B2": np.dtype("uint16")}, warnings)
     assert s.add["B2"] == pytest.approx(-0.1) and s.mul["B2"] == pytest.approx(1e-4)
@@ -427,7 +503,7 @@ def test_band_file_names_and_errors(l2a, tmp_path):
 
 def test_stack_with_inputs_is_cut_to_the_aoi(scene_tif, tmp_path):
     full = ingest(scene_tif, tmp_path / "full.zarr", chunk=64)
-    bbox = (X0 + 500, Y0 - 1500, X0 + 1200, Y0 - 100)     # rows 10..150, cols 50..120 of the stack
+    bbox = (X0 + 500, Y0 - 1500, X0 + 1200, Y0 - 100)  # rows 10..150, cols 50..120 of the stack
     cut = ingest(scene_tif, tmp_path / "cut.zarr", chunk=64, inputs=SceneInputs(bbox=bbox, aoi_crs=UTM))
     assert cut.shape == (140, 70)
     bands, valid = _all(cut)
@@ -453,13 +529,20 @@ def test_rebase_makes_paths_relative_to_the_job(tmp_path):
     rebased = inputs.rebase(tmp_path)
     assert rebased.dem == str(tmp_path / "dem/cop30.tif") and rebased.aoi == str(tmp_path / "aoi.geojson")
     assert rebased.bands == {"B8": "B8A", "B2": str(tmp_path / "x/b2.tif")}
-    assert rebased.slope == "slope"   # an asset key, not a path
+    assert rebased.slope == "slope"  # an asset key, not a path
 
 
 def _card(folder, mean, name="m"):
     folder.mkdir()
-    card = {"name": name, "arch": "Unet", "encoder": "resnet34", "features": list(L4S_BANDS), "in_channels": 14,
-            "normalization": {"mean": mean, "std": [1.0] * 14}, "trained": True}
+    card = {
+        "name": name,
+        "arch": "Unet",
+        "encoder": "resnet34",
+        "features": list(L4S_BANDS),
+        "in_channels": 14,
+        "normalization": {"mean": mean, "std": [1.0] * 14},
+        "trained": True,
+    }
     (folder / "card.json").write_text(json.dumps(card))
     return folder
 
@@ -474,13 +557,21 @@ def test_l4s_units_and_the_units_guard_against_model_cards(l2a, l2a_scene, tmp_p
     l4s_like = read_card(_card(tmp_path / "l4s_model", [1.0] * 14, name="l4s_model"))
     assert l4s_like.input_units == "l4s"  # derived from its statistics: the card does not say
     common = dict(dem=str(l2a["dem"]), bbox=bbox, aoi_crs=UTM)
-    cfg = JobConfig(scene=l2a["safe"], out=tmp_path / "o", models=[tmp_path / "l4s_model"],
-                    inputs=SceneInputs(units="physical", **common))
+    cfg = JobConfig(
+        scene=l2a["safe"],
+        out=tmp_path / "o",
+        models=[tmp_path / "l4s_model"],
+        inputs=SceneInputs(units="physical", **common),
+    )
     phys = ingest_job(cfg, tmp_path / "phys.zarr", chunk=32)
     with pytest.raises(UnitsMismatchError, match=r"l4s_model.*reflectance 0-1.*set inputs.units: l4s"):
         units_guard(sample_scene(phys), [l4s_like], accept=False)
-    cfg = JobConfig(scene=l2a["safe"], out=tmp_path / "o", models=[tmp_path / "l4s_model"],
-                    inputs=SceneInputs(units="l4s", **common))
+    cfg = JobConfig(
+        scene=l2a["safe"],
+        out=tmp_path / "o",
+        models=[tmp_path / "l4s_model"],
+        inputs=SceneInputs(units="l4s", **common),
+    )
     l4s = ingest_job(cfg, tmp_path / "l4s.zarr", chunk=32)
     verdicts, warnings = units_guard(sample_scene(l4s), [l4s_like], accept=False)
     assert warnings == [] and [v.refused for v in verdicts] == [False]

@@ -56,8 +56,14 @@ def write_catalog(root: Path, scenes: list[dict]) -> Path:
     catalog = pystac.Catalog("post-event", "post-event scenes")
     for s in scenes:
         geom, _, _ = raster_footprint(s["tif"])
-        item = pystac.Item(s["id"], mapping(geom), list(geom.bounds), s["when"],
-                           {"eo:cloud_cover": s.get("cloud", 5)}, collection=s.get("collection", "s2-l4s"))
+        item = pystac.Item(
+            s["id"],
+            mapping(geom),
+            list(geom.bounds),
+            s["when"],
+            {"eo:cloud_cover": s.get("cloud", 5)},
+            collection=s.get("collection", "s2-l4s"),
+        )
         item.add_asset("image", pystac.Asset(str(s["tif"]), media_type=pystac.MediaType.GEOTIFF))
         catalog.add_item(item)
     catalog.normalize_hrefs(str(root))
@@ -71,24 +77,41 @@ def scenes(tmp_path):
     """Six items; two pass every filter: s2-a (AOI "valley", in lon/lat) and s2-b (AOI "ridge", in UTM)."""
     d = tmp_path / "catalog"
     return [
-        {"id": "s2-before", "when": EVENT - timedelta(days=2),
-         "tif": make_scene(d / "s2-before" / "scene.tif", ORIGIN_A)},
+        {
+            "id": "s2-before",
+            "when": EVENT - timedelta(days=2),
+            "tif": make_scene(d / "s2-before" / "scene.tif", ORIGIN_A),
+        },
         {"id": "s2-a", "when": EVENT + timedelta(days=1), "tif": make_scene(d / "s2-a" / "scene.tif", ORIGIN_A, 1)},
         {"id": "s2-far", "when": EVENT + timedelta(days=1), "tif": make_scene(d / "s2-far" / "scene.tif", ORIGIN_FAR)},
-        {"id": "s1-a", "when": EVENT + timedelta(days=1), "collection": "s1",
-         "tif": make_scene(d / "s1-a" / "scene.tif", ORIGIN_A)},
-        {"id": "s2-cloudy", "when": EVENT + timedelta(days=1), "cloud": 90,
-         "tif": make_scene(d / "s2-cloudy" / "scene.tif", ORIGIN_A)},
+        {
+            "id": "s1-a",
+            "when": EVENT + timedelta(days=1),
+            "collection": "s1",
+            "tif": make_scene(d / "s1-a" / "scene.tif", ORIGIN_A),
+        },
+        {
+            "id": "s2-cloudy",
+            "when": EVENT + timedelta(days=1),
+            "cloud": 90,
+            "tif": make_scene(d / "s2-cloudy" / "scene.tif", ORIGIN_A),
+        },
         {"id": "s2-b", "when": EVENT + timedelta(days=2), "tif": make_scene(d / "s2-b" / "scene.tif", ORIGIN_B, 2)},
     ]
 
 
 def write_schedule(tmp_path: Path, catalog_href: str, model: Path, **extra) -> Path:
     spec = {
-        "name": "test-event", "catalog": catalog_href, "collection": "s2-l4s", "asset": "image",
-        "event_date": EVENT.isoformat(), "max_cloud_cover": 50,
-        "aois": [{"name": "valley", "bbox": [86.99, 27.99, 87.05, 28.05]},
-                 {"name": "ridge", "crs": "EPSG:32645", "bbox": [699000, 3099000, 702000, 3101000]}],
+        "name": "test-event",
+        "catalog": catalog_href,
+        "collection": "s2-l4s",
+        "asset": "image",
+        "event_date": EVENT.isoformat(),
+        "max_cloud_cover": 50,
+        "aois": [
+            {"name": "valley", "bbox": [86.99, 27.99, 87.05, 28.05]},
+            {"name": "ridge", "crs": "EPSG:32645", "bbox": [699000, 3099000, 702000, 3101000]},
+        ],
         "job": {"models": [str(model)], "tile": 64, "block": 96, "threads": 1, "batch_size": 8},
         "output": {"root": "outputs"},
         "submit": {"address": "http://127.0.0.1:1"},
@@ -125,15 +148,22 @@ def test_scheduler_submits_one_region_job_per_event_and_each_item_once(tmp_path,
     assert a.job["scenes"] == [str(scenes[1]["tif"])] and Path(a.job["out"]) == tmp_path / "outputs" / valley
     spec = job_from_dict(a.job)  # a complete, valid region job spec
     assert spec.models == [tiny_model] and json.loads(spec.aoi.read_text())["properties"]["name"] == "valley"
-    assert a.stac == StacOptions(item_id=valley, when=scenes[1]["when"],
-                                 derived_from=(str(tmp_path / "catalog" / "s2-a" / "s2-a.json"),))
+    assert a.stac == StacOptions(
+        item_id=valley, when=scenes[1]["when"], derived_from=(str(tmp_path / "catalog" / "s2-a" / "s2-a.json"),)
+    )
 
     assert run_pass(schedule, cluster) == [] and len(cluster.jobs) == 2
 
-    late = {"id": "s2-late", "when": EVENT + timedelta(days=1, hours=12),  # older than the newest processed
-            "tif": make_scene(tmp_path / "catalog" / "s2-late" / "scene.tif", ORIGIN_A)}
-    new = {"id": "s2-c", "when": EVENT + timedelta(days=3),
-           "tif": make_scene(tmp_path / "catalog" / "s2-c" / "scene.tif", ORIGIN_A, 3)}
+    late = {
+        "id": "s2-late",
+        "when": EVENT + timedelta(days=1, hours=12),  # older than the newest processed
+        "tif": make_scene(tmp_path / "catalog" / "s2-late" / "scene.tif", ORIGIN_A),
+    }
+    new = {
+        "id": "s2-c",
+        "when": EVENT + timedelta(days=3),
+        "tif": make_scene(tmp_path / "catalog" / "s2-c" / "scene.tif", ORIGIN_A, 3),
+    }
     write_catalog(tmp_path / "catalog", scenes + [late, new])
     assert run_pass(schedule, cluster) == [job_id(valley, ["s2-a", "s2-late", "s2-c"])]
     assert cluster.jobs[-1].job["scenes"] == [str(s["tif"]) for s in (scenes[1], late, new)]  # oldest first
@@ -149,8 +179,14 @@ def test_scheduler_submits_one_region_job_per_event_and_each_item_once(tmp_path,
 
 def test_new_job_settings_give_new_event_ids(tmp_path, tiny_model):
     a = load_schedule(write_schedule(tmp_path, "catalog.json", tiny_model))
-    b = load_schedule(write_schedule(tmp_path, "catalog.json", tiny_model,
-                                     job={"models": [str(tiny_model)], "tile": 64, "block": 96, "threshold": 0.3}))
+    b = load_schedule(
+        write_schedule(
+            tmp_path,
+            "catalog.json",
+            tiny_model,
+            job={"models": [str(tiny_model)], "tile": 64, "block": 96, "threshold": 0.3},
+        )
+    )
     assert a.event("valley") == load_schedule(write_schedule(tmp_path, "catalog.json", tiny_model)).event("valley")
     assert a.event("valley") != b.event("valley") and a.event("valley") != a.event("ridge")
     later = load_schedule(write_schedule(tmp_path, "catalog.json", tiny_model, event_date="2026-08-01T00:00:00Z"))
@@ -202,8 +238,9 @@ def test_scheduler_stages_scenes_from_object_store(tmp_path, scenes, tiny_model)
 
 def test_scheduler_runs_locally_and_describes_outputs(tmp_path, scenes, tiny_model, capsys):
     write_catalog(tmp_path / "catalog", scenes)
-    path = write_schedule(tmp_path, "catalog/catalog.json", tiny_model,
-                          output={"root": "outputs", "publish": "published"})
+    path = write_schedule(
+        tmp_path, "catalog/catalog.json", tiny_model, output={"root": "outputs", "publish": "published"}
+    )
     assert main(["schedule", str(path), "--once", "--local"]) == 0
     ids = capsys.readouterr().out.split()
     schedule = load_schedule(path)
@@ -243,8 +280,9 @@ def test_scheduler_runs_locally_and_describes_outputs(tmp_path, scenes, tiny_mod
 
 def test_run_schedule_stops_after_until(tmp_path, scenes, tiny_model):
     write_catalog(tmp_path / "catalog", scenes)
-    schedule = load_schedule(write_schedule(tmp_path, "catalog/catalog.json", tiny_model,
-                                            until=(EVENT + timedelta(days=5)).isoformat()))
+    schedule = load_schedule(
+        write_schedule(tmp_path, "catalog/catalog.json", tiny_model, until=(EVENT + timedelta(days=5)).isoformat())
+    )
     cluster = FakeCluster()
     run_schedule(schedule, cluster)  # `until` has passed: one pass, no sleeping
     assert len(cluster.jobs) == 2
@@ -261,15 +299,18 @@ def test_scheduler_state_is_locked(tmp_path):
                 pass
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"aois": [{"name": "x", "bbox": [1, 1, 2, 2], "geojson": "a.geojson"}]}, "exactly one of bbox"),
-    ({"aois": [{"name": "x", "bbox": [2, 1, 1, 2]}]}, "minx, miny, maxx, maxy"),
-    ({"aois": [{"name": "x", "bbox": [1, 1, 2, 2], "crs": "EPSG:999999"}]}, "crs"),
-    ({"job": {"models": ["m"], "scene": "s.tif"}}, "leave out scene, scenes, aoi and out"),
-    ({"job": {"tile": 64}}, "exactly one of 'ensemble'"),
-    ({"catalog": "nosuchfs://bucket/catalog.json"}, "fsspec driver"),
-    ({"until": "2026-06-01T00:00:00Z"}, "until must be after event_date"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"aois": [{"name": "x", "bbox": [1, 1, 2, 2], "geojson": "a.geojson"}]}, "exactly one of bbox"),
+        ({"aois": [{"name": "x", "bbox": [2, 1, 1, 2]}]}, "minx, miny, maxx, maxy"),
+        ({"aois": [{"name": "x", "bbox": [1, 1, 2, 2], "crs": "EPSG:999999"}]}, "crs"),
+        ({"job": {"models": ["m"], "scene": "s.tif"}}, "leave out scene, scenes, aoi and out"),
+        ({"job": {"tile": 64}}, "exactly one of 'ensemble'"),
+        ({"catalog": "nosuchfs://bucket/catalog.json"}, "fsspec driver"),
+        ({"until": "2026-06-01T00:00:00Z"}, "until must be after event_date"),
+    ],
+)
 def test_schedule_config_errors_are_clear(tmp_path, tiny_model, change, message):
     with pytest.raises(ConfigError, match=message):
         load_schedule(write_schedule(tmp_path, "catalog.json", tiny_model, **change))
@@ -289,15 +330,24 @@ def test_example_job_is_valid_for_submission():
 def test_submission_carries_a_resolved_job_spec(tmp_path, tiny_model):
     (tmp_path / "jobs").mkdir()
     path = tmp_path / "jobs" / "job.yaml"
-    path.write_text(yaml.safe_dump({"scene": "../scene.tif", "out": "file:///data/out", "models": [str(tiny_model)],
-                                    "ray": {"address": "ray://elsewhere:10001"}}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "scene": "../scene.tif",
+                "out": "file:///data/out",
+                "models": [str(tiny_model)],
+                "ray": {"address": "ray://elsewhere:10001"},
+            }
+        )
+    )
     spec = prepare_job(path)
     assert spec["scene"] == str(tmp_path / "jobs" / ".." / "scene.tif") and spec["out"] == "/data/out"
 
     job = JobSubmission(spec, "ls-x", StacOptions(publish_to="s3://bucket/x"))
     request = RaySubmitter("http://127.0.0.1:1", env={"OMP_NUM_THREADS": "1"}, ship_code=True).request(job, tmp_path)
-    assert request["entrypoint"] == ("landslide-batch run job.yaml --executor ray && "
-                                     "landslide-batch stac-item /data/out --publish s3://bucket/x")
+    assert request["entrypoint"] == (
+        "landslide-batch run job.yaml --executor ray && landslide-batch stac-item /data/out --publish s3://bucket/x"
+    )
     env = request["runtime_env"]
     assert env["working_dir"] == str(tmp_path) and env["env_vars"] == {"OMP_NUM_THREADS": "1"}
     assert Path(env["py_modules"][0]).name == "landslide_batch"
@@ -313,6 +363,7 @@ def test_unreachable_cluster_is_a_clear_error(capsys):
 
 
 # --- a real local Ray head ------------------------------------------------------------------
+
 
 def _free_ports(n: int) -> list[int]:
     """``n`` distinct loopback ports free now (all held at once, so no two are the same)."""
@@ -356,21 +407,50 @@ def _stop_session(sid: int) -> None:
 @pytest.fixture
 def ray_head():
     """A local Ray head on loopback, 2 CPUs, token auth with a fresh token; -> (dashboard URL, env)."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": os.urandom(32).hex(), "RAY_USAGE_STATS_ENABLED": "0",
-           "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": os.urandom(32).hex(),
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "OMP_NUM_THREADS": "1",
+    }
     # A port free when picked may be taken by another process before Ray binds it (the machine
     # runs other tests' Ray workers): a head that could not bind is started again on new ports.
     for attempt in range(3):
         temp = tempfile.mkdtemp(prefix="lsray", dir="/tmp")  # short: Ray's socket paths have a length limit
         gcs, dashboard, client, agent = _free_ports(4)
-        cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1",
-               "--port", str(gcs), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
-               "--include-dashboard", "true", "--ray-client-server-port", str(client),
-               "--dashboard-agent-listen-port", str(agent), "--num-cpus", "2", "--num-gpus", "0",
-               "--object-store-memory", str(256 * 2**20), "--temp-dir", temp, "--disable-usage-stats"]
-        proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
+        cmd = [
+            str(Path(sys.executable).parent / "ray"),
+            "start",
+            "--head",
+            "--node-ip-address",
+            "127.0.0.1",
+            "--port",
+            str(gcs),
+            "--dashboard-host",
+            "127.0.0.1",
+            "--dashboard-port",
+            str(dashboard),
+            "--include-dashboard",
+            "true",
+            "--ray-client-server-port",
+            str(client),
+            "--dashboard-agent-listen-port",
+            str(agent),
+            "--num-cpus",
+            "2",
+            "--num-gpus",
+            "0",
+            "--object-store-memory",
+            str(256 * 2**20),
+            "--temp-dir",
+            temp,
+            "--disable-usage-stats",
+        ]
+        proc = subprocess.Popen(
+            cmd, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
         output, _ = proc.communicate(timeout=120)
         if proc.returncode == 0 or "address already in use" not in output or attempt == 2:
             break
@@ -385,8 +465,13 @@ def ray_head():
 
 
 def _cli(env, *args, timeout=180) -> subprocess.CompletedProcess:
-    return subprocess.run([str(Path(sys.executable).parent / "landslide-batch"), *args], env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "landslide-batch"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.mark.slow
@@ -395,11 +480,32 @@ def _cli(env, *args, timeout=180) -> subprocess.CompletedProcess:
 def test_submit_region_job_to_local_ray_head(tmp_path, scene_tif, tiny_model, ray_head):
     address, env = ray_head
     job = tmp_path / "job.yaml"
-    job.write_text(yaml.safe_dump({"scene": str(scene_tif), "out": "out", "models": [str(tiny_model)],
-                                   "block": 256, "threads": 1, "batch_size": 8}))
+    job.write_text(
+        yaml.safe_dump(
+            {
+                "scene": str(scene_tif),
+                "out": "out",
+                "models": [str(tiny_model)],
+                "block": 256,
+                "threads": 1,
+                "batch_size": 8,
+            }
+        )
+    )
 
-    submitted = _cli(env, "submit", str(job), "--address", address, "--submission-id", "ls-test-region",
-                     "--env", "OMP_NUM_THREADS=1", "--stac-item", "--shared-fs")
+    submitted = _cli(
+        env,
+        "submit",
+        str(job),
+        "--address",
+        address,
+        "--submission-id",
+        "ls-test-region",
+        "--env",
+        "OMP_NUM_THREADS=1",
+        "--stac-item",
+        "--shared-fs",
+    )
     assert submitted.returncode == 0, submitted.stderr
     assert submitted.stdout.split() == ["ls-test-region"]
 
@@ -414,7 +520,8 @@ def test_submit_region_job_to_local_ray_head(tmp_path, scene_tif, tiny_model, ra
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "complete" and run["config"]["executor"] == "ray"
     assert pystac.Item.from_file(str(out / "item.json")).assets["probability"].get_absolute_href() == str(
-        out / "probability.tif")
+        out / "probability.tif"
+    )
 
     again = _cli(env, "submit", str(job), "--address", address, "--submission-id", "ls-test-region", "--shared-fs")
     assert again.returncode == JobExistsError.exit_code and "already submitted" in again.stderr

@@ -9,12 +9,8 @@ import torch
 from landslide_batch.metrics import Counts, best_threshold, confusion_counts, prob_histograms, scores, sweep
 
 # 3 x 4 example: 3 true positives, 2 false positives, 1 false negative, 6 true negatives.
-PRED = np.array([[1, 1, 0, 0],
-                 [1, 1, 0, 0],
-                 [0, 1, 0, 0]], bool)
-TRUE = np.array([[1, 1, 0, 0],
-                 [0, 1, 1, 0],
-                 [0, 0, 0, 0]], bool)
+PRED = np.array([[1, 1, 0, 0], [1, 1, 0, 0], [0, 1, 0, 0]], bool)
+TRUE = np.array([[1, 1, 0, 0], [0, 1, 1, 0], [0, 0, 0, 0]], bool)
 
 
 def test_confusion_counts_by_hand():

@@ -65,8 +65,15 @@ def inputs(tmp_path_factory, s3, scene_arrays, varying_model):
     aoi = here / "aoi.geojson"
     x0, y0, x1, y1 = bounds
     ring = [[x0, y0], [x0 + 0.7 * (x1 - x0), y0], [x0, y0 + 0.8 * (y1 - y0)], [x0, y0]]
-    aoi.write_text(json.dumps({"type": "Polygon", "coordinates": [ring],
-                               "crs": {"type": "name", "properties": {"name": profile["crs"].to_string()}}}))
+    aoi.write_text(
+        json.dumps(
+            {
+                "type": "Polygon",
+                "coordinates": [ring],
+                "crs": {"type": "name", "properties": {"name": profile["crs"].to_string()}},
+            }
+        )
+    )
     local = {"scene": scene, "dem": dem, "aoi": aoi, "model": varying_model}
     remote = {k: f"s3://{BUCKET}/in/{p.name}" for k, p in local.items() if k != "model"}
     for k, uri in remote.items():
@@ -86,26 +93,43 @@ def _read_s3_raster(uri: str) -> np.ndarray:
 
 
 def _job(scene, out, model, **kw):
-    return job_from_dict({"scene": str(scene), "out": str(out), "models": [str(model)], "block": 128,
-                          "batch_size": 8, **kw})
+    return job_from_dict(
+        {"scene": str(scene), "out": str(out), "models": [str(model)], "block": 128, "batch_size": 8, **kw}
+    )
 
 
 def test_gdal_options_map_the_standard_variables():
-    env = {"AWS_ENDPOINT_URL": "http://minio.local:9000", "AWS_ACCESS_KEY_ID": "id", "AWS_SECRET_ACCESS_KEY": "sk",
-           "AWS_DEFAULT_REGION": "eu-west-1", "AWS_SESSION_TOKEN": "tok"}
+    env = {
+        "AWS_ENDPOINT_URL": "http://minio.local:9000",
+        "AWS_ACCESS_KEY_ID": "id",
+        "AWS_SECRET_ACCESS_KEY": "sk",
+        "AWS_DEFAULT_REGION": "eu-west-1",
+        "AWS_SESSION_TOKEN": "tok",
+    }
     assert gdal_options(env) == {
-        "AWS_ACCESS_KEY_ID": "id", "AWS_SECRET_ACCESS_KEY": "sk", "AWS_SESSION_TOKEN": "tok",
-        "AWS_REGION": "eu-west-1", "AWS_DEFAULT_REGION": "eu-west-1",
-        "AWS_S3_ENDPOINT": "minio.local:9000", "AWS_HTTPS": "NO", "AWS_VIRTUAL_HOSTING": "FALSE"}
-    https = gdal_options({"AWS_ENDPOINT_URL": "https://s3.example.org/", "AWS_ENDPOINT_URL_S3": "https://s3b.example.org"})
+        "AWS_ACCESS_KEY_ID": "id",
+        "AWS_SECRET_ACCESS_KEY": "sk",
+        "AWS_SESSION_TOKEN": "tok",
+        "AWS_REGION": "eu-west-1",
+        "AWS_DEFAULT_REGION": "eu-west-1",
+        "AWS_S3_ENDPOINT": "minio.local:9000",
+        "AWS_HTTPS": "NO",
+        "AWS_VIRTUAL_HOSTING": "FALSE",
+    }
+    https = gdal_options(
+        {"AWS_ENDPOINT_URL": "https://s3.example.org/", "AWS_ENDPOINT_URL_S3": "https://s3b.example.org"}
+    )
     assert (https["AWS_S3_ENDPOINT"], https["AWS_HTTPS"]) == ("s3b.example.org", "YES")  # botocore's precedence
     assert gdal_options({"AZURE_STORAGE_ACCOUNT_NAME": "acct", "AZURE_STORAGE_ACCOUNT_KEY": "k"}) == {
-        "AZURE_STORAGE_ACCOUNT": "acct", "AZURE_STORAGE_ACCESS_KEY": "k"}
+        "AZURE_STORAGE_ACCOUNT": "acct",
+        "AZURE_STORAGE_ACCESS_KEY": "k",
+    }
 
 
 def test_locations_keep_uris_and_rebase_local_paths(tmp_path):
-    cfg = job_from_dict({"scene": "s3://b/scene.tif", "out": "out", "models": ["gs://b/m", "file:///opt/m", "m"]},
-                        tmp_path)
+    cfg = job_from_dict(
+        {"scene": "s3://b/scene.tif", "out": "out", "models": ["gs://b/m", "file:///opt/m", "m"]}, tmp_path
+    )
     assert cfg.scene == "s3://b/scene.tif"
     assert cfg.out == tmp_path / "out" and cfg.models[1:] == [Path("/opt/m"), tmp_path / "m"]
     assert location("s3://b/p").join("x", "y.tif").gdal_path() == "/vsis3/b/p/x/y.tif"
@@ -123,9 +147,27 @@ def test_cli_job_from_s3_to_s3_equals_the_local_job(tmp_path, s3, inputs):
     with rasterio.open(tmp_path / "local" / "probability.tif") as ds:
         want = ds.read(1)
     out = f"s3://{BUCKET}/runs/cli"
-    done = subprocess.run([CLI, "run", "--scene", remote["scene"], "--model", remote["model"], "--out", out,
-                           "--block", "128", "--batch-size", "8"], check=False, env=_cli_env(env), capture_output=True,
-                          text=True, timeout=300)
+    done = subprocess.run(
+        [
+            CLI,
+            "run",
+            "--scene",
+            remote["scene"],
+            "--model",
+            remote["model"],
+            "--out",
+            out,
+            "--block",
+            "128",
+            "--batch-size",
+            "8",
+        ],
+        check=False,
+        env=_cli_env(env),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     got = _read_s3_raster(f"{out}/probability.tif")  # rasterio straight from S3
     valid = want >= 0
@@ -136,7 +178,9 @@ def test_cli_job_from_s3_to_s3_equals_the_local_job(tmp_path, s3, inputs):
     assert run["blocks"]["computed"] == want_manifest["blocks"]["computed"]
     listed = {p.rsplit("/", 1)[1] for p in fs.ls(out, refresh=True)}
     assert listed == set(OUTPUTS.values()) | {"run.json"}, "no .work, no .lock, no temporary key left"
-    np.testing.assert_array_equal(_read_s3_raster(f"{out}/mask.tif"), rasterio.open(tmp_path / "local" / "mask.tif").read(1))
+    np.testing.assert_array_equal(
+        _read_s3_raster(f"{out}/mask.tif"), rasterio.open(tmp_path / "local" / "mask.tif").read(1)
+    )
     import geopandas as gpd
     import zarr
 
@@ -151,7 +195,9 @@ def test_dem_and_aoi_read_from_s3_equal_local_files(tmp_path, s3, inputs):
     local, remote = inputs
     maps = {}
     for name, src, out in (("local", local, tmp_path / "local"), ("s3", remote, f"s3://{BUCKET}/runs/dem-aoi")):
-        manifest = run_job(_job(src["scene"], out, src["model"], inputs={"dem": str(src["dem"]), "aoi": str(src["aoi"])}))
+        manifest = run_job(
+            _job(src["scene"], out, src["model"], inputs={"dem": str(src["dem"]), "aoi": str(src["aoi"])})
+        )
         assert manifest["blocks"]["computed"] > 0
         maps[name] = _read_s3_raster(f"{out}/probability.tif")
     valid = maps["local"] >= 0
@@ -199,7 +245,6 @@ def _markers(fs, out: str) -> list[str]:
         return []
 
 
-
 @pytest.mark.slow
 def test_killed_driver_resumes_and_second_writer_is_refused_on_s3(tmp_path, s3, varying_model):
     fs, env = s3
@@ -209,15 +254,29 @@ def test_killed_driver_resumes_and_second_writer_is_refused_on_s3(tmp_path, s3, 
         want = ds.read(1)
     fs.put_file(str(scene), f"{BUCKET}/in/scene512.tif")
     out = f"s3://{BUCKET}/runs/resume"
-    command = [CLI, "run", "--scene", f"s3://{BUCKET}/in/scene512.tif", "--model", str(varying_model), "--out", out,
-               "--block", "128", "--batch-size", "8"]
+    command = [
+        CLI,
+        "run",
+        "--scene",
+        f"s3://{BUCKET}/in/scene512.tif",
+        "--model",
+        str(varying_model),
+        "--out",
+        out,
+        "--block",
+        "128",
+        "--batch-size",
+        "8",
+    ]
     log = tmp_path / "first.log"
     with log.open("w") as stderr:
         first = subprocess.Popen(command, env=_cli_env(env), stdout=subprocess.DEVNULL, stderr=stderr)
         try:
             wait_for(lambda: len(_markers(fs, out)) >= 3 or first.poll() is not None, 300, "three finished blocks")
             first.send_signal(signal.SIGSTOP)  # mid-job, lease held
-            second = subprocess.run(command, check=False, env=_cli_env(env), capture_output=True, text=True, timeout=300)
+            second = subprocess.run(
+                command, check=False, env=_cli_env(env), capture_output=True, text=True, timeout=300
+            )
         finally:
             first.send_signal(signal.SIGKILL)
             first.wait()
@@ -244,7 +303,10 @@ def test_lease_on_s3_refuses_a_live_holder_and_takes_over_an_expired_one(s3):
     from landslide_batch.storage.lease import exclusive_location
 
     lock = location(f"s3://{BUCKET}/runs/lease/.lock")
-    busy = lambda: RuntimeError("busy")
+
+    def busy():
+        return RuntimeError("busy")
+
     other = {"host": "another-machine", "pid": 1, "token": "theirs"}
     lock.write_bytes(json.dumps({**other, "expires": time.time() + 60}).encode())
     with pytest.raises(RuntimeError, match="busy"), exclusive_location(lock, busy):
@@ -271,6 +333,7 @@ def _run_cli(capsys, *args: str) -> tuple[int, str]:
 @pytest.fixture
 def env_of(monkeypatch, s3):
     """Set variables for this test (s3fs clients made afresh)."""
+
     def apply(**values: str | None) -> None:
         for k, v in values.items():
             if v is None:
@@ -295,41 +358,54 @@ def test_missing_input_on_s3_fails_before_compute(capsys, tmp_path, s3, inputs, 
         model = f"s3://{BUCKET}/in/no-model"
     code, err = _run_cli(capsys, "--scene", scene, "--model", model, "--out", str(tmp_path / "out"))
     assert code == 2 and "Traceback" not in err
-    expected = {"missing object": f"scene {scene} does not exist",
-                "missing bucket": f"scene {scene}: the bucket 'no-such-bucket' does not exist",
-                "missing model": f"{model}: not a model folder"}[case]
+    expected = {
+        "missing object": f"scene {scene} does not exist",
+        "missing bucket": f"scene {scene}: the bucket 'no-such-bucket' does not exist",
+        "missing model": f"{model}: not a model folder",
+    }[case]
     assert expected in err
     assert not (tmp_path / "out" / "run.json").exists() and not (tmp_path / "out" / ".work").exists()
 
 
 def test_out_in_a_missing_bucket_fails_before_compute(capsys, s3, inputs):
     local, _ = inputs
-    code, err = _run_cli(capsys, "--scene", str(local["scene"]), "--model", str(local["model"]),
-                         "--out", "s3://no-such-bucket/out")
+    code, err = _run_cli(
+        capsys, "--scene", str(local["scene"]), "--model", str(local["model"]), "--out", "s3://no-such-bucket/out"
+    )
     assert code == 2 and "out s3://no-such-bucket/out: the bucket does not exist" in err
 
 
 def test_http_out_is_refused(capsys, tmp_path, inputs):
     local, _ = inputs
-    code, err = _run_cli(capsys, "--scene", str(local["scene"]), "--model", str(local["model"]),
-                         "--out", "https://example.org/maps")
+    code, err = _run_cli(
+        capsys, "--scene", str(local["scene"]), "--model", str(local["model"]), "--out", "https://example.org/maps"
+    )
     assert code == 2 and "out https://example.org/maps: http(s):// locations are read-only" in err
 
 
 def test_unreachable_endpoint_fails_with_the_cause(capsys, env_of, tmp_path, inputs):
     local, remote = inputs
     env_of(AWS_ENDPOINT_URL=f"http://127.0.0.1:{free_port()}", AWS_MAX_ATTEMPTS="1")
-    code, err = _run_cli(capsys, "--scene", remote["scene"], "--model", str(local["model"]), "--out", str(tmp_path / "o"))
+    code, err = _run_cli(
+        capsys, "--scene", remote["scene"], "--model", str(local["model"]), "--out", str(tmp_path / "o")
+    )
     assert code == 2 and f"scene {remote['scene']}: cannot connect to the endpoint" in err
     assert not (tmp_path / "o" / ".work").exists()
 
 
 def test_no_credentials_fails_with_the_cause(capsys, env_of, tmp_path, inputs):
     local, remote = inputs
-    env_of(AWS_ACCESS_KEY_ID=None, AWS_SECRET_ACCESS_KEY=None, AWS_PROFILE=None,
-           AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"), AWS_CONFIG_FILE=str(tmp_path / "none"),
-           AWS_EC2_METADATA_DISABLED="true")
-    code, err = _run_cli(capsys, "--scene", remote["scene"], "--model", str(local["model"]), "--out", str(tmp_path / "o"))
+    env_of(
+        AWS_ACCESS_KEY_ID=None,
+        AWS_SECRET_ACCESS_KEY=None,
+        AWS_PROFILE=None,
+        AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"),
+        AWS_CONFIG_FILE=str(tmp_path / "none"),
+        AWS_EC2_METADATA_DISABLED="true",
+    )
+    code, err = _run_cli(
+        capsys, "--scene", remote["scene"], "--model", str(local["model"]), "--out", str(tmp_path / "o")
+    )
     assert code == 2 and f"scene {remote['scene']}: no credentials found" in err
 
 
@@ -343,22 +419,35 @@ def read_only_user(tmp_path_factory):
     endpoint = f"http://127.0.0.1:{port}"
     log = tmp_path_factory.mktemp("moto-iam") / "moto.log"
     with open(log, "wb") as sink:  # the first 5 requests (the readiness probe, the set-up below) go unchecked
-        proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                                env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "5"}, stdout=sink,
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+            env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "5"},
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
     try:
         _wait_until_up(endpoint, proc)
-        admin = {"endpoint_url": endpoint, "region_name": "us-east-1", "aws_access_key_id": "admin",
-                 "aws_secret_access_key": "admin"}
+        admin = {
+            "endpoint_url": endpoint,
+            "region_name": "us-east-1",
+            "aws_access_key_id": "admin",
+            "aws_secret_access_key": "admin",
+        }
         iam = boto3.client("iam", **admin)
         iam.create_user(UserName="reader")
         key = iam.create_access_key(UserName="reader")["AccessKey"]
-        policy = {"Version": "2012-10-17", "Statement": [
-            {"Effect": "Allow", "Action": ["s3:GetObject", "s3:ListBucket"], "Resource": "*"}]}
+        policy = {
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": ["s3:GetObject", "s3:ListBucket"], "Resource": "*"}],
+        }
         iam.put_user_policy(UserName="reader", PolicyName="read-only", PolicyDocument=json.dumps(policy))
         boto3.client("s3", **admin).create_bucket(Bucket="archive")
-        yield {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": key["AccessKeyId"],
-               "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"], "AWS_REGION": "us-east-1"}
+        yield {
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_ACCESS_KEY_ID": key["AccessKeyId"],
+            "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"],
+            "AWS_REGION": "us-east-1",
+        }
     finally:
         proc.kill()
         proc.wait()

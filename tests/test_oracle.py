@@ -22,9 +22,11 @@ TILE, STRIDE = 128, 64  # overlap 0.5
 
 def window(kind: str, t: int) -> np.ndarray:
     x = np.arange(t, dtype=np.float64)
-    w1 = {"mean": np.ones(t),
-          "cosine": np.sin(np.pi * (x + 0.5) / t) ** 2,  # Hann
-          "gaussian": np.exp(-((x - (t - 1) / 2) ** 2) / (2 * (t / 8) ** 2))}[kind]  # nnU-Net, sigma t/8
+    w1 = {
+        "mean": np.ones(t),
+        "cosine": np.sin(np.pi * (x + 0.5) / t) ** 2,  # Hann
+        "gaussian": np.exp(-((x - (t - 1) / 2) ** 2) / (2 * (t / 8) ** 2)),
+    }[kind]  # nnU-Net, sigma t/8
     return np.outer(w1, w1)
 
 
@@ -60,15 +62,21 @@ def oracle(scene_tif, members: list[tuple[str, float]], blend: str) -> np.ndarra
                 den[ys, xs] += win
         with np.errstate(invalid="ignore"):
             total += weight * num / den
-    prob = (total / sum(wt for _, wt in members))[margin:margin + h, margin:margin + w]
+    prob = (total / sum(wt for _, wt in members))[margin : margin + h, margin : margin + w]
     return np.where(valid, prob, -1.0)
 
 
 def run_pipeline(scene_tif, out, members, blend, block):
-    models = {"models": [str(members[0][0])]} if len(members) == 1 else {
-        "ensemble": str(_ensemble_yaml(out.parent, members))}
-    run_job(job_from_dict({"scene": str(scene_tif), "out": str(out), "block": block, "blend": blend,
-                           "batch_size": 5, **models}))
+    models = (
+        {"models": [str(members[0][0])]}
+        if len(members) == 1
+        else {"ensemble": str(_ensemble_yaml(out.parent, members))}
+    )
+    run_job(
+        job_from_dict(
+            {"scene": str(scene_tif), "out": str(out), "block": block, "blend": blend, "batch_size": 5, **models}
+        )
+    )
     with rasterio.open(out / "probability.tif") as ds:
         return ds.read(1)
 

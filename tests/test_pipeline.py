@@ -21,8 +21,9 @@ from landslide_batch.pipeline import OUTPUTS, run_job
 
 
 def job(scene, out, model, **kw):
-    return job_from_dict({"scene": str(scene), "out": str(out), "models": [str(model)], "block": 128,
-                          "batch_size": 8, **kw})
+    return job_from_dict(
+        {"scene": str(scene), "out": str(out), "models": [str(model)], "block": 128, "batch_size": 8, **kw}
+    )
 
 
 def read(path):
@@ -75,10 +76,23 @@ def test_cog_has_overviews_and_cog_layout_on_a_larger_map(tmp_path):
     from landslide_batch.ingest.scene import SceneInfo
     from landslide_batch.outputs.rasters import write_cog
 
-    info = SceneInfo(1100, 1300, ("B1",), rasterio.crs.CRS.from_epsg(32645).to_wkt(), (10.0, 0.0, 500000.0, 0.0, -10.0, 3100000.0), 512)
+    info = SceneInfo(
+        1100,
+        1300,
+        ("B1",),
+        rasterio.crs.CRS.from_epsg(32645).to_wkt(),
+        (10.0, 0.0, 500000.0, 0.0, -10.0, 3100000.0),
+        512,
+    )
     ramp = np.add.outer(np.arange(1100), np.arange(1300)).astype(np.float32) / 2400
-    write_cog(tmp_path / "p.tif", info, lambda y0, y1, x0, x1: ramp[y0:y1, x0:x1], dtype="float32", nodata=-1,
-              scratch=tmp_path / "scratch.tif")
+    write_cog(
+        tmp_path / "p.tif",
+        info,
+        lambda y0, y1, x0, x1: ramp[y0:y1, x0:x1],
+        dtype="float32",
+        nodata=-1,
+        scratch=tmp_path / "scratch.tif",
+    )
     valid, errors, warnings = cog_validate(tmp_path / "p.tif", strict=True)
     assert valid and not errors and not warnings
     with rasterio.open(tmp_path / "p.tif") as ds:
@@ -120,8 +134,7 @@ def test_constant_model_gives_a_seamless_constant_map(tmp_path, scene_tif, const
 def test_ensemble_of_members_with_different_features(tmp_path, scene_tif, tiny_model, tiny_plain_model):
     ens = tmp_path / "ensemble.yaml"
     ens.write_text(f"members:\n  - model: {tiny_model}\n    weight: 2\n  - model: {tiny_plain_model}\n")
-    cfg = job_from_dict({"scene": str(scene_tif), "out": str(tmp_path / "ens"), "ensemble": str(ens),
-                         "block": 128})
+    cfg = job_from_dict({"scene": str(scene_tif), "out": str(tmp_path / "ens"), "ensemble": str(ens), "block": 128})
     run_job(cfg)
     single = {}
     for name, model in (("a", tiny_model), ("b", tiny_plain_model)):
@@ -210,8 +223,9 @@ def test_ray_executor_equals_local_executor(tmp_path, scene_tif, tiny_model):
 
 
 @pytest.mark.slow
-def test_ray_read_tasks_equal_local_executor_and_a_gpu_torch_cannot_see_fails_clearly(tmp_path, scene_tif, tiny_model,
-                                                                                     caplog):
+def test_ray_read_tasks_equal_local_executor_and_a_gpu_torch_cannot_see_fails_clearly(
+    tmp_path, scene_tif, tiny_model, caplog
+):
     """GPU actors are fed by read tasks; the same path on CPU actors (``ray.read_tasks``) gives the
     local map. A Ray that declares a GPU this machine does not have gets GPU actors for ``device:
     auto``, whose torch sees no GPU: a clear error, never a silent CPU run."""

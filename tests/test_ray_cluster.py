@@ -11,8 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import make_varying_model
+from maps import job, read_prob
+from polling import wait_for
+from ray_nodes import LOCAL, local_cluster
+
 from landslide_batch.config import RaySettings
 from landslide_batch.errors import DeviceError
 from landslide_batch.infer.device import nvidia_driver_version
@@ -21,16 +24,15 @@ from landslide_batch.infer.predictor import TileReuse
 from landslide_batch.infer.stripes import plan_tasks, split_stripes
 from landslide_batch.pipeline import OUTPUTS, job_hash, run_job
 from landslide_batch.plan.tiling import TileGrid, plan_blocks, tile_uses
-from maps import job, read_prob
-from polling import wait_for
-from ray_nodes import LOCAL, local_cluster
-
 
 
 def no_result(out: Path) -> bool:
     blocks = out / ".work" / "blocks"
-    return (not (out / "run.json").exists() and not any((out / name).exists() for name in OUTPUTS.values())
-            and not (blocks.is_dir() and any(blocks.iterdir())))
+    return (
+        not (out / "run.json").exists()
+        and not any((out / name).exists() for name in OUTPUTS.values())
+        and not (blocks.is_dir() and any(blocks.iterdir()))
+    )
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +61,10 @@ def two_nodes():
 # --- Stripes: the plan that keeps each tile with one predictor ----------------------------------------
 
 
-@pytest.mark.parametrize("shape, block, n", [((512, 512), 128, 2), ((700, 300), 64, 3), ((300, 900), 128, 4),
-                                             ((512, 512), 64, 5), ((256, 256), 256, 3)])
+@pytest.mark.parametrize(
+    "shape, block, n",
+    [((512, 512), 128, 2), ((700, 300), 64, 3), ((300, 900), 128, 4), ((512, 512), 64, 5), ((256, 256), 256, 3)],
+)
 def test_stripes_predict_every_tile_once_and_release_it(shape, block, n):
     """Replays the plan as the executors run it: each tile is predicted exactly once (by the
     stripe that owns it), every other user gets it kept or handed over, nothing stays kept."""
@@ -131,8 +135,10 @@ def test_job_identity_includes_device_type_and_precision(tmp_path, scene_tif, ti
 
 def test_nvidia_driver_version_is_read_from_the_kernel_module(tmp_path):
     proc = tmp_path / "version"
-    proc.write_text("NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.65.06  Release Build\n"
-                    "GCC version:  gcc version 12.3.0\n")
+    proc.write_text(
+        "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.65.06  Release Build\n"
+        "GCC version:  gcc version 12.3.0\n"
+    )
     assert nvidia_driver_version(proc) == "580.65.06"
     assert nvidia_driver_version(tmp_path / "absent") is None
 
@@ -152,8 +158,7 @@ def test_cuda_without_cuda_fails_clearly_before_compute(tmp_path, scene_tif, tin
 
 
 @pytest.mark.slow
-def test_two_actors_on_two_nodes_predict_each_tile_once_and_equal_one_actor(two_nodes, scene512, varying512,
-                                                                            tmp_path):
+def test_two_actors_on_two_nodes_predict_each_tile_once_and_equal_one_actor(two_nodes, scene512, varying512, tmp_path):
     scene, _ = scene512
     one = run_job(job(scene, tmp_path / "one", varying512, executor="ray", threads=1, ray={"num_actors": 1}))
     two = run_job(job(scene, tmp_path / "two", varying512, executor="ray", threads=1, ray={"num_actors": 2}))
@@ -172,8 +177,11 @@ def test_two_actors_on_two_nodes_predict_each_tile_once_and_equal_one_actor(two_
 
     # Three actors of 2 CPUs on two 2-CPU nodes: the third never fits, and its stripe goes to
     # whichever actor is free first, instead of the job waiting for it forever.
-    three = run_job(job(scene, tmp_path / "three", varying512, executor="ray", threads=1,
-                        ray={"num_actors": 3, "cpus_per_actor": 2}))
+    three = run_job(
+        job(
+            scene, tmp_path / "three", varying512, executor="ray", threads=1, ray={"num_actors": 3, "cpus_per_actor": 2}
+        )
+    )
     assert three["blocks"]["computed"] == 16 and three["tiles"]["kept_at_end"] == 0
     assert three["tiles"]["forward_passes"] >= three["tiles"]["grid"]  # tiles of a late stripe may run twice
     np.testing.assert_allclose(read_prob(tmp_path / "three"), a, atol=1e-6)
@@ -185,13 +193,18 @@ def gpu_demand() -> list[dict]:
     from ray.autoscaler.v2.sdk import get_cluster_status
 
     status = get_cluster_status(ray.get_runtime_context().gcs_address)
-    return [{**r.bundle, "count": r.count} for d in status.resource_demands.ray_task_actor_demand
-            for r in d.bundles_by_count if r.bundle.get("GPU")]
+    return [
+        {**r.bundle, "count": r.count}
+        for d in status.resource_demands.ray_task_actor_demand
+        for r in d.bundles_by_count
+        if r.bundle.get("GPU")
+    ]
 
 
 @pytest.mark.slow
-def test_cuda_job_asks_for_gpus_on_a_cluster_without_any_and_never_runs_on_cpu(two_nodes, scene512, tiny_model,
-                                                                               tmp_path):
+def test_cuda_job_asks_for_gpus_on_a_cluster_without_any_and_never_runs_on_cpu(
+    two_nodes, scene512, tiny_model, tmp_path
+):
     """No GPU node: the actors wait with their GPU demand visible (for an autoscaler) instead of
     running on the CPUs at hand. A node that claims GPUs torch cannot see (as with a driver too old
     for torch's CUDA build) then ends the job with a clear error before any block is computed."""
@@ -214,8 +227,9 @@ def test_cuda_job_asks_for_gpus_on_a_cluster_without_any_and_never_runs_on_cpu(t
         wait_for(lambda: gpu_demand() or not thread.is_alive(), 90, "the actors' GPU demand")
         assert thread.is_alive(), result
         assert gpu_demand() == [{"CPU": 1.0, "GPU": 1.0, "count": 2}]
-        pending = [a for a in state.actors().values() if "PredictBlockActor" in a["ActorClassName"]
-                   and a["State"] != "DEAD"]
+        pending = [
+            a for a in state.actors().values() if "PredictBlockActor" in a["ActorClassName"] and a["State"] != "DEAD"
+        ]
         assert len(pending) == 2 and all(a["State"] == "PENDING_CREATION" for a in pending)
         time.sleep(2)
         assert no_result(out) and thread.is_alive()  # still waiting: nothing ran on the CPU nodes
@@ -288,15 +302,19 @@ def api_that_answers_once():
         yield url
 
 
-def test_submit_status_and_logs_turn_a_broken_connection_into_a_clear_error(api_that_answers_once, tmp_path,
-                                                                           scene_tif, tiny_model):
+def test_submit_status_and_logs_turn_a_broken_connection_into_a_clear_error(
+    api_that_answers_once, tmp_path, scene_tif, tiny_model
+):
     from landslide_batch.jobs.submit import ClusterError, JobSubmission, RaySubmitter
 
     submitter = RaySubmitter(api_that_answers_once)
     assert submitter.client is not None  # the first connection worked
     spec = job(scene_tif, tmp_path / "out", tiny_model).model_dump(mode="json")
-    calls = {"status": lambda: submitter.status("raysubmit_1"), "logs": lambda: submitter.logs("raysubmit_1"),
-             "submit": lambda: submitter.submit(JobSubmission(spec, submission_id="raysubmit_1"))}
+    calls = {
+        "status": lambda: submitter.status("raysubmit_1"),
+        "logs": lambda: submitter.logs("raysubmit_1"),
+        "submit": lambda: submitter.submit(JobSubmission(spec, submission_id="raysubmit_1")),
+    }
     for name, call in calls.items():
         with pytest.raises(ClusterError) as err:
             call()

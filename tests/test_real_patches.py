@@ -27,8 +27,9 @@ from landslide_batch.models.study import import_checkpoint
 from landslide_batch.synthetic import write_geotiff
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "landslide4sense" / "labelled"
-pytestmark = pytest.mark.skipif(not (SAMPLE / "img").is_dir(),
-                                reason=f"real Landslide4Sense sample not found at {SAMPLE}")
+pytestmark = pytest.mark.skipif(
+    not (SAMPLE / "img").is_dir(), reason=f"real Landslide4Sense sample not found at {SAMPLE}"
+)
 IDS = sorted(int(p.stem.split("_")[1]) for p in (SAMPLE / "img").glob("image_*.h5")) if SAMPLE.is_dir() else []
 MOSAIC = (512, 600, 16, 27)  # 2 x 2 patches, row by row
 
@@ -101,8 +102,9 @@ def test_evaluate_on_the_21_labelled_patches_with_and_without_tta(study_model, t
     for name, tta in (("study_mobilenetv2", False), ("study_mobilenetv2 +TTA", True)):
         counts = Counts()
         for n in IDS:
-            counts += confusion_counts(_independent_probability(net, read_l4s_h5(_image(n)), tta) >= 0.5,
-                                       read_l4s_mask(_mask(n)))
+            counts += confusion_counts(
+                _independent_probability(net, read_l4s_h5(_image(n)), tta) >= 0.5, read_l4s_mask(_mask(n))
+            )
         got = {k: int(rows[name][k]) for k in ("tp", "fp", "fn", "tn")}
         assert got["tp"] + got["fp"] + got["fn"] + got["tn"] == 21 * 128 * 128
         # Same decisions but for pixels within float noise of the threshold.
@@ -112,8 +114,14 @@ def test_evaluate_on_the_21_labelled_patches_with_and_without_tta(study_model, t
 
 def test_tta_map_turns_with_the_patch(study_model):
     folder, _ = study_model
-    predictor = EnsemblePredictor(EnsembleConfig(members=[EnsembleMember(model=folder)]), tile=128, stride=128,
-                                  blend="mean", device="cpu", tta=True)
+    predictor = EnsemblePredictor(
+        EnsembleConfig(members=[EnsembleMember(model=folder)]),
+        tile=128,
+        stride=128,
+        blend="mean",
+        device="cpu",
+        tta=True,
+    )
     bands = read_l4s_h5(_image(512))
     valid = np.ones((128, 128), bool)
     prob, _ = predictor.predict_window(bands, valid)
@@ -134,8 +142,10 @@ def test_run_on_a_real_patch_reports_pixels_and_the_assumed_grid(study_model, tm
     slide = int((prob >= summary["threshold"]).sum())
     assert summary["landslide_pixels"] == slide > 0 and summary["valid_pixels"] == 128 * 128
     assert summary["area_mapped_km2"] is None and summary["assumed_pixel_m"] == 10.0
-    assert f"{slide} of 16384 pixels mapped as landslide (no georeference; on the 10 m Landslide4Sense grid, " \
-           f"assumed: {slide * 1e-4:.4f} km² of 1.6384 km²)" in printed
+    assert (
+        f"{slide} of 16384 pixels mapped as landslide (no georeference; on the 10 m Landslide4Sense grid, "
+        f"assumed: {slide * 1e-4:.4f} km² of 1.6384 km²)" in printed
+    )
     assert "0.000 km²" not in printed
 
 
@@ -149,8 +159,9 @@ def test_a_georeferenced_mosaic_of_real_patches_runs_through_the_region_pipeline
     maps = {}
     for tta in (False, True):
         out = tmp_path / f"map_tta{tta}"
-        manifest = run_job(job_from_dict({"scene": str(scene), "out": str(out), "models": [str(folder)],
-                                          "block": 128, "tta": tta}))
+        manifest = run_job(
+            job_from_dict({"scene": str(scene), "out": str(out), "models": [str(folder)], "block": 128, "tta": tta})
+        )
         s = manifest["summary"]
         assert s["area_mapped_km2"] == pytest.approx(256 * 256 * 100 / 1e6) and s["assumed_pixel_m"] is None
         with rasterio.open(out / "probability.tif") as ds:

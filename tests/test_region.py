@@ -52,11 +52,26 @@ def region(tmp_path_factory, tiny_model):
     write_geotiff(d / "C.tif", world[:, 60:200, 340:], origin=(wx + 3400, wy - 600))
     ax, ay = _utm(32644, 83.985, 28.012)
     a = np.full((14, 260, 250), np.nan, np.float32)
-    reproject(world, a, src_transform=world_t, src_crs="EPSG:32645", dst_transform=Affine(10, 0, ax, 0, -10, ay),
-              dst_crs="EPSG:32644", resampling=Resampling.bilinear, src_nodata=np.nan, dst_nodata=np.nan)
+    reproject(
+        world,
+        a,
+        src_transform=world_t,
+        src_crs="EPSG:32645",
+        dst_transform=Affine(10, 0, ax, 0, -10, ay),
+        dst_crs="EPSG:32644",
+        resampling=Resampling.bilinear,
+        src_nodata=np.nan,
+        dst_nodata=np.nan,
+    )
     write_geotiff(d / "A.tif", a, crs="EPSG:32644", origin=(ax, ay))
-    aoi = {"type": "Feature", "properties": {}, "geometry": {"type": "Polygon", "coordinates": [[
-        [83.99, 27.994], [84.024, 27.994], [84.024, 28.008], [83.99, 28.008], [83.99, 27.994]]]}}
+    aoi = {
+        "type": "Feature",
+        "properties": {},
+        "geometry": {
+            "type": "Polygon",
+            "coordinates": [[[83.99, 27.994], [84.024, 27.994], [84.024, 28.008], [83.99, 28.008], [83.99, 27.994]]],
+        },
+    }
     (d / "aoi.geojson").write_text(json.dumps(aoi))
     model = d / "model"
     make_varying_model(tiny_model, model, world)
@@ -64,8 +79,14 @@ def region(tmp_path_factory, tiny_model):
 
 
 def _job(d, model, out, scenes, **extra) -> dict:
-    return {"scenes": [str(d / s) for s in scenes], "aoi": str(d / "aoi.geojson"), "models": [str(model)],
-            "out": str(d / out), **SETTINGS, **extra}
+    return {
+        "scenes": [str(d / s) for s in scenes],
+        "aoi": str(d / "aoi.geojson"),
+        "models": [str(model)],
+        "out": str(d / out),
+        **SETTINGS,
+        **extra,
+    }
 
 
 def _expected_mosaic(maps: list, dst_t: Affine, shape: tuple[int, int], dst_crs, aoi_inside: np.ndarray):
@@ -108,8 +129,10 @@ def test_two_utm_zones_make_one_seamless_region_map(region, caplog):
     done = [tuple(map(int, m.groups())) for m in re.finditer(r"region: (\d+)/(\d+) blocks", caplog.text)]
     assert done[-1] == (total, total) and [n for n, _ in done] == sorted(n for n, _ in done)
     assert re.search(r"\d+\.\d km²/h, ETA \d+:\d\d:\d\d", caplog.text)
-    singles = [run_job(job_from_dict({"scene": str(d / f"{s}.tif"), "models": [str(model)], "out": str(d / s),
-                                      **SETTINGS})) for s in "AB"]
+    singles = [
+        run_job(job_from_dict({"scene": str(d / f"{s}.tif"), "models": [str(model)], "out": str(d / s), **SETTINGS}))
+        for s in "AB"
+    ]
     out = d / "region"
     with rasterio.open(out / "probability.tif") as ds:
         got, t, crs = ds.read(1), ds.transform, ds.crs
@@ -152,8 +175,9 @@ def test_two_utm_zones_make_one_seamless_region_map(region, caplog):
     polygons = gpd.read_file(out / "landslides.gpkg")
     a_side = [to_shape(g) for g, v in shapes((weight_a > 0).astype(np.uint8), transform=t) if v]
     assert len(a_side) == 1
-    crossing = [p for p in polygons.geometry
-                if p.intersection(a_side[0]).area > 100 and p.difference(a_side[0]).area > 100]
+    crossing = [
+        p for p in polygons.geometry if p.intersection(a_side[0]).area > 100 and p.difference(a_side[0]).area > 100
+    ]
     assert crossing
     for p in crossing:
         assert not any(p.intersection(q).length > 0 or p.overlaps(q) for q in polygons.geometry if q is not p)
@@ -203,15 +227,49 @@ def test_region_bad_inputs_fail_clearly_and_write_nothing(region, tmp_path, capl
         assert not (tmp_path / name / "run.json").exists() and not (tmp_path / name / "probability.tif").exists()
     # A scene off the AOI next to good ones: a warning, skipped, listed in run.json. CLI: repeated --scene.
     caplog.set_level(logging.WARNING)
-    rc = main(["run", "--scene", str(d / "B.tif"), "--scene", str(tmp_path / "far.tif"), "--aoi",
-               str(d / "aoi.geojson"), "--model", str(model), "--out", str(tmp_path / "cli"), "--tile", "64",
-               "--block", "128", "--batch-size", "8", "--threshold", "0.5"])
+    rc = main(
+        [
+            "run",
+            "--scene",
+            str(d / "B.tif"),
+            "--scene",
+            str(tmp_path / "far.tif"),
+            "--aoi",
+            str(d / "aoi.geojson"),
+            "--model",
+            str(model),
+            "--out",
+            str(tmp_path / "cli"),
+            "--tile",
+            "64",
+            "--block",
+            "128",
+            "--batch-size",
+            "8",
+            "--threshold",
+            "0.5",
+        ]
+    )
     assert rc == 0
     manifest = json.loads((tmp_path / "cli" / "run.json").read_text())
     assert [s["source"] for s in manifest["skipped_scenes"]] == [str(tmp_path / "far.tif")]
     assert "does not overlap the AOI" in caplog.text
-    assert main(["run", "--scene", str(tmp_path / "nocrs.tif"), "--aoi", str(d / "aoi.geojson"), "--model",
-                 str(model), "--out", str(tmp_path / "cli2")]) == 2
+    assert (
+        main(
+            [
+                "run",
+                "--scene",
+                str(tmp_path / "nocrs.tif"),
+                "--aoi",
+                str(d / "aoi.geojson"),
+                "--model",
+                str(model),
+                "--out",
+                str(tmp_path / "cli2"),
+            ]
+        )
+        == 2
+    )
 
 
 def test_scenes_from_globs_and_item_collections(tmp_path):
@@ -221,9 +279,15 @@ def test_scenes_from_globs_and_item_collections(tmp_path):
 
     for name in ("b.tif", "a.tif"):
         (tmp_path / name).write_bytes(b"")
-    item = {"type": "Feature", "stac_version": "1.0.0", "id": "S2B_45RUL_20150430", "geometry": None,
-            "properties": {"datetime": "2015-04-30T05:00:00Z", "eo:cloud_cover": 12.5},
-            "assets": {"B02": {"href": "bands/B02.tif"}, "B03": {"href": "https://example.org/B03.tif"}}, "links": []}
+    item = {
+        "type": "Feature",
+        "stac_version": "1.0.0",
+        "id": "S2B_45RUL_20150430",
+        "geometry": None,
+        "properties": {"datetime": "2015-04-30T05:00:00Z", "eo:cloud_cover": 12.5},
+        "assets": {"B02": {"href": "bands/B02.tif"}, "B03": {"href": "https://example.org/B03.tif"}},
+        "links": [],
+    }
     (tmp_path / "items.json").write_text(json.dumps({"type": "FeatureCollection", "features": [item]}))
     found = find_scenes([str(tmp_path / "*.tif"), str(tmp_path / "items.json")], tmp_path / "work")
     assert [s.source for s in found[:2]] == [str(tmp_path / "a.tif"), str(tmp_path / "b.tif")]
@@ -288,7 +352,7 @@ def _serve_ranges(root: Path, log: Path, port) -> None:
                 self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
             self.send_header("Accept-Ranges", "bytes")
             self.end_headers()
-            self.wfile.write(data[start:end + 1])
+            self.wfile.write(data[start : end + 1])
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     port.value = server.server_address[1]
@@ -316,15 +380,45 @@ def _range_server(root: Path, log: Path):
 
 
 #: Earth Search asset keys -> (product band, resolution in m); one asset (file) per band, no B10.
-BAND_ASSETS = {"coastal": ("B01", 60), "blue": ("B02", 10), "green": ("B03", 10), "red": ("B04", 10),
-               "rededge1": ("B05", 20), "rededge2": ("B06", 20), "rededge3": ("B07", 20), "nir": ("B08", 10),
-               "nir08": ("B8A", 20), "nir09": ("B09", 60), "swir16": ("B11", 20), "swir22": ("B12", 20)}
-L4S_OF = {"B01": "B1", "B02": "B2", "B03": "B3", "B04": "B4", "B05": "B5", "B06": "B6", "B07": "B7",
-          "B08": "B8", "B8A": "B8", "B09": "B9", "B11": "B11", "B12": "B12"}
+BAND_ASSETS = {
+    "coastal": ("B01", 60),
+    "blue": ("B02", 10),
+    "green": ("B03", 10),
+    "red": ("B04", 10),
+    "rededge1": ("B05", 20),
+    "rededge2": ("B06", 20),
+    "rededge3": ("B07", 20),
+    "nir": ("B08", 10),
+    "nir08": ("B8A", 20),
+    "nir09": ("B09", 60),
+    "swir16": ("B11", 20),
+    "swir22": ("B12", 20),
+}
+L4S_OF = {
+    "B01": "B1",
+    "B02": "B2",
+    "B03": "B3",
+    "B04": "B4",
+    "B05": "B5",
+    "B06": "B6",
+    "B07": "B7",
+    "B08": "B8",
+    "B8A": "B8",
+    "B09": "B9",
+    "B11": "B11",
+    "B12": "B12",
+}
 
 
-def _l2a_item(root: Path, name: str, world: np.ndarray, cols: slice, origin: tuple[float, float],
-              cloud: tuple[slice, slice] | None, props: dict) -> dict:
+def _l2a_item(
+    root: Path,
+    name: str,
+    world: np.ndarray,
+    cols: slice,
+    origin: tuple[float, float],
+    cloud: tuple[slice, slice] | None,
+    props: dict,
+) -> dict:
     """Band files of an L2A-like item (DN = reflectance x 10000 + 1000 at 10/20/60 m, SCL at 20 m,
     a DEM) cut from ``world``; -> the STAC item, hrefs relative to ``root``."""
     from landslide_batch.bands import BAND_INDEX
@@ -336,10 +430,20 @@ def _l2a_item(root: Path, name: str, world: np.ndarray, cols: slice, origin: tup
         k = res // 10
         refl = part[BAND_INDEX[L4S_OF[band]]]
         coarse = refl.reshape(refl.shape[0] // k, k, refl.shape[1] // k, k).mean(axis=(1, 3))
-        write_geotiff(root / name / f"{band}.tif", np.round(coarse * 10000 + 1000), origin=origin,
-                      pixel=float(res), dtype="uint16", nodata=0)
-        assets[key] = {"href": f"{name}/{band}.tif", "type": "image/tiff; application=geotiff", "roles": ["data"],
-                       "raster:bands": [{"nodata": 0, "data_type": "uint16", "scale": 0.0001, "offset": -0.1}]}
+        write_geotiff(
+            root / name / f"{band}.tif",
+            np.round(coarse * 10000 + 1000),
+            origin=origin,
+            pixel=float(res),
+            dtype="uint16",
+            nodata=0,
+        )
+        assets[key] = {
+            "href": f"{name}/{band}.tif",
+            "type": "image/tiff; application=geotiff",
+            "roles": ["data"],
+            "raster:bands": [{"nodata": 0, "data_type": "uint16", "scale": 0.0001, "offset": -0.1}],
+        }
     scl = np.full((part.shape[1] // 2, part.shape[2] // 2), 4, np.uint8)
     if cloud is not None:
         scl[cloud] = 9
@@ -347,8 +451,16 @@ def _l2a_item(root: Path, name: str, world: np.ndarray, cols: slice, origin: tup
     write_geotiff(root / name / "dem.tif", part[BAND_INDEX["DEM"]], origin=origin)
     assets["scl"] = {"href": f"{name}/SCL.tif", "roles": ["data"]}
     assets["dem"] = {"href": f"{name}/dem.tif", "roles": ["data"]}
-    return {"type": "Feature", "stac_version": "1.0.0", "stac_extensions": [], "id": name, "links": [],
-            "geometry": None, "properties": {"s2:processing_baseline": "05.11", **props}, "assets": assets}
+    return {
+        "type": "Feature",
+        "stac_version": "1.0.0",
+        "stac_extensions": [],
+        "id": name,
+        "links": [],
+        "geometry": None,
+        "properties": {"s2:processing_baseline": "05.11", **props},
+        "assets": assets,
+    }
 
 
 def l2a_world(tmp_path: Path):
@@ -362,8 +474,14 @@ def l2a_world(tmp_path: Path):
     west, north = to_degrees.transform(x0 + 300, y0 - 200)
     east, south = to_degrees.transform(x0 + 2700, y0 - 1000)
     aoi = tmp_path / "aoi.geojson"
-    aoi.write_text(json.dumps({"type": "Polygon", "coordinates": [[
-        [west, south], [east, south], [east, north], [west, north], [west, south]]]}))
+    aoi.write_text(
+        json.dumps(
+            {
+                "type": "Polygon",
+                "coordinates": [[[west, south], [east, south], [east, north], [west, north], [west, south]]],
+            }
+        )
+    )
     return world, (x0, y0), aoi, (west, south, east, north)
 
 
@@ -376,22 +494,49 @@ def test_stac_item_collection_over_http_gives_a_region_map(region, tmp_path):
     world, (x0, y0), aoi, _ = l2a_world(tmp_path)
     root = tmp_path / "catalog"
     root.mkdir()
-    items = [_l2a_item(root, "S2A_45RUL_20150502", world, slice(0, 180), (x0, y0), (slice(10, 30), slice(70, 85)),
-                       {"datetime": "2015-05-02T05:00:00Z", "eo:cloud_cover": 8.0}),
-             _l2a_item(root, "S2B_45RUL_20150507", world, slice(120, 300), (x0 + 1200, y0), None,
-                       {"datetime": "2015-05-07T05:00:00Z", "eo:cloud_cover": 0.5})]
+    items = [
+        _l2a_item(
+            root,
+            "S2A_45RUL_20150502",
+            world,
+            slice(0, 180),
+            (x0, y0),
+            (slice(10, 30), slice(70, 85)),
+            {"datetime": "2015-05-02T05:00:00Z", "eo:cloud_cover": 8.0},
+        ),
+        _l2a_item(
+            root,
+            "S2B_45RUL_20150507",
+            world,
+            slice(120, 300),
+            (x0 + 1200, y0),
+            None,
+            {"datetime": "2015-05-07T05:00:00Z", "eo:cloud_cover": 0.5},
+        ),
+    ]
     (root / "collection.json").write_text(json.dumps({"type": "FeatureCollection", "features": items}))
     with _range_server(root, tmp_path / "requests.log") as url:
-        manifest = run_job(job_from_dict({
-            "scenes": f"{url}/collection.json", "aoi": str(aoi), "models": [str(model)],
-            "out": str(tmp_path / "out"), "href_signer": "test_region:sign_href", **SETTINGS}))
+        manifest = run_job(
+            job_from_dict(
+                {
+                    "scenes": f"{url}/collection.json",
+                    "aoi": str(aoi),
+                    "models": [str(model)],
+                    "out": str(tmp_path / "out"),
+                    "href_signer": "test_region:sign_href",
+                    **SETTINGS,
+                }
+            )
+        )
     seen = (tmp_path / "requests.log").read_text().split()
     bands_read = {p.split("?")[0] for p in seen if p.endswith(".tif?" + SIGNED)}
     used = [b for b, _ in BAND_ASSETS.values() if b != "B8A"] + ["SCL", "dem"]  # L4S's B8 is B08, not B8A
     assert bands_read == {f"/{i['id']}/{f}.tif" for i in items for f in used}
     assert not [p for p in seen if p.endswith(".tif")]  # every band file was read with its signature
     assert [(s["date"], s["cloud_cover"]) for s in manifest["scenes"]] == [
-        ("2015-05-02T05:00:00Z", 8.0), ("2015-05-07T05:00:00Z", 0.5)]
+        ("2015-05-02T05:00:00Z", 8.0),
+        ("2015-05-07T05:00:00Z", 0.5),
+    ]
     scenes = gpd.read_file(tmp_path / "out" / "scenes.gpkg", layer="scenes")
     assert list(scenes["date"]) == ["2015-05-02T05:00:00Z", "2015-05-07T05:00:00Z"]
     with rasterio.open(tmp_path / "out" / "probability.tif") as ds:
@@ -406,9 +551,11 @@ def test_region_job_config_is_validated(tmp_path):
     base = {"models": ["m"], "out": str(tmp_path / "o")}
     cfg = job_from_dict({**base, "scenes": "scenes/*.tif", "aoi": "aoi.geojson"}, tmp_path)
     assert cfg.scenes == [str(tmp_path / "scenes" / "*.tif")] and cfg.aoi == tmp_path / "aoi.geojson"
-    for bad, message in (({"scene": "a.tif", "scenes": ["b.tif"], "aoi": "x"}, "exactly one of 'scene'"),
-                         ({}, "exactly one of 'scene'"),
-                         ({"scenes": ["b.tif"]}, "needs 'aoi'"),
-                         ({"scene": "a.tif", "crs": "EPSG:32645"}, "belong to region jobs")):
+    for bad, message in (
+        ({"scene": "a.tif", "scenes": ["b.tif"], "aoi": "x"}, "exactly one of 'scene'"),
+        ({}, "exactly one of 'scene'"),
+        ({"scenes": ["b.tif"]}, "needs 'aoi'"),
+        ({"scene": "a.tif", "crs": "EPSG:32645"}, "belong to region jobs"),
+    ):
         with pytest.raises(ConfigError, match=message):
             job_from_dict({**base, **bad}, tmp_path)

@@ -26,14 +26,17 @@ def test_ray_region_job_loads_models_once_per_actor_and_equals_the_local_map(reg
     scenes = ["A.tif", "B.tif", "C.tif"]
     local = run_job(job_from_dict(_job(d, model, "region_local", scenes)))
     with local_cluster(1, num_cpus=2), caplog.at_level("INFO", logger="landslide_batch.region.progress"):
-        ray_run = run_job(job_from_dict(_job(d, model, "region_ray", scenes, executor="ray", threads=1,
-                                             ray={"num_actors": 2})))
+        ray_run = run_job(
+            job_from_dict(_job(d, model, "region_ray", scenes, executor="ray", threads=1, ray={"num_actors": 2}))
+        )
 
     # Two actors, each loaded its models once, and every scene was mapped by those same two.
     actors = ray_run["actors"]
     assert len(actors) == 2 and [a["models_loaded"] for a in actors] == [1, 1]
     assert ray_run["models_loaded"] == 2 and local["models_loaded"] == 1
-    per_scene = [json.loads(p.read_text()) for p in sorted((d / "region_ray" / ".work" / "scenes").glob("*/map/run.json"))]
+    per_scene = [
+        json.loads(p.read_text()) for p in sorted((d / "region_ray" / ".work" / "scenes").glob("*/map/run.json"))
+    ]
     assert len(per_scene) == 3 and sum(m["blocks"]["computed"] for m in per_scene) == ray_run["blocks"]["computed"]
     for m in per_scene:
         assert {a["actor"] for a in m["actors"]} <= {a["actor"] for a in actors}

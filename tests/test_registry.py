@@ -6,9 +6,19 @@ from landslide_batch.models.card import init_model_folder, load_model_folder, re
 from landslide_batch.models.registry import MODEL_ZOO, build_zoo_model
 
 REFERENCE_ZOO = {
-    "unet_resnet34", "unet_vgg16", "unet_efficientnet_b0", "unet_resnext50_32x4d", "unet_se_resnet50",
-    "unet_densenet121", "unet_se_resnext50_32x4d", "unet_inceptionv4", "unet_inceptionresnetv2",
-    "unet_mobilenet_v2", "unet_mit_b1", "deeplabv3plus_resnet50", "unet_plain",
+    "unet_resnet34",
+    "unet_vgg16",
+    "unet_efficientnet_b0",
+    "unet_resnext50_32x4d",
+    "unet_se_resnet50",
+    "unet_densenet121",
+    "unet_se_resnext50_32x4d",
+    "unet_inceptionv4",
+    "unet_inceptionresnetv2",
+    "unet_mobilenet_v2",
+    "unet_mit_b1",
+    "deeplabv3plus_resnet50",
+    "unet_plain",
 }
 
 

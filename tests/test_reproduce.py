@@ -15,7 +15,9 @@ from landslide_batch.models.card import read_card
 from training.dataset import find_pairs
 from training.reproduce import QUICK_MODELS, SAMPLE, STUDY_SETTINGS, reproduce, split_by_links
 
-needs_sample = pytest.mark.skipif(not (SAMPLE / "img").is_dir(), reason=f"real Landslide4Sense sample not found at {SAMPLE}")
+needs_sample = pytest.mark.skipif(
+    not (SAMPLE / "img").is_dir(), reason=f"real Landslide4Sense sample not found at {SAMPLE}"
+)
 
 
 def _free_port() -> int:
@@ -77,8 +79,12 @@ def test_reproduce_without_data_says_how_to_get_it(tmp_path):
 @needs_sample
 def test_quick_reproduction_writes_its_table(tmp_path, own_ray):
     rows = reproduce(tmp_path / "repro", quick=True, device="cpu", imported=_published(tmp_path / "published"))
-    assert [r["model"] for r in rows] == [*QUICK_MODELS, "ensemble (equal weights)", "study_mobilenetv2",
-                                          "ensemble (ensemble.yaml)"]
+    assert [r["model"] for r in rows] == [
+        *QUICK_MODELS,
+        "ensemble (equal weights)",
+        "study_mobilenetv2",
+        "ensemble (ensemble.yaml)",
+    ]
     assert [r["source"] for r in rows] == ["trained here"] * 3 + ["published"] * 2
     table = (tmp_path / "repro" / "table.md").read_text()
     assert "QUICK RUN" in table and all(name in table for name in QUICK_MODELS)

@@ -25,9 +25,16 @@ from landslide_batch.pipeline import run_job
 
 
 def _schedule_yaml(tmp_path, d, model, **extra) -> str:
-    spec = {"name": "gorkha", "catalog": "catalog/catalog.json", "event_date": EVENT.isoformat(),
-            "max_cloud_cover": 50, "aois": [{"name": "valley", "geojson": str(d / "aoi.geojson")}],
-            "job": {"models": [str(model)], **SETTINGS}, "output": {"root": "events"}, **extra}
+    spec = {
+        "name": "gorkha",
+        "catalog": "catalog/catalog.json",
+        "event_date": EVENT.isoformat(),
+        "max_cloud_cover": 50,
+        "aois": [{"name": "valley", "geojson": str(d / "aoi.geojson")}],
+        "job": {"models": [str(model)], **SETTINGS},
+        "output": {"root": "events"},
+        **extra,
+    }
     path = tmp_path / "schedule.yaml"
     path.write_text(yaml.safe_dump(spec))
     return str(path)
@@ -36,9 +43,11 @@ def _schedule_yaml(tmp_path, d, model, **extra) -> str:
 def _items(d) -> list[dict]:
     """Scene A (EPSG:32644) first, B (EPSG:32645) a day later, and a cloudy copy of B that the
     cloud cover limit keeps out."""
-    return [{"id": "s2-a", "when": EVENT + timedelta(days=1), "tif": d / "A.tif"},
-            {"id": "s2-b", "when": EVENT + timedelta(days=2), "tif": d / "B.tif"},
-            {"id": "s2-b-cloudy", "when": EVENT + timedelta(days=2), "tif": d / "B.tif", "cloud": 95}]
+    return [
+        {"id": "s2-a", "when": EVENT + timedelta(days=1), "tif": d / "A.tif"},
+        {"id": "s2-b", "when": EVENT + timedelta(days=2), "tif": d / "B.tif"},
+        {"id": "s2-b-cloudy", "when": EVENT + timedelta(days=2), "tif": d / "B.tif", "cloud": 95},
+    ]
 
 
 def _blocks(manifest: dict) -> dict[str, dict]:
@@ -73,12 +82,16 @@ def test_two_passes_update_the_event_map_with_the_new_scene_only(region, tmp_pat
 
     state = json.loads(schedule.state_path.read_text())
     assert state["events"][event]["items"] == ["s2-a", "s2-b"]
-    assert [(j["items"], j["new"]) for j in state["jobs"].values()] == [(["s2-a"], ["s2-a"]),
-                                                                      (["s2-a", "s2-b"], ["s2-b"])]
+    assert [(j["items"], j["new"]) for j in state["jobs"].values()] == [
+        (["s2-a"], ["s2-a"]),
+        (["s2-a", "s2-b"], ["s2-b"]),
+    ]
     item = json.loads((out / "item.json").read_text())
     assert item["id"] == event and item["properties"]["datetime"].startswith(items[1]["when"].date().isoformat())
     assert sorted(link["href"].rsplit("/", 1)[-1] for link in item["links"] if link["rel"] == "derived_from") == [
-        "s2-a.json", "s2-b.json"]
+        "s2-a.json",
+        "s2-b.json",
+    ]
 
     # The event's map is the map of one fresh region job over both scenes.
     run_job(job_from_dict(_job(d, model, "fresh-event", ["A.tif", "B.tif"])))
@@ -98,8 +111,9 @@ def test_cluster_submission_of_an_event_follows_the_shared_fs_rule(region, tmp_p
         run_pass(refused, cluster, remote=True)
     assert cluster.jobs == [] and not refused.state_path.exists()  # nothing recorded
 
-    shared = load_schedule(_schedule_yaml(tmp_path, d, model, submit={"address": "http://127.0.0.1:1",
-                                                                      "shared_fs": True}))
+    shared = load_schedule(
+        _schedule_yaml(tmp_path, d, model, submit={"address": "http://127.0.0.1:1", "shared_fs": True})
+    )
     event = shared.event("valley")
     assert run_pass(shared, cluster, remote=True) == [job_id(event, ["s2-a", "s2-b"])]
     (job,) = cluster.jobs
@@ -111,11 +125,20 @@ def test_cluster_submission_of_an_event_follows_the_shared_fs_rule(region, tmp_p
     shared.state_path.unlink()
     assert run_pass(shared, cluster, remote=True) == [] and len(cluster.jobs) == 1
     assert [j["outcome"] for j in json.loads(shared.state_path.read_text())["jobs"].values()] == [
-        "already known to the cluster"]
+        "already known to the cluster"
+    ]
 
     # The CLI refuses the same way, with the config error's exit code.
-    assert main(["schedule", _schedule_yaml(tmp_path, d, model, submit={"address": "http://127.0.0.1:1"},
-                                            state="other.json"), "--once"]) == ConfigError.exit_code
+    assert (
+        main(
+            [
+                "schedule",
+                _schedule_yaml(tmp_path, d, model, submit={"address": "http://127.0.0.1:1"}, state="other.json"),
+                "--once",
+            ]
+        )
+        == ConfigError.exit_code
+    )
     assert "cannot read paths of this machine" in capsys.readouterr().err
 
 
@@ -135,14 +158,19 @@ def test_scheduled_sentinel2_items_with_one_asset_per_band(region, tmp_path):  #
     files = tmp_path / "files"
     files.mkdir()
     items = []
-    for name, cols, origin, day in (("S2A_20150502", slice(0, 180), (x0, y0), 1),
-                                    ("S2B_20150507", slice(120, 300), (x0 + 1200, y0), 2)):
+    for name, cols, origin, day in (
+        ("S2A_20150502", slice(0, 180), (x0, y0), 1),
+        ("S2B_20150507", slice(120, 300), (x0 + 1200, y0), 2),
+    ):
         d = _l2a_item(files, name, world, cols, origin, None, {"eo:cloud_cover": 1.0})
         for asset in d["assets"].values():
             asset["href"] = str(files / asset["href"])
         geom, _, bounds = raster_footprint(files / name / "B02.tif")
-        d.update(geometry=mapping(geom), bbox=list(geom.bounds),
-                 properties={**d["properties"], "datetime": (EVENT + timedelta(days=day)).isoformat()})
+        d.update(
+            geometry=mapping(geom),
+            bbox=list(geom.bounds),
+            properties={**d["properties"], "datetime": (EVENT + timedelta(days=day)).isoformat()},
+        )
         items.append(pystac.Item.from_dict(d))
 
     def catalog(with_items):
@@ -152,9 +180,15 @@ def test_scheduled_sentinel2_items_with_one_asset_per_band(region, tmp_path):  #
         cat.normalize_hrefs(str(tmp_path / "catalog"))
         cat.save(pystac.CatalogType.SELF_CONTAINED)
 
-    spec = {"name": "l2a", "catalog": "catalog/catalog.json", "asset": None, "event_date": EVENT.isoformat(),
-            "aois": [{"name": "valley", "geojson": str(aoi)}], "job": {"models": [str(model)], **SETTINGS},
-            "output": {"root": "events"}}
+    spec = {
+        "name": "l2a",
+        "catalog": "catalog/catalog.json",
+        "asset": None,
+        "event_date": EVENT.isoformat(),
+        "aois": [{"name": "valley", "geojson": str(aoi)}],
+        "job": {"models": [str(model)], **SETTINGS},
+        "output": {"root": "events"},
+    }
     (tmp_path / "schedule.yaml").write_text(yaml.safe_dump(spec))
 
     catalog(items[:1])
@@ -164,8 +198,9 @@ def test_scheduled_sentinel2_items_with_one_asset_per_band(region, tmp_path):  #
     catalog(items)
     assert run_pass(schedule, LocalRunner()) == [job_id(schedule.event("valley"), ["S2A_20150502", "S2B_20150507"])]
     run = json.loads((out / "run.json").read_text())
-    blocks = {name: s["blocks"] for s in run["scenes"] for name in ("S2A_20150502", "S2B_20150507")
-              if name in s["source"]}
+    blocks = {
+        name: s["blocks"] for s in run["scenes"] for name in ("S2A_20150502", "S2B_20150507") if name in s["source"]
+    }
     assert blocks["S2A_20150502"]["computed"] == 0 < blocks["S2A_20150502"]["resumed"]
     assert blocks["S2B_20150507"]["computed"] == blocks["S2B_20150507"]["total"] > 0
     with rasterio.open(out / "probability.tif") as ds:

@@ -39,6 +39,7 @@ def _hide(hidden: list[str], keep: list[str]) -> str:
     """Shell commands (for a fresh mount namespace) laying a tmpfs over each ``hidden`` folder,
     while ``keep`` (this checkout, its Python) stays visible when it lies below one of them, as a
     clone in /tmp does: bound aside first, then bound back over the tmpfs."""
+
     def below(p: str, d: str) -> bool:
         return p == d or p.startswith(d.rstrip("/") + "/")
 
@@ -47,8 +48,9 @@ def _hide(hidden: list[str], keep: list[str]) -> str:
     script = "mount -t tmpfs tmpfs /mnt && " if keep else ""
     script += "".join(f"mkdir /mnt/k{i} && mount --bind {shlex.quote(p)} /mnt/k{i} && " for i, p in enumerate(keep))
     script += "".join(f"mount -t tmpfs tmpfs {shlex.quote(d)} && " for d in hidden)
-    script += "".join(f"mkdir -p {shlex.quote(p)} && mount --bind /mnt/k{i} {shlex.quote(p)} && "
-                      for i, p in enumerate(keep))
+    script += "".join(
+        f"mkdir -p {shlex.quote(p)} && mount --bind /mnt/k{i} {shlex.quote(p)} && " for i, p in enumerate(keep)
+    )
     return script
 
 
@@ -56,21 +58,39 @@ def _can_unshare() -> bool:
     """Root and a kernel that lets us make a mount namespace with a private tmpfs."""
     if not sys.platform.startswith("linux") or shutil.which("unshare") is None:
         return False
-    probe = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
-                            "mount -t tmpfs tmpfs /mnt && umount /mnt"], capture_output=True)
+    probe = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", "mount -t tmpfs tmpfs /mnt && umount /mnt"],
+        capture_output=True,
+    )
     return probe.returncode == 0
 
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(420),
-              pytest.mark.skipif(not _can_unshare(), reason="needs Linux, root and `unshare -m` (mount namespaces) "
-                                                            "to hide the driver's disk from a Ray worker node")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.timeout(420),
+    pytest.mark.skipif(
+        not _can_unshare(),
+        reason="needs Linux, root and `unshare -m` (mount namespaces) to hide the driver's disk from a Ray worker node",
+    ),
+]
 
 
 def _ray_ports() -> list[str]:
     """A node's listening ports, all free ones of this machine's: other Ray users run beside us."""
-    return ["--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
-            "--runtime-env-agent-port", str(free_port()), "--metrics-export-port", str(free_port()),
-            "--node-manager-port", str(free_port()), "--object-manager-port", str(free_port())]
+    return [
+        "--dashboard-agent-listen-port",
+        str(free_port()),
+        "--dashboard-agent-grpc-port",
+        str(free_port()),
+        "--runtime-env-agent-port",
+        str(free_port()),
+        "--metrics-export-port",
+        str(free_port()),
+        "--node-manager-port",
+        str(free_port()),
+        "--object-manager-port",
+        str(free_port()),
+    ]
 
 
 @contextmanager
@@ -88,8 +108,10 @@ def _session(cmd: list[str], env: dict[str, str], log: Path) -> Iterator[subproc
 
 def _alive_nodes(gcs: str, env: dict[str, str]) -> dict[str, float]:
     """Node id -> CPUs of the cluster's alive nodes, asked by a short-lived driver."""
-    code = (f"import json, ray; ray.init(address={gcs!r}, log_to_driver=False); "
-            "print(json.dumps({n['NodeID']: n['Resources'].get('CPU', 0) for n in ray.nodes() if n['Alive']}))")
+    code = (
+        f"import json, ray; ray.init(address={gcs!r}, log_to_driver=False); "
+        "print(json.dumps({n['NodeID']: n['Resources'].get('CPU', 0) for n in ray.nodes() if n['Alive']}))"
+    )
     asked = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     if asked.returncode:
         raise ConnectionError(asked.stderr[-2000:])
@@ -120,32 +142,84 @@ def cluster(tmp_path_factory, s3):
     logs = tmp_path_factory.mktemp("ray-logs")
     head_tmp = tempfile.mkdtemp(prefix="lssn", dir="/tmp")  # short: Ray's socket paths have a length limit
     gcs, dashboard = f"127.0.0.1:{free_port()}", free_port()
-    env = {**os.environ, **s3_env, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "RAY_USAGE_STATS_ENABLED": "0",
-           "OMP_NUM_THREADS": "1", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": os.urandom(32).hex()}
-    head = [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
-            "--port", gcs.rsplit(":", 1)[1], "--num-cpus", "0", "--num-gpus", "0", "--include-dashboard", "true",
-            "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
-            "--ray-client-server-port", str(free_port()), "--object-store-memory", str(256 * 2**20),
-            "--temp-dir", head_tmp, "--disable-usage-stats", *_ray_ports()]
+    env = {
+        **os.environ,
+        **s3_env,
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "OMP_NUM_THREADS": "1",
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": os.urandom(32).hex(),
+    }
+    head = [
+        str(BIN / "ray"),
+        "start",
+        "--head",
+        "--block",
+        "--node-ip-address",
+        "127.0.0.1",
+        "--port",
+        gcs.rsplit(":", 1)[1],
+        "--num-cpus",
+        "0",
+        "--num-gpus",
+        "0",
+        "--include-dashboard",
+        "true",
+        "--dashboard-host",
+        "127.0.0.1",
+        "--dashboard-port",
+        str(dashboard),
+        "--ray-client-server-port",
+        str(free_port()),
+        "--object-store-memory",
+        str(256 * 2**20),
+        "--temp-dir",
+        head_tmp,
+        "--disable-usage-stats",
+        *_ray_ports(),
+    ]
     # The worker's own view: tmpfs over pytest's root (model, scene, outputs of the driver), then over
     # /tmp (the head's session folder, everything else); its Ray folder inside that tmpfs.
     hidden = [str(tmp_path_factory.getbasetemp().parent), "/tmp"]
-    worker = [str(BIN / "ray"), "start", "--block", "--address", gcs, "--node-ip-address", "127.0.0.1",
-              "--num-cpus", "1", "--num-gpus", "0", "--object-store-memory", str(256 * 2**20),
-              "--temp-dir", "/tmp/lsw", "--disable-usage-stats", *_ray_ports()]
+    worker = [
+        str(BIN / "ray"),
+        "start",
+        "--block",
+        "--address",
+        gcs,
+        "--node-ip-address",
+        "127.0.0.1",
+        "--num-cpus",
+        "1",
+        "--num-gpus",
+        "0",
+        "--object-store-memory",
+        str(256 * 2**20),
+        "--temp-dir",
+        "/tmp/lsw",
+        "--disable-usage-stats",
+        *_ray_ports(),
+    ]
     script = _hide(hidden, keep=[str(Path(__file__).resolve().parents[1]), sys.prefix])
     script += "mkdir -p /tmp/lsw && exec " + shlex.join(worker)
     with ExitStack() as stack:
         stack.callback(shutil.rmtree, head_tmp, True)
         head_proc = stack.enter_context(_session(head, env, logs / "head.log"))
-        worker_proc = stack.enter_context(_session(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
-                                                   {**env, "RAY_TMPDIR": "/tmp/lsw"}, logs / "worker.log"))
+        worker_proc = stack.enter_context(
+            _session(
+                ["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+                {**env, "RAY_TMPDIR": "/tmp/lsw"},
+                logs / "worker.log",
+            )
+        )
         deadline, nodes, asked = time.monotonic() + 180, {}, ""
         while len(nodes) < 2:
             for proc, name in ((head_proc, "head"), (worker_proc, "worker")):
                 assert proc.poll() is None, f"the {name} exited:\n" + (logs / f"{name}.log").read_text()
             assert time.monotonic() < deadline, f"no 2-node cluster after 180 s; last answer: {asked}\n" + "\n".join(
-                (logs / f"{name}.log").read_text() for name in ("head", "worker"))
+                (logs / f"{name}.log").read_text() for name in ("head", "worker")
+            )
             try:  # the head's GCS refuses drivers while it starts
                 nodes = asked = _alive_nodes(gcs, env)
             except ConnectionError as exc:
@@ -156,10 +230,21 @@ def cluster(tmp_path_factory, s3):
 
 
 def _run(env: dict[str, str], gcs: str, scene: str, model: str, out: str) -> subprocess.CompletedProcess:
-    args = ["run", "--scene", scene, "--model", model, "--out", out, "--executor", "ray", "--ray-address", gcs,
-            *(x for k, v in JOB.items() for x in (f"--{k.replace('_', '-')}", str(v)))]
-    return subprocess.run([str(BIN / "landslide-batch"), *args], env=env, capture_output=True, text=True,
-                          timeout=300)
+    args = [
+        "run",
+        "--scene",
+        scene,
+        "--model",
+        model,
+        "--out",
+        out,
+        "--executor",
+        "ray",
+        "--ray-address",
+        gcs,
+        *(x for k, v in JOB.items() for x in (f"--{k.replace('_', '-')}", str(v))),
+    ]
+    return subprocess.run([str(BIN / "landslide-batch"), *args], env=env, capture_output=True, text=True, timeout=300)
 
 
 def _probability(data: bytes | Path) -> np.ndarray:
@@ -173,10 +258,12 @@ def test_worker_sees_no_file_of_the_driver(cluster, tmp_path, varying_model):
     probe = tmp_path / "probe.txt"
     probe.write_text("driver")
     paths = [str(probe), str(varying_model / "card.json"), "/work"]
-    code = ("import os, ray; from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy as A; "
-            f"ray.init(address={gcs!r}, log_to_driver=False); "
-            "f = ray.remote(num_cpus=0)(lambda ps: [os.path.exists(p) for p in ps]); "
-            f"print(ray.get(f.options(scheduling_strategy=A({node!r}, soft=False)).remote({paths!r})))")
+    code = (
+        "import os, ray; from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy as A; "
+        f"ray.init(address={gcs!r}, log_to_driver=False); "
+        "f = ray.remote(num_cpus=0)(lambda ps: [os.path.exists(p) for p in ps]); "
+        f"print(ray.get(f.options(scheduling_strategy=A({node!r}, soft=False)).remote({paths!r})))"
+    )
     seen = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert seen.returncode == 0, seen.stderr
     assert seen.stdout.strip().splitlines()[-1] == "[False, False, True]"  # the installed project: there
@@ -189,8 +276,9 @@ def test_region_job_s3_to_s3_runs_on_the_hidden_worker(cluster, s3, tmp_path, sc
     for f in varying_model.iterdir():
         fs.put_file(str(f), f"{BUCKET}/models/varying/{f.name}")
 
-    done = _run(env, gcs, f"s3://{BUCKET}/scenes/scene.tif", f"s3://{BUCKET}/models/varying",
-                f"s3://{BUCKET}/maps/event1")
+    done = _run(
+        env, gcs, f"s3://{BUCKET}/scenes/scene.tif", f"s3://{BUCKET}/models/varying", f"s3://{BUCKET}/maps/event1"
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     fs.invalidate_cache()
     run = json.loads(fs.cat_file(f"{BUCKET}/maps/event1/run.json"))
@@ -244,14 +332,34 @@ def test_submit_upload_to_sends_a_workstation_job_as_uris(cluster, s3, tmp_path,
 
     fs, _ = s3
     job = tmp_path / "job.yaml"
-    job.write_text(yaml.safe_dump({"scene": str(scene_tif), "models": [str(varying_model)],
-                                   "out": f"s3://{BUCKET}/maps/submitted", **JOB}))
-    submit = [str(BIN / "landslide-batch"), "submit", str(job), "--address", cluster.job_api, "--upload-to",
-              f"s3://{BUCKET}/staging", "--submission-id", "ls-shared-nothing", "--wait", "--timeout", "240"]
+    job.write_text(
+        yaml.safe_dump(
+            {"scene": str(scene_tif), "models": [str(varying_model)], "out": f"s3://{BUCKET}/maps/submitted", **JOB}
+        )
+    )
+    submit = [
+        str(BIN / "landslide-batch"),
+        "submit",
+        str(job),
+        "--address",
+        cluster.job_api,
+        "--upload-to",
+        f"s3://{BUCKET}/staging",
+        "--submission-id",
+        "ls-shared-nothing",
+        "--wait",
+        "--timeout",
+        "240",
+    ]
     done = subprocess.run(submit, env=cluster.env, capture_output=True, text=True, timeout=300)
     if done.returncode:
-        logs = subprocess.run([str(BIN / "landslide-batch"), "logs", "ls-shared-nothing", "--address", cluster.job_api],
-                              env=cluster.env, capture_output=True, text=True, timeout=60)
+        logs = subprocess.run(
+            [str(BIN / "landslide-batch"), "logs", "ls-shared-nothing", "--address", cluster.job_api],
+            env=cluster.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         pytest.fail(done.stdout + done.stderr + logs.stdout + logs.stderr)
     assert f"uploaded {1 + len(list(varying_model.iterdir()))} file(s)" in done.stderr
     fs.invalidate_cache()

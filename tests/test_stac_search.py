@@ -20,8 +20,11 @@ from landslide_batch.config import job_from_dict
 from landslide_batch.errors import InputError
 from landslide_batch.pipeline import run_job
 
-CONFORMS = ["https://api.stacspec.org/v1.0.0/core", "https://api.stacspec.org/v1.0.0/item-search",
-            "https://api.stacspec.org/v1.0.0/item-search#query"]
+CONFORMS = [
+    "https://api.stacspec.org/v1.0.0/core",
+    "https://api.stacspec.org/v1.0.0/item-search",
+    "https://api.stacspec.org/v1.0.0/item-search#query",
+]
 
 
 def _matches(item: dict, body: dict) -> bool:
@@ -58,17 +61,25 @@ def stac_api(items: list[dict]):
 
         def do_GET(self) -> None:
             root = f"http://127.0.0.1:{self.server.server_port}/"
-            self._json({"type": "Catalog", "id": "test-api", "description": "loopback STAC API",
-                        "stac_version": "1.0.0", "conformsTo": CONFORMS,
-                        "links": [{"rel": "self", "href": root}, {"rel": "root", "href": root},
-                                  {"rel": "search", "href": root + "search", "method": "POST",
-                                   "type": "application/geo+json"}]})
+            self._json(
+                {
+                    "type": "Catalog",
+                    "id": "test-api",
+                    "description": "loopback STAC API",
+                    "stac_version": "1.0.0",
+                    "conformsTo": CONFORMS,
+                    "links": [
+                        {"rel": "self", "href": root},
+                        {"rel": "root", "href": root},
+                        {"rel": "search", "href": root + "search", "method": "POST", "type": "application/geo+json"},
+                    ],
+                }
+            )
 
         def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             searches.append(body)
-            self._json({"type": "FeatureCollection", "features": [i for i in items if _matches(i, body)],
-                        "links": []})
+            self._json({"type": "FeatureCollection", "features": [i for i in items if _matches(i, body)], "links": []})
 
     with serving(Api) as url:
         yield f"{url}/", searches
@@ -79,10 +90,12 @@ def test_region_from_a_stac_api_search(region, tmp_path):  # noqa: F811
     world, (x0, y0), aoi, (west, south, east, north) = l2a_world(tmp_path)
     root = tmp_path / "files"
     root.mkdir()
-    dated = [("S2A_20150502", slice(0, 180), (x0, y0), "2015-05-02T05:00:00Z", 8.0),
-             ("S2B_20150507", slice(120, 300), (x0 + 1200, y0), "2015-05-07T05:00:00Z", 0.5),
-             ("S2A_20150512", slice(0, 180), (x0, y0), "2015-05-12T05:00:00Z", 85.0),  # too cloudy
-             ("S2B_20150320", slice(120, 300), (x0 + 1200, y0), "2015-03-20T05:00:00Z", 0.0)]  # before the event
+    dated = [
+        ("S2A_20150502", slice(0, 180), (x0, y0), "2015-05-02T05:00:00Z", 8.0),
+        ("S2B_20150507", slice(120, 300), (x0 + 1200, y0), "2015-05-07T05:00:00Z", 0.5),
+        ("S2A_20150512", slice(0, 180), (x0, y0), "2015-05-12T05:00:00Z", 85.0),  # too cloudy
+        ("S2B_20150320", slice(120, 300), (x0 + 1200, y0), "2015-03-20T05:00:00Z", 0.0),
+    ]  # before the event
     with _range_server(root, tmp_path / "requests.log") as files:
         items = []
         for name, cols, origin, when, cloud in dated:
@@ -91,10 +104,23 @@ def test_region_from_a_stac_api_search(region, tmp_path):  # noqa: F811
                 asset["href"] = f"{files}/{asset['href']}"  # an API serves absolute hrefs
             items.append({**item, "collection": "sentinel-2-l2a"})
         with stac_api(items) as (api, searches):
-            search = {"url": api, "collections": ["sentinel-2-l2a"], "datetime": "2015-04-25/2015-06-30",
-                      "max_cloud_cover": 20}
-            manifest = run_job(job_from_dict({"stac_search": search, "aoi": str(aoi), "models": [str(model)],
-                                              "out": str(tmp_path / "out"), **SETTINGS}))
+            search = {
+                "url": api,
+                "collections": ["sentinel-2-l2a"],
+                "datetime": "2015-04-25/2015-06-30",
+                "max_cloud_cover": 20,
+            }
+            manifest = run_job(
+                job_from_dict(
+                    {
+                        "stac_search": search,
+                        "aoi": str(aoi),
+                        "models": [str(model)],
+                        "out": str(tmp_path / "out"),
+                        **SETTINGS,
+                    }
+                )
+            )
     assert [s["date"] for s in manifest["scenes"]] == ["2015-05-02T05:00:00Z", "2015-05-07T05:00:00Z"]
     assert len(searches) == 1
     sent = searches[0]
@@ -109,19 +135,39 @@ def test_region_from_a_stac_api_search(region, tmp_path):  # noqa: F811
     with stac_api(items) as (api, _):  # nothing in the window: a clear error, nothing written
         empty = {"url": api, "collections": ["sentinel-2-l2a"], "datetime": "2016-01-01/2016-02-01"}
         with pytest.raises(InputError, match="has no item of .*sentinel-2-l2a.* in 2016-01-01/2016-02-01"):
-            run_job(job_from_dict({"stac_search": empty, "aoi": str(aoi), "models": [str(model)],
-                                   "out": str(tmp_path / "none"), **SETTINGS}))
+            run_job(
+                job_from_dict(
+                    {
+                        "stac_search": empty,
+                        "aoi": str(aoi),
+                        "models": [str(model)],
+                        "out": str(tmp_path / "none"),
+                        **SETTINGS,
+                    }
+                )
+            )
     assert not (tmp_path / "none" / "run.json").exists()
 
 
 def test_unreachable_stac_api_is_a_clear_error(region, tmp_path, capsys):  # noqa: F811
     _, model = region
     aoi = tmp_path / "aoi.geojson"
-    aoi.write_text(json.dumps({"type": "Polygon", "coordinates": [[[84.3, 28.1], [84.4, 28.1], [84.4, 28.2],
-                                                                   [84.3, 28.2], [84.3, 28.1]]]}))
+    aoi.write_text(
+        json.dumps(
+            {"type": "Polygon", "coordinates": [[[84.3, 28.1], [84.4, 28.1], [84.4, 28.2], [84.3, 28.2], [84.3, 28.1]]]}
+        )
+    )
     job = tmp_path / "job.yaml"
-    job.write_text(json.dumps({"stac_search": {"url": "http://127.0.0.1:9/", "collections": ["sentinel-2-l2a"]},
-                               "aoi": str(aoi), "models": [str(model)], "out": str(tmp_path / "out")}))
+    job.write_text(
+        json.dumps(
+            {
+                "stac_search": {"url": "http://127.0.0.1:9/", "collections": ["sentinel-2-l2a"]},
+                "aoi": str(aoi),
+                "models": [str(model)],
+                "out": str(tmp_path / "out"),
+            }
+        )
+    )
     assert main(["run", str(job)]) == 2
     err = capsys.readouterr().err
     assert "the STAC API http://127.0.0.1:9/ cannot be searched" in err

@@ -120,8 +120,13 @@ def test_import_predicts_like_the_study_network_on_raw_values(checkpoints, tmp_p
     assert np.abs(got - want).max() <= 1e-6
     # The predictor run, evaluate and the app use: the same map up to float reordering (BatchNorm
     # folded into convolutions, channels_last), which moves logits by ~1e-5 relative.
-    predictor = EnsemblePredictor(EnsembleConfig(members=[EnsembleMember(model=tmp_path / name)]),
-                                  tile=128, stride=128, blend="mean", device="cpu")
+    predictor = EnsemblePredictor(
+        EnsembleConfig(members=[EnsembleMember(model=tmp_path / name)]),
+        tile=128,
+        stride=128,
+        blend="mean",
+        device="cpu",
+    )
     prob, _ = predictor.predict_window(bands, np.isfinite(bands).all(0))
     assert np.abs(prob - want).max() <= 5e-5
 
@@ -134,8 +139,11 @@ def test_missing_and_unexpected_keys_are_refused_by_name(checkpoints, tmp_path):
     state["model.model.extra.bias"] = torch.zeros(1)
     bad = tmp_path / "resnet34.pth"
     torch.save(state, bad)
-    with pytest.raises(ModelError, match=r"1 missing: model\.model\.decoder\.blocks\.0\.conv1\.0\.weight.*"
-                                         r"1 unexpected: model\.model\.extra\.bias"):
+    with pytest.raises(
+        ModelError,
+        match=r"1 missing: model\.model\.decoder\.blocks\.0\.conv1\.0\.weight.*"
+        r"1 unexpected: model\.model\.extra\.bias",
+    ):
         import_checkpoint("resnet34", bad, tmp_path / "out")
     assert not (tmp_path / "out").exists()
     # The right file under the wrong name: every key is named as not fitting.
@@ -150,8 +158,13 @@ def test_lightning_checkpoint_layout_imports_too(checkpoints, tmp_path):
     import_checkpoint("resnet34", wrapped, tmp_path / "m")
     a, _ = load_model_folder(tmp_path / "m")
     ref = build_model("Unet", "resnet34", 14)
-    ref.load_state_dict({k.removeprefix("model.model."): v for k, v in torch.load(path, weights_only=True).items()
-                         if k.startswith("model.model.")})
+    ref.load_state_dict(
+        {
+            k.removeprefix("model.model."): v
+            for k, v in torch.load(path, weights_only=True).items()
+            if k.startswith("model.model.")
+        }
+    )
     assert all(torch.equal(a.state_dict()[k], v) for k, v in ref.state_dict().items())
 
 
@@ -166,12 +179,27 @@ def test_import_from_url_shows_progress_verifies_and_resumes(checkpoints, tmp_pa
         assert "resnet34.pth" in err and "100%" in err  # tqdm's bar on stderr
         assert [(p, s) for p, _, s in state.requests] == [("/resnet34.pth", 200), ("/resnet34.pth", 206)]
         assert state.requests[1][1] == f"bytes={path.stat().st_size // 2}-"  # resumed where the drop cut it
-        assert read_card(tmp_path / "m").source == {"study": "https://github.com/HarshShinde0/Deepslide",
-                                                   "model": "resnet34", "url": url, "sha256": sha}
+        assert read_card(tmp_path / "m").source == {
+            "study": "https://github.com/HarshShinde0/Deepslide",
+            "model": "resnet34",
+            "url": url,
+            "sha256": sha,
+        }
 
         cache = tmp_path / "cache"
-        code = main(["import-model", "resnet34", url, "--out", str(tmp_path / "bad"), "--sha256", "0" * 64,
-                     "--cache", str(cache)])
+        code = main(
+            [
+                "import-model",
+                "resnet34",
+                url,
+                "--out",
+                str(tmp_path / "bad"),
+                "--sha256",
+                "0" * 64,
+                "--cache",
+                str(cache),
+            ]
+        )
         assert code == 2 and "checksum mismatch" in capsys.readouterr().err
         assert not (tmp_path / "bad").exists() and list(cache.iterdir()) == []  # nothing half-written
 

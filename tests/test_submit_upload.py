@@ -29,14 +29,40 @@ def s3(tmp_path_factory):
 @pytest.fixture
 def job(tmp_path, scene_tif, tiny_model, tiny_plain_model):
     """A job on this machine's files: a scene, an ensemble YAML of two model folders, an AOI."""
-    (tmp_path / "aoi.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": [{
-        "type": "Feature", "properties": {},
-        "geometry": {"type": "Polygon", "coordinates": [[[86.9, 27.9], [87.1, 27.9], [87.1, 28.1], [86.9, 27.9]]]}}]}))
-    (tmp_path / "ensemble.yaml").write_text(yaml.safe_dump({
-        "members": [{"model": str(tiny_model), "weight": 2.0}, {"model": str(tiny_plain_model)}], "threshold": 0.4}))
+    (tmp_path / "aoi.geojson").write_text(
+        json.dumps(
+            {
+                "type": "FeatureCollection",
+                "features": [
+                    {
+                        "type": "Feature",
+                        "properties": {},
+                        "geometry": {
+                            "type": "Polygon",
+                            "coordinates": [[[86.9, 27.9], [87.1, 27.9], [87.1, 28.1], [86.9, 27.9]]],
+                        },
+                    }
+                ],
+            }
+        )
+    )
+    (tmp_path / "ensemble.yaml").write_text(
+        yaml.safe_dump(
+            {"members": [{"model": str(tiny_model), "weight": 2.0}, {"model": str(tiny_plain_model)}], "threshold": 0.4}
+        )
+    )
     path = tmp_path / "job.yaml"
-    path.write_text(yaml.safe_dump({"scene": "scene.tif", "ensemble": "ensemble.yaml", "out": "maps/event1",
-                                    "inputs": {"aoi": "aoi.geojson"}, "block": 256}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "scene": "scene.tif",
+                "ensemble": "ensemble.yaml",
+                "out": "maps/event1",
+                "inputs": {"aoi": "aoi.geojson"},
+                "block": 256,
+            }
+        )
+    )
     return path
 
 
@@ -45,8 +71,12 @@ def test_local_paths_are_refused_each_named(job, tmp_path, capsys):
     with pytest.raises(ConfigError) as err:
         cluster_locations(spec, str(job))
     message = str(err.value)
-    for key, value in (("scene", tmp_path / "scene.tif"), ("ensemble", tmp_path / "ensemble.yaml"),
-                       ("inputs.aoi", tmp_path / "aoi.geojson"), ("out", tmp_path / "maps" / "event1")):
+    for key, value in (
+        ("scene", tmp_path / "scene.tif"),
+        ("ensemble", tmp_path / "ensemble.yaml"),
+        ("inputs.aoi", tmp_path / "aoi.geojson"),
+        ("out", tmp_path / "maps" / "event1"),
+    ):
         assert f"  {key}: {value}" in message
     assert "--upload-to" in message and "--shared-fs" in message
     assert "maps/event1 (not on this machine either)" in message  # out: to be written, not uploaded
@@ -59,8 +89,9 @@ def test_local_paths_are_refused_each_named(job, tmp_path, capsys):
     assert cluster_locations(spec, str(job), shared_fs=True) == (spec, None)  # a shared volume: as is
 
 
-def test_upload_to_sends_inputs_once_and_the_spec_names_only_uris(job, tmp_path, s3, scene_tif, tiny_model,
-                                                                   tiny_plain_model):
+def test_upload_to_sends_inputs_once_and_the_spec_names_only_uris(
+    job, tmp_path, s3, scene_tif, tiny_model, tiny_plain_model
+):
     stage = f"s3://{BUCKET}/staging"
     spec = prepare_job(job)
     with pytest.raises(ConfigError, match="out .*maps/event1 is a path of this machine; with --upload-to, out must"):
@@ -83,7 +114,9 @@ def test_upload_to_sends_inputs_once_and_the_spec_names_only_uris(job, tmp_path,
     (tmp_path / "workdir").mkdir()
     request = RaySubmitter("http://127.0.0.1:9").request(JobSubmission(remote, "ls-up"), tmp_path / "workdir")
     sent = (tmp_path / "workdir" / "job.yaml").read_text()
-    assert str(tmp_path) not in sent + json.dumps(request["metadata"]) and yaml.safe_load(sent)["scene"] == remote["scene"]
+    assert (
+        str(tmp_path) not in sent + json.dumps(request["metadata"]) and yaml.safe_load(sent)["scene"] == remote["scene"]
+    )
     # Files: scene, AOI, the rewritten ensemble YAML and each model folder's files.
     n_files = 3 + sum(len(list(f.iterdir())) for f in (tiny_model, tiny_plain_model))
     assert len(first.uploaded) == n_files and first.reused == [] and first.bytes > scene_tif.stat().st_size
@@ -117,8 +150,12 @@ def test_upload_expands_scene_globs_and_refuses_stac_json(tmp_path, s3, tiny_mod
     (tmp_path / "tiles").mkdir()
     tiles = [write_geotiff(tmp_path / "tiles" / f"t{i}.tif", synthetic_scene(64, 64, seed=i)[0]) for i in (1, 2)]
     (tmp_path / "aoi.geojson").write_text('{"type": "FeatureCollection", "features": []}')
-    spec = {"scenes": [str(tmp_path / "tiles" / "*.tif")], "aoi": str(tmp_path / "aoi.geojson"),
-            "models": [str(tiny_model)], "out": f"s3://{BUCKET}/maps/region"}
+    spec = {
+        "scenes": [str(tmp_path / "tiles" / "*.tif")],
+        "aoi": str(tmp_path / "aoi.geojson"),
+        "models": [str(tiny_model)],
+        "out": f"s3://{BUCKET}/maps/region",
+    }
     stage = f"s3://{BUCKET}/globs"
     remote, report = cluster_locations(spec, "job.yaml", upload_to=stage)
     assert remote["scenes"] == [f"{stage}/sha256/{sha256_file(t)}/{t.name}" for t in tiles]

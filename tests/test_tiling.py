@@ -6,8 +6,9 @@ from landslide_batch.ingest.scene import reflect_index
 from landslide_batch.plan.tiling import TileGrid, plan_blocks
 
 
-@pytest.mark.parametrize("h,w,tile,stride", [(300, 260, 128, 64), (128, 128, 128, 64), (50, 700, 128, 96),
-                                             (1000, 999, 64, 32)])
+@pytest.mark.parametrize(
+    "h,w,tile,stride", [(300, 260, 128, 64), (128, 128, 128, 64), (50, 700, 128, 96), (1000, 999, 64, 32)]
+)
 def test_grid_covers_scene_and_blocks_partition_it(h, w, tile, stride):
     grid = TileGrid(h, w, tile, stride)
     # Every scene pixel lies inside some tile, and the last tile does not start past the scene.
@@ -17,7 +18,7 @@ def test_grid_covers_scene_and_blocks_partition_it(h, w, tile, stride):
         blocks = plan_blocks(grid, block_size)
         cover = np.zeros((h, w), int)
         for b in blocks:
-            cover[b.y0:b.y1, b.x0:b.x1] += 1
+            cover[b.y0 : b.y1, b.x0 : b.x1] += 1
             # The block's tiles are exactly those overlapping its core.
             for i in range(grid.ny):
                 o = grid.origin(i)

@@ -39,8 +39,13 @@ def s3(tmp_path_factory):
 def _cli(env: dict[str, str], *args: str, log: Path) -> subprocess.Popen:
     """``landslide-batch`` in its own session (so its Ray processes can be killed with it)."""
     with open(log, "wb") as out:
-        return subprocess.Popen([str(Path(sys.executable).parent / "landslide-batch"), *args], env=env,
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(
+            [str(Path(sys.executable).parent / "landslide-batch"), *args],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def _latest_checkpoint_epoch(fs) -> int | None:
@@ -63,13 +68,30 @@ def test_train_from_s3_to_s3_resumes_after_the_driver_is_killed(tmp_path, s3):
     fs.put(str(train_dir), f"{BUCKET}/l4s/train", recursive=True)
     fs.put(str(val_dir), f"{BUCKET}/l4s/val", recursive=True)
     config = tmp_path / "plain.yaml"
-    config.write_text(yaml.safe_dump({"model": "unet_plain", "batch_size": 2, "lr": 3e-3, "patience": None,
-                                      "max_steps_per_epoch": 2}))
+    config.write_text(
+        yaml.safe_dump({"model": "unet_plain", "batch_size": 2, "lr": 3e-3, "patience": None, "max_steps_per_epoch": 2})
+    )
     ray_tmp = tempfile.mkdtemp(prefix="lstr", dir="/tmp")  # short: Ray's socket paths have a length limit
-    env = {**os.environ, **s3_env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "RAY_TMPDIR": ray_tmp, "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1"}
-    args = ["train", str(config), "--train-data", f"s3://{BUCKET}/l4s/train", "--val-data", f"s3://{BUCKET}/l4s/val",
-            "--out", f"s3://{BUCKET}/models/plain", "--num-workers", "2"]
+    env = {
+        **os.environ,
+        **s3_env,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "RAY_TMPDIR": ray_tmp,
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "OMP_NUM_THREADS": "1",
+    }
+    args = [
+        "train",
+        str(config),
+        "--train-data",
+        f"s3://{BUCKET}/l4s/train",
+        "--val-data",
+        f"s3://{BUCKET}/l4s/val",
+        "--out",
+        f"s3://{BUCKET}/models/plain",
+        "--num-workers",
+        "2",
+    ]
     procs: list[subprocess.Popen] = []
     try:
         # 1. Far more epochs than will run: SIGKILL the driver (and its local Ray) once Ray Train has
@@ -79,7 +101,9 @@ def test_train_from_s3_to_s3_resumes_after_the_driver_is_killed(tmp_path, s3):
         deadline = time.monotonic() + 240
         while _latest_checkpoint_epoch(fs) is None:
             assert first.poll() is None, (tmp_path / "first.log").read_text()
-            assert time.monotonic() < deadline, "no checkpoint on S3 after 240 s:\n" + (tmp_path / "first.log").read_text()
+            assert time.monotonic() < deadline, (
+                "no checkpoint on S3 after 240 s:\n" + (tmp_path / "first.log").read_text()
+            )
             time.sleep(0.2)
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
@@ -87,8 +111,9 @@ def test_train_from_s3_to_s3_resumes_after_the_driver_is_killed(tmp_path, s3):
         done = _latest_checkpoint_epoch(fs)
         assert 1 <= done < 40 and not fs.exists(f"{BUCKET}/models/plain/{CARD_FILE}")  # killed mid-run
         checkpoint = json.loads(fs.cat_file(SNAPSHOT))["latest_checkpoint_result"]["checkpoint_dir_name"]
-        state = torch.load(io.BytesIO(fs.cat_file(f"{RUN}/{checkpoint}/state.pt")), map_location="cpu",
-                           weights_only=True)
+        state = torch.load(
+            io.BytesIO(fs.cat_file(f"{RUN}/{checkpoint}/state.pt")), map_location="cpu", weights_only=True
+        )
         history = state["history"]
         assert [r["epoch"] for r in history] == list(range(1, done + 1))
 
@@ -118,8 +143,10 @@ def test_train_from_s3_to_s3_resumes_after_the_driver_is_killed(tmp_path, s3):
     from landslide_batch.bands import resolve_features
 
     features = list(resolve_features("rgb_ndvi_slope_dem"))
-    assert card["data_hashes"] == {"train": scan_split(find_pairs(train_dir), features).sha256,
-                                "val": scan_split(find_pairs(val_dir), features).sha256}
+    assert card["data_hashes"] == {
+        "train": scan_split(find_pairs(train_dir), features).sha256,
+        "val": scan_split(find_pairs(val_dir), features).sha256,
+    }
     assert not (tmp_path / ".train_runs").exists() and not Path(".train_runs").exists()
 
 
@@ -132,11 +159,22 @@ def test_uris_in_training_configs_and_bad_remote_locations(tmp_path, s3):
 
     fs, _ = s3
     path = tmp_path / "t.yaml"
-    path.write_text(yaml.safe_dump({"model": "unet_plain", "train_data": f"s3://{BUCKET}/nothing/train",
-                                    "val_data": "local/val", "out": f"s3://{BUCKET}/models/x"}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "model": "unet_plain",
+                "train_data": f"s3://{BUCKET}/nothing/train",
+                "val_data": "local/val",
+                "out": f"s3://{BUCKET}/models/x",
+            }
+        )
+    )
     cfg = load_train_config(path)
-    assert (cfg.train_data, cfg.val_data, cfg.out) == (f"s3://{BUCKET}/nothing/train", tmp_path / "local" / "val",
-                                                       f"s3://{BUCKET}/models/x")
+    assert (cfg.train_data, cfg.val_data, cfg.out) == (
+        f"s3://{BUCKET}/nothing/train",
+        tmp_path / "local" / "val",
+        f"s3://{BUCKET}/models/x",
+    )
     assert str(cfg.storage) == f"s3://{BUCKET}/models/.train_runs"
     with pytest.raises(InputError, match=f"data folder s3://{BUCKET}/nothing/train does not exist"):
         train(cfg)

@@ -36,8 +36,12 @@ def make_split(folder: Path, n: int, seed: int, layout=("img", "mask"), size: in
     (folder / layout[1]).mkdir(parents=True)
     corners = [(y, x) for y in range(0, side, size) for x in range(0, side, size)][:n]
     for i, (y, x) in enumerate(corners, 1):
-        write_l4s_patch(folder / layout[0] / f"image_{i}.h5", bands[:, y:y + size, x:x + size],
-                        folder / layout[1] / f"mask_{i}.h5", labels[y:y + size, x:x + size])
+        write_l4s_patch(
+            folder / layout[0] / f"image_{i}.h5",
+            bands[:, y : y + size, x : x + size],
+            folder / layout[1] / f"mask_{i}.h5",
+            labels[y : y + size, x : x + size],
+        )
     return folder
 
 
@@ -48,6 +52,7 @@ def l4s(tmp_path_factory):
 
 
 # --- data ---------------------------------------------------------------------------------
+
 
 def test_pairs_in_both_layouts(tmp_path):
     a = find_pairs(make_split(tmp_path / "a", 3, seed=1))
@@ -103,12 +108,14 @@ def test_corrupt_h5_is_an_error(tmp_path):
 def test_streaming_statistics_and_nan_handling(tmp_path):
     root = make_split(tmp_path / "s", 4, seed=2)
     pairs = find_pairs(root)
-    write_l4s_patch(pairs[0].image, np.where(np.arange(PATCH)[None, :, None] < 5, np.nan,
-                                             synthetic_scene(PATCH, PATCH, seed=9)[0]))
+    write_l4s_patch(
+        pairs[0].image, np.where(np.arange(PATCH)[None, :, None] < 5, np.nan, synthetic_scene(PATCH, PATCH, seed=9)[0])
+    )
     feats = resolve_features("rgb_ndvi_slope_dem")
     summary = scan_split(pairs, feats)
-    every = np.concatenate([derive_features(read_l4s_h5(p.image), feats).reshape(len(feats), -1) for p in pairs],
-                           axis=1)
+    every = np.concatenate(
+        [derive_features(read_l4s_h5(p.image), feats).reshape(len(feats), -1) for p in pairs], axis=1
+    )
     np.testing.assert_allclose(summary.normalization.mean, np.nanmean(every, 1), rtol=1e-6)
     np.testing.assert_allclose(summary.normalization.std, np.nanstd(every, 1), rtol=1e-5)
     assert summary.patches == 4 and summary.size == PATCH and summary.pixels == 4 * PATCH * PATCH
@@ -125,13 +132,13 @@ def test_cut_scene_geotiff_into_l4s(tmp_path):
     from training.patches import cut_scene
 
     bands, labels = synthetic_scene(2 * PATCH, 3 * PATCH, seed=4)
-    bands[:, PATCH:, 2 * PATCH:] = np.nan  # one patch without valid pixels: skipped
+    bands[:, PATCH:, 2 * PATCH :] = np.nan  # one patch without valid pixels: skipped
     scene, lab = write_geotiff(tmp_path / "s.tif", bands), write_geotiff(tmp_path / "l.tif", labels, dtype="uint8")
     assert cut_scene(scene, lab, tmp_path / "split", size=PATCH) == 5
     pairs = find_pairs(tmp_path / "split")
     x, y = read_l4s_h5(pairs[4].image), read_l4s_mask(pairs[4].mask)
-    np.testing.assert_array_equal(x, bands[:, PATCH:, PATCH:2 * PATCH])
-    np.testing.assert_array_equal(y, labels[PATCH:, PATCH:2 * PATCH])
+    np.testing.assert_array_equal(x, bands[:, PATCH:, PATCH : 2 * PATCH])
+    np.testing.assert_array_equal(y, labels[PATCH:, PATCH : 2 * PATCH])
     with pytest.raises(InputError, match="not empty"):
         cut_scene(scene, lab, tmp_path / "split", size=PATCH)
     small = write_geotiff(tmp_path / "small.tif", labels[:PATCH], dtype="uint8")
@@ -147,6 +154,7 @@ def test_normalize_maps_nan_to_the_mean():
 
 
 # --- losses and augmentation --------------------------------------------------------------
+
 
 def test_losses_sanity():
     target = (torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(0)) > 0.8).float()
@@ -180,6 +188,7 @@ def test_dihedral_group_and_paired_augmentation():
 
 # --- configs ------------------------------------------------------------------------------
 
+
 def test_a_training_config_for_every_zoo_model():
     for name in MODEL_ZOO:
         path = ROOT / "configs" / "train" / f"{name}.yaml"
@@ -196,13 +205,13 @@ def test_a_training_config_for_every_zoo_model():
 
 def test_config_overrides_and_errors(tmp_path):
     path = tmp_path / "t.yaml"
-    path.write_text(yaml.safe_dump({"model": "unet_resnet34", "train_data": "d/train", "val_data": "d/val",
-                                    "out": "m"}))
+    path.write_text(
+        yaml.safe_dump({"model": "unet_resnet34", "train_data": "d/train", "val_data": "d/val", "out": "m"})
+    )
     cfg = load_train_config(path, {"epochs": 3, "out": "/abs/model", "use_gpu": None})
     assert (cfg.epochs, cfg.out, cfg.use_gpu, cfg.train_data) == (3, Path("/abs/model"), False, tmp_path / "d/train")
     assert cfg.feature_names == list(resolve_features("l4s14"))
-    path.write_text(yaml.safe_dump({"model": "unet_nope", "train_data": "a", "val_data": "b", "out": "c",
-                                    "lossx": 1}))
+    path.write_text(yaml.safe_dump({"model": "unet_nope", "train_data": "a", "val_data": "b", "out": "c", "lossx": 1}))
     with pytest.raises(ConfigError, match="unknown model 'unet_nope'.*\n.*lossx"):
         load_train_config(path)
 
@@ -220,8 +229,14 @@ def test_evaluate_an_ensemble_yaml(tmp_path, l4s, tiny_plain_model, tiny_model):
     from training.evaluate import evaluate, write_reports
 
     ens = tmp_path / "ens.yaml"
-    ens.write_text(yaml.safe_dump({"members": [{"model": str(tiny_plain_model), "weight": 2.0},
-                                               {"model": str(tiny_model), "weight": 1.0}], "threshold": 0.3}))
+    ens.write_text(
+        yaml.safe_dump(
+            {
+                "members": [{"model": str(tiny_plain_model), "weight": 2.0}, {"model": str(tiny_model), "weight": 1.0}],
+                "threshold": 0.3,
+            }
+        )
+    )
     evals = evaluate(l4s[1], [tiny_model], ens, batch_size=3, device="cpu")
     assert [e.name for e in evals] == ["unet_mobilenet_v2", "unet_plain", "ensemble (ens.yaml)"]
     assert evals[-1].predictor.threshold == 0.3
@@ -234,6 +249,7 @@ def test_evaluate_an_ensemble_yaml(tmp_path, l4s, tiny_plain_model, tiny_model):
 
 
 # --- Ray Train end to end -----------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def local_ray():
@@ -254,11 +270,24 @@ def test_two_worker_training_resume_predictor_and_evaluate(tmp_path, l4s, local_
     from landslide_batch.config import EnsembleConfig, EnsembleMember
     from landslide_batch.infer.predictor import EnsemblePredictor
     from landslide_batch.models.card import read_card
+
     train_dir, val_dir = l4s
     config = tmp_path / "plain.yaml"
-    config.write_text(yaml.safe_dump({
-        "model": "unet_plain", "train_data": str(train_dir), "val_data": str(val_dir), "out": "models/first",
-        "run_dir": "runs", "batch_size": 2, "lr": 3e-3, "epochs": 5, "num_workers": 1}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "model": "unet_plain",
+                "train_data": str(train_dir),
+                "val_data": str(val_dir),
+                "out": "models/first",
+                "run_dir": "runs",
+                "batch_size": 2,
+                "lr": 3e-3,
+                "epochs": 5,
+                "num_workers": 1,
+            }
+        )
+    )
     # 2 DDP workers on CPU (gloo) through the CLI; flags override the YAML.
     assert main(["train", str(config), "--num-workers", "2", "--epochs", "1"]) == 0
     first = tmp_path / "models" / "first"
@@ -283,8 +312,9 @@ def test_two_worker_training_resume_predictor_and_evaluate(tmp_path, l4s, local_
 
     # The model folder works with the inference predictor (64 px tiles over a 128 px window).
     bands, _ = synthetic_scene(128, 128, seed=8)
-    predictor = EnsemblePredictor(EnsembleConfig(members=[EnsembleMember(model=first)]), tile=PATCH,
-                                  stride=PATCH // 2, device="cpu")
+    predictor = EnsemblePredictor(
+        EnsembleConfig(members=[EnsembleMember(model=first)]), tile=PATCH, stride=PATCH // 2, device="cpu"
+    )
     prob, spread = predictor.predict_window(bands, np.ones((128, 128), bool))
     assert prob.shape == (128, 128) and np.isfinite(prob).all() and ((prob >= 0) & (prob <= 1)).all()
     assert predictor.threshold == pytest.approx(resumed.threshold)
@@ -293,8 +323,23 @@ def test_two_worker_training_resume_predictor_and_evaluate(tmp_path, l4s, local_
     # training-time F1 is reproduced through the inference code (no train/inference skew).
     out = tmp_path / "eval"
     capsys.readouterr()
-    assert main(["evaluate", "--data", str(val_dir), "--model", str(first), "--model",
-                 str(tmp_path / "models" / "kept"), "--out", str(out), "--pr-curve"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--data",
+                str(val_dir),
+                "--model",
+                str(first),
+                "--model",
+                str(tmp_path / "models" / "kept"),
+                "--out",
+                str(out),
+                "--pr-curve",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "| model | threshold | precision | recall | F1 | IoU |" in printed
     table = {r["model"]: r for r in csv.DictReader(open(out / "metrics.csv"))}

@@ -41,16 +41,27 @@ from landslide_batch.synthetic import write_geotiff
 JOB_THRESHOLD = 0.6
 HEAVY = ("torch", "ray", "segmentation_models_pytorch", "timm", "torchvision")
 # Runs the CLI in a fresh interpreter; prints, last, which heavy packages the process imported.
-NO_MODEL_RUNNER = ("import json, sys\n"
-                   "from landslide_batch.cli import main\n"
-                   "code = main(sys.argv[1:])\n"
-                   f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})))\n"
-                   "sys.exit(code)\n")
+NO_MODEL_RUNNER = (
+    "import json, sys\n"
+    "from landslide_batch.cli import main\n"
+    "code = main(sys.argv[1:])\n"
+    f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})))\n"
+    "sys.exit(code)\n"
+)
 
 
 def job(scene, out, model, **kw):
-    return job_from_dict({"scene": str(scene), "out": str(out), "models": [str(model)], "block": 128,
-                          "batch_size": 8, "threshold": JOB_THRESHOLD, **kw})
+    return job_from_dict(
+        {
+            "scene": str(scene),
+            "out": str(out),
+            "models": [str(model)],
+            "block": 128,
+            "batch_size": 8,
+            "threshold": JOB_THRESHOLD,
+            **kw,
+        }
+    )
 
 
 def read(path: Path) -> np.ndarray:
@@ -60,8 +71,11 @@ def read(path: Path) -> np.ndarray:
 
 def snapshot(folder: Path) -> dict[str, tuple[str, int]]:
     """Every file under ``folder`` -> (sha256, mtime_ns): any replaced or touched file shows."""
-    return {str(p.relative_to(folder)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
-            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".lock"}
+    return {
+        str(p.relative_to(folder)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != ".lock"
+    }
 
 
 def components(mask: np.ndarray, prob: np.ndarray, min_pixels: int) -> tuple[np.ndarray, np.ndarray]:
@@ -114,16 +128,34 @@ def test_vectorize_equals_a_fresh_job_and_imports_no_torch(tmp_path, out, scene_
     assert prob[valid].std() >= 0.05, "the compared map must vary"
     untouched = {k: v for k, v in snapshot(out).items() if not k.startswith(("mask", "landslides", "run.json"))}
     T, A = 0.75, 1500.0  # stricter than the job (0.6, no minimum area); 15 pixels of 10 m
-    done = subprocess.run([sys.executable, "-c", NO_MODEL_RUNNER, "vectorize", str(out), "--threshold", str(T),
-                           "--min-area-m2", str(A), "--format", "parquet"],
-                          check=False, capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            NO_MODEL_RUNNER,
+            "vectorize",
+            str(out),
+            "--threshold",
+            str(T),
+            "--min-area-m2",
+            str(A),
+            "--format",
+            "parquet",
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.splitlines()[-1]) == [], "vectorize imported a model framework"
 
     mask = read(out / "mask.tif")
     np.testing.assert_array_equal(mask, np.where(valid, prob >= T, 255).astype(np.uint8))
-    fresh = run_job(job(scene_file, tmp_path / "fresh", varying_model, threshold=T, min_area_m2=A,
-                        polygon_format="parquet"))
+    fresh = run_job(
+        job(scene_file, tmp_path / "fresh", varying_model, threshold=T, min_area_m2=A, polygon_format="parquet")
+    )
     np.testing.assert_array_equal(mask, read(tmp_path / "fresh" / "mask.tif"))
     polygons = gpd.read_parquet(out / "landslides.parquet")
     assert_same_polygons(polygons, gpd.read_parquet(tmp_path / "fresh" / "landslides.parquet"))
@@ -168,8 +200,9 @@ def test_objects_cut_by_window_edges_merge_as_in_the_job(tmp_path, out, scene_fi
     assert len(straddling) >= 3, "objects straddle window edges"
 
 
-def test_geoparquet_and_flatgeobuf_read_back_with_crs_and_attributes(tmp_path, out, finished, scene_file,
-                                                                     varying_model):
+def test_geoparquet_and_flatgeobuf_read_back_with_crs_and_attributes(
+    tmp_path, out, finished, scene_file, varying_model
+):
     """A job writing FlatGeobuf (``run --format fgb``) and a GeoParquet re-derivation at the job's
     settings both equal the GeoPackage of the same job."""
     import pyarrow.parquet as pq
@@ -177,8 +210,25 @@ def test_geoparquet_and_flatgeobuf_read_back_with_crs_and_attributes(tmp_path, o
     want = gpd.read_file(finished / "landslides.gpkg")
     with rasterio.open(scene_file) as ds:
         crs = ds.crs
-    code = cli_main(["run", "--scene", str(scene_file), "--model", str(varying_model), "--out", str(tmp_path / "fgb"),
-                     "--block", "128", "--batch-size", "8", "--threshold", str(JOB_THRESHOLD), "--format", "fgb"])
+    code = cli_main(
+        [
+            "run",
+            "--scene",
+            str(scene_file),
+            "--model",
+            str(varying_model),
+            "--out",
+            str(tmp_path / "fgb"),
+            "--block",
+            "128",
+            "--batch-size",
+            "8",
+            "--threshold",
+            str(JOB_THRESHOLD),
+            "--format",
+            "fgb",
+        ]
+    )
     assert code == 0
     run = json.loads((tmp_path / "fgb" / "run.json").read_text())
     assert run["outputs"]["polygons"] == "landslides.fgb" and run["config"]["polygon_format"] == "fgb"
@@ -211,15 +261,24 @@ def test_probability_zarr_opens_in_xarray_without_a_warning(finished, scene_arra
     np.testing.assert_array_equal(slope[valid], scene_arrays[0][BAND_INDEX["slope"]][valid])
 
 
-@pytest.mark.parametrize("case", ["no job", "run.json removed", "threshold above 1", "threshold below 0",
-                                  "unknown format", "negative area"])
+@pytest.mark.parametrize(
+    "case", ["no job", "run.json removed", "threshold above 1", "threshold below 0", "unknown format", "negative area"]
+)
 def test_bad_input_fails_clearly_and_replaces_nothing(case, tmp_path, out, capsys):
     folder, args, message = {
         "no job": (tmp_path / "empty", [], "holds no finished job: expected a run.json with status 'complete'"),
         "run.json removed": (out, [], "holds no finished job"),
-        "threshold above 1": (out, ["--threshold", "1.5"], r"threshold must be a probability within \[0, 1\], found 1.5"),
+        "threshold above 1": (
+            out,
+            ["--threshold", "1.5"],
+            r"threshold must be a probability within \[0, 1\], found 1.5",
+        ),
         "threshold below 0": (out, ["--threshold", "-0.1"], r"within \[0, 1\], found -0.1"),
-        "unknown format": (out, ["--format", "shp"], "unknown polygon format 'shp'; expected one of gpkg, parquet, fgb"),
+        "unknown format": (
+            out,
+            ["--format", "shp"],
+            "unknown polygon format 'shp'; expected one of gpkg, parquet, fgb",
+        ),
         "negative area": (out, ["--min-area-m2", "-5"], "minimum area must be >= 0 m², found -5.0"),
     }[case]
     folder.mkdir(exist_ok=True)

@@ -19,5 +19,4 @@ def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
 def random_dihedral(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """The same random symmetry for each sample's image ``x[i]`` and mask ``y[i]`` (batches ``(N, C, S, S)``)."""
     ks = torch.randint(0, 8, (x.shape[0],), generator=generator).tolist()
-    return (torch.stack([dihedral(a, k) for a, k in zip(x, ks)]),
-            torch.stack([dihedral(b, k) for b, k in zip(y, ks)]))
+    return (torch.stack([dihedral(a, k) for a, k in zip(x, ks)]), torch.stack([dihedral(b, k) for b, k in zip(y, ks)]))

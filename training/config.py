@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, Field, field_validator
 
 from landslide_batch.bands import resolve_features
-from landslide_batch.config import load_yaml, StrictModel, validate_model
+from landslide_batch.config import StrictModel, load_yaml, validate_model
 from landslide_batch.models.registry import MODEL_ZOO
 from landslide_batch.storage import Location, location, path_or_uri
 

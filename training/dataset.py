@@ -54,8 +54,9 @@ def _numbered(fs: fsspec.AbstractFileSystem, folder: str, prefix: str, root: str
     for path in sorted(fs.glob(f"{folder}/*.h5")):
         file = fs.unstrip_protocol(path) if is_uri(root) else Path(path)
         if not (m := pattern.fullmatch(path.rsplit("/", 1)[-1])):
-            raise InputError(f"{file}: unexpected file name; files in {root}/{folder.rsplit('/', 1)[-1]} "
-                             f"must be named {prefix}_N.h5")
+            raise InputError(
+                f"{file}: unexpected file name; files in {root}/{folder.rsplit('/', 1)[-1]} must be named {prefix}_N.h5"
+            )
         found[int(m.group(1))] = file
     return found
 
@@ -74,15 +75,18 @@ def find_pairs(root: str | Path) -> list[Pair]:
     layout = next(((i, m) for i, m in LAYOUTS if fs.isdir(f"{base}/{i}")), None)
     if layout is None:
         found = sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(base, detail=False))
-        raise InputError(f"{root}: expected Landslide4Sense subfolders img/ + mask/ (or images/ + masks/), "
-                         f"found {found}")
+        raise InputError(
+            f"{root}: expected Landslide4Sense subfolders img/ + mask/ (or images/ + masks/), found {found}"
+        )
     images = _numbered(fs, f"{base}/{layout[0]}", "image", root)
     masks = _numbered(fs, f"{base}/{layout[1]}", "mask", root) if fs.isdir(f"{base}/{layout[1]}") else {}
     if not images:
         raise InputError(f"{root}/{layout[0]}: no image_N.h5 files")
     if missing := sorted(set(images) - set(masks)):
-        raise InputError(f"{root}: no mask for {len(missing)} image(s): "
-                         f"{_listing([images[n] for n in missing])} (expected {layout[1]}/mask_N.h5)")
+        raise InputError(
+            f"{root}: no mask for {len(missing)} image(s): "
+            f"{_listing([images[n] for n in missing])} (expected {layout[1]}/mask_N.h5)"
+        )
     if orphans := sorted(set(masks) - set(images)):
         raise InputError(f"{root}: {len(orphans)} mask(s) without an image: {_listing([masks[n] for n in orphans])}")
     return [Pair(n, images[n], masks[n]) for n in sorted(images)]
@@ -102,8 +106,10 @@ def parse_pair(pair: Pair, image_file: bytes, mask_file: bytes) -> tuple[np.ndar
     bands = read_l4s_h5(io.BytesIO(image_file), name=str(pair.image))
     mask = read_l4s_mask(io.BytesIO(mask_file), name=str(pair.mask))
     if mask.shape != bands.shape[1:]:
-        raise InputError(f"{pair.mask}: mask is {mask.shape[0]}x{mask.shape[1]} but image {pair.image} "
-                         f"is {bands.shape[1]}x{bands.shape[2]}")
+        raise InputError(
+            f"{pair.mask}: mask is {mask.shape[0]}x{mask.shape[1]} but image {pair.image} "
+            f"is {bands.shape[1]}x{bands.shape[2]}"
+        )
     return bands, mask
 
 
@@ -152,8 +158,10 @@ def scan_split(pairs: Sequence[Pair], features: Sequence[str]) -> SplitSummary:
         bands, y = parse_pair(pair, *files)
         x = derive_features(bands, features).astype(np.float32)
         if x.shape[1] != x.shape[2] or (size and x.shape[1] != size):
-            raise InputError(f"{pair.image}: patch is {x.shape[1]}x{x.shape[2]}; every patch of a split must be "
-                             f"square and the same size ({size or x.shape[1]} px, from the first patch)")
+            raise InputError(
+                f"{pair.image}: patch is {x.shape[1]}x{x.shape[2]}; every patch of a split must be "
+                f"square and the same size ({size or x.shape[1]} px, from the first patch)"
+            )
         size = x.shape[1]
         pixels += y.size
         positives += int(y.sum())
@@ -173,8 +181,9 @@ def scan_split(pairs: Sequence[Pair], features: Sequence[str]) -> SplitSummary:
         std = np.sqrt(np.where(n > 0, m2 / n, 0.0))
     # A constant (or all-NaN) feature carries no information; std 1 keeps it finite.
     std = np.where(std > 1e-12, std, 1.0)
-    return SplitSummary(Normalization(mean=mean.tolist(), std=std.tolist()), size, len(pairs), pixels,
-                        positives, digest.hexdigest())
+    return SplitSummary(
+        Normalization(mean=mean.tolist(), std=std.tolist()), size, len(pairs), pixels, positives, digest.hexdigest()
+    )
 
 
 class PatchDataset(torch.utils.data.Dataset):

@@ -34,12 +34,22 @@ PATCH = 128
 def _labelled_scene(out: Path, name: str, px: int, seed: int) -> tuple[Path, Path, np.ndarray]:
     """A synthetic scene as a UTM GeoTIFF plus its known landslides as a 0/1 GeoTIFF."""
     bands, labels = synthetic_scene(px, px, seed=seed)
-    return (write_geotiff(out / f"{name}.tif", bands), write_geotiff(out / f"{name}_labels.tif", labels, dtype="uint8"),
-            labels)
+    return (
+        write_geotiff(out / f"{name}.tif", bands),
+        write_geotiff(out / f"{name}_labels.tif", labels, dtype="uint8"),
+        labels,
+    )
 
 
-def run_demo(out: Path, *, train_px: int = 640, val_px: int = 384, map_px: int = 1024, epochs: int = 6,
-             model: str = "unet_mobilenet_v2") -> dict:
+def run_demo(
+    out: Path,
+    *,
+    train_px: int = 640,
+    val_px: int = 384,
+    map_px: int = 1024,
+    epochs: int = 6,
+    model: str = "unet_mobilenet_v2",
+) -> dict:
     """Run the demo into ``out``; returns the summary also written to ``out/demo.json``."""
     import rasterio
 
@@ -51,21 +61,39 @@ def run_demo(out: Path, *, train_px: int = 640, val_px: int = 384, map_px: int =
     (out / "data").mkdir(parents=True)
     t0 = time.perf_counter()
     print(f"[1/3] synthetic training data -> {out / 'data'}", flush=True)
-    n_train = cut_scene(*_labelled_scene(out / "data", "train_scene", train_px, 11)[:2], out / "data" / "train",
-                        stride=PATCH // 2)
+    n_train = cut_scene(
+        *_labelled_scene(out / "data", "train_scene", train_px, 11)[:2], out / "data" / "train", stride=PATCH // 2
+    )
     n_val = cut_scene(*_labelled_scene(out / "data", "val_scene", val_px, 12)[:2], out / "data" / "val")
 
     print(f"[2/3] training {model} on {n_train} patches ({n_val} for validation), {epochs} epochs", flush=True)
-    cfg = TrainConfig(model=model, train_data=out / "data" / "train", val_data=out / "data" / "val",
-                      out=out / "model", run_dir=out / "train_runs", epochs=epochs, batch_size=8, lr=3e-3,
-                      patience=None, num_workers=1, cpus_per_worker=os.cpu_count() or 1)
+    cfg = TrainConfig(
+        model=model,
+        train_data=out / "data" / "train",
+        val_data=out / "data" / "val",
+        out=out / "model",
+        run_dir=out / "train_runs",
+        epochs=epochs,
+        batch_size=8,
+        lr=3e-3,
+        patience=None,
+        num_workers=1,
+        cpus_per_worker=os.cpu_count() or 1,
+    )
     card = train(cfg, overwrite=True)
     t_train = time.perf_counter()
 
     print(f"[3/3] mapping an unseen {map_px}x{map_px} px synthetic scene with the region pipeline", flush=True)
     scene, _, labels = _labelled_scene(out, "scene", map_px, 13)  # UTM 45N, 10 m pixels
-    job = job_from_dict({"scene": str(scene), "out": str(out / "map"), "models": [str(out / "model")],
-                         "block": 512, "executor": "local"})
+    job = job_from_dict(
+        {
+            "scene": str(scene),
+            "out": str(out / "map"),
+            "models": [str(out / "model")],
+            "block": 512,
+            "executor": "local",
+        }
+    )
     manifest = run_job(job, overwrite=True)
     with rasterio.open(out / "map" / OUTPUTS["mask"]) as ds:
         mask = ds.read(1)
@@ -73,9 +101,12 @@ def run_demo(out: Path, *, train_px: int = 640, val_px: int = 384, map_px: int =
 
     summary = {
         "synthetic": True,
-        "model": str(out / "model"), "map": str(out / "map"),
-        "validation": card.metrics, "threshold": card.threshold,
-        "map_scores": s, "objects": manifest["summary"]["objects"],
+        "model": str(out / "model"),
+        "map": str(out / "map"),
+        "validation": card.metrics,
+        "threshold": card.threshold,
+        "map_scores": s,
+        "objects": manifest["summary"]["objects"],
         "seconds": {"training": round(t_train - t0, 1), "mapping": round(time.perf_counter() - t_train, 1)},
     }
     (out / "demo.json").write_text(json.dumps(summary, indent=2))
@@ -85,8 +116,8 @@ Demo finished in {time.perf_counter() - t0:.0f} s. Outputs in {out}:
   map/             region map: probability.tif, mask.tif, landslides.gpkg, quicklook.png, run.json
   scene.tif        the mapped scene; scene_labels.tif its known landslides
 Map of the unseen scene against its known landslides (pixel-wise, threshold {card.threshold:.2f}):
-  F1 {s['f1']:.3f}   precision {s['precision']:.3f}   recall {s['recall']:.3f}   IoU {s['iou']:.3f}   \
-({summary['objects']} landslide objects)
+  F1 {s["f1"]:.3f}   precision {s["precision"]:.3f}   recall {s["recall"]:.3f}   IoU {s["iou"]:.3f}   \
+({summary["objects"]} landslide objects)
 NOTE: the model was trained for {epochs} epochs on SYNTHETIC data only, and scored on synthetic data
 drawn from the same generator. These numbers show the system works end to end; they say
 nothing about accuracy on real imagery. For real maps, import the reference study's trained

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import csv
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -38,9 +38,15 @@ class Evaluation:
     neg: np.ndarray = field(default_factory=lambda: np.zeros(BINS, np.int64))
 
     def row(self) -> dict:
-        return {"model": self.name, "threshold": round(self.predictor.threshold, 4),
-                **{k: round(v, 4) for k, v in scores(self.counts).items()},
-                "tp": self.counts.tp, "fp": self.counts.fp, "fn": self.counts.fn, "tn": self.counts.tn}
+        return {
+            "model": self.name,
+            "threshold": round(self.predictor.threshold, 4),
+            **{k: round(v, 4) for k, v in scores(self.counts).items()},
+            "tp": self.counts.tp,
+            "fp": self.counts.fp,
+            "fn": self.counts.fn,
+            "tn": self.counts.tn,
+        }
 
 
 def _targets(models: Sequence[Path], ensemble: Path | None) -> list[tuple[str, EnsembleConfig]]:
@@ -63,24 +69,37 @@ def _targets(models: Sequence[Path], ensemble: Path | None) -> list[tuple[str, E
     return targets
 
 
-def evaluate(data: str | Path, models: Sequence[Path] = (), ensemble: Path | None = None, *,
-             batch_size: int = 16, device: str = "auto", tta: bool = False) -> list[Evaluation]:
+def evaluate(
+    data: str | Path,
+    models: Sequence[Path] = (),
+    ensemble: Path | None = None,
+    *,
+    batch_size: int = 16,
+    device: str = "auto",
+    tta: bool = False,
+) -> list[Evaluation]:
     """Score each model and the ensemble; with ``tta`` each also with test-time augmentation
     (a second row, ``NAME +TTA``), so its effect is read off side by side."""
     pairs = find_pairs(data)
     first, _ = read_pair(pairs[0])
     size = first.shape[1]
-    evals = [Evaluation(name + (" +TTA" if aug else ""),
-                        EnsemblePredictor(cfg, tile=size, stride=size, blend="mean", batch_size=batch_size,
-                                          device=device, tta=aug))
-             for name, cfg in _targets(models, ensemble) for aug in ((False, True) if tta else (False,))]
+    evals = [
+        Evaluation(
+            name + (" +TTA" if aug else ""),
+            EnsemblePredictor(cfg, tile=size, stride=size, blend="mean", batch_size=batch_size, device=device, tta=aug),
+        )
+        for name, cfg in _targets(models, ensemble)
+        for aug in ((False, True) if tta else (False,))
+    ]
     log.info("evaluating %d model(s) on %d patches of %s", len(evals), len(pairs), data)
     for start in range(0, len(pairs), batch_size):
-        group = [read_pair(p) for p in pairs[start:start + batch_size]]
+        group = [read_pair(p) for p in pairs[start : start + batch_size]]
         for (bands, _), p in zip(group, pairs[start:]):
             if bands.shape[1:] != (size, size):
-                raise InputError(f"{p.image}: patch is {bands.shape[1]}x{bands.shape[2]}, expected {size}x{size} "
-                                 "like the first patch of the split")
+                raise InputError(
+                    f"{p.image}: patch is {bands.shape[1]}x{bands.shape[2]}, expected {size}x{size} "
+                    "like the first patch of the split"
+                )
         window = np.concatenate([b for b, _ in group], axis=2)  # (14, S, k * S)
         labels = np.concatenate([m for _, m in group], axis=1)
         valid = np.ones(labels.shape, bool)
@@ -97,8 +116,9 @@ def markdown_table(rows: list[dict]) -> str:
     cols = ["model", "threshold", "precision", "recall", "f1", "iou"]
     head = ["model", "threshold", "precision", "recall", "F1", "IoU"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |"
-              for r in rows]
+    lines += [
+        "| " + " | ".join(f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |" for r in rows
+    ]
     return "\n".join(lines)
 
 
@@ -128,11 +148,16 @@ def plot_pr_curve(evals: list[Evaluation], path: Path) -> Path:
     for ev in evals:
         _, counts = sweep(ev.pos, ev.neg)
         s = [scores(c) for c in counts if c.tp + c.fp > 0]
-        line, = ax.plot([x["recall"] for x in s], [x["precision"] for x in s], label=ev.name)
+        (line,) = ax.plot([x["recall"] for x in s], [x["precision"] for x in s], label=ev.name)
         op = scores(ev.counts)
         ax.plot(op["recall"], op["precision"], "o", color=line.get_color())
-    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02),
-           title="Landslide class, pixel-wise (dots: tuned thresholds)")
+    ax.set(
+        xlabel="recall",
+        ylabel="precision",
+        xlim=(0, 1),
+        ylim=(0, 1.02),
+        title="Landslide class, pixel-wise (dots: tuned thresholds)",
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     fig.tight_layout()

@@ -6,7 +6,7 @@ and focal loss are offered besides plain BCE.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

@@ -17,8 +17,15 @@ from landslide_batch.errors import InputError
 from landslide_batch.synthetic import write_l4s_patch
 
 
-def cut_scene(scene: str | Path, labels: str | Path, folder: str | Path, *, size: int = 128,
-              stride: int | None = None, min_valid: float = 0.5) -> int:
+def cut_scene(
+    scene: str | Path,
+    labels: str | Path,
+    folder: str | Path,
+    *,
+    size: int = 128,
+    stride: int | None = None,
+    min_valid: float = 0.5,
+) -> int:
     """Scene + label raster -> L4S split of ``size`` px patches every ``stride`` (default ``size``) px.
 
     Patches with < ``min_valid`` valid pixels or with any label nodata are skipped (an L4S
@@ -39,11 +46,15 @@ def cut_scene(scene: str | Path, labels: str | Path, folder: str | Path, *, size
         sc = ingest(scene, Path(tmp) / "scene.zarr")
         h, w = sc.shape
         if (lab.height, lab.width) != (h, w) or lab.count != 1:
-            raise InputError(f"{labels}: labels must be one band of {h}x{w} px like the scene {scene}, found "
-                             f"{lab.count} band(s) of {lab.height}x{lab.width}")
+            raise InputError(
+                f"{labels}: labels must be one band of {h}x{w} px like the scene {scene}, found "
+                f"{lab.count} band(s) of {lab.height}x{lab.width}"
+            )
         if sc.info.crs is not None and not np.allclose(tuple(lab.transform)[:6], sc.info.transform[:6]):
-            raise InputError(f"{labels}: label raster is not on the scene's pixel grid "
-                             f"(transform {tuple(lab.transform)[:6]} vs {sc.info.transform[:6]})")
+            raise InputError(
+                f"{labels}: label raster is not on the scene's pixel grid "
+                f"(transform {tuple(lab.transform)[:6]} vs {sc.info.transform[:6]})"
+            )
         for y in range(0, h - size + 1, stride):
             for x in range(0, w - size + 1, stride):
                 bands, valid = sc.read(y, y + size, x, x + size)
@@ -52,8 +63,10 @@ def cut_scene(scene: str | Path, labels: str | Path, folder: str | Path, *, size
                     continue
                 values = np.asarray(lbl)
                 if (bad := np.setdiff1d(np.unique(values), [0, 1])).size:
-                    raise InputError(f"{labels}: label values must be 0 or 1, found {bad[:5].tolist()} "
-                                     f"in the window at row {y}, column {x}")
+                    raise InputError(
+                        f"{labels}: label values must be 0 or 1, found {bad[:5].tolist()} "
+                        f"in the window at row {y}, column {x}"
+                    )
                 bands = np.where(valid, bands, np.nan).astype(np.float32)
                 n += 1
                 write_l4s_patch(folder / "img" / f"image_{n}.h5", bands, folder / "mask" / f"mask_{n}.h5", values)

@@ -52,8 +52,9 @@ def _scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int, d
     """Per-step LR schedule, rebuilt at ``done_steps`` on resume: a pure function of the config and
     the step, so a resumed run may also be given more epochs."""
     if cfg.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total_steps,
-                                                   last_epoch=done_steps - 1)
+        return torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=cfg.lr, total_steps=total_steps, last_epoch=done_steps - 1
+        )
     return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps, last_epoch=done_steps - 1)
 
 
@@ -91,10 +92,10 @@ def train_loop(ctx: dict[str, Any]) -> None:
     features = ctx["features"]
     train_ds = PatchDataset(ctx["train_pairs"], features, norm)
     val_ds = PatchDataset(ctx["val_pairs"][rank::world], features, norm)
-    sampler = torch.utils.data.DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True,
-                                                  seed=cfg.seed)
-    loader = torch.utils.data.DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler,
-                                         num_workers=cfg.loader_workers, pin_memory=cfg.use_gpu)
+    sampler = torch.utils.data.DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
+    loader = torch.utils.data.DataLoader(
+        train_ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.loader_workers, pin_memory=cfg.use_gpu
+    )
     val_loader = torch.utils.data.DataLoader(val_ds, batch_size=cfg.batch_size, num_workers=cfg.loader_workers)
 
     spec = MODEL_ZOO[cfg.model]
@@ -143,20 +144,39 @@ def train_loop(ctx: dict[str, Any]) -> None:
         threshold, counts = best_threshold(pos, neg)
         val = {f"val_{k}": v for k, v in scores(counts).items()}
         if best is None or val["val_f1"] > best["metrics"]["val_f1"]:
-            best = {"weights": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()},
-                    "threshold": threshold, "metrics": val, "epoch": epoch + 1}
+            best = {
+                "weights": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()},
+                "threshold": threshold,
+                "metrics": val,
+                "epoch": epoch + 1,
+            }
             bad = 0
         else:
             bad += 1
-        row = {"epoch": epoch + 1, "train_loss": float(loss_sum[0] / loss_sum[1]), **val, "threshold": threshold,
-               "lr": sched.get_last_lr()[0], "train_s": round(train_s, 3),
-               "val_s": round(time.perf_counter() - t0 - train_s, 3), "patches": int(loss_sum[1])}
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": float(loss_sum[0] / loss_sum[1]),
+            **val,
+            "threshold": threshold,
+            "lr": sched.get_last_lr()[0],
+            "train_s": round(train_s, 3),
+            "val_s": round(time.perf_counter() - t0 - train_s, 3),
+            "patches": int(loss_sum[1]),
+        }
         history.append(row)
         if rank == 0:
             with tempfile.TemporaryDirectory() as d:
-                torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(),
-                            "epoch": epoch + 1, "bad_epochs": bad, "best": best, "history": history},
-                           Path(d) / STATE_FILE)
+                torch.save(
+                    {
+                        "model": net.state_dict(),
+                        "optimizer": opt.state_dict(),
+                        "epoch": epoch + 1,
+                        "bad_epochs": bad,
+                        "best": best,
+                        "history": history,
+                    },
+                    Path(d) / STATE_FILE,
+                )
                 ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(d))
         else:
             ray.train.report(row)
@@ -178,9 +198,11 @@ def _ensure_ray(cfg: TrainConfig) -> None:
     need = {"CPU": cfg.num_workers * cfg.cpus_per_worker, "GPU": cfg.num_workers if cfg.use_gpu else 0}
     if short := {k: (v, have.get(k, 0)) for k, v in need.items() if v > have.get(k, 0)}:
         ray.shutdown()
-        raise ConfigError("this machine's Ray has too few resources for the worker group: " + ", ".join(
-            f"{k} needs {n:g} (num_workers x per-worker), has {h:g}" for k, (n, h) in short.items())
-            + "; lower num_workers / cpus_per_worker, or drop use_gpu")
+        raise ConfigError(
+            "this machine's Ray has too few resources for the worker group: "
+            + ", ".join(f"{k} needs {n:g} (num_workers x per-worker), has {h:g}" for k, (n, h) in short.items())
+            + "; lower num_workers / cpus_per_worker, or drop use_gpu"
+        )
 
 
 def _check_run_identity(run: Location, identity: dict[str, Any]) -> None:
@@ -189,9 +211,11 @@ def _check_run_identity(run: Location, identity: dict[str, Any]) -> None:
     path = run / RUN_FILE
     if path.is_file():
         if (found := json.loads(path.read_text())) != identity:
-            raise ConfigError(f"{run} holds checkpoints of a run on other data or another model "
-                              f"({found['model']}, train data {found['data']['train'][:12]}…); "
-                              "use --overwrite to start afresh, or another run_dir / out")
+            raise ConfigError(
+                f"{run} holds checkpoints of a run on other data or another model "
+                f"({found['model']}, train data {found['data']['train'][:12]}…); "
+                "use --overwrite to start afresh, or another run_dir / out"
+            )
         log.info("continuing the run in %s (from its last checkpoint, if it has one)", run)
         return
     run.makedirs()
@@ -208,8 +232,9 @@ def _ray_storage(storage: Location) -> dict[str, Any]:
     return {"storage_path": storage.fs_path, "storage_filesystem": PyFileSystem(FSSpecHandler(storage.fs))}
 
 
-def _write_model_folder(model: torch.nn.Module, card: ModelCard, history: list[dict[str, Any]], out: Location,
-                        overwrite: bool) -> ModelCard:
+def _write_model_folder(
+    model: torch.nn.Module, card: ModelCard, history: list[dict[str, Any]], out: Location, overwrite: bool
+) -> ModelCard:
     """The model folder + training log at ``out``; on object storage written here, then uploaded
     with ``card.json`` last (a reader that finds the card finds the weights it describes)."""
     if out.is_local:
@@ -260,22 +285,31 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> ModelCard:
         raise InputError(f"training patches are {tr.size} px but validation patches {va.size} px")
     if tr.positives == 0:
         raise InputError(f"{cfg.train_data}: no landslide pixel in any training mask; nothing to learn")
-    log.info("data checked in %.1fs; landslide pixels: %.2f%% (train), %.2f%% (val)", time.perf_counter() - t0,
-             100 * tr.positives / tr.pixels, 100 * va.positives / va.pixels)
+    log.info(
+        "data checked in %.1fs; landslide pixels: %.2f%% (train), %.2f%% (val)",
+        time.perf_counter() - t0,
+        100 * tr.positives / tr.pixels,
+        100 * va.positives / va.pixels,
+    )
 
-    _check_run_identity(run, {"model": cfg.model, "features": features,
-                              "data": {"train": tr.sha256, "val": va.sha256}})
+    _check_run_identity(run, {"model": cfg.model, "features": features, "data": {"train": tr.sha256, "val": va.sha256}})
     _ensure_ray(cfg)
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={"config": cfg.model_dump(mode="json"), "features": features,
-                           "normalization": tr.normalization.model_dump(),
-                           "train_pairs": train_pairs, "val_pairs": val_pairs},
+        train_loop_config={
+            "config": cfg.model_dump(mode="json"),
+            "features": features,
+            "normalization": tr.normalization.model_dump(),
+            "train_pairs": train_pairs,
+            "val_pairs": val_pairs,
+        },
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-                                     resources_per_worker={"CPU": cfg.cpus_per_worker}),
-        run_config=RunConfig(name=out.name, **_ray_storage(cfg.storage),
-                             checkpoint_config=CheckpointConfig(num_to_keep=1)),
+        scaling_config=ScalingConfig(
+            num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cfg.cpus_per_worker}
+        ),
+        run_config=RunConfig(
+            name=out.name, **_ray_storage(cfg.storage), checkpoint_config=CheckpointConfig(num_to_keep=1)
+        ),
     )
     result = trainer.fit()
     if result.checkpoint is None:
@@ -288,20 +322,37 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> ModelCard:
     model = build_model(spec.arch, spec.encoder, len(features))
     model.load_state_dict(best["weights"])
     card = ModelCard(
-        name=cfg.model, arch=spec.arch, encoder=spec.encoder, features=features, in_channels=len(features),
-        normalization=tr.normalization, threshold=best["threshold"], trained=True, metrics=best["metrics"],
-        training={**cfg.model_dump(mode="json"),
-                  "result": {"best_epoch": best["epoch"], "epochs_run": len(history),
-                             "early_stopped": len(history) < cfg.epochs,
-                             "train_patches": tr.patches, "val_patches": va.patches,
-                             "train_seconds": round(sum(r["train_s"] + r["val_s"] for r in history), 1)}},
+        name=cfg.model,
+        arch=spec.arch,
+        encoder=spec.encoder,
+        features=features,
+        in_channels=len(features),
+        normalization=tr.normalization,
+        threshold=best["threshold"],
+        trained=True,
+        metrics=best["metrics"],
+        training={
+            **cfg.model_dump(mode="json"),
+            "result": {
+                "best_epoch": best["epoch"],
+                "epochs_run": len(history),
+                "early_stopped": len(history) < cfg.epochs,
+                "train_patches": tr.patches,
+                "val_patches": va.patches,
+                "train_seconds": round(sum(r["train_s"] + r["val_s"] for r in history), 1),
+            },
+        },
         data_hashes={"train": tr.sha256, "val": va.sha256},
         notes=f"validation metrics at the tuned threshold, best of {len(history)} epoch(s)",
     )
     card = _write_model_folder(model, card, history, out, overwrite)
-    log.info("wrote %s: val F1 %.3f (precision %.3f, recall %.3f, IoU %.3f) at threshold %.2f, epoch %d",
-             out, *(best["metrics"][f"val_{k}"] for k in ("f1", "precision", "recall", "iou")),
-             best["threshold"], best["epoch"])
+    log.info(
+        "wrote %s: val F1 %.3f (precision %.3f, recall %.3f, IoU %.3f) at threshold %.2f, epoch %d",
+        out,
+        *(best["metrics"][f"val_{k}"] for k in ("f1", "precision", "recall", "iou")),
+        best["threshold"],
+        best["epoch"],
+    )
     return card
 
 
@@ -310,5 +361,7 @@ def write_log(history: list[dict[str, Any]], path: Path) -> None:
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(history[0]))
         w.writeheader()
-        w.writerows({k: (round(v, 6) if isinstance(v, float) and math.isfinite(v) else v) for k, v in r.items()}
-                    for r in history)
+        w.writerows(
+            {k: (round(v, 6) if isinstance(v, float) and math.isfinite(v) else v) for k, v in r.items()}
+            for r in history
+        )

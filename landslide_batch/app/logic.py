@@ -56,11 +56,14 @@ def check_upload_size(name: str, size: int, limit_mb: int | None = None) -> None
     """Refuse an upload over the cap the server was started with (``--max-upload-mb``)."""
     limit_mb = max_upload_mb() if limit_mb is None else limit_mb
     if size > limit_mb * 1_000_000:
-        raise InputError(f"{name}: {size / 1e6:.1f} MB is over the upload limit of {limit_mb} MB; "
-                         "map larger inputs with `landslide-batch run`")
+        raise InputError(
+            f"{name}: {size / 1e6:.1f} MB is over the upload limit of {limit_mb} MB; "
+            "map larger inputs with `landslide-batch run`"
+        )
 
 
 # ---------------------------------------------------------------------------- models
+
 
 @dataclass
 class ModelEntry:
@@ -97,11 +100,18 @@ def find_models(root: Path) -> tuple[list[ModelEntry], list[str]]:
 
 def load_predictor(model: Path, tta: bool = False) -> EnsemblePredictor:
     """One model as a one-member ensemble: the same inference path as a region job."""
-    return EnsemblePredictor(EnsembleConfig(members=[EnsembleMember(model=model)]),
-                             tile=TILE, stride=STRIDE, blend="gaussian", device="auto", tta=tta)
+    return EnsemblePredictor(
+        EnsembleConfig(members=[EnsembleMember(model=model)]),
+        tile=TILE,
+        stride=STRIDE,
+        blend="gaussian",
+        device="auto",
+        tta=tta,
+    )
 
 
 # ---------------------------------------------------------------------------- uploads
+
 
 @dataclass
 class Patch:
@@ -128,8 +138,9 @@ def _as_file(name: str, data: bytes) -> Iterator[Path]:
 def _suffix(name: str, allowed: tuple[str, ...], what: str) -> str:
     suffix = Path(name).suffix.lower()
     if suffix not in allowed:
-        raise InputError(f"{name}: expected {what} ({', '.join(allowed)}), found "
-                         f"{suffix or 'a file without extension'}")
+        raise InputError(
+            f"{name}: expected {what} ({', '.join(allowed)}), found {suffix or 'a file without extension'}"
+        )
     return suffix
 
 
@@ -147,11 +158,15 @@ def load_patch(name: str, data: bytes) -> Patch:
     try:
         with MemoryFile(data) as mem, mem.open() as ds:
             if ds.count != N_BANDS:
-                raise InputError(f"{name}: expected {N_BANDS} bands in Landslide4Sense order "
-                                 f"({', '.join(L4S_BANDS)}), found {ds.count}")
+                raise InputError(
+                    f"{name}: expected {N_BANDS} bands in Landslide4Sense order "
+                    f"({', '.join(L4S_BANDS)}), found {ds.count}"
+                )
             if ds.height > MAX_SIDE or ds.width > MAX_SIDE:
-                raise InputError(f"{name}: {ds.height} x {ds.width} px is too large for the app "
-                                 f"(at most {MAX_SIDE} x {MAX_SIDE}); map it with `landslide-batch run`")
+                raise InputError(
+                    f"{name}: {ds.height} x {ds.width} px is too large for the app "
+                    f"(at most {MAX_SIDE} x {MAX_SIDE}); map it with `landslide-batch run`"
+                )
             if not {np.dtype(d).kind for d in ds.dtypes} <= {"u", "i", "f"}:
                 raise InputError(f"{name}: expected integer or float bands, found {sorted(set(ds.dtypes))}")
             bands = ds.read().astype(np.float32)
@@ -200,6 +215,7 @@ def load_mask(name: str, data: bytes, shape: tuple[int, int]) -> np.ndarray:
 
 # ---------------------------------------------------------------------------- inference
 
+
 @dataclass
 class Prediction:
     model: ModelEntry
@@ -220,15 +236,19 @@ def padded_size(n: int, tile: int = TILE, stride: int = STRIDE) -> int:
 def predict(predictor: EnsemblePredictor, model: ModelEntry, patch: Patch) -> Prediction:
     """Reflect-pad the patch up to a size the tile grid covers, predict, crop back."""
     h, w = patch.valid.shape
-    pad = ((0, padded_size(h, predictor.tile, predictor.stride) - h),
-           (0, padded_size(w, predictor.tile, predictor.stride) - w))
-    prob, _ = predictor.predict_window(np.pad(patch.bands, ((0, 0), *pad), mode="reflect"),
-                                       np.pad(patch.valid, pad, mode="reflect"))
+    pad = (
+        (0, padded_size(h, predictor.tile, predictor.stride) - h),
+        (0, padded_size(w, predictor.tile, predictor.stride) - w),
+    )
+    prob, _ = predictor.predict_window(
+        np.pad(patch.bands, ((0, 0), *pad), mode="reflect"), np.pad(patch.valid, pad, mode="reflect")
+    )
     prob = np.where(patch.valid, prob[:h, :w], np.float32(np.nan)).astype(np.float32)
     return Prediction(model, prob, predictor.threshold)
 
 
 # ---------------------------------------------------------------------------- pictures and files
+
 
 def rgb_composite(patch: Patch) -> np.ndarray:
     """uint8 (H, W, 3) true colour (B4, B3, B2), each band stretched 2-98 % over valid pixels."""
@@ -272,13 +292,23 @@ def geotiff_bytes(arr: np.ndarray, patch: Patch, nodata: float | None = None) ->
     if not patch.georeferenced:
         raise InputError(f"{patch.name} has no georeferencing; a GeoTIFF of it would have no location")
     with MemoryFile() as mem:
-        with mem.open(driver="GTiff", height=arr.shape[0], width=arr.shape[1], count=1, dtype=arr.dtype.name,
-                      crs=patch.crs, transform=patch.transform, nodata=nodata, compress="deflate") as ds:
+        with mem.open(
+            driver="GTiff",
+            height=arr.shape[0],
+            width=arr.shape[1],
+            count=1,
+            dtype=arr.dtype.name,
+            crs=patch.crs,
+            transform=patch.transform,
+            nodata=nodata,
+            compress="deflate",
+        ) as ds:
             ds.write(arr, 1)
         return mem.read()
 
 
 # ---------------------------------------------------------------------------- region runs
+
 
 @dataclass
 class RunFile:
@@ -328,10 +358,12 @@ def _fmt(value: Any, unit: str = "") -> str:
 def run_headline(run: dict[str, Any]) -> list[tuple[str, str]]:
     """The four numbers a map's reader wants first."""
     s = run.get("summary") or {}
-    return [("Landslide area", _fmt(s.get("landslide_area_km2"), " km²")),
-            ("Objects", _fmt(s.get("objects"))),
-            ("Area mapped", _fmt(s.get("area_mapped_km2"), " km²")),
-            ("Threshold", _fmt(s.get("threshold")))]
+    return [
+        ("Landslide area", _fmt(s.get("landslide_area_km2"), " km²")),
+        ("Objects", _fmt(s.get("objects"))),
+        ("Area mapped", _fmt(s.get("area_mapped_km2"), " km²")),
+        ("Threshold", _fmt(s.get("threshold"))),
+    ]
 
 
 def run_details(run: dict[str, Any]) -> list[tuple[str, str]]:
@@ -346,17 +378,32 @@ def run_details(run: dict[str, Any]) -> list[tuple[str, str]]:
         ("Scene", _fmt(scene.get("path"))),
         ("Scene sha256", _fmt(scene.get("sha256"))),
         ("Tiles", f"grid {_fmt(tiles.get('grid'))}, forward passes {_fmt(tiles.get('forward_passes'))}"),
-        ("Blocks", ", ".join(f"{k.replace('_', ' ')} {_fmt(blocks.get(k))}"
-                             for k in ("total", "computed", "skipped_nodata", "resumed"))),
-        ("Timings", ", ".join(f"{k[:-2]} {_fmt(t.get(k), ' s')}"
-                              for k in ("ingest_s", "infer_s", "finish_s", "total_s"))),
+        (
+            "Blocks",
+            ", ".join(
+                f"{k.replace('_', ' ')} {_fmt(blocks.get(k))}"
+                for k in ("total", "computed", "skipped_nodata", "resumed")
+            ),
+        ),
+        (
+            "Timings",
+            ", ".join(f"{k[:-2]} {_fmt(t.get(k), ' s')}" for k in ("ingest_s", "infer_s", "finish_s", "total_s")),
+        ),
     ]
 
 
 def run_models(run: dict[str, Any]) -> list[dict[str, str]]:
-    return [{"name": _fmt(m.get("name")), "arch": _fmt(m.get("arch")), "encoder": _fmt(m.get("encoder")),
-             "weight": _fmt(m.get("weight")), "trained": "yes" if m.get("trained") else "UNTRAINED",
-             "path": _fmt(m.get("path"))} for m in run.get("models") or []]
+    return [
+        {
+            "name": _fmt(m.get("name")),
+            "arch": _fmt(m.get("arch")),
+            "encoder": _fmt(m.get("encoder")),
+            "weight": _fmt(m.get("weight")),
+            "trained": "yes" if m.get("trained") else "UNTRAINED",
+            "path": _fmt(m.get("path")),
+        }
+        for m in run.get("models") or []
+    ]
 
 
 def run_files(folder: Path, run: dict[str, Any]) -> tuple[list[RunFile], list[RunFile]]:

@@ -32,8 +32,11 @@ from . import BASEMAP_ENV
 MAX_SIDE = 1024
 WGS84 = CRS.from_epsg(4326)
 #: What each map layer shows, for the caption under the map.
-LAYER_LEGEND = {"probability": "probability (viridis, 0 → 1)", "scenes": "scene footprints (blue outlines)",
-                "landslides": "landslide polygons (red)"}
+LAYER_LEGEND = {
+    "probability": "probability (viridis, 0 → 1)",
+    "scenes": "scene footprints (blue outlines)",
+    "landslides": "landslide polygons (red)",
+}
 POLYGON_COLOUR = [230, 25, 25, 140]
 FOOTPRINT_COLOUR = [30, 90, 230, 255]
 
@@ -71,8 +74,17 @@ def probability_picture(path: Path, max_side: int = MAX_SIDE) -> ProbabilityPict
         left, bottom, right, top = ds.bounds
         dst_t, dw, dh = calculate_default_transform(ds.crs, WGS84, w, h, left, bottom, right, top)
         dst = np.full((dh, dw), np.nan, np.float32)
-        reproject(src, dst, src_transform=src_t, src_crs=ds.crs, dst_transform=dst_t, dst_crs=WGS84,
-                  src_nodata=np.nan, dst_nodata=np.nan, resampling=Resampling.nearest)
+        reproject(
+            src,
+            dst,
+            src_transform=src_t,
+            src_crs=ds.crs,
+            dst_transform=dst_t,
+            dst_crs=WGS84,
+            src_nodata=np.nan,
+            dst_nodata=np.nan,
+            resampling=Resampling.nearest,
+        )
     valid = np.isfinite(dst) & (dst >= 0)
     rgba = colormaps["viridis"](np.clip(np.nan_to_num(dst, nan=0.0), 0, 1), bytes=True)
     rgba[..., 3] = np.where(valid, 200, 0)
@@ -128,8 +140,11 @@ def run_map(folder: Path, outputs: dict[str, str], max_side: int = MAX_SIDE) -> 
 
     ``outputs`` is the manifest's name -> file map; only files inside ``folder`` are read.
     """
-    files = {label: p for label, rel in outputs.items()
-             if (p := (folder / str(rel)).resolve()).is_relative_to(folder.resolve()) and p.is_file()}
+    files = {
+        label: p
+        for label, rel in outputs.items()
+        if (p := (folder / str(rel)).resolve()).is_relative_to(folder.resolve()) and p.is_file()
+    }
     if "probability" not in files:
         return None
     picture = probability_picture(files["probability"], max_side)
@@ -137,18 +152,45 @@ def run_map(folder: Path, outputs: dict[str, str], max_side: int = MAX_SIDE) -> 
     image = pdk.types.String(picture.data_url, quote_type="")
     layers = [pdk.Layer("BitmapLayer", id="probability", image=image, bounds=list(picture.bounds), opacity=0.9)]
     if "scenes" in files:
-        layers.append(pdk.Layer("GeoJsonLayer", id="scenes", data=read_vectors(files["scenes"], "scenes"),
-                                stroked=True, filled=False, get_line_color=FOOTPRINT_COLOUR,
-                                line_width_min_pixels=2, pickable=True))
+        layers.append(
+            pdk.Layer(
+                "GeoJsonLayer",
+                id="scenes",
+                data=read_vectors(files["scenes"], "scenes"),
+                stroked=True,
+                filled=False,
+                get_line_color=FOOTPRINT_COLOUR,
+                line_width_min_pixels=2,
+                pickable=True,
+            )
+        )
     if "polygons" in files:
-        layers.append(pdk.Layer("GeoJsonLayer", id="landslides", data=read_vectors(files["polygons"]),
-                                stroked=True, filled=True, get_fill_color=POLYGON_COLOUR,
-                                get_line_color=[120, 0, 0, 255], line_width_min_pixels=1, pickable=True))
+        layers.append(
+            pdk.Layer(
+                "GeoJsonLayer",
+                id="landslides",
+                data=read_vectors(files["polygons"]),
+                stroked=True,
+                filled=True,
+                get_fill_color=POLYGON_COLOUR,
+                get_line_color=[120, 0, 0, 255],
+                line_width_min_pixels=1,
+                pickable=True,
+            )
+        )
     return RunMap(layers, picture.bounds)
 
 
 def scene_rows(run: dict[str, Any]) -> list[dict[str, Any]]:
     """A region run's scenes with their provenance, one row each (empty for a single-scene run)."""
-    return [{"scene": s.get("id"), "date": s.get("date"), "cloud cover %": s.get("cloud_cover"),
-             "CRS": s.get("crs"), "blocks computed": (s.get("blocks") or {}).get("computed"),
-             "source": s.get("source")} for s in run.get("scenes") or []]
+    return [
+        {
+            "scene": s.get("id"),
+            "date": s.get("date"),
+            "cloud cover %": s.get("cloud_cover"),
+            "CRS": s.get("crs"),
+            "blocks computed": (s.get("blocks") or {}).get("computed"),
+            "source": s.get("source"),
+        }
+        for s in run.get("scenes") or []
+    ]

@@ -36,10 +36,12 @@ def _card(where, model: logic.ModelEntry) -> None:
     if not card.trained:
         where.error("UNTRAINED: random weights, predictions are meaningless")
     metrics = ", ".join(f"{k} {v:.3f}" for k, v in card.metrics.items()) or "none recorded"
-    where.markdown(f"**{card.name}**  \n"
-                   f"Architecture: `{card.arch}`  \nEncoder: `{card.encoder or '—'}`  \n"
-                   f"Input features: {', '.join(card.features)}  \nThreshold: {card.threshold:.2f}  \n"
-                   f"Validation metrics: {metrics}")
+    where.markdown(
+        f"**{card.name}**  \n"
+        f"Architecture: `{card.arch}`  \nEncoder: `{card.encoder or '—'}`  \n"
+        f"Input features: {', '.join(card.features)}  \nThreshold: {card.threshold:.2f}  \n"
+        f"Validation metrics: {metrics}"
+    )
 
 
 def _choose_models() -> tuple[list[logic.ModelEntry], bool]:
@@ -51,8 +53,10 @@ def _choose_models() -> tuple[list[logic.ModelEntry], bool]:
     for problem in problems:
         sb.warning(problem)
     if not models:
-        st.warning(f"No model folders (card.json + weights.pt) under {folder}. Start the app with "
-                   f"`landslide-batch app --models-dir DIR` or set {logic.MODELS_ENV}.")
+        st.warning(
+            f"No model folders (card.json + weights.pt) under {folder}. Start the app with "
+            f"`landslide-batch app --models-dir DIR` or set {logic.MODELS_ENV}."
+        )
         return [], False
     run_all = sb.checkbox(f"Run all models ({len(models)})", key="run_all")
     if run_all:
@@ -67,29 +71,46 @@ def _choose_models() -> tuple[list[logic.ModelEntry], bool]:
 def _downloads(where, pred: logic.Prediction, patch: logic.Patch) -> None:
     stem = f"{Path(patch.name).stem}_{pred.model.path.name}"
     mask = pred.mask.astype(np.uint8)
-    files = [("probability .npy", f"{stem}_probability.npy", logic.npy_bytes(pred.probability)),
-             ("mask .npy", f"{stem}_mask.npy", logic.npy_bytes(mask))]
+    files = [
+        ("probability .npy", f"{stem}_probability.npy", logic.npy_bytes(pred.probability)),
+        ("mask .npy", f"{stem}_mask.npy", logic.npy_bytes(mask)),
+    ]
     if patch.georeferenced:
-        files += [("probability .tif", f"{stem}_probability.tif",
-                   logic.geotiff_bytes(pred.probability, patch, nodata=float("nan"))),
-                  ("mask .tif", f"{stem}_mask.tif", logic.geotiff_bytes(mask, patch))]
+        files += [
+            (
+                "probability .tif",
+                f"{stem}_probability.tif",
+                logic.geotiff_bytes(pred.probability, patch, nodata=float("nan")),
+            ),
+            ("mask .tif", f"{stem}_mask.tif", logic.geotiff_bytes(mask, patch)),
+        ]
     for label, name, data in files:
-        where.download_button(label, data, file_name=name, mime="application/octet-stream",
-                              on_click="ignore", key=f"dl-{name}")
+        where.download_button(
+            label, data, file_name=name, mime="application/octet-stream", on_click="ignore", key=f"dl-{name}"
+        )
 
 
 def _show(patch: logic.Patch, preds: list[logic.Prediction], truth: np.ndarray | None, rgb: np.ndarray) -> None:
     def panels(pred: logic.Prediction) -> list[tuple[np.ndarray, str]]:
-        return [(pred.mask.astype(np.uint8) * 255, f"Mask (threshold {pred.threshold:.2f})"),
-                (logic.overlay(rgb, pred.mask), "Overlay on RGB"),
-                (logic.probability_image(pred.probability), "Probability (viridis, 0 → 1)")]
+        return [
+            (pred.mask.astype(np.uint8) * 255, f"Mask (threshold {pred.threshold:.2f})"),
+            (logic.overlay(rgb, pred.mask), "Overlay on RGB"),
+            (logic.probability_image(pred.probability), "Probability (viridis, 0 → 1)"),
+        ]
 
     rows = []
     if truth is not None:
         for pred in preds:
             c = confusion_counts(pred.mask, truth, patch.valid)
-            rows.append({"model": pred.model.label, **{k: round(v, 4) for k, v in scores(c).items()},
-                         "tp": c.tp, "fp": c.fp, "fn": c.fn})
+            rows.append(
+                {
+                    "model": pred.model.label,
+                    **{k: round(v, 4) for k, v in scores(c).items()},
+                    "tp": c.tp,
+                    "fp": c.fp,
+                    "fn": c.fn,
+                }
+            )
     if len(preds) == 1:
         pred = preds[0]
         st.subheader(pred.model.label + ("" if pred.model.card.trained else " — UNTRAINED"))
@@ -105,7 +126,7 @@ def _show(patch: logic.Patch, preds: list[logic.Prediction], truth: np.ndarray |
     if rows:
         st.dataframe(rows, hide_index=True)
     for start in range(0, len(preds), COLUMNS):
-        for col, pred in zip(st.columns(COLUMNS), preds[start:start + COLUMNS]):
+        for col, pred in zip(st.columns(COLUMNS), preds[start : start + COLUMNS]):
             col.markdown(f"**{pred.model.label}**" + ("" if pred.model.card.trained else "  \n:red[UNTRAINED]"))
             for img, caption in panels(pred):
                 col.image(logic.enlarge(img), caption=caption, width="stretch")
@@ -117,10 +138,12 @@ def patch_mode() -> None:
     models, run_all = _choose_models()
     if not models:
         return
-    upload = st.file_uploader("Patch: L4S image_N.h5 or a small 14-band GeoTIFF",
-                              type=["h5", "hdf5", "tif", "tiff"], key="patch")
-    truth_upload = st.file_uploader("Ground truth (optional): L4S mask_N.h5 or a 1-band GeoTIFF",
-                                    type=["h5", "hdf5", "tif", "tiff"], key="truth")
+    upload = st.file_uploader(
+        "Patch: L4S image_N.h5 or a small 14-band GeoTIFF", type=["h5", "hdf5", "tif", "tiff"], key="patch"
+    )
+    truth_upload = st.file_uploader(
+        "Ground truth (optional): L4S mask_N.h5 or a 1-band GeoTIFF", type=["h5", "hdf5", "tif", "tiff"], key="truth"
+    )
     if upload is None:
         st.info("Upload a patch to map it.")
         return
@@ -129,14 +152,19 @@ def patch_mode() -> None:
             if f is not None:
                 logic.check_upload_size(f.name, f.size)
         patch = logic.load_patch(upload.name, upload.getvalue())
-        truth = (logic.load_mask(truth_upload.name, truth_upload.getvalue(), patch.valid.shape)
-                 if truth_upload is not None else None)
+        truth = (
+            logic.load_mask(truth_upload.name, truth_upload.getvalue(), patch.valid.shape)
+            if truth_upload is not None
+            else None
+        )
     except LandslideBatchError as exc:
         st.error(str(exc))
         return
     h, w = patch.valid.shape
-    st.caption(f"{patch.name}: {h} x {w} px, {patch.valid.mean():.0%} valid"
-               + (", georeferenced" if patch.georeferenced else ""))
+    st.caption(
+        f"{patch.name}: {h} x {w} px, {patch.valid.mean():.0%} valid"
+        + (", georeferenced" if patch.georeferenced else "")
+    )
     # Predictions live in the session so reruns (other widgets) show them without recomputing.
     tta = st.checkbox("Test-time augmentation: average the 8 flips and rotations (8x the work)", key="tta")
     key = (upload.file_id, tuple(str(m.path) for m in models), tta)
@@ -165,8 +193,10 @@ def runs_mode() -> None:
     runs = logic.find_runs(root)
     st.sidebar.caption(f"Runs folder: `{root.name or root}` (set by `--runs-dir`)")
     if not runs:
-        st.info(f"No finished runs (folders with {logic.RUN_FILE}) in the runs folder. Start the app with "
-                f"`landslide-batch app --runs-dir DIR`.")
+        st.info(
+            f"No finished runs (folders with {logic.RUN_FILE}) in the runs folder. Start the app with "
+            f"`landslide-batch app --runs-dir DIR`."
+        )
         return
     folder = st.sidebar.selectbox("Run", runs, format_func=lambda p: logic.run_label(root, p), key="run")
     try:
@@ -180,15 +210,15 @@ def runs_mode() -> None:
     for col, (label, value) in zip(st.columns(4), logic.run_headline(run)):
         col.metric(label, value)
     try:
-        view = _run_map(str(folder), (folder / logic.RUN_FILE).stat().st_mtime_ns,
-                        json.dumps(run.get("outputs") or {}))
+        view = _run_map(str(folder), (folder / logic.RUN_FILE).stat().st_mtime_ns, json.dumps(run.get("outputs") or {}))
     except LandslideBatchError as exc:
         st.error(str(exc))
         view = None
     if view is not None:
         st.pydeck_chart(view.deck(), height=560, key="run-map")
-        st.caption("Map: " + ", ".join(runs_view.LAYER_LEGEND[n] for n in view.names)
-                   + ". Drag to pan, scroll to zoom.")
+        st.caption(
+            "Map: " + ", ".join(runs_view.LAYER_LEGEND[n] for n in view.names) + ". Drag to pan, scroll to zoom."
+        )
     scenes = runs_view.scene_rows(run)
     if scenes:
         st.markdown("**Scenes**")
@@ -209,11 +239,18 @@ def runs_mode() -> None:
     st.markdown("**Downloads**")
     bar = st.container(horizontal=True)
     for f in files:  # a callable is read only on click: region outputs can be hundreds of MB
-        bar.download_button(f"{f.path.name} ({f.size_label})", f.path.read_bytes,
-                            file_name=f.path.name, on_click="ignore", key=f"run-{f.label}")
+        bar.download_button(
+            f"{f.path.name} ({f.size_label})",
+            f.path.read_bytes,
+            file_name=f.path.name,
+            on_click="ignore",
+            key=f"run-{f.label}",
+        )
     for f in folders:
-        st.caption(f"{f.label}: {f.path.name} is a folder (Zarr store); copy it from run "
-                   f"`{logic.run_label(root, folder)}` in the runs folder on the server")
+        st.caption(
+            f"{f.label}: {f.path.name} is a folder (Zarr store); copy it from run "
+            f"`{logic.run_label(root, folder)}` in the runs folder on the server"
+        )
     with st.expander("Job config, versions"):
         st.json({"config": run.get("config"), "versions": run.get("versions")}, expanded=False)
 

@@ -68,7 +68,8 @@ def check_free_space(out: Path, height: int, width: int) -> None:
         raise DiskFullError(
             f"not enough free space for {out}: this {height}x{width} px job needs up to {_size(needed)} ({detail}; "
             f"uncompressed upper bound) and its file system has {_size(free)} free. Free some space or choose "
-            "another --out")
+            "another --out"
+        )
 
 
 def _size(n: float) -> str:
@@ -105,4 +106,5 @@ def disk_full_is_clear(out: Path) -> Iterator[None]:
         raise DiskFullError(
             f"the file system of {out} is full{where} ({detail}; {_size(usage.free)} free of {_size(usage.total)}). "
             f"Nothing in {out} looks finished, and finished blocks are kept: free some space and run the same "
-            "command again to resume") from exc
+            "command again to resume"
+        ) from exc

@@ -57,8 +57,10 @@ def resolve_inputs_units(cfg: JobConfig, cards: list[ModelCard]) -> JobConfig:
         return cfg
     wanted = {c.name: _INPUTS_FOR[c.input_units] for c in cards if c.input_units in _INPUTS_FOR}
     if len(set(wanted.values())) > 1:
-        raise ConfigError(f"the models were trained on different input units ({wanted}); one scene cannot serve "
-                          "them all: set inputs.units to one of them, or run the members as separate jobs")
+        raise ConfigError(
+            f"the models were trained on different input units ({wanted}); one scene cannot serve "
+            "them all: set inputs.units to one of them, or run the members as separate jobs"
+        )
     units = next(iter(wanted.values()), "physical")
     log.info("inputs.units: auto -> %s (%s)", units, "from the model cards" if wanted else "no card states its units")
     return cfg.model_copy(update={"inputs": cfg.inputs.model_copy(update={"units": units})})

@@ -16,6 +16,10 @@ def result_warnings(summary: dict) -> list[str]:
     if fraction <= MAX_PLAUSIBLE_FRACTION:
         return []
     extent = f" ({slide_area:.3f} of {area:.3f} km²)" if area else f" ({slides} of {valid} pixels)"
-    return [(f"implausible result: {fraction:.0%} of the mapped area is classified as landslide{extent}, above "
-             f"{MAX_PLAUSIBLE_FRACTION:.0%}. Real events cover far less; check the scene's units against the models' "
-             f"(docs/inputs.md, 'Units'), the models, and the threshold ({summary['threshold']:.3g})")]
+    return [
+        (
+            f"implausible result: {fraction:.0%} of the mapped area is classified as landslide{extent}, above "
+            f"{MAX_PLAUSIBLE_FRACTION:.0%}. Real events cover far less; check the scene's units against the models' "
+            f"(docs/inputs.md, 'Units'), the models, and the threshold ({summary['threshold']:.3g})"
+        )
+    ]

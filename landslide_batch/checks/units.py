@@ -75,10 +75,14 @@ class Verdict:
     refused: bool
 
     def record(self) -> dict:
-        return {"model": self.model, "reference": self.reference, "layers": len(self.layers),
-                "median_factor": round(10 ** self.median_log_ratio, 4),
-                "likely_cause": "{} scene for a {} model".format(*self.cause) if self.cause else None,
-                "mismatch": self.refused}
+        return {
+            "model": self.model,
+            "reference": self.reference,
+            "layers": len(self.layers),
+            "median_factor": round(10**self.median_log_ratio, 4),
+            "likely_cause": "{} scene for a {} model".format(*self.cause) if self.cause else None,
+            "mismatch": self.refused,
+        }
 
 
 def sample_windows(height: int, width: int, n: int = SAMPLE_WINDOWS, size: int = SAMPLE_SIZE):
@@ -136,46 +140,63 @@ def compare(card: ModelCard, sample: SceneSample) -> Verdict | None:
     logs = np.log10(scene / trained)
     same = float(np.median(np.abs(logs)))
     model_units = [card.input_units] if card.input_units in KNOWN_UNITS else list(KNOWN_UNITS)
-    fits = {(u, v): float(np.median(np.abs(logs - np.log10(scale_from_physical(u)[idx] /
-                                                           scale_from_physical(v)[idx]))))
-            for u, v in permutations(KNOWN_UNITS, 2) if v in model_units}
+    fits = {
+        (u, v): float(np.median(np.abs(logs - np.log10(scale_from_physical(u)[idx] / scale_from_physical(v)[idx]))))
+        for u, v in permutations(KNOWN_UNITS, 2)
+        if v in model_units
+    }
     best = min(fits, key=fits.get)
     explained = fits[best] <= same / 2
     refused = same >= ORDER or (same >= PATTERN and explained)
     median_log = float(np.median(logs))
-    return Verdict(card.name, reference, tuple(L4S_BANDS[i] for i in idx), tuple(scene.tolist()),
-                   tuple(trained.tolist()), median_log, best if explained else None, refused)
+    return Verdict(
+        card.name,
+        reference,
+        tuple(L4S_BANDS[i] for i in idx),
+        tuple(scene.tolist()),
+        tuple(trained.tolist()),
+        median_log,
+        best if explained else None,
+        refused,
+    )
 
 
 def _cause_and_fix(cause: tuple[str, str] | None) -> str:
     if cause is None:
-        return ("none of the known conventions (digital numbers x 10000, reflectance 0-1, L4S scaling) explains the "
-                "difference. Check how the scene was scaled, or use a model trained on data like it")
+        return (
+            "none of the known conventions (digital numbers x 10000, reflectance 0-1, L4S scaling) explains the "
+            "difference. Check how the scene was scaled, or use a model trained on data like it"
+        )
     scene_units, model_units = cause
     fixes = {
         ("reflectance", "l4s"): "set inputs.units: l4s in the job (ingest converts reflectance to L4S scaling)",
         ("dn", "l4s"): "set inputs: {units: l4s, reflectance: {mode: l2a, boa_add_offset: 0}} in the job "
-                       "(digital numbers -> reflectance -> L4S scaling; boa_add_offset -1000 for Sentinel-2 "
-                       "processing baseline 04.00 or later)",
+        "(digital numbers -> reflectance -> L4S scaling; boa_add_offset -1000 for Sentinel-2 "
+        "processing baseline 04.00 or later)",
         ("dn", "reflectance"): "set inputs: {reflectance: {mode: l2a, boa_add_offset: 0}} in the job (digital "
-                               "numbers -> reflectance; boa_add_offset -1000 for processing baseline 04.00 or later)",
+        "numbers -> reflectance; boa_add_offset -1000 for processing baseline 04.00 or later)",
     }
-    fix = fixes.get(cause, f"rescale the scene to {DESCRIBE[model_units]} (docs/inputs.md, 'Units'), or use a "
-                           f"model trained on {scene_units} data")
-    return (f"the scene looks like {DESCRIBE[scene_units]}, the model was trained on {DESCRIBE[model_units]}. "
-            f"To fix: {fix}")
+    fix = fixes.get(
+        cause,
+        f"rescale the scene to {DESCRIBE[model_units]} (docs/inputs.md, 'Units'), or use a "
+        f"model trained on {scene_units} data",
+    )
+    return (
+        f"the scene looks like {DESCRIBE[scene_units]}, the model was trained on {DESCRIBE[model_units]}. To fix: {fix}"
+    )
 
 
 def describe(verdict: Verdict) -> str:
     """A refused member in words: the layers, the scene's values, the trained ones, cause and fix."""
-    rows = sorted(zip(verdict.layers, verdict.scene, verdict.trained),
-                  key=lambda r: -abs(np.log10(r[1] / r[2])))
+    rows = sorted(zip(verdict.layers, verdict.scene, verdict.trained), key=lambda r: -abs(np.log10(r[1] / r[2])))
     off = [r for r in rows if abs(np.log10(r[1] / r[2])) >= PATTERN] or rows[:3]
     listing = ", ".join(f"{layer} {s:.4g} vs {t:.4g}" for layer, s, t in off[:LISTED])
     listing += f" and {len(off) - LISTED} more layers" if len(off) > LISTED else ""
-    return (f"model {verdict.model}: the scene's values are ~{10 ** verdict.median_log_ratio:.3g}x the values it "
-            f"was trained on (median over {len(verdict.layers)} layers; from {verdict.reference}). "
-            f"Typical values, scene vs training: {listing}. Likely cause: {_cause_and_fix(verdict.cause)}")
+    return (
+        f"model {verdict.model}: the scene's values are ~{10**verdict.median_log_ratio:.3g}x the values it "
+        f"was trained on (median over {len(verdict.layers)} layers; from {verdict.reference}). "
+        f"Typical values, scene vs training: {listing}. Likely cause: {_cause_and_fix(verdict.cause)}"
+    )
 
 
 def units_guard(sample: SceneSample, cards: list[ModelCard], accept: bool) -> tuple[list[Verdict], list[str]]:
@@ -185,7 +206,9 @@ def units_guard(sample: SceneSample, cards: list[ModelCard], accept: bool) -> tu
     refused = [describe(v) for v in verdicts if v.refused]
     if refused and not accept:
         raise UnitsMismatchError(
-            "the scene is not in the units the model was trained on:\n  " + "\n  ".join(refused)
-            + f"\nIf the values are right and the scene is genuinely unlike the training data, run with {FLAG}")
+            "the scene is not in the units the model was trained on:\n  "
+            + "\n  ".join(refused)
+            + f"\nIf the values are right and the scene is genuinely unlike the training data, run with {FLAG}"
+        )
     warnings = [f"units mismatch accepted ({FLAG}): {msg}" for msg in refused]
     return verdicts, warnings

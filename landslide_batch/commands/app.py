@@ -13,19 +13,33 @@ from ..errors import ConfigError
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "app", help="start the web app: try models on a patch, browse region runs",
+        "app",
+        help="start the web app: try models on a patch, browse region runs",
         description="Start the Streamlit app. Options other than these go to `streamlit run`, "
-                    "e.g. --server.port 8600 --server.headless true.",
+        "e.g. --server.port 8600 --server.headless true.",
         allow_abbrev=False,  # a streamlit option must never be taken for an abbreviation of ours
     )
-    p.add_argument("--models-dir", type=Path, default=None,
-                   help=f"folder of model folders (card.json + weights.pt); default ${MODELS_ENV} or ./models")
-    p.add_argument("--runs-dir", type=Path, default=None,
-                   help=f"folder of region job outputs (run.json); default ${RUNS_ENV} or .")
-    p.add_argument("--max-upload-mb", type=int, default=MAX_UPLOAD_MB,
-                   help=f"largest upload accepted, in MB (Streamlit's server.maxUploadSize too); default {MAX_UPLOAD_MB}")
-    p.add_argument("--basemap", default=None, metavar="STYLE_URL",
-                   help="MapLibre style URL for the run map's basemap (needs network); default: no basemap")
+    p.add_argument(
+        "--models-dir",
+        type=Path,
+        default=None,
+        help=f"folder of model folders (card.json + weights.pt); default ${MODELS_ENV} or ./models",
+    )
+    p.add_argument(
+        "--runs-dir", type=Path, default=None, help=f"folder of region job outputs (run.json); default ${RUNS_ENV} or ."
+    )
+    p.add_argument(
+        "--max-upload-mb",
+        type=int,
+        default=MAX_UPLOAD_MB,
+        help=f"largest upload accepted, in MB (Streamlit's server.maxUploadSize too); default {MAX_UPLOAD_MB}",
+    )
+    p.add_argument(
+        "--basemap",
+        default=None,
+        metavar="STYLE_URL",
+        help="MapLibre style URL for the run map's basemap (needs network); default: no basemap",
+    )
     p.set_defaults(func=_app, accepts_extra=True)
 
 
@@ -48,8 +62,16 @@ def streamlit_command(args) -> tuple[list[str], dict[str, str]]:
         env[BASEMAP_ENV] = args.basemap
     else:
         env.pop(BASEMAP_ENV, None)
-    return [sys.executable, "-m", "streamlit", "run", str(PAGE),
-            "--server.maxUploadSize", str(args.max_upload_mb), *args.extra], env
+    return [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(PAGE),
+        "--server.maxUploadSize",
+        str(args.max_upload_mb),
+        *args.extra,
+    ], env
 
 
 def _app(args) -> NoReturn:

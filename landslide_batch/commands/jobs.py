@@ -11,25 +11,37 @@ from ..errors import ConfigError
 
 
 def register(sub) -> None:
-    s = sub.add_parser("submit", help="submit a region job to a Ray cluster (Job Submission API)",
-                       description="Validate a job YAML here and run it on a Ray cluster as "
-                                   "`landslide-batch run job.yaml --executor ray`. The job names object-store "
-                                   "URIs the cluster can read; paths of this machine are refused, unless "
-                                   "--upload-to uploads them first or --shared-fs says every node mounts them "
-                                   "at the same place. Prints the job id.")
+    s = sub.add_parser(
+        "submit",
+        help="submit a region job to a Ray cluster (Job Submission API)",
+        description="Validate a job YAML here and run it on a Ray cluster as "
+        "`landslide-batch run job.yaml --executor ray`. The job names object-store "
+        "URIs the cluster can read; paths of this machine are refused, unless "
+        "--upload-to uploads them first or --shared-fs says every node mounts them "
+        "at the same place. Prints the job id.",
+    )
     s.add_argument("job", type=Path, help="job YAML")
     _address(s)
     s.add_argument("--submission-id", help="job id (default: Ray picks one); the cluster refuses an id it knows")
     s.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="job environment variable (repeat)")
-    s.add_argument("--ship-code", action="store_true",
-                   help="upload this landslide_batch package over the cluster's installed one (pure-Python changes)")
+    s.add_argument(
+        "--ship-code",
+        action="store_true",
+        help="upload this landslide_batch package over the cluster's installed one (pure-Python changes)",
+    )
     s.add_argument("--stac-item", action="store_true", help="write OUT/item.json after the run")
     s.add_argument("--publish", metavar="URI", help="also copy outputs + item.json to this path or fsspec URI")
-    s.add_argument("--upload-to", metavar="URI",
-                   help="upload the job's local inputs (scene, models, ensemble, DEM, ...) to cluster storage, "
-                        "content-addressed as URI/sha256/<hash>/<name> (sent once), and submit their URIs")
-    s.add_argument("--shared-fs", action="store_true",
-                   help="the job's paths are on storage every node mounts at the same path: submit them as they are")
+    s.add_argument(
+        "--upload-to",
+        metavar="URI",
+        help="upload the job's local inputs (scene, models, ensemble, DEM, ...) to cluster storage, "
+        "content-addressed as URI/sha256/<hash>/<name> (sent once), and submit their URIs",
+    )
+    s.add_argument(
+        "--shared-fs",
+        action="store_true",
+        help="the job's paths are on storage every node mounts at the same path: submit them as they are",
+    )
     _wait(s)
     s.set_defaults(func=_submit)
 
@@ -45,10 +57,13 @@ def register(sub) -> None:
     lg.add_argument("--follow", action="store_true", help="stream until the job ends")
     lg.set_defaults(func=_logs)
 
-    sc = sub.add_parser("schedule", help="map new post-event scenes from a STAC catalog, pass after pass",
-                        description="Each AOI is an event mapped as one region job; a pass that finds new "
-                                    "scenes for it runs the job again over all of them, which maps only the "
-                                    "new ones (never a scene twice); see configs/schedule_example.yaml.")
+    sc = sub.add_parser(
+        "schedule",
+        help="map new post-event scenes from a STAC catalog, pass after pass",
+        description="Each AOI is an event mapped as one region job; a pass that finds new "
+        "scenes for it runs the job again over all of them, which maps only the "
+        "new ones (never a scene twice); see configs/schedule_example.yaml.",
+    )
     sc.add_argument("schedule", type=Path, help="schedule YAML")
     sc.add_argument("--once", action="store_true", help="one pass, then exit (cron); prints the job ids started")
     sc.add_argument("--local", action="store_true", help="run the jobs in this process, not on the cluster")
@@ -57,17 +72,28 @@ def register(sub) -> None:
     si = sub.add_parser("stac-item", help="describe a finished job's outputs as a STAC item (OUT/item.json)")
     si.add_argument("out_dir", type=Path, help="output folder of a finished job")
     si.add_argument("--id", dest="item_id", help="item id (default: the folder name)")
-    si.add_argument("--datetime", type=datetime.fromisoformat,
-                    help="acquisition time of the scene, ISO 8601 (default: when the job finished)")
-    si.add_argument("--derived-from", metavar="HREF", action="append", default=[],
-                    help="a source scene's STAC item (repeat for each scene)")
+    si.add_argument(
+        "--datetime",
+        type=datetime.fromisoformat,
+        help="acquisition time of the scene, ISO 8601 (default: when the job finished)",
+    )
+    si.add_argument(
+        "--derived-from",
+        metavar="HREF",
+        action="append",
+        default=[],
+        help="a source scene's STAC item (repeat for each scene)",
+    )
     si.add_argument("--publish", metavar="URI", help="copy outputs + item.json to this path or fsspec URI")
     si.set_defaults(func=_stac_item)
 
 
 def _address(p) -> None:
-    p.add_argument("--address", help="Ray dashboard address, http://HEAD:8265 "
-                                     "(default: RAY_API_SERVER_ADDRESS / RAY_ADDRESS / a local cluster)")
+    p.add_argument(
+        "--address",
+        help="Ray dashboard address, http://HEAD:8265 "
+        "(default: RAY_API_SERVER_ADDRESS / RAY_ADDRESS / a local cluster)",
+    )
 
 
 def _wait(p) -> None:
@@ -83,7 +109,7 @@ def _env(pairs: list[str]) -> dict[str, str]:
 
 
 def _report(submitter, job_id: str, args) -> int:
-    status, message = (submitter.wait(job_id, args.timeout) if args.wait else submitter.status(job_id))
+    status, message = submitter.wait(job_id, args.timeout) if args.wait else submitter.status(job_id)
     print(f"{job_id}: {status}" + (f" ({message})" if message else ""))
     return 1 if args.wait and status != "SUCCEEDED" else 0
 
@@ -131,8 +157,9 @@ def _schedule(args) -> int:
     schedule = load_schedule(args.schedule)
     remote = schedule.config.submit
     on_cluster = not args.local and remote is not None
-    submitter = (RaySubmitter(remote.address, env=remote.env, ship_code=remote.ship_code) if on_cluster
-                 else LocalRunner())
+    submitter = (
+        RaySubmitter(remote.address, env=remote.env, ship_code=remote.ship_code) if on_cluster else LocalRunner()
+    )
     if not args.once:
         run_schedule(schedule, submitter, remote=on_cluster)
         return 0
@@ -144,8 +171,9 @@ def _schedule(args) -> int:
 def _stac_item(args) -> int:
     from ..jobs.stac import ITEM_FILE, write_item
 
-    write_item(args.out_dir, item_id=args.item_id, when=args.datetime, derived_from=args.derived_from,
-               publish_to=args.publish)
+    write_item(
+        args.out_dir, item_id=args.item_id, when=args.datetime, derived_from=args.derived_from, publish_to=args.publish
+    )
     print(args.out_dir / ITEM_FILE)
     if args.publish:
         print(f"{args.publish.rstrip('/')}/{ITEM_FILE}")

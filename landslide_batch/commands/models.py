@@ -12,8 +12,11 @@ from ..models.registry import MODEL_ZOO
 
 
 def register(sub) -> None:
-    p = sub.add_parser("init-model", help="write an UNTRAINED model folder (smoke tests, benchmarks)",
-                       description="Write a model folder with random weights; its card says untrained.")
+    p = sub.add_parser(
+        "init-model",
+        help="write an UNTRAINED model folder (smoke tests, benchmarks)",
+        description="Write a model folder with random weights; its card says untrained.",
+    )
     p.add_argument("--arch", required=True, help="Unet, DeepLabV3Plus or PlainUnet")
     p.add_argument("--encoder", default=None, help="smp encoder name, e.g. resnet34 (none for PlainUnet)")
     p.add_argument("--features", default=None, help="feature set (l4s14, rgb_ndvi_slope_dem); default: the zoo's")
@@ -22,18 +25,28 @@ def register(sub) -> None:
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_init_model)
 
-    i = sub.add_parser("import-model", help="import the reference study's published checkpoint(s) as model folders",
-                       description="Turn one of the study's checkpoints (a local file or a URL) into a model "
-                                   "folder, loaded strictly (a key that does not fit is an error); or, with --all, "
-                                   "download and import all 13 into --out with an ensemble YAML. Downloads resume "
-                                   "and are verified.")
-    i.add_argument("name", nargs="?", help="the study's model name (its file name): "
-                                           "resnet34, vgg16, mitb1, segformer, deeplabv3, ...")
+    i = sub.add_parser(
+        "import-model",
+        help="import the reference study's published checkpoint(s) as model folders",
+        description="Turn one of the study's checkpoints (a local file or a URL) into a model "
+        "folder, loaded strictly (a key that does not fit is an error); or, with --all, "
+        "download and import all 13 into --out with an ensemble YAML. Downloads resume "
+        "and are verified.",
+    )
+    i.add_argument(
+        "name",
+        nargs="?",
+        help="the study's model name (its file name): resnet34, vgg16, mitb1, segformer, deeplabv3, ...",
+    )
     i.add_argument("checkpoint", nargs="?", help="checkpoint file or http(s) URL")
     i.add_argument("--out", type=Path, required=True, help="model folder (with --all: folder of model folders)")
     i.add_argument("--all", action="store_true", help="import every published model from --base-url")
-    i.add_argument("--base-url", default=None, help="where the study's files are (default: its Hugging Face "
-                                                    "repository); with a NAME and no CHECKPOINT, NAME's file there")
+    i.add_argument(
+        "--base-url",
+        default=None,
+        help="where the study's files are (default: its Hugging Face "
+        "repository); with a NAME and no CHECKPOINT, NAME's file there",
+    )
     i.add_argument("--skip", action="append", default=[], metavar="NAME", help="with --all: leave NAME out (repeat)")
     i.add_argument("--sha256", help="expected sha256 of the checkpoint file")
     i.add_argument("--cache", type=Path, help="keep downloads here (resumable across runs); default: a temp dir")
@@ -45,8 +58,9 @@ def register(sub) -> None:
 
 
 def _init_model(args) -> int:
-    card = init_model_folder(args.arch, args.encoder, args.out, seed=args.seed,
-                             features=args.features, overwrite=args.overwrite)
+    card = init_model_folder(
+        args.arch, args.encoder, args.out, seed=args.seed, features=args.features, overwrite=args.overwrite
+    )
     print(f"wrote untrained model {card.name} ({len(card.features)} input features) to {args.out}")
     return 0
 
@@ -68,8 +82,10 @@ def _import_model(args) -> int:
             raise ConfigError(f"--skip {unknown}: not study models; expected names from {sorted(STUDY_MODELS)}")
         names = [n for n in STUDY_MODELS if n not in args.skip]
         if "segformer" in names and importlib.util.find_spec("transformers") is None:
-            raise ConfigError("the study's segformer needs the 'transformers' package, which is not installed; "
-                              "install it, or leave the model out with --skip segformer")
+            raise ConfigError(
+                "the study's segformer needs the 'transformers' package, which is not installed; "
+                "install it, or leave the model out with --skip segformer"
+            )
         for name in names:
             folder = args.out / STUDY_MODELS[name].folder
             if not args.overwrite and _imported(folder, name):
@@ -84,10 +100,11 @@ def _import_model(args) -> int:
     if not args.name:
         raise ConfigError("give the study model's NAME and a CHECKPOINT file or URL, or --all")
     location = args.checkpoint or study_url(base, args.name)
-    card = import_model(args.name, location, args.out, sha256=args.sha256, cache=args.cache,
-                        overwrite=args.overwrite)
-    print(f"imported {args.name} ({card.arch}/{card.encoder}) from {location} -> {args.out} "
-          f"(sha256 {card.source['sha256'][:12]}…)")
+    card = import_model(args.name, location, args.out, sha256=args.sha256, cache=args.cache, overwrite=args.overwrite)
+    print(
+        f"imported {args.name} ({card.arch}/{card.encoder}) from {location} -> {args.out} "
+        f"(sha256 {card.source['sha256'][:12]}…)"
+    )
     return 0
 
 

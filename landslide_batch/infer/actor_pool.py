@@ -78,9 +78,13 @@ class ActorPool:
         import ray
 
         plan = self.plan
-        actor_class = ray.remote(PredictBlockActor).options(num_cpus=plan.num_cpus, num_gpus=plan.num_gpus,
-                                                            max_restarts=-1, max_task_retries=-1,
-                                                            scheduling_strategy="SPREAD")
+        actor_class = ray.remote(PredictBlockActor).options(
+            num_cpus=plan.num_cpus,
+            num_gpus=plan.num_gpus,
+            max_restarts=-1,
+            max_task_retries=-1,
+            scheduling_strategy="SPREAD",
+        )
         self.actors = [actor_class.remote(self.spec) for _ in range(plan.actors)]
         self.placing = {actor.ready.remote(): a for a, actor in enumerate(self.actors)}
         if self.shared:

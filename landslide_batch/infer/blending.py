@@ -45,7 +45,7 @@ def blend_tiles(preds: np.ndarray, origins, shape: tuple[int, int], weights: np.
     den = np.zeros(shape, np.float64)
     t = weights.shape[0]
     for p, (y, x) in zip(preds, origins):
-        num[y:y + t, x:x + t] += weights * p
-        den[y:y + t, x:x + t] += weights
+        num[y : y + t, x : x + t] += weights * p
+        den[y : y + t, x : x + t] += weights
     with np.errstate(invalid="ignore", divide="ignore"):
         return (num / den).astype(np.float32)

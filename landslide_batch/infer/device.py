@@ -35,14 +35,19 @@ def cuda_missing_reason(where: str) -> str:
 
     build = torch.version.cuda
     driver = nvidia_driver_version()
-    parts = [f"device cuda was asked for, but torch {torch.__version__} on {where} sees no CUDA GPU:",
-             f"torch is built for CUDA {build}" if build else "torch is a CPU-only build (no CUDA)",
-             f"NVIDIA driver {driver}" if driver else "no NVIDIA driver is loaded (/proc/driver/nvidia/version absent)"]
+    parts = [
+        f"device cuda was asked for, but torch {torch.__version__} on {where} sees no CUDA GPU:",
+        f"torch is built for CUDA {build}" if build else "torch is a CPU-only build (no CUDA)",
+        f"NVIDIA driver {driver}" if driver else "no NVIDIA driver is loaded (/proc/driver/nvidia/version absent)",
+    ]
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
         parts.append(f"CUDA_VISIBLE_DEVICES={visible!r}")
-    hint = ("install a CUDA build of torch" if not build else
-            "the driver must support that CUDA version (CUDA 13 needs driver >= 580, CUDA 12.8 >= 570)")
+    hint = (
+        "install a CUDA build of torch"
+        if not build
+        else "the driver must support that CUDA version (CUDA 13 needs driver >= 580, CUDA 12.8 >= 570)"
+    )
     return " ".join(parts[:1]) + " " + "; ".join(parts[1:]) + f". Fix: {hint}, or run with device cpu."
 
 

@@ -12,11 +12,11 @@ import gc
 import logging
 import os
 from collections import Counter, deque
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator
 
 from ..config import RaySettings
 from ..errors import LandslideBatchError
@@ -45,19 +45,25 @@ LOCAL_NODE = "local"
 def _stripe_rows(blocks: list[Block], grid: TileGrid, n: int) -> list[list[dict]]:
     """``blocks`` in at most ``n`` stripes: per stripe its rows (block fields + ``task``), in order."""
     stripes = split_stripes(blocks, n)
-    return [[{**b.as_dict(), "key": b.key, "tiles": b.n_tiles, "task": t} for b, t in zip(stripe, tasks)]
-            for stripe, tasks in zip(stripes, plan_tasks(stripes, grid))]
+    return [
+        [{**b.as_dict(), "key": b.key, "tiles": b.n_tiles, "task": t} for b, t in zip(stripe, tasks)]
+        for stripe, tasks in zip(stripes, plan_tasks(stripes, grid))
+    ]
 
 
 def _write(write: WriteBlock, result: dict, node: str) -> dict:
     """Write a predicted block; -> its summary row."""
     task: BlockTask = result["task"]
-    return {**write(result), "node": node, "stripe": task.stripe, "last_in_stripe": task.last,
-            "kept_tiles": int(result["kept_tiles"])}
+    return {
+        **write(result),
+        "node": node,
+        "stripe": task.stripe,
+        "last_in_stripe": task.last,
+        "kept_tiles": int(result["kept_tiles"]),
+    }
 
 
-def run_local(blocks: list[Block], ctx: StageContext, predictor: Future, prefetch: int | None = None
-              ) -> Iterator[dict]:
+def run_local(blocks: list[Block], ctx: StageContext, predictor: Future, prefetch: int | None = None) -> Iterator[dict]:
     """Predicts block after block; the previous block is written, and ``prefetch`` blocks are
     read (default: 1 on a GPU, 0 on CPU), in background threads while the model works. The first
     block is read while ``predictor`` (a future: the models load in the background) is not ready."""
@@ -95,8 +101,13 @@ def ray_session(settings: RaySettings) -> Iterator[None]:
         yield
         return
     address = settings.address or os.environ.get("RAY_ADDRESS")
-    ray.init(address=address, include_dashboard=False, log_to_driver=False,
-             configure_logging=False, **({} if address else {"num_cpus": os.cpu_count()}))
+    ray.init(
+        address=address,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+        **({} if address else {"num_cpus": os.cpu_count()}),
+    )
     try:
         yield
     finally:
@@ -138,8 +149,9 @@ def ray_device(device: str, settings: RaySettings, cluster_gpus: float) -> str:
     return "cuda" if device.startswith("cuda") else "cpu"
 
 
-def plan_actors(settings: RaySettings, device: str, threads: int | None, cluster_gpus: float,
-                node_cpus: list[int]) -> ActorPlan:
+def plan_actors(
+    settings: RaySettings, device: str, threads: int | None, cluster_gpus: float, node_cpus: list[int]
+) -> ActorPlan:
     """Resources per actor from the job's settings; the cluster's GPUs count only for ``auto``
     and the default number of GPU actors, its nodes' CPUs only for the default CPU share."""
     if ray_device(device, settings, cluster_gpus) == "cuda":
@@ -181,8 +193,13 @@ def actor_pool(spec: PredictorSpec, settings: RaySettings, *, shared: bool = Fal
     import ray
 
     nodes = [n for n in ray.nodes() if n["Alive"]]
-    plan = plan_actors(settings, spec.device, spec.threads, ray.cluster_resources().get("GPU", 0),
-                       [int(n["Resources"].get("CPU", 0)) for n in nodes])
+    plan = plan_actors(
+        settings,
+        spec.device,
+        spec.threads,
+        ray.cluster_resources().get("GPU", 0),
+        [int(n["Resources"].get("CPU", 0)) for n in nodes],
+    )
     return ActorPool(replace(spec, device=plan.device, threads=plan.threads), plan, shared=shared)
 
 
@@ -244,8 +261,14 @@ def run_ray(blocks: list[Block], ctx: StageContext, pool: ActorPool) -> Iterator
     # Read tasks beside CPU actors reserve no core: the actors hold them all for their threads.
     read_cpus = 0.5 if plan.device == "cuda" else 0
     read_task = ray.remote(_read_block).options(num_cpus=read_cpus, max_retries=-1) if plan.read_ahead else None
-    log.info("ray: %d block(s) in %d stripe(s) through %d predictor actor(s) on %s (%s)", len(blocks), len(stripes),
-             len(actors), plan.device, plan.describe())
+    log.info(
+        "ray: %d block(s) in %d stripe(s) through %d predictor actor(s) on %s (%s)",
+        len(blocks),
+        len(stripes),
+        len(actors),
+        plan.device,
+        plan.describe(),
+    )
     window = 1 + max(plan.read_ahead, 1)
     queues = [deque(rows) for rows in stripes]
     left = [len(rows) for rows in stripes]  # results outstanding per stripe

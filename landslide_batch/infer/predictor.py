@@ -110,9 +110,19 @@ class TileReuse:
 
 
 class EnsemblePredictor:
-    def __init__(self, ensemble: EnsembleConfig, *, tile: int = 128, stride: int = 64,
-                 blend: str = "gaussian", batch_size: int | None = None, device: str = "auto",
-                 threads: int | None = None, model_files: tuple | None = None, tta: bool = False):
+    def __init__(
+        self,
+        ensemble: EnsembleConfig,
+        *,
+        tile: int = 128,
+        stride: int = 64,
+        blend: str = "gaussian",
+        batch_size: int | None = None,
+        device: str = "auto",
+        threads: int | None = None,
+        model_files: tuple | None = None,
+        tta: bool = False,
+    ):
         if threads:
             torch.set_num_threads(threads)
         self.device = torch.device(resolve_device(device))
@@ -121,8 +131,7 @@ class EnsemblePredictor:
         self.tile, self.stride = tile, stride
         self.batch_size = batch_size or (64 if self.device.type == "cuda" else 16)
         self.weights = torch.from_numpy(blend_window(blend, tile)).to(self.device)
-        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
-                         if self.device.type == "cuda" else nullcontext())
+        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else nullcontext()
         for member in self.ensemble.members:
             member.model = _inference_ready(member.model, member.card.in_channels, tile)
         self.forward_passes = 0  # tiles pushed through each member, summed over calls
@@ -133,8 +142,14 @@ class EnsemblePredictor:
         return self.ensemble.threshold
 
     @torch.inference_mode()
-    def predict_window(self, bands: np.ndarray, valid: np.ndarray, *, first_tile: tuple[int, int] = (0, 0),
-                       reuse: TileReuse | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def predict_window(
+        self,
+        bands: np.ndarray,
+        valid: np.ndarray,
+        *,
+        first_tile: tuple[int, int] = (0, 0),
+        reuse: TileReuse | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """``bands (14, H, W)`` raw values (NaN where invalid), ``valid (H, W)`` ->
         (probability, spread), float32 ``(H, W)``; NaN where no tile ran (no valid pixel near).
 
@@ -156,7 +171,7 @@ class EnsemblePredictor:
         rows, cols = iy.tolist(), ix.tolist()
         den = torch.zeros((h, w), dtype=torch.float32, device=self.device)
         for r, c in zip(rows, cols):
-            den[r * s:r * s + t, c * s:c * s + t] += self.weights
+            den[r * s : r * s + t, c * s : c * s + t] += self.weights
         maps = []
         oy, ox = first_tile
         for m, member in enumerate(self.ensemble.members):
@@ -174,10 +189,14 @@ class EnsemblePredictor:
                 # last bits differ, and a tile's prediction would depend on what its block had left.
                 tiles = [strips.tile(r, c) for r, c in chunk]
                 batch = torch.stack(tiles * 2 if len(tiles) == 1 else tiles).contiguous(
-                    memory_format=torch.channels_last)
+                    memory_format=torch.channels_last
+                )
                 with self.autocast:
-                    prob = (dihedral_mean(member.model, batch) if self.tta
-                            else torch.sigmoid(member.model(batch)[:, 0].float()))[:len(chunk)]
+                    prob = (
+                        dihedral_mean(member.model, batch)
+                        if self.tta
+                        else torch.sigmoid(member.model(batch)[:, 0].float())
+                    )[: len(chunk)]
                 for p, (r, c) in zip(prob, chunk):
                     probs[r, c] = p
                 if reuse:
@@ -185,7 +204,7 @@ class EnsemblePredictor:
             self.forward_passes += len(todo)
             num = torch.zeros((h, w), dtype=torch.float32, device=self.device)
             for r, c in zip(rows, cols):  # always in grid order: the sums do not depend on reuse
-                num[r * s:r * s + t, c * s:c * s + t] += probs[r, c] * self.weights
+                num[r * s : r * s + t, c * s : c * s + t] += probs[r, c] * self.weights
             maps.append(num / den)
         weights = torch.tensor([m.weight for m in self.ensemble.members], device=self.device)[:, None, None]
         stack = torch.stack(maps)
@@ -234,8 +253,8 @@ class _StripFeatures:
 
     def tile(self, r: int, c: int) -> torch.Tensor:
         if r != self.row:
-            strip = self.bands[:, r * self.stride:r * self.stride + self.size]
+            strip = self.bands[:, r * self.stride : r * self.stride + self.size]
             feats = derive_features(strip, self.member.card.features)
             self.feats = ((feats - self.member.mean) / self.member.std).nan_to_num_(self.member.card.nan_fill)
             self.row = r
-        return self.feats[:, :, c * self.stride:c * self.stride + self.size]
+        return self.feats[:, :, c * self.stride : c * self.stride + self.size]

@@ -35,8 +35,12 @@ def require_shared_folder(folder: Path, timeout_s: float = TIMEOUT_S) -> None:
     token.write_text(secret)
     try:
         check = ray.remote(num_cpus=0, max_retries=0)(_reads)
-        refs = [check.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
-                .remote(str(token), secret) for n in nodes]
+        refs = [
+            check.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(
+                str(token), secret
+            )
+            for n in nodes
+        ]
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
         blind = []
         for node, ref in zip(nodes, refs):
@@ -53,4 +57,5 @@ def require_shared_folder(folder: Path, timeout_s: float = TIMEOUT_S) -> None:
             f"the job's working folder {folder} is on the driver's local disk, and {len(blind)} Ray node(s) "
             f"cannot read it: {', '.join(blind)}. This cluster has no shared disk: put 'out' on object storage "
             "(e.g. --out s3://bucket/prefix, credentials from AWS_* variables), or mount one volume at the same "
-            "path on every node")
+            "path on every node"
+        )

@@ -39,7 +39,7 @@ class PredictorSpec:
     model_files: object = None  # tuple[ModelFiles, ...] | ray.ObjectRef | None
     tta: bool = False  # test-time augmentation (flips + 90-degree rotations, averaged)
 
-    def check(self) -> "PredictorSpec":
+    def check(self) -> PredictorSpec:
         """Read every member once and build it (raises ModelError): the driver's check before
         Ray actors load them. -> this spec holding the files read (as it is when it holds them:
         the job's preflight read and checked them already)."""
@@ -53,7 +53,7 @@ class PredictorSpec:
             load_model_folder(f)
         return replace(self, model_files=files)
 
-    def shipped(self) -> "PredictorSpec":
+    def shipped(self) -> PredictorSpec:
         """This spec with its model files put into Ray's object store once (inside a Ray session)."""
         import ray
 
@@ -71,10 +71,17 @@ class PredictorSpec:
             import ray
 
             files = ray.get(files)
-        return EnsemblePredictor(self.ensemble, tile=self.tile, stride=self.stride, blend=self.blend,
-                                 batch_size=self.batch_size, device=self.device, threads=self.threads,
-                                 tta=self.tta,
-                                 model_files=files)
+        return EnsemblePredictor(
+            self.ensemble,
+            tile=self.tile,
+            stride=self.stride,
+            blend=self.blend,
+            batch_size=self.batch_size,
+            device=self.device,
+            threads=self.threads,
+            tta=self.tta,
+            model_files=files,
+        )
 
 
 class ReadBlock:
@@ -111,8 +118,9 @@ class PredictBlock:
         task = row["task"]
         before = self.predictor.forward_passes
         self.reuse.begin(task.seq, task.keep, task.share, row.get("imports"))
-        prob, spread = self.predictor.predict_window(row["bands"], row["valid"], first_tile=(block.ty0, block.tx0),
-                                                     reuse=self.reuse)
+        prob, spread = self.predictor.predict_window(
+            row["bands"], row["valid"], first_tile=(block.ty0, block.tx0), reuse=self.reuse
+        )
         exports = self.reuse.end()
         wy0, _, wx0, _ = block.window(self.grid)
         core = (slice(block.y0 - wy0, block.y1 - wy0), slice(block.x0 - wx0, block.x1 - wx0))

@@ -69,8 +69,8 @@ def plan_tasks(stripes: list[list[Block]], grid: TileGrid) -> list[list[BlockTas
         first = np.full((grid.ny, grid.nx), -1, np.int32)
         last = first.copy()
         for k, b in enumerate(blocks):
-            last[b.ty0:b.ty1, b.tx0:b.tx1] = k
-            view = first[b.ty0:b.ty1, b.tx0:b.tx1]
+            last[b.ty0 : b.ty1, b.tx0 : b.tx1] = k
+            view = first[b.ty0 : b.ty1, b.tx0 : b.tx1]
             view[view < 0] = k
         used = first >= 0
         owner[used] = s
@@ -84,11 +84,16 @@ def plan_tasks(stripes: list[list[Block]], grid: TileGrid) -> list[list[BlockTas
             later = last[w] > k
             here = first[w] == k
             own = owner[w] == s
-            tasks.append(BlockTask(
-                stripe=s, seq=k, last=k == len(blocks) - 1,
-                keep={t: int(last[t]) for t in _tiles(later, b)},
-                share=_tiles(here & own & (users[w] > 1), b),
-                needs=_tiles(here & ~own, b)))
+            tasks.append(
+                BlockTask(
+                    stripe=s,
+                    seq=k,
+                    last=k == len(blocks) - 1,
+                    keep={t: int(last[t]) for t in _tiles(later, b)},
+                    share=_tiles(here & own & (users[w] > 1), b),
+                    needs=_tiles(here & ~own, b),
+                )
+            )
         plans.append(tasks)
     return plans
 

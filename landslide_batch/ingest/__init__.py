@@ -42,10 +42,19 @@ def __getattr__(name: str):
         return getattr(scene, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
+
 log = logging.getLogger(__name__)
 
-__all__ = ["Scene", "SceneInfo", "SceneInputs", "SceneWriter", "ingest", "ingest_job", "is_scene_store",
-           "reflect_index"]
+__all__ = [
+    "Scene",
+    "SceneInfo",
+    "SceneInputs",
+    "SceneWriter",
+    "ingest",
+    "ingest_job",
+    "is_scene_store",
+    "reflect_index",
+]
 
 
 def is_scene_store(path: Path | str) -> bool:
@@ -59,9 +68,16 @@ def _is_zarr(path: Path | str) -> bool:
     return any((location(path) / name).is_file() for name in ("zarr.json", ".zgroup", ".zarray", ".zmetadata"))
 
 
-def ingest(src: str | Path, dest: str | Path, *, chunk: int = 512, nodata: float | None = None,
-           inputs: SceneInputs | None = None, notes: list[str] | None = None,
-           b10_note: str | None = None) -> "Scene":
+def ingest(
+    src: str | Path,
+    dest: str | Path,
+    *,
+    chunk: int = 512,
+    nodata: float | None = None,
+    inputs: SceneInputs | None = None,
+    notes: list[str] | None = None,
+    b10_note: str | None = None,
+) -> Scene:
     """Open ``src`` as a scene, converting into ``dest`` when it is not a scene store already.
 
     ``inputs`` applies to band-file folders, STAC items and 14-band stacks (for folders and
@@ -82,17 +98,23 @@ def ingest(src: str | Path, dest: str | Path, *, chunk: int = 512, nodata: float
         raise InputError(f"scene {src} does not exist")
     if is_dir and is_scene_store(src):
         if inputs is not None:
-            raise InputError(f"{src} is a scene store already; 'inputs' (band mapping, AOI, SCL...) applies only "
-                             "to raw inputs: point 'scene' at the band files, STAC item or stack instead")
+            raise InputError(
+                f"{src} is a scene store already; 'inputs' (band mapping, AOI, SCL...) applies only "
+                "to raw inputs: point 'scene' at the band files, STAC item or stack instead"
+            )
         return Scene(src)
     suffix = Path(where.name).suffix.lower()
     zarr_src = is_dir and _is_zarr(src)
     if inputs is not None and (suffix in (".h5", ".hdf5") or zarr_src):
-        raise InputError(f"{src}: 'inputs' applies to band-file folders, STAC items and 14-band rasters, "
-                         "not to L4S .h5 patches or Zarr stores")
+        raise InputError(
+            f"{src}: 'inputs' applies to band-file folders, STAC items and 14-band rasters, "
+            "not to L4S .h5 patches or Zarr stores"
+        )
     if where.is_remote and ((is_dir and not zarr_src) or suffix in (".h5", ".hdf5")):
-        raise InputError(f"scene {src}: band-file folders and .h5 patches are read from local paths only; on "
-                         "object storage give a 14-band raster (GeoTIFF / COG), a STAC item or a Zarr store")
+        raise InputError(
+            f"scene {src}: band-file folders and .h5 patches are read from local paths only; on "
+            "object storage give a 14-band raster (GeoTIFF / COG), a STAC item or a Zarr store"
+        )
     if isinstance(dest, str):  # object storage: written in place
         tmp = dest
         location(dest).rm()
@@ -125,8 +147,9 @@ def ingest(src: str | Path, dest: str | Path, *, chunk: int = 512, nodata: float
             from .assemble import assemble
             from .sentinel2 import plan_stack
 
-            writer = assemble(plan_stack(src, inputs), tmp, chunk=chunk, inputs=inputs, nodata=nodata,
-                              notes=notes, b10_note=b10_note)
+            writer = assemble(
+                plan_stack(src, inputs), tmp, chunk=chunk, inputs=inputs, nodata=nodata, notes=notes, b10_note=b10_note
+            )
         else:
             from .geotiff import ingest_geotiff
 
@@ -141,7 +164,7 @@ def ingest(src: str | Path, dest: str | Path, *, chunk: int = 512, nodata: float
     return Scene(dest)
 
 
-def ingest_job(cfg: "JobConfig", dest: str | Path, chunk: int = 512) -> "Scene":
+def ingest_job(cfg: JobConfig, dest: str | Path, chunk: int = 512) -> Scene:
     """The pipeline's ingest: ``cfg.scene`` (+ ``cfg.inputs``) -> the scene store at ``dest``.
 
     Without ``inputs`` this is ``ingest(cfg.scene, dest, chunk=chunk, nodata=cfg.nodata)``.
@@ -168,7 +191,7 @@ def ingest_job(cfg: "JobConfig", dest: str | Path, chunk: int = 512) -> "Scene":
     return ingest(cfg.scene, dest, chunk=chunk, nodata=cfg.nodata, inputs=inputs, notes=notes, b10_note=b10_note)
 
 
-def _b10_model_mean(cfg: "JobConfig") -> tuple[float, str, list[str]]:
+def _b10_model_mean(cfg: JobConfig) -> tuple[float, str, list[str]]:
     """Weighted mean of the B10 normalisation means of the job's models that use B10."""
     from ..bands import resolve_features
     from ..config import ensemble_members
@@ -187,6 +210,8 @@ def _b10_model_mean(cfg: "JobConfig") -> tuple[float, str, list[str]]:
     value = sum(v * w for v, w in zip(values, weights)) / sum(weights)
     notes = []
     if max(values) - min(values) > 1e-6 * max(1.0, abs(value)):
-        notes.append(f"B10 training means differ between models ({dict(zip(names, values))}); "
-                     f"B10 is filled with their weighted mean {value:.6g}")
+        notes.append(
+            f"B10 training means differ between models ({dict(zip(names, values))}); "
+            f"B10 is filled with their weighted mean {value:.6g}"
+        )
     return value, f"filled with {value:.6g}, the models' B10 training mean (inputs.b10 = 'model_mean')", notes

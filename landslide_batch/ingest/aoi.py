@@ -136,8 +136,9 @@ class AOI:
         """Bool (h, w): pixel centres inside the AOI, for a window of the AOI grid."""
         if self.rectangular:
             return np.ones((y1 - y0, x1 - x0), bool)
-        return geometry_mask(self._shapes, out_shape=(y1 - y0, x1 - x0),
-                             transform=self.grid.window_transform(y0, x0), invert=True)
+        return geometry_mask(
+            self._shapes, out_shape=(y1 - y0, x1 - x0), transform=self.grid.window_transform(y0, x0), invert=True
+        )
 
 
 def _window_box(grid: Grid):

@@ -23,17 +23,17 @@ from ..errors import InputError
 from ..gdal_env import bounded_gdal_cache
 from .aoi import AOI
 from .inputs import S2_LAYERS, SceneInputs
-from .units import scale_from_physical
 from .resample import open_raster, reference_grid, view
 from .scene import SceneWriter
 from .sentinel2 import NATIVE_RESOLUTION_M, SourcePlan, resolve_scaling
 from .terrain import TerrainReader
+from .units import scale_from_physical
 
 log = logging.getLogger(__name__)
 
-DEM_RANGE = (-450.0, 8900.0)      # metres: Dead Sea shore .. Everest
-SLOPE_RANGE = (0.0, 90.0)         # degrees
-SCL_OUTSIDE = 255                 # SCL value for pixels the SCL file does not cover
+DEM_RANGE = (-450.0, 8900.0)  # metres: Dead Sea shore .. Everest
+SLOPE_RANGE = (0.0, 90.0)  # degrees
+SCL_OUTSIDE = 255  # SCL value for pixels the SCL file does not cover
 
 
 @dataclass
@@ -60,9 +60,14 @@ class RangeCheck:
         return self.total / self.n if self.n else float("nan")
 
     def summary(self) -> dict:
-        return {"n": self.n, "min": self.vmin if self.n else None, "max": self.vmax if self.n else None,
-                "mean": self.mean if self.n else None, "outside_expected": self.n_out,
-                "expected": [self.lo, self.hi]}
+        return {
+            "n": self.n,
+            "min": self.vmin if self.n else None,
+            "max": self.vmax if self.n else None,
+            "mean": self.mean if self.n else None,
+            "outside_expected": self.n_out,
+            "expected": [self.lo, self.hi],
+        }
 
 
 def _res_m(ds) -> float | None:
@@ -73,25 +78,46 @@ def _res_m(ds) -> float | None:
 
 def _b10_fill(inputs: SceneInputs, b10_note: str | None) -> tuple[float, str]:
     if inputs.b10 == "error":
-        raise InputError("layer B10 (cirrus) is missing from the inputs (Sentinel-2 L2A products do not carry it) "
-                         "and inputs.b10 is 'error'; map B10 to a file in inputs.bands (e.g. from the L1C product) "
-                         "or choose another B10 rule (zero, constant, model_mean)")
+        raise InputError(
+            "layer B10 (cirrus) is missing from the inputs (Sentinel-2 L2A products do not carry it) "
+            "and inputs.b10 is 'error'; map B10 to a file in inputs.bands (e.g. from the L1C product) "
+            "or choose another B10 rule (zero, constant, model_mean)"
+        )
     if inputs.b10 == "model_mean":
         raise InputError("inputs.b10 'model_mean' needs the job's models: ingest through ingest_job(cfg, ...)")
     value = 0.0 if inputs.b10 == "zero" else float(inputs.b10_value)
-    rule = b10_note or ("zero-filled (inputs.b10 = 'zero')" if inputs.b10 == "zero"
-                        else f"filled with {value:g} (inputs.b10 = 'constant')")
+    rule = b10_note or (
+        "zero-filled (inputs.b10 = 'zero')"
+        if inputs.b10 == "zero"
+        else f"filled with {value:g} (inputs.b10 = 'constant')"
+    )
     return value, rule
 
 
-def assemble(plan: SourcePlan, dest: Path, *, chunk: int, inputs: SceneInputs, nodata: float | None = None,
-             notes: list[str] | None = None, b10_note: str | None = None) -> SceneWriter:
+def assemble(
+    plan: SourcePlan,
+    dest: Path,
+    *,
+    chunk: int,
+    inputs: SceneInputs,
+    nodata: float | None = None,
+    notes: list[str] | None = None,
+    b10_note: str | None = None,
+) -> SceneWriter:
     with bounded_gdal_cache():
         return _assemble(plan, dest, chunk=chunk, inputs=inputs, nodata=nodata, notes=notes, b10_note=b10_note)
 
 
-def _assemble(plan: SourcePlan, dest: Path, *, chunk: int, inputs: SceneInputs, nodata: float | None,
-              notes: list[str] | None, b10_note: str | None) -> SceneWriter:
+def _assemble(
+    plan: SourcePlan,
+    dest: Path,
+    *,
+    chunk: int,
+    inputs: SceneInputs,
+    nodata: float | None,
+    notes: list[str] | None,
+    b10_note: str | None,
+) -> SceneWriter:
     warnings: list[str] = list(notes or []) + list(plan.warnings)
     with ExitStack() as stack:
         datasets: dict[str, object] = {}
@@ -149,15 +175,19 @@ def _assemble(plan: SourcePlan, dest: Path, *, chunk: int, inputs: SceneInputs, 
                 src_nd = ds.nodatavals[src.bidx - 1]
             else:
                 src_nd = scaling.nodata_dn
-            readers[layer] = (view_for(src.path, f"layer {layer}", resampling=inputs.resampling, src_nodata=src_nd),
-                              src.bidx)
+            readers[layer] = (
+                view_for(src.path, f"layer {layer}", resampling=inputs.resampling, src_nodata=src_nd),
+                src.bidx,
+            )
             native = _res_m(ds)
             same = readers[layer][0].same_grid
             layer_info[layer] = {
-                **src.describe(), "resolution": native if native else abs(ds.transform.a),
+                **src.describe(),
+                "resolution": native if native else abs(ds.transform.a),
                 "crs": ds.crs.to_string() if ds.crs else None,
                 "resampling": "none (same grid)" if same else inputs.resampling,
-                "scaling": scaling.how[layer], "nodata": src_nd,
+                "scaling": scaling.how[layer],
+                "nodata": src_nd,
             }
             if src.band and native and src.band in NATIVE_RESOLUTION_M and native > NATIVE_RESOLUTION_M[src.band] + 0.5:
                 layer_info[layer]["note"] = f"coarser than the band's native {NATIVE_RESOLUTION_M[src.band]} m"
@@ -179,37 +209,62 @@ def _assemble(plan: SourcePlan, dest: Path, *, chunk: int, inputs: SceneInputs, 
         # The job's nodata applies to every layer of a 14-band stack (as for a plain stack ingest).
         stack_nodata = nodata if plan.kind == "stack" else None
         dem_ds = ds_for(plan.dem.path, "DEM")
-        terrain = TerrainReader(plan.dem.path, grid, bidx=plan.dem.bidx, compute_slope=plan.slope is None,
-                                resampling=inputs.resampling, nodata=stack_nodata)
+        terrain = TerrainReader(
+            plan.dem.path,
+            grid,
+            bidx=plan.dem.bidx,
+            compute_slope=plan.slope is None,
+            resampling=inputs.resampling,
+            nodata=stack_nodata,
+        )
         stack.callback(terrain.close)
-        layer_info["DEM"] = {**plan.dem.describe(), "crs": dem_ds.crs.to_string() if dem_ds.crs else None,
-                             "resolution": abs(dem_ds.transform.a),
-                             "reprojected": dem_ds.crs != grid.crs or dem_ds.transform.a != grid.res,
-                             "resampling": inputs.resampling}
+        layer_info["DEM"] = {
+            **plan.dem.describe(),
+            "crs": dem_ds.crs.to_string() if dem_ds.crs else None,
+            "resolution": abs(dem_ds.transform.a),
+            "reprojected": dem_ds.crs != grid.crs or dem_ds.transform.a != grid.res,
+            "resampling": inputs.resampling,
+        }
         slope_reader = None
         if plan.slope is not None:
             slope_nd = stack_nodata if stack_nodata is not None else ds_for(plan.slope.path, "slope").nodata
-            slope_reader = (view_for(plan.slope.path, "slope", resampling=inputs.resampling, src_nodata=slope_nd),
-                            plan.slope.bidx)
+            slope_reader = (
+                view_for(plan.slope.path, "slope", resampling=inputs.resampling, src_nodata=slope_nd),
+                plan.slope.bidx,
+            )
             layer_info["slope"] = {**plan.slope.describe(), "resampling": inputs.resampling}
         else:
-            layer_info["slope"] = {"computed_from": plan.dem.path, "method": "Horn 3x3 on the DEM grid, degrees, "
-                                   "pixel sizes in metres", "resampling": inputs.resampling}
+            layer_info["slope"] = {
+                "computed_from": plan.dem.path,
+                "method": "Horn 3x3 on the DEM grid, degrees, pixel sizes in metres",
+                "resampling": inputs.resampling,
+            }
         scl_reader = None
         if plan.scl is not None:
-            scl_reader = (view_for(plan.scl.path, "SCL", resampling="nearest", src_nodata=None, dtype="uint8",
-                                  nodata=SCL_OUTSIDE), plan.scl.bidx)
+            scl_reader = (
+                view_for(
+                    plan.scl.path, "SCL", resampling="nearest", src_nodata=None, dtype="uint8", nodata=SCL_OUTSIDE
+                ),
+                plan.scl.bidx,
+            )
         elif inputs.use_scl and plan.kind != "stack":
-            warnings.append(f"no SCL (scene classification) found for {plan.root}: clouds and cloud shadows are "
-                            "not masked; set inputs.scl, or inputs.use_scl: false to silence this")
+            warnings.append(
+                f"no SCL (scene classification) found for {plan.root}: clouds and cloud shadows are "
+                "not masked; set inputs.scl, or inputs.use_scl: false to silence this"
+            )
 
         writer = SceneWriter(
-            dest, grid.height, grid.width, crs_wkt=grid.crs.to_wkt(), transform=tuple(grid.transform)[:6],
-            chunk=chunk, source={"path": plan.root, "kind": plan.kind, "nodata": nodata},
+            dest,
+            grid.height,
+            grid.width,
+            crs_wkt=grid.crs.to_wkt(),
+            transform=tuple(grid.transform)[:6],
+            chunk=chunk,
+            source={"path": plan.root, "kind": plan.kind, "nodata": nodata},
         )
         lo, hi = inputs.reflectance.expected_range
         unit_factor = None
-        if inputs.units == "l4s":   # physical -> L4S .h5 convention (reflectance as DN x 10000) / mean
+        if inputs.units == "l4s":  # physical -> L4S .h5 convention (reflectance as DN x 10000) / mean
             unit_factor = scale_from_physical("l4s").astype(np.float32)[:, None, None]
         checks = {layer: RangeCheck(lo, hi) for layer in plan.layers}
         checks["slope"] = RangeCheck(*SLOPE_RANGE)
@@ -249,7 +304,7 @@ def _assemble(plan: SourcePlan, dest: Path, *, chunk: int, inputs: SceneInputs, 
                 check.update(out[BAND_INDEX[name]][keep])
             if unit_factor is not None:
                 out *= unit_factor
-                if b10_value is not None:          # the fill is given in output units
+                if b10_value is not None:  # the fill is given in output units
                     out[BAND_INDEX["B10"]] = np.float32(b10_value)
             out[:, ~keep] = np.nan
             writer.write(y0, x0, out, nodata=None)
@@ -259,44 +314,66 @@ def _assemble(plan: SourcePlan, dest: Path, *, chunk: int, inputs: SceneInputs, 
             limit = inputs.reflectance.max_outside_fraction if name in plan.layers else 0.01
             if check.n and check.n_out > limit * check.n:
                 frac = check.n_out / check.n
-                hint = ("check inputs.reflectance (mode, boa_add_offset, quantification)" if name in plan.layers
-                        else "slope must be in degrees" if name == "slope" else "the DEM must be in metres")
+                hint = (
+                    "check inputs.reflectance (mode, boa_add_offset, quantification)"
+                    if name in plan.layers
+                    else "slope must be in degrees"
+                    if name == "slope"
+                    else "the DEM must be in metres"
+                )
                 warnings.append(
                     f"layer {name}: {frac:.1%} of valid pixels outside the expected range "
                     f"[{check.lo:g}, {check.hi:g}] (min {check.vmin:.4g}, max {check.vmax:.4g}, "
                     f"mean {check.mean:.4g}); {hint}"
                 )
             if name in plan.layers and check.n and check.mean > 5:
-                warnings.append(f"layer {name}: mean {check.mean:.4g} looks like digital numbers, not reflectance "
-                                "(0..1); set inputs.reflectance.mode to 'l2a'")
+                warnings.append(
+                    f"layer {name}: mean {check.mean:.4g} looks like digital numbers, not reflectance "
+                    "(0..1); set inputs.reflectance.mode to 'l2a'"
+                )
         b2 = checks.get("B2")
         if b2 is not None and b2.n >= 10000 and b2.vmin > 0.08 and scaling.mode == "l2a":
-            warnings.append(f"layer B2: darkest valid pixel has reflectance {b2.vmin:.3f}; scenes usually hold "
-                            "darker ones (water, shadow, forest). A missing BOA_ADD_OFFSET (-1000) would do this")
+            warnings.append(
+                f"layer B2: darkest valid pixel has reflectance {b2.vmin:.3f}; scenes usually hold "
+                "darker ones (water, shadow, forest). A missing BOA_ADD_OFFSET (-1000) would do this"
+            )
         if plan.scl is not None and masked["scl"] > 0.5 * max(n_total - masked["outside_aoi"], 1):
-            warnings.append(f"SCL masks {masked['scl'] / max(n_total - masked['outside_aoi'], 1):.0%} of the "
-                            "scene (classes " + ", ".join(map(str, inputs.scl_mask)) + ")")
+            warnings.append(
+                f"SCL masks {masked['scl'] / max(n_total - masked['outside_aoi'], 1):.0%} of the "
+                "scene (classes " + ", ".join(map(str, inputs.scl_mask)) + ")"
+            )
 
         for msg in warnings:
             log.warning("%s", msg)
         writer.group.attrs["warnings"] = warnings
-        writer.group.attrs["ingest"] = _jsonable({
-            "kind": plan.kind, "root": plan.root, "grid": {
-                "reference": inputs.reference, "crs": grid.crs.to_string(), "resolution": grid.res,
-                "width": grid.width, "height": grid.height, "transform": list(grid.transform)[:6],
-                "reference_window": list(aoi.window) if aoi else None,
-            },
-            "aoi": aoi.description if aoi else None,
-            "layers": layer_info, "reflectance": scaling.mode,
-            "units": "l4s" if inputs.units == "l4s" else "physical",  # 'auto' unresolved (no job): physical
-            "unit_factors": unit_factor.ravel().tolist() if unit_factor is not None else None,
-            "processing_baseline": plan.processing_baseline, "baseline_from": plan.baseline_from,
-            "acquired": plan.acquired.isoformat() if plan.acquired else None,
-            "product_level": plan.product_level,
-            "scl": {**plan.scl.describe(), "masked_classes": inputs.scl_mask} if plan.scl else None,
-            "masked_pixels": masked, "stats_physical_units": {k: c.summary() for k, c in checks.items()},
-            "notes": plan.notes,
-        })
+        writer.group.attrs["ingest"] = _jsonable(
+            {
+                "kind": plan.kind,
+                "root": plan.root,
+                "grid": {
+                    "reference": inputs.reference,
+                    "crs": grid.crs.to_string(),
+                    "resolution": grid.res,
+                    "width": grid.width,
+                    "height": grid.height,
+                    "transform": list(grid.transform)[:6],
+                    "reference_window": list(aoi.window) if aoi else None,
+                },
+                "aoi": aoi.description if aoi else None,
+                "layers": layer_info,
+                "reflectance": scaling.mode,
+                "units": "l4s" if inputs.units == "l4s" else "physical",  # 'auto' unresolved (no job): physical
+                "unit_factors": unit_factor.ravel().tolist() if unit_factor is not None else None,
+                "processing_baseline": plan.processing_baseline,
+                "baseline_from": plan.baseline_from,
+                "acquired": plan.acquired.isoformat() if plan.acquired else None,
+                "product_level": plan.product_level,
+                "scl": {**plan.scl.describe(), "masked_classes": inputs.scl_mask} if plan.scl else None,
+                "masked_pixels": masked,
+                "stats_physical_units": {k: c.summary() for k, c in checks.items()},
+                "notes": plan.notes,
+            }
+        )
     return writer
 
 
@@ -313,4 +390,3 @@ def _jsonable(obj):
     if isinstance(obj, (str, int, bool)) or obj is None:
         return obj
     return str(obj)
-

@@ -13,8 +13,9 @@ from ..errors import InputError
 from .scene import SceneWriter
 
 
-def ingest_geotiff(src: Path, dest: Path, *, chunk: int, nodata: float | None = None,
-                   require_crs: bool = True) -> SceneWriter:
+def ingest_geotiff(
+    src: Path, dest: Path, *, chunk: int, nodata: float | None = None, require_crs: bool = True
+) -> SceneWriter:
     try:
         ds = rasterio.open(src)
     except RasterioError as exc:
@@ -22,8 +23,7 @@ def ingest_geotiff(src: Path, dest: Path, *, chunk: int, nodata: float | None = 
     with ds:
         if ds.count != N_BANDS:
             raise InputError(
-                f"{src}: expected {N_BANDS} bands in Landslide4Sense order ({', '.join(L4S_BANDS)}), "
-                f"found {ds.count}"
+                f"{src}: expected {N_BANDS} bands in Landslide4Sense order ({', '.join(L4S_BANDS)}), found {ds.count}"
             )
         kinds = {np.dtype(d).kind for d in ds.dtypes}
         if not kinds <= {"u", "i", "f"}:
@@ -37,8 +37,12 @@ def ingest_geotiff(src: Path, dest: Path, *, chunk: int, nodata: float | None = 
             raise InputError(f"{src}: raster has a CRS but an identity geotransform; its pixels have no location")
         nodata = ds.nodata if nodata is None else nodata
         writer = SceneWriter(
-            dest, ds.height, ds.width, crs_wkt=ds.crs.to_wkt() if ds.crs else None,
-            transform=tuple(ds.transform)[:6], chunk=chunk,
+            dest,
+            ds.height,
+            ds.width,
+            crs_wkt=ds.crs.to_wkt() if ds.crs else None,
+            transform=tuple(ds.transform)[:6],
+            chunk=chunk,
             source={"path": str(src), "kind": "geotiff", "nodata": nodata},
         )
         for y0, y1, x0, x1 in writer.windows():
@@ -46,7 +50,8 @@ def ingest_geotiff(src: Path, dest: Path, *, chunk: int, nodata: float | None = 
             try:
                 data = ds.read(window=window)
             except RasterioError as exc:
-                raise InputError(f"{src}: read failed in window rows {y0}:{y1}, cols {x0}:{x1} "
-                                 f"(file truncated or corrupt): {exc}") from None
+                raise InputError(
+                    f"{src}: read failed in window rows {y0}:{y1}, cols {x0}:{x1} (file truncated or corrupt): {exc}"
+                ) from None
             writer.write(y0, x0, data, nodata=nodata)
     return writer

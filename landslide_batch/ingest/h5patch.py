@@ -51,8 +51,15 @@ def ingest_h5(src: Path, dest: Path, *, chunk: int, nodata: float | None = None)
     """L4S patches carry no georeferencing: the scene gets no CRS and a pixel-unit transform."""
     bands = read_l4s_h5(src)
     _, h, w = bands.shape
-    writer = SceneWriter(dest, h, w, crs_wkt=None, transform=(1.0, 0.0, 0.0, 0.0, -1.0, float(h)),
-                         chunk=chunk, source={"path": str(src), "kind": "l4s-h5", "nodata": nodata})
+    writer = SceneWriter(
+        dest,
+        h,
+        w,
+        crs_wkt=None,
+        transform=(1.0, 0.0, 0.0, 0.0, -1.0, float(h)),
+        chunk=chunk,
+        source={"path": str(src), "kind": "l4s-h5", "nodata": nodata},
+    )
     writer.write(0, 0, bands, nodata=nodata)
     return writer
 

@@ -32,9 +32,20 @@ DEFAULT_SCL_MASK: tuple[int, ...] = (0, 1, 3, 8, 9, 10)
 #: by a mean vector". Sentinel-2 layers: reflectance x 10000 / divisor; slope: degrees /
 #: divisor; DEM: metres / divisor. ``units: l4s`` writes scenes in that convention.
 L4S_IMG_MEAN: tuple[float, ...] = (
-    1111.81236406, 824.63171476, 663.41636217, 445.17289745, 645.8582926, 1547.73508126,
-    1960.44401001, 1941.32229668, 674.07572865, 9.04787384, 1113.98338755, 519.90397929,
-    20.29228266, 772.83144788,
+    1111.81236406,
+    824.63171476,
+    663.41636217,
+    445.17289745,
+    645.8582926,
+    1547.73508126,
+    1960.44401001,
+    1941.32229668,
+    674.07572865,
+    9.04787384,
+    1113.98338755,
+    519.90397929,
+    20.29228266,
+    772.83144788,
 )
 
 _LAYER_RE = re.compile(r"^B0?([1-9]|1[0-2])$", re.IGNORECASE)
@@ -83,7 +94,7 @@ class ReflectanceScaling(StrictModel):
         return v.strip() if v else v
 
     @model_validator(mode="after")
-    def _check(self) -> "ReflectanceScaling":
+    def _check(self) -> ReflectanceScaling:
         lo, hi = self.expected_range
         if not lo < hi:
             raise ValueError(f"expected_range must be (low, high) with low < high, found {self.expected_range}")
@@ -159,7 +170,7 @@ class SceneInputs(StrictModel):
         return sorted(set(v))
 
     @model_validator(mode="after")
-    def _check(self) -> "SceneInputs":
+    def _check(self) -> SceneInputs:
         if self.aoi is not None and self.bbox is not None:
             raise ValueError("give either 'aoi' (a vector file) or 'bbox', not both")
         if self.bbox is not None:
@@ -170,7 +181,7 @@ class SceneInputs(StrictModel):
             raise ValueError("reference cannot be B10 (L2A products lack it); use a 10 m band: B2, B3, B4 or B8")
         return self
 
-    def rebase(self, base: str | Path) -> "SceneInputs":
+    def rebase(self, base: str | Path) -> SceneInputs:
         """Copy with relative file paths (dem, slope, scl, aoi, file values in ``bands``) made relative to ``base``."""
         base = Path(base)
 
@@ -179,7 +190,12 @@ class SceneInputs(StrictModel):
                 return v
             return str(base / Path(v).expanduser())
 
-        return self.model_copy(update={
-            "dem": fix(self.dem), "slope": fix(self.slope), "scl": fix(self.scl), "aoi": fix(self.aoi),
-            "bands": {k: fix(v) for k, v in self.bands.items()},
-        })
+        return self.model_copy(
+            update={
+                "dem": fix(self.dem),
+                "slope": fix(self.slope),
+                "scl": fix(self.scl),
+                "aoi": fix(self.aoi),
+                "bands": {k: fix(v) for k, v in self.bands.items()},
+            }
+        )

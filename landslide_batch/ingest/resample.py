@@ -24,8 +24,12 @@ from rasterio.windows import Window
 from ..errors import InputError
 
 RESAMPLING = {
-    "nearest": Resampling.nearest, "bilinear": Resampling.bilinear, "cubic": Resampling.cubic,
-    "cubic_spline": Resampling.cubic_spline, "lanczos": Resampling.lanczos, "average": Resampling.average,
+    "nearest": Resampling.nearest,
+    "bilinear": Resampling.bilinear,
+    "cubic": Resampling.cubic,
+    "cubic_spline": Resampling.cubic_spline,
+    "lanczos": Resampling.lanczos,
+    "average": Resampling.average,
 }
 _EPS = 1e-6
 
@@ -54,7 +58,7 @@ class Grid:
         right, bottom = self.transform @ (self.width, self.height)
         return min(left, right), min(top, bottom), max(left, right), max(top, bottom)
 
-    def subgrid(self, row0: int, row1: int, col0: int, col1: int) -> "Grid":
+    def subgrid(self, row0: int, row1: int, col0: int, col1: int) -> Grid:
         return Grid(self.crs, self.window_transform(row0, col0), col1 - col0, row1 - row0)
 
     def pixel_window(self, bounds: tuple[float, float, float, float]) -> tuple[int, int, int, int]:
@@ -62,8 +66,12 @@ class Grid:
         minx, miny, maxx, maxy = bounds
         inv = ~self.transform
         cols, rows = zip(*(inv @ (x, y) for x, y in ((minx, miny), (minx, maxy), (maxx, miny), (maxx, maxy))))
-        return (math.floor(min(rows) + _EPS), math.ceil(max(rows) - _EPS),
-                math.floor(min(cols) + _EPS), math.ceil(max(cols) - _EPS))
+        return (
+            math.floor(min(rows) + _EPS),
+            math.ceil(max(rows) - _EPS),
+            math.floor(min(cols) + _EPS),
+            math.ceil(max(cols) - _EPS),
+        )
 
 
 def open_raster(path: str, what: str):
@@ -78,8 +86,9 @@ def require_north_up(ds, what: str) -> None:
     if ds.crs is None:
         raise InputError(f"{what}: {ds.name} has no CRS; band files must be georeferenced")
     if t.b != 0 or t.d != 0 or t.a <= 0 or t.e >= 0:
-        raise InputError(f"{what}: {ds.name} is not on a north-up grid (transform {tuple(t)[:6]}); "
-                         "warp it north-up first (gdalwarp)")
+        raise InputError(
+            f"{what}: {ds.name} is not on a north-up grid (transform {tuple(t)[:6]}); warp it north-up first (gdalwarp)"
+        )
 
 
 def reference_grid(ds) -> Grid:
@@ -87,11 +96,20 @@ def reference_grid(ds) -> Grid:
     return Grid(ds.crs, ds.transform, ds.width, ds.height)
 
 
-def warped(ds, grid: Grid, *, resampling: str = "bilinear", src_nodata=None,
-           dtype: str = "float32", nodata=np.nan) -> WarpedVRT:
+def warped(
+    ds, grid: Grid, *, resampling: str = "bilinear", src_nodata=None, dtype: str = "float32", nodata=np.nan
+) -> WarpedVRT:
     """A VRT of all bands of ``ds`` on ``grid``; pixels outside the source (or nodata) read as ``nodata``."""
-    kwargs = dict(crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
-                  resampling=RESAMPLING[resampling], dtype=dtype, nodata=nodata, src_nodata=src_nodata)
+    kwargs = dict(
+        crs=grid.crs,
+        transform=grid.transform,
+        width=grid.width,
+        height=grid.height,
+        resampling=RESAMPLING[resampling],
+        dtype=dtype,
+        nodata=nodata,
+        src_nodata=src_nodata,
+    )
     try:
         return WarpedVRT(ds, **kwargs)
     except RasterioError as exc:
@@ -153,19 +171,25 @@ class AlignedView(View):
         try:
             a = self.ds.read(bidx, window=Window(cc0, rr0, cc1 - cc0, rr1 - rr0))
         except RasterioError as exc:
-            raise InputError(f"{what}: read failed in rows {rr0}:{rr1}, cols {cc0}:{cc1} of {self.ds.name} "
-                             f"(file truncated or corrupt?): {exc}") from None
+            raise InputError(
+                f"{what}: read failed in rows {rr0}:{rr1}, cols {cc0}:{cc1} of {self.ds.name} "
+                f"(file truncated or corrupt?): {exc}"
+            ) from None
         part = a.astype(self.dtype, copy=False)
         if self.src_nodata is not None:
-            bad = np.isnan(a) if isinstance(self.src_nodata, float) and np.isnan(self.src_nodata) \
+            bad = (
+                np.isnan(a)
+                if isinstance(self.src_nodata, float) and np.isnan(self.src_nodata)
                 else a == self.src_nodata
+            )
             part = np.where(bad, np.asarray(self.nodata, dtype=self.dtype), part)
-        out[rr0 - r0:rr1 - r0, cc0 - c0:cc1 - c0] = part
+        out[rr0 - r0 : rr1 - r0, cc0 - c0 : cc1 - c0] = part
         return out
 
 
-def view(ds, grid: Grid, *, resampling: str = "bilinear", src_nodata=None, dtype: str = "float32",
-         nodata=np.nan) -> View:
+def view(
+    ds, grid: Grid, *, resampling: str = "bilinear", src_nodata=None, dtype: str = "float32", nodata=np.nan
+) -> View:
     """The cheapest exact view of ``ds`` on ``grid``: a plain read when the grids coincide, else a WarpedVRT."""
     offset = grid_offset(ds, grid)
     if offset is not None:
@@ -177,5 +201,7 @@ def read_window(vrt: WarpedVRT, bidx: int, y0: int, y1: int, x0: int, x1: int, w
     try:
         return vrt.read(bidx, window=Window(x0, y0, x1 - x0, y1 - y0))
     except RasterioError as exc:
-        raise InputError(f"{what}: read failed in rows {y0}:{y1}, cols {x0}:{x1} of the scene grid "
-                         f"(file truncated or corrupt?): {exc}") from None
+        raise InputError(
+            f"{what}: read failed in rows {y0}:{y1}, cols {x0}:{x1} of the scene grid "
+            f"(file truncated or corrupt?): {exc}"
+        ) from None

@@ -64,15 +64,20 @@ class Scene:
         except Exception as exc:
             raise InputError(f"{self.path}: not a readable Zarr store ({type(exc).__name__}: {exc})") from None
         if group.attrs.get("format") != SCENE_FORMAT:
-            raise InputError(f"{self.path}: Zarr store is not a landslide-batch scene (attrs.format != {SCENE_FORMAT!r})")
+            raise InputError(
+                f"{self.path}: Zarr store is not a landslide-batch scene (attrs.format != {SCENE_FORMAT!r})"
+            )
         if not group.attrs.get("complete", False):
             raise InputError(f"{self.path}: scene store is incomplete (its ingest did not finish); ingest it again")
         self._bands = group["bands"]
         self._valid = group["valid"]
         c, h, w = self._bands.shape
         self.info = SceneInfo(
-            height=h, width=w, band_names=tuple(group.attrs["band_names"]),
-            crs_wkt=group.attrs.get("crs"), transform=tuple(group.attrs["transform"]),
+            height=h,
+            width=w,
+            band_names=tuple(group.attrs["band_names"]),
+            crs_wkt=group.attrs.get("crs"),
+            transform=tuple(group.attrs["transform"]),
             chunk=int(self._bands.chunks[1]),
         )
         self.attrs = dict(group.attrs)
@@ -112,8 +117,8 @@ class Scene:
         inner = (slice(iy0 - y0, iy1 - y0), slice(ix0 - x0, ix1 - x0))
         for sy in range(iy0, iy1, self.info.chunk):
             ey = min(sy + self.info.chunk, iy1)
-            bands[:, sy - y0:ey - y0, inner[1]] = self._bands[:, sy:ey, ix0:ix1]
-            valid[sy - y0:ey - y0, inner[1]] = self._valid[sy:ey, ix0:ix1]
+            bands[:, sy - y0 : ey - y0, inner[1]] = self._bands[:, sy:ey, ix0:ix1]
+            valid[sy - y0 : ey - y0, inner[1]] = self._valid[sy:ey, ix0:ix1]
         ri, ci = rows - y0, cols - x0
         for margin in (slice(0, ix0 - x0), slice(ix1 - x0, x1 - x0)):  # columns, in-bounds rows
             bands[:, inner[0], margin] = bands[:, inner[0], ci[margin]]
@@ -149,27 +154,50 @@ def working_compressors(path: Path | str):
 class SceneWriter:
     """Creates a scene store and fills it window by window."""
 
-    def __init__(self, path: str | Path, height: int, width: int, *, crs_wkt: str | None,
-                 transform: tuple[float, ...], band_names=L4S_BANDS, chunk: int = 512,
-                 source: dict | None = None):
+    def __init__(
+        self,
+        path: str | Path,
+        height: int,
+        width: int,
+        *,
+        crs_wkt: str | None,
+        transform: tuple[float, ...],
+        band_names=L4S_BANDS,
+        chunk: int = 512,
+        source: dict | None = None,
+    ):
         if height < 1 or width < 1:
             raise InputError(f"{(source or {}).get('path', path)}: scene has zero size ({height}x{width} pixels)")
         self.path = path_or_uri(path)
         chunk = int(min(chunk, max(height, width)))
         self.group = zarr.open_group(str(self.path), mode="w")
         self.bands = self.group.create_array(
-            "bands", shape=(len(band_names), height, width), chunks=(len(band_names), chunk, chunk),
-            dtype="float32", fill_value=np.nan, dimension_names=("band", "y", "x"),
+            "bands",
+            shape=(len(band_names), height, width),
+            chunks=(len(band_names), chunk, chunk),
+            dtype="float32",
+            fill_value=np.nan,
+            dimension_names=("band", "y", "x"),
             compressors=working_compressors(self.path),
         )
         self.valid = self.group.create_array(
-            "valid", shape=(height, width), chunks=(chunk, chunk), dtype="uint8", fill_value=0,
+            "valid",
+            shape=(height, width),
+            chunks=(chunk, chunk),
+            dtype="uint8",
+            fill_value=0,
             dimension_names=("y", "x"),
         )
-        self.group.attrs.update({
-            "format": SCENE_FORMAT, "crs": crs_wkt, "transform": list(transform)[:6],
-            "band_names": list(band_names), "source": source or {}, "complete": False,
-        })
+        self.group.attrs.update(
+            {
+                "format": SCENE_FORMAT,
+                "crs": crs_wkt,
+                "transform": list(transform)[:6],
+                "band_names": list(band_names),
+                "source": source or {},
+                "complete": False,
+            }
+        )
         self.chunk = chunk
         self.n_valid = 0
         self.band_names = tuple(band_names)
@@ -192,8 +220,8 @@ class SceneWriter:
         self.band_has_values |= usable.any(axis=(1, 2))
         bands = np.where(valid[None], bands, np.float32(np.nan))
         _, h, w = bands.shape
-        self.bands[:, y0:y0 + h, x0:x0 + w] = bands
-        self.valid[y0:y0 + h, x0:x0 + w] = valid.astype(np.uint8)
+        self.bands[:, y0 : y0 + h, x0 : x0 + w] = bands
+        self.valid[y0 : y0 + h, x0 : x0 + w] = valid.astype(np.uint8)
         self.n_valid += int(valid.sum())
 
     def finish(self) -> Scene:
@@ -202,8 +230,11 @@ class SceneWriter:
             raise InputError(
                 f"scene {self.group.attrs['source'].get('path', self.path)} has no valid pixel: every pixel "
                 "is NaN, infinite or nodata in at least one band"
-                + (f"; layers without a single valid value: {', '.join(empty)}"
-                   if 0 < len(empty) < len(self.band_names) else "")
+                + (
+                    f"; layers without a single valid value: {', '.join(empty)}"
+                    if 0 < len(empty) < len(self.band_names)
+                    else ""
+                )
             )
         self.group.attrs["complete"] = True
         return Scene(self.path)

@@ -32,19 +32,53 @@ log = logging.getLogger(__name__)
 
 #: Product band tokens, in the order of ``band_id`` in Sentinel-2 metadata (0..12).
 PRODUCT_BANDS: tuple[str, ...] = (
-    "B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12",
+    "B01",
+    "B02",
+    "B03",
+    "B04",
+    "B05",
+    "B06",
+    "B07",
+    "B08",
+    "B8A",
+    "B09",
+    "B10",
+    "B11",
+    "B12",
 )
 #: L4S layer -> default product band.
 DEFAULT_BAND_FOR_LAYER: dict[str, str] = {layer: f"B{int(layer[1:]):02d}" for layer in S2_LAYERS}
 #: STAC common names (and Earth Search asset keys) -> product band.
 COMMON_NAMES: dict[str, str] = {
-    "coastal": "B01", "blue": "B02", "green": "B03", "red": "B04", "rededge1": "B05",
-    "rededge2": "B06", "rededge3": "B07", "nir": "B08", "nir08": "B8A", "nir09": "B09",
-    "cirrus": "B10", "swir16": "B11", "swir22": "B12",
+    "coastal": "B01",
+    "blue": "B02",
+    "green": "B03",
+    "red": "B04",
+    "rededge1": "B05",
+    "rededge2": "B06",
+    "rededge3": "B07",
+    "nir": "B08",
+    "nir08": "B8A",
+    "nir09": "B09",
+    "cirrus": "B10",
+    "swir16": "B11",
+    "swir22": "B12",
 }
 NATIVE_RESOLUTION_M: dict[str, int] = {
-    "B01": 60, "B02": 10, "B03": 10, "B04": 10, "B05": 20, "B06": 20, "B07": 20, "B08": 10,
-    "B8A": 20, "B09": 60, "B10": 60, "B11": 20, "B12": 20, "SCL": 20,
+    "B01": 60,
+    "B02": 10,
+    "B03": 10,
+    "B04": 10,
+    "B05": 20,
+    "B06": 20,
+    "B07": 20,
+    "B08": 10,
+    "B8A": 20,
+    "B09": 60,
+    "B10": 60,
+    "B11": 20,
+    "B12": 20,
+    "SCL": 20,
 }
 RASTER_SUFFIXES = {".jp2", ".tif", ".tiff", ".vrt", ".img"}
 #: Baseline 04.00 (BOA_ADD_OFFSET = -1000) became operational on this date.
@@ -80,10 +114,10 @@ class LayerSource:
 
     path: str
     bidx: int = 1
-    band: str | None = None          # product band (B05, SCL, ...) when known
-    scale: float | None = None       # declared DN -> value scale (STAC raster:bands)
-    offset: float | None = None      # declared additive offset after scaling
-    origin: str = ""                 # how it was chosen, for the record
+    band: str | None = None  # product band (B05, SCL, ...) when known
+    scale: float | None = None  # declared DN -> value scale (STAC raster:bands)
+    offset: float | None = None  # declared additive offset after scaling
+    origin: str = ""  # how it was chosen, for the record
 
     def describe(self) -> dict:
         d = {"path": self.path, "band_index": self.bidx, "from": self.origin}
@@ -96,7 +130,7 @@ class LayerSource:
 class SourcePlan:
     """Everything found about the inputs of one scene, before any pixel is read."""
 
-    kind: str                                              # sentinel2-folder | stac-item | stack
+    kind: str  # sentinel2-folder | stac-item | stack
     root: str
     layers: dict[str, LayerSource] = field(default_factory=dict)  # L4S layer -> source (B10 may be absent)
     dem: LayerSource | None = None
@@ -107,13 +141,14 @@ class SourcePlan:
     processing_baseline: str | None = None
     baseline_from: str = ""
     acquired: date | None = None
-    product_level: str | None = None                       # L2A | L1C | None
-    default_scaling: str = "auto"                          # what "auto" means for this kind of input
+    product_level: str | None = None  # L2A | L1C | None
+    default_scaling: str = "auto"  # what "auto" means for this kind of input
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- discovery
+
 
 def _tokens(stem: str) -> list[str]:
     return [t for t in re.split(r"[_\-.\s]+", stem) if t]
@@ -183,6 +218,7 @@ def _pick(token: str, candidates: list[tuple[float, Path]]) -> tuple[Path, float
 
 
 # --------------------------------------------------------------------------- metadata
+
 
 def _local(tag: str) -> str:
     return tag.rsplit("}", 1)[-1]
@@ -262,13 +298,17 @@ def _fill_product_info(plan: SourcePlan, folder: Path, files: list[Path]) -> Non
         plan.acquired = next((d for t in names if (d := date_from_name(Path(t).name))), None)
     if plan.product_level is None:
         joined = " ".join(names).upper()
-        plan.product_level = "L2A" if "MSIL2A" in joined or "L2A" in joined else (
-            "L1C" if "MSIL1C" in joined or "L1C" in joined else None)
+        plan.product_level = (
+            "L2A"
+            if "MSIL2A" in joined or "L2A" in joined
+            else ("L1C" if "MSIL1C" in joined or "L1C" in joined else None)
+        )
     if plan.product_level == "L1C":
         plan.notes.append("L1C product: top-of-atmosphere reflectance (RADIO_ADD_OFFSET), B10 present, no SCL")
 
 
 # --------------------------------------------------------------------------- plans
+
 
 def _resolve_file(value: str, what: str) -> Path | str:
     """An existing file: a local ``Path``, or the URI itself (GDAL reads it through /vsi*)."""
@@ -294,8 +334,9 @@ def plan_folder(folder: Path, inputs: SceneInputs) -> SourcePlan:
         token = canonical_band(spec)
         if token is None or token == "SCL":
             if not looks_like_path(spec) and not Path(spec).exists():
-                raise InputError(f"inputs.bands.{layer}: {spec!r} is neither a Sentinel-2 band (B01..B12, B8A) "
-                                 "nor a file path")
+                raise InputError(
+                    f"inputs.bands.{layer}: {spec!r} is neither a Sentinel-2 band (B01..B12, B8A) nor a file path"
+                )
             path = _resolve_file(spec, f"inputs.bands.{layer}")
             plan.layers[layer] = LayerSource(str(path), band=None, origin="inputs.bands (file)")
             used.append(path)
@@ -339,15 +380,20 @@ def plan_stack(path: Path, inputs: SceneInputs) -> SourcePlan:
 
     with rasterio.open(path) as ds:
         if ds.count != N_BANDS:
-            raise InputError(f"{path}: a single raster with 'inputs' must hold the {N_BANDS} L4S layers, "
-                             f"found {ds.count} bands; for band files give a folder or a STAC item")
+            raise InputError(
+                f"{path}: a single raster with 'inputs' must hold the {N_BANDS} L4S layers, "
+                f"found {ds.count} bands; for band files give a folder or a STAC item"
+            )
     plan = SourcePlan(kind="stack", root=str(path), default_scaling="none")
     for layer in S2_LAYERS:
         if layer in inputs.bands:
             raise InputError(f"inputs.bands cannot remap layer {layer} of a 14-band stack ({path})")
         plan.layers[layer] = LayerSource(str(path), bidx=BAND_INDEX[layer] + 1, origin="14-band stack")
-    plan.dem = (LayerSource(str(_resolve_file(inputs.dem, "inputs.dem")), origin="inputs.dem") if inputs.dem
-                else LayerSource(str(path), bidx=BAND_INDEX["DEM"] + 1, origin="14-band stack"))
+    plan.dem = (
+        LayerSource(str(_resolve_file(inputs.dem, "inputs.dem")), origin="inputs.dem")
+        if inputs.dem
+        else LayerSource(str(path), bidx=BAND_INDEX["DEM"] + 1, origin="14-band stack")
+    )
     if inputs.slope:
         plan.slope = LayerSource(str(_resolve_file(inputs.slope, "inputs.slope")), origin="inputs.slope")
     elif not inputs.dem:
@@ -359,6 +405,7 @@ def plan_stack(path: Path, inputs: SceneInputs) -> SourcePlan:
 
 # --------------------------------------------------------------------------- scaling
 
+
 @dataclass
 class Scaling:
     """Per-layer ``reflectance = raw * mul + add``, plus how it was decided."""
@@ -367,15 +414,16 @@ class Scaling:
     mul: dict[str, float]
     add: dict[str, float]
     how: dict[str, str]
-    nodata_dn: float | None          # raw value meaning no data (L2A: 0)
+    nodata_dn: float | None  # raw value meaning no data (L2A: 0)
 
 
 def _baseline_offset(baseline: str) -> float:
     return -1000.0 if float(baseline) >= 4.0 else 0.0
 
 
-def resolve_scaling(plan: SourcePlan, cfg: ReflectanceScaling, dtypes: dict[str, np.dtype],
-                    warnings: list[str]) -> Scaling:
+def resolve_scaling(
+    plan: SourcePlan, cfg: ReflectanceScaling, dtypes: dict[str, np.dtype], warnings: list[str]
+) -> Scaling:
     """Decide ``raw -> reflectance`` for every Sentinel-2 layer in ``plan``; explain in ``how``."""
     layers = list(plan.layers)
     mode = cfg.mode
@@ -407,8 +455,10 @@ def resolve_scaling(plan: SourcePlan, cfg: ReflectanceScaling, dtypes: dict[str,
         if cfg.boa_add_offset is not None:
             off, why = cfg.boa_add_offset, "inputs.reflectance.boa_add_offset"
         elif cfg.processing_baseline is not None:
-            off, why = _baseline_offset(cfg.processing_baseline), \
-                f"inputs.reflectance.processing_baseline {cfg.processing_baseline}"
+            off, why = (
+                _baseline_offset(cfg.processing_baseline),
+                f"inputs.reflectance.processing_baseline {cfg.processing_baseline}",
+            )
         elif src.scale is not None:
             mul[layer] = float(src.scale)
             add[layer] = float(src.offset or 0.0)
@@ -417,8 +467,10 @@ def resolve_scaling(plan: SourcePlan, cfg: ReflectanceScaling, dtypes: dict[str,
         elif src.band in plan.boa_add_offset:
             off, why = plan.boa_add_offset[src.band], "BOA_ADD_OFFSET in product metadata"
         elif plan.processing_baseline is not None:
-            off, why = _baseline_offset(plan.processing_baseline), \
-                f"processing baseline {plan.processing_baseline} ({plan.baseline_from})"
+            off, why = (
+                _baseline_offset(plan.processing_baseline),
+                f"processing baseline {plan.processing_baseline} ({plan.baseline_from})",
+            )
         elif plan.acquired is not None:
             off = -1000.0 if plan.acquired >= BASELINE_0400_DATE else 0.0
             why = f"acquisition date {plan.acquired.isoformat()} (no processing baseline found)"

@@ -15,7 +15,11 @@ from ..errors import InputError
 from ..storage import location, storage_errors
 from .inputs import S2_LAYERS, SceneInputs, looks_like_path
 from .sentinel2 import (
-    DEFAULT_BAND_FOR_LAYER, LayerSource, SourcePlan, baseline_from_name, canonical_band,
+    DEFAULT_BAND_FOR_LAYER,
+    LayerSource,
+    SourcePlan,
+    baseline_from_name,
+    canonical_band,
 )
 
 _DEM_KEYS = ("dem", "DEM", "elevation", "dtm")
@@ -26,6 +30,8 @@ def _file_exists(value: str, what: str) -> bool:
     where = location(value)
     with storage_errors(where, what):
         return where.is_file()
+
+
 _SLOPE_KEYS = ("slope", "SLOPE")
 
 
@@ -76,8 +82,9 @@ def plan_stac(item_path: Path, inputs: SceneInputs) -> SourcePlan:
     def source(key: str, band: str | None, origin: str, scaled: bool = True) -> LayerSource:
         asset = assets[key]
         scale, offset = _scale_offset(asset) if scaled else (None, None)
-        return LayerSource(asset.get_absolute_href(), band=band, scale=scale, offset=offset,
-                           origin=f"{origin} (asset {key!r})")
+        return LayerSource(
+            asset.get_absolute_href(), band=band, scale=scale, offset=offset, origin=f"{origin} (asset {key!r})"
+        )
 
     plan = SourcePlan(kind="stac-item", root=str(item_path))
     for layer in S2_LAYERS:
@@ -93,13 +100,17 @@ def plan_stac(item_path: Path, inputs: SceneInputs) -> SourcePlan:
             continue
         token = canonical_band(spec or DEFAULT_BAND_FOR_LAYER[layer])
         if token is None:
-            raise InputError(f"inputs.bands.{layer}: {spec!r} is not an asset of {item_path} "
-                             f"(assets: {sorted(assets)}), a band name or a file")
+            raise InputError(
+                f"inputs.bands.{layer}: {spec!r} is not an asset of {item_path} "
+                f"(assets: {sorted(assets)}), a band name or a file"
+            )
         if token not in by_band:
             if layer == "B10" and not spec:
                 continue
-            raise InputError(f"layer {layer} needs band {token}, but STAC item {item.id} ({item_path}) has no "
-                             f"asset for it (assets: {sorted(assets)}); map it in inputs.bands")
+            raise InputError(
+                f"layer {layer} needs band {token}, but STAC item {item.id} ({item_path}) has no "
+                f"asset for it (assets: {sorted(assets)}); map it in inputs.bands"
+            )
         plan.layers[layer] = source(by_band[token], token, origin)
 
     for attr, keys in (("dem", _DEM_KEYS), ("slope", _SLOPE_KEYS)):

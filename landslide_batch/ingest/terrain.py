@@ -47,8 +47,9 @@ def _ellipsoid_of(wkt: str) -> tuple[float, float]:
             inv_f = ell.inverse_flattening
             return ell.semi_major_metre, (1.0 / inv_f) if inv_f else 0.0
     except Exception as exc:  # pyproj raises its own types for unknown or damaged definitions
-        log.warning("DEM CRS %s: cannot read its ellipsoid (%s: %s); slope uses WGS84's",
-                    wkt[:80], type(exc).__name__, exc)
+        log.warning(
+            "DEM CRS %s: cannot read its ellipsoid (%s: %s); slope uses WGS84's", wkt[:80], type(exc).__name__, exc
+        )
         return _WGS84
     log.warning("DEM CRS %s names no ellipsoid; slope uses WGS84's", wkt[:80])
     return _WGS84
@@ -60,7 +61,7 @@ def metres_per_degree(lat_deg: np.ndarray, a: float = _WGS84[0], f: float = _WGS
     e2 = f * (2 - f)
     w = np.sqrt(1 - e2 * np.sin(phi) ** 2)
     per_lon = np.pi / 180 * a * np.cos(phi) / w
-    per_lat = np.pi / 180 * a * (1 - e2) / w ** 3
+    per_lat = np.pi / 180 * a * (1 - e2) / w**3
     return per_lon, per_lat
 
 
@@ -98,8 +99,17 @@ def horn_slope(dem: np.ndarray, dx_m: np.ndarray | float, dy_m: np.ndarray | flo
 class TerrainReader:
     """Elevation (and slope, when ``compute_slope``) of a DEM file on windows of ``grid``."""
 
-    def __init__(self, path: str, grid: Grid, *, bidx: int = 1, compute_slope: bool = True,
-                 resampling: str = "bilinear", what: str = "DEM", nodata: float | None = None):
+    def __init__(
+        self,
+        path: str,
+        grid: Grid,
+        *,
+        bidx: int = 1,
+        compute_slope: bool = True,
+        resampling: str = "bilinear",
+        what: str = "DEM",
+        nodata: float | None = None,
+    ):
         self.ds = open_raster(path, what)
         require_north_up(self.ds, what)
         self.grid, self.bidx, self.compute_slope = grid, bidx, compute_slope
@@ -146,9 +156,17 @@ class TerrainReader:
             layers.append(horn_slope(z, dx, dy))
         src = np.stack(layers)
         dst = np.full((len(layers), h, w), np.nan, np.float32)
-        reproject(source=src, destination=dst, src_transform=win_t, src_crs=self.ds.crs,
-                  dst_transform=dst_t, dst_crs=self.grid.crs, resampling=self.resampling,
-                  src_nodata=np.nan, dst_nodata=np.nan)
+        reproject(
+            source=src,
+            destination=dst,
+            src_transform=win_t,
+            src_crs=self.ds.crs,
+            dst_transform=dst_t,
+            dst_crs=self.grid.crs,
+            resampling=self.resampling,
+            src_nodata=np.nan,
+            dst_nodata=np.nan,
+        )
         elev[:] = dst[0]
         if self.compute_slope:
             slope[:] = dst[1]

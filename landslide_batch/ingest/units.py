@@ -59,8 +59,11 @@ def feature_layers(features: Sequence[str]) -> list[str | None]:
 def guess_units(features: Sequence[str], means: Sequence[float], *, tolerance: float = 0.5) -> Units | None:
     """The convention whose typical values the per-feature ``means`` fit best, if they fit it within
     ``tolerance`` (median |log10 ratio| over layers: 0.5 is a factor of ~3); else None."""
-    pairs = [(BAND_INDEX[layer], abs(m)) for layer, m in zip(feature_layers(features), means)
-             if layer is not None and abs(m) > 0]
+    pairs = [
+        (BAND_INDEX[layer], abs(m))
+        for layer, m in zip(feature_layers(features), means)
+        if layer is not None and abs(m) > 0
+    ]
     if not pairs:
         return None
     idx = np.array([i for i, _ in pairs])

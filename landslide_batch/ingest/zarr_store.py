@@ -26,8 +26,10 @@ def ingest_zarr(src: Path, dest: Path, *, chunk: int, nodata: float | None = Non
         raise InputError(f"{src}: expected one 3-D (band, y, x) variable, found {list(ds.data_vars)}")
     da = candidates[0]
     if da.shape[0] != N_BANDS:
-        raise InputError(f"{src}: variable {da.name!r} should have {N_BANDS} bands "
-                         f"({', '.join(L4S_BANDS)}) on its first axis, found shape {da.shape}")
+        raise InputError(
+            f"{src}: variable {da.name!r} should have {N_BANDS} bands "
+            f"({', '.join(L4S_BANDS)}) on its first axis, found shape {da.shape}"
+        )
     if da.dtype.kind not in "uif":  # bool would pass as 0/1 and complex lose its imaginary part, silently
         raise InputError(f"{src}: variable {da.name!r} should hold integer or float values, found dtype {da.dtype}")
     import rioxarray  # noqa: F401  (registers .rio)
@@ -37,8 +39,15 @@ def ingest_zarr(src: Path, dest: Path, *, chunk: int, nodata: float | None = Non
         raise InputError(f"{src}: no CRS found (no spatial_ref coordinate and no 'crs' attribute)")
     transform = tuple(ds.attrs["transform"])[:6] if "transform" in ds.attrs else tuple(da.rio.transform())[:6]
     nodata = da.rio.nodata if nodata is None else nodata
-    writer = SceneWriter(dest, da.shape[1], da.shape[2], crs_wkt=crs.to_wkt(), transform=transform,
-                         chunk=chunk, source={"path": str(src), "kind": "zarr", "variable": str(da.name)})
+    writer = SceneWriter(
+        dest,
+        da.shape[1],
+        da.shape[2],
+        crs_wkt=crs.to_wkt(),
+        transform=transform,
+        chunk=chunk,
+        source={"path": str(src), "kind": "zarr", "variable": str(da.name)},
+    )
     for y0, y1, x0, x1 in writer.windows():
         writer.write(y0, x0, np.asarray(da[:, y0:y1, x0:x1].values), nodata=nodata)
     return writer

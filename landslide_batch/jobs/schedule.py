@@ -53,7 +53,7 @@ class AOI(StrictModel):
     crs: str = "EPSG:4326"
 
     @model_validator(mode="after")
-    def _check(self) -> "AOI":
+    def _check(self) -> AOI:
         given = [k for k in ("bbox", "geometry", "geojson") if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError(f"give exactly one of bbox, geometry or geojson (found: {', '.join(given) or 'none'})")
@@ -113,15 +113,17 @@ class ScheduleConfig(StrictModel):
     state: Path | None = None  # default ROOT/_scheduler/<name>.json
 
     @model_validator(mode="after")
-    def _check(self) -> "ScheduleConfig":
+    def _check(self) -> ScheduleConfig:
         names = [a.name for a in self.aois]
         if len(set(names)) != len(names):
             raise ValueError(f"AOI names must be unique, found {names}")
         if self.until is not None and utc(self.until) <= utc(self.event_date):
             raise ValueError("until must be after event_date")
         if found := sorted({"scene", "scenes", "aoi", "out"} & set(self.job)):
-            raise ValueError(f"job: leave out scene, scenes, aoi and out (found {', '.join(found)}): the "
-                             "scheduler sets them for each event")
+            raise ValueError(
+                f"job: leave out scene, scenes, aoi and out (found {', '.join(found)}): the "
+                "scheduler sets them for each event"
+            )
         return self
 
 
@@ -174,8 +176,11 @@ class Schedule:
             path.write_text(json.dumps(scene.item))
             return str(path)
         out = self.config.output
-        return (str(fetch(scene.href, (out.staging or out.root / "_staging") / _slug(scene.id)))
-                if is_uri(scene.href) else str(path_or_uri(scene.href)))
+        return (
+            str(fetch(scene.href, (out.staging or out.root / "_staging") / _slug(scene.id)))
+            if is_uri(scene.href)
+            else str(path_or_uri(scene.href))
+        )
 
     def submission(self, aoi_name: str, scenes: list[SceneItem]) -> JobSubmission:
         """The region job of event ``aoi_name`` over ``scenes`` (its AOI written as GeoJSON)."""
@@ -183,17 +188,27 @@ class Schedule:
         event = self.event(aoi_name)
         aoi_file = self.events_dir / f"{event}.geojson"  # rewritten atomically: a running job may read it
         aoi_file.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(aoi_file, {"type": "Feature", "properties": {"name": aoi_name},
-                                     "geometry": mapping(self.aois[aoi_name])})
+        write_json_atomic(
+            aoi_file, {"type": "Feature", "properties": {"name": aoi_name}, "geometry": mapping(self.aois[aoi_name])}
+        )
         ids = [s.id for s in scenes]
         publish_to = f"{out.publish.rstrip('/')}/{event}" if out.publish else None
         return JobSubmission(
-            job={**self.job, "scenes": [self.scene_path(s) for s in scenes], "aoi": str(aoi_file),
-                 "out": str(out.root / event)},
+            job={
+                **self.job,
+                "scenes": [self.scene_path(s) for s in scenes],
+                "aoi": str(aoi_file),
+                "out": str(out.root / event),
+            },
             submission_id=job_id(event, ids),
-            stac=StacOptions(item_id=event, when=max(s.datetime for s in scenes),
-                             derived_from=tuple(s.item_href for s in scenes), publish_to=publish_to),
-            metadata={"schedule": self.config.name, "event": aoi_name, "items": ",".join(ids)})
+            stac=StacOptions(
+                item_id=event,
+                when=max(s.datetime for s in scenes),
+                derived_from=tuple(s.item_href for s in scenes),
+                publish_to=publish_to,
+            ),
+            metadata={"schedule": self.config.name, "event": aoi_name, "items": ",".join(ids)},
+        )
 
 
 def _location(value: str, base: Path, where: str, *, http_ok: bool = False) -> str:
@@ -234,9 +249,15 @@ def run_pass(schedule: Schedule, submitter: Submitter, *, remote: bool = False) 
     """
     cfg = schedule.config
     with SchedulerState.open(schedule.state_path) as state:
-        scenes = find_scenes(cfg.catalog, asset=cfg.asset, aois=schedule.aois, start=utc(cfg.event_date),
-                             end=utc(cfg.until) if cfg.until else None, collection=cfg.collection,
-                             max_cloud_cover=cfg.max_cloud_cover)
+        scenes = find_scenes(
+            cfg.catalog,
+            asset=cfg.asset,
+            aois=schedule.aois,
+            start=utc(cfg.event_date),
+            end=utc(cfg.until) if cfg.until else None,
+            collection=cfg.collection,
+            max_cloud_cover=cfg.max_cloud_cover,
+        )
         started = []
         for name in schedule.aois:
             items = [s for s in scenes if name in s.aois]
@@ -251,12 +272,28 @@ def run_pass(schedule: Schedule, submitter: Submitter, *, remote: bool = False) 
             outcome = _submit(submitter, job)
             if outcome == "started":
                 started.append(job.submission_id)
-            state.record(job.submission_id, event, [s.id for s in items], {
-                "aoi": name, "new": new, "out": job.job["out"], "outcome": outcome,
-                "at": datetime.now(timezone.utc).isoformat(timespec="seconds")},
-                included=not outcome.startswith("failed"))
-            log.info("event %s (AOI %s): %d item(s), new: %s; job %s %s", event, name, len(items), ", ".join(new),
-                     job.submission_id, outcome)
+            state.record(
+                job.submission_id,
+                event,
+                [s.id for s in items],
+                {
+                    "aoi": name,
+                    "new": new,
+                    "out": job.job["out"],
+                    "outcome": outcome,
+                    "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                },
+                included=not outcome.startswith("failed"),
+            )
+            log.info(
+                "event %s (AOI %s): %d item(s), new: %s; job %s %s",
+                event,
+                name,
+                len(items),
+                ", ".join(new),
+                job.submission_id,
+                outcome,
+            )
         log.info("pass over %s: %d item(s) in the window, %d job(s) started", cfg.catalog, len(scenes), len(started))
         return started
 

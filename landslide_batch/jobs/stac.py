@@ -66,8 +66,9 @@ def to_wgs84(geom: BaseGeometry, crs: str) -> BaseGeometry:
     """Reproject to lon/lat (STAC geometries are WGS84), densified so long edges follow the projection."""
     if crs.upper() in ("EPSG:4326", "OGC:CRS84"):
         return geom
-    dense = shapely.segmentize(geom, max_segment_length=max(geom.bounds[2] - geom.bounds[0],
-                                                           geom.bounds[3] - geom.bounds[1]) / 8 or 1)
+    dense = shapely.segmentize(
+        geom, max_segment_length=max(geom.bounds[2] - geom.bounds[0], geom.bounds[3] - geom.bounds[1]) / 8 or 1
+    )
     return transform(Transformer.from_crs(crs, "EPSG:4326", always_xy=True).transform, dense)
 
 
@@ -85,8 +86,8 @@ class SceneItem:
 
     id: str
     datetime: datetime
-    href: str        # the scene asset, absolute path or URI (the item itself for one asset per band)
-    item_href: str   # the item itself, for the output's derived_from links
+    href: str  # the scene asset, absolute path or URI (the item itself for one asset per band)
+    item_href: str  # the item itself, for the output's derived_from links
     aois: tuple[str, ...]
     #: The item with absolute asset hrefs, when the scene is the item (one asset per band).
     item: dict | None = field(default=None, compare=False)
@@ -97,9 +98,16 @@ def _item_time(item: pystac.Item) -> datetime | None:
     return utc(dt) if dt else None
 
 
-def find_scenes(catalog: str, *, asset: str | None, aois: dict[str, BaseGeometry], start: datetime,
-                end: datetime | None = None, collection: str | None = None,
-                max_cloud_cover: float | None = None) -> list[SceneItem]:
+def find_scenes(
+    catalog: str,
+    *,
+    asset: str | None,
+    aois: dict[str, BaseGeometry],
+    start: datetime,
+    end: datetime | None = None,
+    collection: str | None = None,
+    max_cloud_cover: float | None = None,
+) -> list[SceneItem]:
     """Items at or after ``start`` (and up to ``end``) intersecting any AOI, oldest first.
     ``asset``: the key of a 14-band scene asset; None: each item is the scene (Sentinel-2 L2A
     with one asset per band, assembled by ingest like any STAC item)."""
@@ -111,9 +119,13 @@ def find_scenes(catalog: str, *, asset: str | None, aois: dict[str, BaseGeometry
     for item in root.get_items(recursive=True):
         when = _item_time(item)
         cloud = item.properties.get("eo:cloud_cover")
-        if (when is None or when < start or (end is not None and when > end)
-                or (collection is not None and item.collection_id != collection)
-                or (max_cloud_cover is not None and cloud is not None and cloud > max_cloud_cover)):
+        if (
+            when is None
+            or when < start
+            or (end is not None and when > end)
+            or (collection is not None and item.collection_id != collection)
+            or (max_cloud_cover is not None and cloud is not None and cloud > max_cloud_cover)
+        ):
             continue
         footprint = shape(item.geometry) if item.geometry else box(*item.bbox) if item.bbox else None
         hits = tuple(name for name, aoi in aois.items() if footprint is not None and footprint.intersects(aoi))
@@ -124,15 +136,20 @@ def find_scenes(catalog: str, *, asset: str | None, aois: dict[str, BaseGeometry
             found.append(SceneItem(item.id, when, item.get_self_href(), item.get_self_href(), hits, item.to_dict()))
             continue
         if asset not in item.assets:
-            log.warning("skipping STAC item %s: no asset %r (it has: %s); 'asset' in the schedule names the "
-                        "14-band scene", item.id, asset, ", ".join(item.assets))
+            log.warning(
+                "skipping STAC item %s: no asset %r (it has: %s); 'asset' in the schedule names the 14-band scene",
+                item.id,
+                asset,
+                ", ".join(item.assets),
+            )
             continue
         found.append(SceneItem(item.id, when, item.assets[asset].get_absolute_href(), item.get_self_href(), hits))
     return sorted(found, key=lambda s: (s.datetime, s.id))
 
 
-def item_for_outputs(out_dir: Path, *, item_id: str | None = None, when: datetime | None = None,
-                     derived_from: Sequence[str] = ()) -> pystac.Item:
+def item_for_outputs(
+    out_dir: Path, *, item_id: str | None = None, when: datetime | None = None, derived_from: Sequence[str] = ()
+) -> pystac.Item:
     """The STAC item of a finished job; asset hrefs are relative, so the folder can move as a whole."""
     out_dir = Path(out_dir).absolute()
     manifest = read_manifest(out_dir)
@@ -142,7 +159,9 @@ def item_for_outputs(out_dir: Path, *, item_id: str | None = None, when: datetim
     finished = utc(datetime.fromisoformat(manifest["finished"]))
     summary = manifest["summary"]
     item = pystac.Item(
-        id=item_id or out_dir.name, geometry=mapping(geometry), bbox=list(geometry.bounds),
+        id=item_id or out_dir.name,
+        geometry=mapping(geometry),
+        bbox=list(geometry.bounds),
         datetime=utc(when) if when else finished,
         properties={
             "created": finished.isoformat(),
@@ -172,8 +191,14 @@ def item_for_outputs(out_dir: Path, *, item_id: str | None = None, when: datetim
     return item
 
 
-def write_item(out_dir: Path, *, item_id: str | None = None, when: datetime | None = None,
-               derived_from: Sequence[str] = (), publish_to: str | None = None) -> pystac.Item:
+def write_item(
+    out_dir: Path,
+    *,
+    item_id: str | None = None,
+    when: datetime | None = None,
+    derived_from: Sequence[str] = (),
+    publish_to: str | None = None,
+) -> pystac.Item:
     """Write ``OUT/item.json``; with ``publish_to``, copy the outputs there too, the item last
     (its presence marks a complete copy)."""
     item = item_for_outputs(out_dir, item_id=item_id, when=when, derived_from=derived_from)

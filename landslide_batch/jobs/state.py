@@ -33,12 +33,17 @@ class SchedulerState:
 
     @classmethod
     @contextmanager
-    def open(cls, path: Path) -> Iterator["SchedulerState"]:
+    def open(cls, path: Path) -> Iterator[SchedulerState]:
         """Lock ``path`` for the duration of a pass and load it (empty when new)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         lock_file = path.with_name(path.name + ".lock")
-        busy = lambda: SchedulerBusyError(f"another scheduler pass holds {path} (lock {lock_file}); "  # noqa: E731
-                                          "wait for it to finish")
+
+        def busy():
+            return SchedulerBusyError(
+                f"another scheduler pass holds {path} (lock {lock_file}); "  # noqa: E731
+                "wait for it to finish"
+            )
+
         with exclusive(lock_file, busy):
             yield cls(path, cls._load(path))
 
@@ -49,9 +54,11 @@ class SchedulerState:
         try:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
-            raise ConfigError(f"scheduler state {path} is not valid JSON ({exc}); restore or delete it "
-                              "(deleting re-submits past scenes, which a Ray cluster that still knows "
-                              "their job ids refuses)") from None
+            raise ConfigError(
+                f"scheduler state {path} is not valid JSON ({exc}); restore or delete it "
+                "(deleting re-submits past scenes, which a Ray cluster that still knows "
+                "their job ids refuses)"
+            ) from None
         if not isinstance(data, dict) or not isinstance(data.get("jobs"), dict):
             raise ConfigError(f"scheduler state {path} is not a state file (no 'jobs' mapping)")
         return data

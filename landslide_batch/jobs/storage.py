@@ -19,9 +19,11 @@ def check_uri(uri: str, where: str) -> None:
     try:
         fsspec.get_filesystem_class(protocol)
     except (ValueError, ImportError) as exc:
-        raise ConfigError(f"{where}: {uri!r} needs the fsspec driver for {protocol!r}, which is not "
-                          f"usable here ({exc}); install it, e.g. s3fs for s3://, gcsfs for gs://, "
-                          "adlfs for az://") from None
+        raise ConfigError(
+            f"{where}: {uri!r} needs the fsspec driver for {protocol!r}, which is not "
+            f"usable here ({exc}); install it, e.g. s3fs for s3://, gcsfs for gs://, "
+            "adlfs for az://"
+        ) from None
 
 
 def fetch(uri: str, dest_dir: Path) -> Path:

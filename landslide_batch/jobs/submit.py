@@ -52,8 +52,12 @@ class StacOptions:
 
     def command(self, out: str) -> list[str]:
         args = [ENTRYPOINT, "stac-item", out]
-        for flag, value in (("--id", self.item_id), ("--datetime", self.when and self.when.isoformat()),
-                            *(("--derived-from", href) for href in self.derived_from), ("--publish", self.publish_to)):
+        for flag, value in (
+            ("--id", self.item_id),
+            ("--datetime", self.when and self.when.isoformat()),
+            *(("--derived-from", href) for href in self.derived_from),
+            ("--publish", self.publish_to),
+        ):
             if value:
                 args += [flag, value]
         return args
@@ -125,9 +129,16 @@ class RaySubmitter:
         if self.ship_code:
             runtime_env["py_modules"] = [str(Path(landslide_batch.__file__).parent)]
             runtime_env["excludes"] = ["__pycache__"]
-        return {"entrypoint": entrypoint, "runtime_env": runtime_env, "submission_id": job.submission_id,
-                "metadata": {"scene": str(job.job.get("scene") or ",".join(job.job.get("scenes") or [])),
-                             "out": str(job.job["out"]), **job.metadata}}
+        return {
+            "entrypoint": entrypoint,
+            "runtime_env": runtime_env,
+            "submission_id": job.submission_id,
+            "metadata": {
+                "scene": str(job.job.get("scene") or ",".join(job.job.get("scenes") or [])),
+                "out": str(job.job["out"]),
+                **job.metadata,
+            },
+        }
 
     def submit(self, job: JobSubmission) -> str:
         with tempfile.TemporaryDirectory(prefix="landslide-job-") as tmp:
@@ -135,14 +146,18 @@ class RaySubmitter:
                 return self.client.submit_job(**self.request(job, Path(tmp)))
             except RuntimeError as exc:
                 if "already exists" in str(exc):
-                    raise JobExistsError(f"job {job.submission_id} was already submitted to {self._where}; "
-                                         f"see `landslide-batch status {job.submission_id}`") from None
+                    raise JobExistsError(
+                        f"job {job.submission_id} was already submitted to {self._where}; "
+                        f"see `landslide-batch status {job.submission_id}`"
+                    ) from None
                 raise ClusterError(f"{self._where} refused the job: {exc}") from None
             except _network_errors() as exc:
-                raise ClusterError(f"{self._where}: the connection failed while submitting the job "
-                                   f"({type(exc).__name__}: {exc}); check that the cluster is up, then run "
-                                   "the same submit again (an id that reached the cluster is refused, not "
-                                   "mapped twice)") from None
+                raise ClusterError(
+                    f"{self._where}: the connection failed while submitting the job "
+                    f"({type(exc).__name__}: {exc}); check that the cluster is up, then run "
+                    "the same submit again (an id that reached the cluster is refused, not "
+                    "mapped twice)"
+                ) from None
 
     def status(self, job_id: str) -> tuple[str, str]:
         """-> (PENDING | RUNNING | SUCCEEDED | FAILED | STOPPED, the cluster's message)."""
@@ -165,6 +180,7 @@ class RaySubmitter:
 
     def follow(self, job_id: str, write: Callable[[str], Any]) -> None:
         """Stream the logs until the job ends."""
+
         async def tail() -> None:
             async for chunk in self.client.tail_job_logs(job_id):
                 write(chunk)
@@ -179,9 +195,11 @@ class RaySubmitter:
         except (RuntimeError, AuthenticationError) as exc:
             raise ClusterError(f"{self._where}: job {job_id}: {exc}") from None
         except _network_errors() as exc:
-            raise ClusterError(f"{self._where}: job {job_id}: the connection to the Ray Job API failed "
-                               f"({type(exc).__name__}: {exc}); the job itself runs on, check that the "
-                               "cluster is up and ask again") from None
+            raise ClusterError(
+                f"{self._where}: job {job_id}: the connection to the Ray Job API failed "
+                f"({type(exc).__name__}: {exc}); the job itself runs on, check that the "
+                "cluster is up and ask again"
+            ) from None
 
 
 def _network_errors() -> tuple[type[BaseException], ...]:
@@ -201,6 +219,11 @@ class LocalRunner:
         cfg = job_from_dict(job.job, where=job.submission_id or "job")
         run_job(cfg)
         if job.stac:
-            write_item(Path(cfg.out), item_id=job.stac.item_id, when=job.stac.when,
-                       derived_from=job.stac.derived_from, publish_to=job.stac.publish_to)
+            write_item(
+                Path(cfg.out),
+                item_id=job.stac.item_id,
+                when=job.stac.when,
+                derived_from=job.stac.derived_from,
+                publish_to=job.stac.publish_to,
+            )
         return job.submission_id or Path(cfg.out).name

@@ -41,8 +41,10 @@ class UploadReport:
     bytes: int = 0
 
     def summary(self) -> str:
-        return (f"uploaded {len(self.uploaded)} file(s), {self.bytes / 2**20:.1f} MiB; "
-                f"{len(self.reused)} already on cluster storage")
+        return (
+            f"uploaded {len(self.uploaded)} file(s), {self.bytes / 2**20:.1f} MiB; "
+            f"{len(self.reused)} already on cluster storage"
+        )
 
 
 def job_paths(spec: dict[str, Any]) -> Iterator[tuple[Key, str]]:
@@ -77,12 +79,16 @@ def refuse_local_paths(spec: dict[str, Any], where: str) -> None:
     """ConfigError naming each local path of a job bound for a cluster without a shared disk."""
     if not (found := local_paths(spec)):
         return
-    lines = [f"  {label(key)}: {value}" + ("" if Path(value).exists() else " (not on this machine either)")
-             for key, value in found]
-    raise ConfigError(f"{where}: the cluster's nodes cannot read paths of this machine, and the job names "
-                      f"{len(found)}:\n" + "\n".join(lines) + "\nName object-store URIs instead (s3://, gs://, "
-                      "az://), or pass --upload-to URI to upload the inputs first (out must then be a URI the "
-                      "cluster writes to), or --shared-fs if every node mounts these paths at the same place")
+    lines = [
+        f"  {label(key)}: {value}" + ("" if Path(value).exists() else " (not on this machine either)")
+        for key, value in found
+    ]
+    raise ConfigError(
+        f"{where}: the cluster's nodes cannot read paths of this machine, and the job names "
+        f"{len(found)}:\n" + "\n".join(lines) + "\nName object-store URIs instead (s3://, gs://, "
+        "az://), or pass --upload-to URI to upload the inputs first (out must then be a URI the "
+        "cluster writes to), or --shared-fs if every node mounts these paths at the same place"
+    )
 
 
 def upload_inputs(spec: dict[str, Any], dest: str, where: str) -> tuple[dict[str, Any], UploadReport]:
@@ -92,23 +98,32 @@ def upload_inputs(spec: dict[str, Any], dest: str, where: str) -> tuple[dict[str
     root = location(dest)
     root.require_writable("--upload-to")
     if not is_uri(str(spec["out"])):
-        raise ConfigError(f"{where}: out {spec['out']} is a path of this machine; with --upload-to, out must be "
-                          f"a URI the cluster writes to (e.g. {str(root).rstrip('/')}/maps/<job>)")
+        raise ConfigError(
+            f"{where}: out {spec['out']} is a path of this machine; with --upload-to, out must be "
+            f"a URI the cluster writes to (e.g. {str(root).rstrip('/')}/maps/<job>)"
+        )
     spec = copy.deepcopy(spec)
     if spec.get("scenes"):
         spec["scenes"] = [m for s in spec["scenes"] for m in _expand_local_glob(s, where)]
     if missing := [(k, v) for k, v in local_paths(spec) if not Path(v).exists()]:
-        raise ConfigError(f"{where}: cannot upload what does not exist on this machine: "
-                          + ", ".join(f"{label(k)} {v}" for k, v in missing))
+        raise ConfigError(
+            f"{where}: cannot upload what does not exist on this machine: "
+            + ", ".join(f"{label(k)} {v}" for k, v in missing)
+        )
     if stac := [(k, v) for k, v in local_paths(spec) if k[0] in ("scene", "scenes") and v.endswith(".json")]:
-        raise ConfigError(f"{where}: {', '.join(f'{label(k)} {v}' for k, v in stac)}: a STAC item or collection "
-                          "names its assets by links, which an upload of the JSON alone would break; put the "
-                          "assets on object storage and name the item there, or name the scene's files")
+        raise ConfigError(
+            f"{where}: {', '.join(f'{label(k)} {v}' for k, v in stac)}: a STAC item or collection "
+            "names its assets by links, which an upload of the JSON alone would break; put the "
+            "assets on object storage and name the item there, or name the scene's files"
+        )
     report = UploadReport()
     with storage_errors(root, "--upload-to"):
         for key, value in local_paths(spec):
-            uri = (_upload_ensemble(Path(value), root, report) if key == ("ensemble",)
-                   else _upload(Path(value), root, report))
+            uri = (
+                _upload_ensemble(Path(value), root, report)
+                if key == ("ensemble",)
+                else _upload(Path(value), root, report)
+            )
             _set(spec, key, uri)
     return spec, report
 
@@ -148,8 +163,10 @@ def _upload_ensemble(path: Path, root: Location, report: UploadReport) -> str:
     """An ensemble YAML: its local member folders uploaded, then the YAML rewritten to name
     their URIs (weights and threshold kept) and uploaded itself."""
     ensemble = load_ensemble(path)
-    members = [{"model": str(m.model) if is_uri(str(m.model)) else _upload(Path(m.model), root, report),
-                "weight": m.weight} for m in ensemble.members]
+    members = [
+        {"model": str(m.model) if is_uri(str(m.model)) else _upload(Path(m.model), root, report), "weight": m.weight}
+        for m in ensemble.members
+    ]
     text = yaml.safe_dump({"members": members, "threshold": ensemble.threshold}, sort_keys=False)
     with tempfile.TemporaryDirectory(prefix="landslide-upload-") as tmp:
         rewritten = Path(tmp) / path.name
@@ -157,14 +174,14 @@ def _upload_ensemble(path: Path, root: Location, report: UploadReport) -> str:
         return _upload(rewritten, root, report)
 
 
-def cluster_locations(spec: dict[str, Any], where: str, *, upload_to: str | None = None,
-                      shared_fs: bool = False) -> tuple[dict[str, Any], UploadReport | None]:
+def cluster_locations(
+    spec: dict[str, Any], where: str, *, upload_to: str | None = None, shared_fs: bool = False
+) -> tuple[dict[str, Any], UploadReport | None]:
     """The spec a cluster may receive: as is with ``shared_fs`` (every node mounts the job's
     paths at the same place), its local inputs uploaded with ``upload_to``, else refused while
     it names any path of this machine."""
     if shared_fs and upload_to:
-        raise ConfigError("--shared-fs (paths as they are) and --upload-to (paths replaced by URIs) "
-                          "exclude each other")
+        raise ConfigError("--shared-fs (paths as they are) and --upload-to (paths replaced by URIs) exclude each other")
     if shared_fs:
         return spec, None
     if upload_to:

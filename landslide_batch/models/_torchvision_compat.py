@@ -25,6 +25,7 @@ def ensure_torchvision() -> None:
 
     try:
         import torchvision  # noqa: F401
+
         return
     except RuntimeError as exc:
         if "torchvision::" not in str(exc):

@@ -36,7 +36,7 @@ class Normalization(BaseModel):
     std: list[float]
 
     @model_validator(mode="after")
-    def _check(self) -> "Normalization":
+    def _check(self) -> Normalization:
         if len(self.mean) != len(self.std):
             raise ValueError(f"mean has {len(self.mean)} values but std has {len(self.std)}")
         if any(not s > 0 for s in self.std):
@@ -44,7 +44,7 @@ class Normalization(BaseModel):
         return self
 
     @classmethod
-    def identity(cls, n: int) -> "Normalization":
+    def identity(cls, n: int) -> Normalization:
         return cls(mean=[0.0] * n, std=[1.0] * n)
 
 
@@ -78,7 +78,7 @@ class ModelCard(BaseModel):
     notes: str = ""
 
     @model_validator(mode="after")
-    def _check(self) -> "ModelCard":
+    def _check(self) -> ModelCard:
         resolve_features(self.features)
         n = len(self.features)
         if self.in_channels != n or len(self.normalization.mean) != n:
@@ -207,8 +207,14 @@ def load_model_folder(folder: str | Path | ModelFiles, device: str = "cpu"):
     return model.to(device).eval(), card
 
 
-def init_model_folder(arch: str, encoder: str | None, out: str | Path, seed: int = 0,
-                      features: str | list[str] | None = None, overwrite: bool = False) -> ModelCard:
+def init_model_folder(
+    arch: str,
+    encoder: str | None,
+    out: str | Path,
+    seed: int = 0,
+    features: str | list[str] | None = None,
+    overwrite: bool = False,
+) -> ModelCard:
     """An *untrained* model folder (random weights from ``seed``) for smoke tests and benchmarks."""
     import torch
 
@@ -220,8 +226,14 @@ def init_model_folder(arch: str, encoder: str | None, out: str | Path, seed: int
     model = build_model(spec.arch, encoder, len(feats))
     name = f"{spec.arch.lower()}_{encoder or 'plain'}".replace("-", "_")
     card = ModelCard(
-        name=name, arch=spec.arch, encoder=encoder, features=feats, in_channels=len(feats),
-        normalization=Normalization.identity(len(feats)), trained=False,
-        training={"seed": seed}, notes="UNTRAINED: random weights, for smoke tests and benchmarks only",
+        name=name,
+        arch=spec.arch,
+        encoder=encoder,
+        features=feats,
+        in_channels=len(feats),
+        normalization=Normalization.identity(len(feats)),
+        trained=False,
+        training={"seed": seed},
+        notes="UNTRAINED: random weights, for smoke tests and benchmarks only",
     )
     return save_model_folder(model, card, out, overwrite=overwrite)

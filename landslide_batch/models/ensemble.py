@@ -33,11 +33,16 @@ class Ensemble:
         for i, m in enumerate(cfg.members):
             model, card = load_model_folder(files[i] if files else m.model, device=str(self.device))
             norm = card.normalization
-            self.members.append(Member(
-                path_or_uri(m.model), m.weight, card, model,
-                torch.tensor(norm.mean, dtype=torch.float32, device=self.device)[:, None, None],
-                torch.tensor(norm.std, dtype=torch.float32, device=self.device)[:, None, None],
-            ))
+            self.members.append(
+                Member(
+                    path_or_uri(m.model),
+                    m.weight,
+                    card,
+                    model,
+                    torch.tensor(norm.mean, dtype=torch.float32, device=self.device)[:, None, None],
+                    torch.tensor(norm.std, dtype=torch.float32, device=self.device)[:, None, None],
+                )
+            )
         if not self.members:
             raise ModelError("the ensemble has no members")
         self.threshold = cfg.decision_threshold([m.card.threshold for m in self.members])

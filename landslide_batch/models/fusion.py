@@ -33,6 +33,7 @@ def conv_bn_pairs(model: nn.Module, sample: torch.Tensor) -> list[tuple[str, str
         def hook(_module, _inputs, output):
             calls[name] = calls.get(name, 0) + 1
             produced[id(output)] = (name, output)
+
         return hook
 
     def on_bn(name):
@@ -41,6 +42,7 @@ def conv_bn_pairs(model: nn.Module, sample: torch.Tensor) -> list[tuple[str, str
             source = produced.get(id(inputs[0]))
             if source is not None:
                 pairs.append((source[0], name))
+
         return hook
 
     for name, module in model.named_modules():

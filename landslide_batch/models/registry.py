@@ -22,8 +22,17 @@ class ModelSpec:
 
 
 _UNET_ENCODERS = (
-    "resnet34", "vgg16", "efficientnet-b0", "resnext50_32x4d", "se_resnet50", "densenet121",
-    "se_resnext50_32x4d", "inceptionv4", "inceptionresnetv2", "mobilenet_v2", "mit_b1",
+    "resnet34",
+    "vgg16",
+    "efficientnet-b0",
+    "resnext50_32x4d",
+    "se_resnet50",
+    "densenet121",
+    "se_resnext50_32x4d",
+    "inceptionv4",
+    "inceptionresnetv2",
+    "mobilenet_v2",
+    "mit_b1",
 )
 
 MODEL_ZOO: dict[str, ModelSpec] = {
@@ -46,8 +55,14 @@ def spec_for(arch: str, encoder: str | None) -> ModelSpec:
 
 def _canonical_arch(arch: str) -> str:
     key = arch.replace("_", "").replace("-", "").lower()
-    aliases = {"unet": "Unet", "deeplabv3plus": "DeepLabV3Plus", "deeplabv3+": "DeepLabV3Plus",
-               "plainunet": "PlainUnet", "convstemunet": "ConvStemUnet", "segformerb2": "SegformerB2"}
+    aliases = {
+        "unet": "Unet",
+        "deeplabv3plus": "DeepLabV3Plus",
+        "deeplabv3+": "DeepLabV3Plus",
+        "plainunet": "PlainUnet",
+        "convstemunet": "ConvStemUnet",
+        "segformerb2": "SegformerB2",
+    }
     if key not in aliases:
         raise ConfigError(f"unknown architecture {arch!r}; expected one of {list(ARCHS)}")
     return aliases[key]

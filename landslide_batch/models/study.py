@@ -50,21 +50,24 @@ def _unet(name: str, encoder: str, file: str | None = None) -> StudyModel:
     return StudyModel(name, file or f"{name}.pth", "Unet", encoder, "model.model.")
 
 
-STUDY_MODELS: dict[str, StudyModel] = {m.name: m for m in (
-    StudyModel("deeplabv3", "deeplabv3.pth", "DeepLabV3Plus", "resnet50", "model.model."),
-    _unet("densenet121", "densenet121"),
-    _unet("efficientnetb0", "efficientnet-b0"),
-    _unet("inceptionresnetv2", "inceptionresnetv2"),
-    _unet("inceptionv4", "inceptionv4"),
-    StudyModel("mitb1", "mitb1.pth", "ConvStemUnet", "mit_b1", "model."),
-    _unet("mobilenetv2", "mobilenet_v2"),
-    _unet("resnet34", "resnet34"),
-    _unet("resnext50-32x4d", "resnext50_32x4d"),
-    _unet("se_resnet50", "se_resnet50"),
-    _unet("se_resnext50_32x4d", "se_resnext50_32x4d"),
-    StudyModel("segformer", "segformer.pth", "SegformerB2", None, ""),
-    _unet("vgg16", "vgg16"),
-)}
+STUDY_MODELS: dict[str, StudyModel] = {
+    m.name: m
+    for m in (
+        StudyModel("deeplabv3", "deeplabv3.pth", "DeepLabV3Plus", "resnet50", "model.model."),
+        _unet("densenet121", "densenet121"),
+        _unet("efficientnetb0", "efficientnet-b0"),
+        _unet("inceptionresnetv2", "inceptionresnetv2"),
+        _unet("inceptionv4", "inceptionv4"),
+        StudyModel("mitb1", "mitb1.pth", "ConvStemUnet", "mit_b1", "model."),
+        _unet("mobilenetv2", "mobilenet_v2"),
+        _unet("resnet34", "resnet34"),
+        _unet("resnext50-32x4d", "resnext50_32x4d"),
+        _unet("se_resnet50", "se_resnet50"),
+        _unet("se_resnext50_32x4d", "se_resnext50_32x4d"),
+        StudyModel("segformer", "segformer.pth", "SegformerB2", None, ""),
+        _unet("vgg16", "vgg16"),
+    )
+}
 
 
 def study_model(name: str) -> StudyModel:
@@ -96,14 +99,21 @@ def load_strict(model, state: dict, spec: StudyModel, source: str, outside: list
     own = model.state_dict()
     missing = sorted(spec.prefix + k for k in set(own) - set(state))
     unexpected = sorted([spec.prefix + k for k in set(state) - set(own)] + list(outside))
-    shapes = sorted(f"{spec.prefix}{k} {tuple(state[k].shape)} (network: {tuple(own[k].shape)})"
-                    for k in set(own) & set(state) if tuple(state[k].shape) != tuple(own[k].shape))
+    shapes = sorted(
+        f"{spec.prefix}{k} {tuple(state[k].shape)} (network: {tuple(own[k].shape)})"
+        for k in set(own) & set(state)
+        if tuple(state[k].shape) != tuple(own[k].shape)
+    )
     if missing or unexpected or shapes:
-        parts = [f"{len(keys)} {what}: {', '.join(keys[:20])}{' ...' if len(keys) > 20 else ''}"
-                 for what, keys in (("missing", missing), ("unexpected", unexpected),
-                                    ("of another shape", shapes)) if keys]
-        raise ModelError(f"{source}: does not fit the study's {spec.name} ({spec.arch}/{spec.encoder}, "
-                         f"{len(L4S_BANDS)} bands); keys " + "; ".join(parts))
+        parts = [
+            f"{len(keys)} {what}: {', '.join(keys[:20])}{' ...' if len(keys) > 20 else ''}"
+            for what, keys in (("missing", missing), ("unexpected", unexpected), ("of another shape", shapes))
+            if keys
+        ]
+        raise ModelError(
+            f"{source}: does not fit the study's {spec.name} ({spec.arch}/{spec.encoder}, "
+            f"{len(L4S_BANDS)} bands); keys " + "; ".join(parts)
+        )
     model.load_state_dict(state, strict=True)
 
 
@@ -116,8 +126,9 @@ def _read_checkpoint(path: Path) -> dict:
         raise ModelError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc})") from None
 
 
-def import_checkpoint(name: str, path: Path, out: str | Path, *, source: str | None = None,
-                      overwrite: bool = False) -> ModelCard:
+def import_checkpoint(
+    name: str, path: Path, out: str | Path, *, source: str | None = None, overwrite: bool = False
+) -> ModelCard:
     """A study checkpoint file -> model folder ``out`` (raw 14-band inputs, NaN -> 1e-6, threshold 0.5)."""
     spec = study_model(name)
     path = Path(path)
@@ -125,21 +136,39 @@ def import_checkpoint(name: str, path: Path, out: str | Path, *, source: str | N
     model = build_model(spec.arch, spec.encoder, len(L4S_BANDS))
     load_strict(model, state, spec, str(path), outside)
     card = ModelCard(
-        name=spec.folder, arch=spec.arch, encoder=spec.encoder, features=list(L4S_BANDS),
-        in_channels=len(L4S_BANDS), normalization=Normalization.identity(len(L4S_BANDS)),
-        threshold=STUDY_THRESHOLD, nan_fill=STUDY_NAN_FILL, trained=True,
+        name=spec.folder,
+        arch=spec.arch,
+        encoder=spec.encoder,
+        features=list(L4S_BANDS),
+        in_channels=len(L4S_BANDS),
+        normalization=Normalization.identity(len(L4S_BANDS)),
+        threshold=STUDY_THRESHOLD,
+        nan_fill=STUDY_NAN_FILL,
+        trained=True,
         input_units="l4s",  # trained on the Landslide4Sense patches as released, fed raw
-        source={"study": STUDY_REPO, "model": spec.name, "url": source or str(path.resolve()),
-                "sha256": file_digest(path, "sha256")},
+        source={
+            "study": STUDY_REPO,
+            "model": spec.name,
+            "url": source or str(path.resolve()),
+            "sha256": file_digest(path, "sha256"),
+        },
         training={"imported": True, "dropped_keys": dropped},
         notes=f"the study's published {spec.name} checkpoint, imported strictly; raw band values in, "
-              "NaN -> 1e-6, threshold 0.5",
+        "NaN -> 1e-6, threshold 0.5",
     )
     return save_model_folder(model.eval(), card, out, overwrite=overwrite)
 
 
-def import_model(name: str, location: str, out: str | Path, *, sha256: str | None = None,
-                 cache: Path | None = None, overwrite: bool = False, progress: bool = True) -> ModelCard:
+def import_model(
+    name: str,
+    location: str,
+    out: str | Path,
+    *,
+    sha256: str | None = None,
+    cache: Path | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> ModelCard:
     """``location`` is a local file or an http(s) URL (downloaded, resumable, into ``cache``)."""
     if "://" not in location:
         path = Path(location)
@@ -160,7 +189,10 @@ def study_url(base_url: str, name: str) -> str:
 
 
 def ensemble_yaml(names: list[str], threshold: float = STUDY_THRESHOLD) -> str:
-    lines = ["# The reference study's published models, imported with `landslide-batch import-model --all`.",
-             "# Paths are relative to this file; equal weights, the study's threshold.", "members:"]
+    lines = [
+        "# The reference study's published models, imported with `landslide-batch import-model --all`.",
+        "# Paths are relative to this file; equal weights, the study's threshold.",
+        "members:",
+    ]
     lines += [f"  - {{model: {STUDY_MODELS[n].folder}, weight: 1.0}}" for n in names]
     return "\n".join(lines + [f"threshold: {threshold}", ""])

@@ -42,8 +42,10 @@ class SegformerB2(nn.Module):
         try:
             from transformers import SegformerConfig, SegformerForSemanticSegmentation
         except ImportError:
-            raise ModelError("the study's SegFormer needs the 'transformers' package, which is not installed "
-                             "(pip install transformers)") from None
+            raise ModelError(
+                "the study's SegFormer needs the 'transformers' package, which is not installed "
+                "(pip install transformers)"
+            ) from None
         config = SegformerConfig(num_channels=in_channels, num_labels=classes, **SEGFORMER_B2)
         self.model = SegformerForSemanticSegmentation(config)
 

@@ -26,7 +26,7 @@ class PixelAreas:
 
     def of_mask(self, y0: int, mask: np.ndarray) -> float:
         """Area (m²) of the True pixels of a window whose first row is ``y0``."""
-        return float(mask.sum(axis=1) @ self.rows[y0:y0 + mask.shape[0]])
+        return float(mask.sum(axis=1) @ self.rows[y0 : y0 + mask.shape[0]])
 
     @property
     def nominal_m2(self) -> float:
@@ -49,7 +49,7 @@ def _pixel_areas(height: int, crs_wkt: str | None, transform: tuple[float, ...])
     a, b, _, d, e, f = transform
     if crs.is_projected:
         unit = crs.axis_info[0].unit_conversion_factor
-        return PixelAreas(np.full(height, abs(a * e - b * d) * unit ** 2))
+        return PixelAreas(np.full(height, abs(a * e - b * d) * unit**2))
     if not crs.is_geographic or b or d or not np.isclose(np.degrees(crs.axis_info[0].unit_conversion_factor), 1):
         return None  # rotated, or in an angular unit other than degrees
     geod = crs.get_geod()

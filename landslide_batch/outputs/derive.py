@@ -50,8 +50,9 @@ def min_object_pixels(info: SceneInfo, min_area_m2: float, min_pixels: int) -> i
     return max(min_pixels, int(np.ceil(min_area_m2 / areas.nominal_m2)) if areas else 0)
 
 
-def write_mask_and_polygons(source: ProbabilitySource, threshold: float, min_pixels: int, mask_dest: Path,
-                            polygons_dest: Path, scratch: Path) -> dict:
+def write_mask_and_polygons(
+    source: ProbabilitySource, threshold: float, min_pixels: int, mask_dest: Path, polygons_dest: Path, scratch: Path
+) -> dict:
     """Write the mask COG and the polygons (format from ``polygons_dest``'s suffix); returns the
     summary run.json records. The COG is written beside the polygons (GDAL runs without the GIL)."""
     info = source.info
@@ -60,8 +61,7 @@ def write_mask_and_polygons(source: ProbabilitySource, threshold: float, min_pix
         return mask_window(source.probability(y0, y1, x0, x1), threshold)
 
     with ThreadPoolExecutor(1, "mask") as pool:
-        mask_cog = pool.submit(write_cog, mask_dest, info, mask_of, dtype="uint8", nodata=MASK_NODATA,
-                               scratch=scratch)
+        mask_cog = pool.submit(write_cog, mask_dest, info, mask_of, dtype="uint8", nodata=MASK_NODATA, scratch=scratch)
         collector = ObjectCollector(info)
         valid_px = slide_px = 0
         areas, valid_m2, slide_m2 = pixel_areas(info), 0.0, 0.0
@@ -77,6 +77,10 @@ def write_mask_and_polygons(source: ProbabilitySource, threshold: float, min_pix
             collector.add_window(y0, x0, m == 1, prob, slope)
         n_objects = write_polygons(polygons_dest, info, collector.objects(), min_pixels, source.slope is not None)
         mask_cog.result()
-    return {"valid_pixels": valid_px, "landslide_pixels": slide_px, "objects": n_objects,
-            "area_mapped_km2": valid_m2 / 1e6 if areas else None,
-            "landslide_area_km2": slide_m2 / 1e6 if areas else None}
+    return {
+        "valid_pixels": valid_px,
+        "landslide_pixels": slide_px,
+        "objects": n_objects,
+        "area_mapped_km2": valid_m2 / 1e6 if areas else None,
+        "landslide_area_km2": slide_m2 / 1e6 if areas else None,
+    }

@@ -9,8 +9,17 @@ from pathlib import Path
 
 from ..storage import Location, location
 
-PACKAGES = ("landslide-batch", "torch", "segmentation-models-pytorch", "ray", "numpy", "zarr",
-            "rasterio", "xarray", "h5py")
+PACKAGES = (
+    "landslide-batch",
+    "torch",
+    "segmentation-models-pytorch",
+    "ray",
+    "numpy",
+    "zarr",
+    "rasterio",
+    "xarray",
+    "h5py",
+)
 
 
 def package_versions() -> dict[str, str]:

@@ -56,8 +56,15 @@ class ObjectCollector:
             geoms.setdefault(int(value), []).append(shape(geom))
         for i in idx:
             parts = geoms[int(i)]
-            self.pieces.append(Piece(parts[0] if len(parts) == 1 else unary_union(parts), int(pixels[i - 1]),
-                                     float(prob_sum[i - 1]), float(slope_sum[i - 1]), bool(edge[i])))
+            self.pieces.append(
+                Piece(
+                    parts[0] if len(parts) == 1 else unary_union(parts),
+                    int(pixels[i - 1]),
+                    float(prob_sum[i - 1]),
+                    float(slope_sum[i - 1]),
+                    bool(edge[i]),
+                )
+            )
 
     def objects(self) -> list[Piece]:
         """Merge pieces that share an edge across window borders."""
@@ -81,9 +88,16 @@ class ObjectCollector:
         groups: dict[int, list[Piece]] = {}
         for i, p in enumerate(edge):
             groups.setdefault(find(i), []).append(p)
-        merged = [Piece(unary_union([p.geom for p in g]) if len(g) > 1 else g[0].geom,
-                        sum(p.pixels for p in g), sum(p.prob_sum for p in g),
-                        sum(p.slope_sum for p in g), True) for g in groups.values()]
+        merged = [
+            Piece(
+                unary_union([p.geom for p in g]) if len(g) > 1 else g[0].geom,
+                sum(p.pixels for p in g),
+                sum(p.prob_sum for p in g),
+                sum(p.slope_sum for p in g),
+                True,
+            )
+            for g in groups.values()
+        ]
         return inner + merged
 
 
@@ -98,8 +112,7 @@ def write_polygons(dest, info: SceneInfo, objects: list[Piece], min_pixels: int,
         "pixels": np.array([o.pixels for o in kept], dtype=np.int64),
         "area_m2": object_areas_m2(info, [o.geom for o in kept], [o.pixels for o in kept]),
         "mean_probability": np.array([o.prob_sum / o.pixels for o in kept], dtype=np.float64),
-        "mean_slope_deg": np.array([o.slope_sum / o.pixels if has_slope else np.nan for o in kept],
-                                   dtype=np.float64),
+        "mean_slope_deg": np.array([o.slope_sum / o.pixels if has_slope else np.nan for o in kept], dtype=np.float64),
     }
     gdf = gpd.GeoDataFrame(data, geometry=[o.geom for o in kept], crs=info.crs)
     _save(gdf, Path(dest))

@@ -37,8 +37,9 @@ def write_quicklook(dest: Path, scene_bands, prob_array, threshold: float) -> No
     h, w = prob_array.shape
     step = max(1, -(-max(h, w) // MAX_SIDE))
     # One orthogonal selection: each chunk (all bands) is read once, not once per band.
-    rgb = scene_bands.get_orthogonal_selection(([BAND_INDEX[b] for b in RGB_BANDS], slice(None, None, step),
-                                                slice(None, None, step)))
+    rgb = scene_bands.get_orthogonal_selection(
+        ([BAND_INDEX[b] for b in RGB_BANDS], slice(None, None, step), slice(None, None, step))
+    )
     prob = np.asarray(prob_array[::step, ::step], dtype=np.float32)
     prob[prob < 0] = np.nan
     Image.fromarray(overlay(stretch(rgb), prob, threshold)).save(dest)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import rasterio
@@ -21,19 +21,45 @@ def windows(info: SceneInfo, size: int = WINDOW):
             yield y0, min(y0 + size, info.height), x0, min(x0 + size, info.width)
 
 
-def write_cog(dest: Path, info: SceneInfo, read: Callable[[int, int, int, int], np.ndarray], *,
-              dtype: str, nodata: float, scratch: Path) -> None:
+def write_cog(
+    dest: Path,
+    info: SceneInfo,
+    read: Callable[[int, int, int, int], np.ndarray],
+    *,
+    dtype: str,
+    nodata: float,
+    scratch: Path,
+) -> None:
     """``read(y0, y1, x0, x1)`` gives each window; GDAL's COG driver then adds overviews."""
-    profile = dict(driver="GTiff", height=info.height, width=info.width, count=1, dtype=dtype,
-                   nodata=nodata, transform=info.affine, tiled=True, blockxsize=512, blockysize=512,
-                   BIGTIFF="IF_SAFER")  # uncompressed scratch: compressed once, by the COG driver
+    profile = dict(
+        driver="GTiff",
+        height=info.height,
+        width=info.width,
+        count=1,
+        dtype=dtype,
+        nodata=nodata,
+        transform=info.affine,
+        tiled=True,
+        blockxsize=512,
+        blockysize=512,
+        BIGTIFF="IF_SAFER",
+    )  # uncompressed scratch: compressed once, by the COG driver
     if info.crs is not None:
         profile["crs"] = info.crs
     with rasterio.open(scratch, "w", **profile) as ds:
         for y0, y1, x0, x1 in windows(info):
             ds.write(read(y0, y1, x0, x1).astype(dtype), 1, window=Window(x0, y0, x1 - x0, y1 - y0))
     predictor = 3 if np.dtype(dtype).kind == "f" else 2
-    rasterio.shutil.copy(scratch, dest, driver="COG", compress="DEFLATE", level=1, predictor=predictor,
-                         num_threads="ALL_CPUS", blocksize=512,
-                         overview_resampling="average" if predictor == 3 else "nearest", BIGTIFF="IF_SAFER")
+    rasterio.shutil.copy(
+        scratch,
+        dest,
+        driver="COG",
+        compress="DEFLATE",
+        level=1,
+        predictor=predictor,
+        num_threads="ALL_CPUS",
+        blocksize=512,
+        overview_resampling="average" if predictor == 3 else "nearest",
+        BIGTIFF="IF_SAFER",
+    )
     scratch.unlink()

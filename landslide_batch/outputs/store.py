@@ -34,18 +34,31 @@ def create_store(path: Path, info: SceneInfo, block: int, job_hash: str) -> None
     chunk = (min(block, info.height), min(block, info.width))
     layers = {name: NODATA for name in LAYERS} | ({SLOPE: np.nan} if SLOPE in info.band_names else {})
     for name, fill in layers.items():
-        arr = group.create_array(name, shape=(info.height, info.width), chunks=chunk, dtype="float32",
-                                 fill_value=fill, dimension_names=("y", "x"))
-        arr.attrs.update({"grid_mapping": "spatial_ref", "coordinates": "spatial_ref"}
-                         | ({"nodata": NODATA} if name in LAYERS else {"units": "degree"}))
+        arr = group.create_array(
+            name,
+            shape=(info.height, info.width),
+            chunks=chunk,
+            dtype="float32",
+            fill_value=fill,
+            dimension_names=("y", "x"),
+        )
+        arr.attrs.update(
+            {"grid_mapping": "spatial_ref", "coordinates": "spatial_ref"}
+            | ({"nodata": NODATA} if name in LAYERS else {"units": "degree"})
+        )
     a = info.affine
     xs = group.create_array("x", shape=(info.width,), dtype="float64", dimension_names=("x",))
     xs[:] = a.c + a.a * (np.arange(info.width) + 0.5)
     ys = group.create_array("y", shape=(info.height,), dtype="float64", dimension_names=("y",))
     ys[:] = a.f + a.e * (np.arange(info.height) + 0.5)
     ref = group.create_array("spatial_ref", shape=(), dtype="int32", fill_value=0)
-    ref.attrs.update({"crs_wkt": info.crs_wkt or "", "spatial_ref": info.crs_wkt or "",
-                      "GeoTransform": " ".join(str(v) for v in (a.c, a.a, a.b, a.f, a.d, a.e))})
+    ref.attrs.update(
+        {
+            "crs_wkt": info.crs_wkt or "",
+            "spatial_ref": info.crs_wkt or "",
+            "GeoTransform": " ".join(str(v) for v in (a.c, a.a, a.b, a.f, a.d, a.e)),
+        }
+    )
     group.attrs.update({"job_hash": job_hash, "block": block})
     consolidate(path)
 
@@ -78,11 +91,11 @@ class BlockStore:
 
     def done_keys(self) -> set[str]:
         """Keys of the finished blocks, in one listing (one request on object storage)."""
-        return {n[:-len(".done")] for n in self._markers.ls_names() if n.endswith(".done")}
+        return {n[: -len(".done")] for n in self._markers.ls_names() if n.endswith(".done")}
 
     def write(self, block: Block, prob: np.ndarray, spread: np.ndarray) -> None:
-        self.group["probability"][block.y0:block.y1, block.x0:block.x1] = prob
-        self.group["uncertainty"][block.y0:block.y1, block.x0:block.x1] = spread
+        self.group["probability"][block.y0 : block.y1, block.x0 : block.x1] = prob
+        self.group["uncertainty"][block.y0 : block.y1, block.x0 : block.x1] = spread
         self.mark_done(block)
 
     def mark_done(self, block: Block) -> None:

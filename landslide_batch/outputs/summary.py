@@ -20,11 +20,12 @@ def describe_mapped(summary: dict) -> str:
     """One line for logs and the ``run`` command from a run summary (``pipeline._finish``)."""
     slide, valid = summary["landslide_pixels"], summary["valid_pixels"]
     if summary.get("area_mapped_km2") is not None:
-        return (f"{summary['landslide_area_km2']:.3f} km² of {summary['area_mapped_km2']:.3f} km² mapped "
-                f"({slide} of {valid} pixels)")
+        return (
+            f"{summary['landslide_area_km2']:.3f} km² of {summary['area_mapped_km2']:.3f} km² mapped "
+            f"({slide} of {valid} pixels)"
+        )
     text = f"{slide} of {valid} pixels mapped as landslide (no georeference"
     if (px := summary.get("assumed_pixel_m")) is not None:
         km2 = px * px / 1e6
-        text += (f"; on the {px:g} m Landslide4Sense grid, assumed: {slide * km2:.4f} km² of "
-                 f"{valid * km2:.4f} km²")
+        text += f"; on the {px:g} m Landslide4Sense grid, assumed: {slide * km2:.4f} km² of {valid * km2:.4f} km²"
     return text + ")"

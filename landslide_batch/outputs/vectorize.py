@@ -54,8 +54,9 @@ class Derivation:
         if self.min_area_m2 is not None and not self.min_area_m2 >= 0:
             raise ConfigError(f"minimum area must be >= 0 m², found {self.min_area_m2}")
         if self.polygon_format is not None and self.polygon_format not in POLYGON_FILES:
-            raise ConfigError(f"unknown polygon format {self.polygon_format!r}; expected one of "
-                              f"{', '.join(POLYGON_FILES)}")
+            raise ConfigError(
+                f"unknown polygon format {self.polygon_format!r}; expected one of {', '.join(POLYGON_FILES)}"
+            )
 
 
 def vectorize(out: str | Path | Location, settings: Derivation) -> dict:
@@ -65,7 +66,10 @@ def vectorize(out: str | Path | Location, settings: Derivation) -> dict:
     out = location(out)
     with storage_errors(out, "out"):  # first contact: a bad bucket, key or endpoint fails here
         _finished_manifest(out)  # before the lock: no lock is left where there is no job
-    busy = lambda: OutputLockedError(f"{out} is being written (lock {out / '.lock'} is held); wait for it")
+
+    def busy():
+        return OutputLockedError(f"{out} is being written (lock {out / '.lock'} is held); wait for it")
+
     with ExitStack() as held:
         held.enter_context(exclusive_location(out / ".lock", busy))
         # Locally inside OUT, so that products move in by rename; else a local temporary folder.
@@ -82,8 +86,10 @@ def _finished_manifest(out: Location) -> dict:
     manifest = read_manifest(out)
     if manifest is None or manifest.get("status") != "complete":
         found = "no run.json" if manifest is None else f"run.json with status {manifest.get('status')!r}"
-        raise InputError(f"{out} holds no finished job: expected a run.json with status 'complete' (written by "
-                         f"`landslide-batch run`), found {found}")
+        raise InputError(
+            f"{out} holds no finished job: expected a run.json with status 'complete' (written by "
+            f"`landslide-batch run`), found {found}"
+        )
     return manifest
 
 
@@ -92,31 +98,55 @@ def _rederive(out: Location, manifest: dict, settings: Derivation, work: Path) -
     t0 = time.perf_counter()
     outputs, summary = manifest["outputs"], manifest["summary"]
     threshold = summary["threshold"] if settings.threshold is None else settings.threshold
-    min_area = summary.get("min_area_m2", manifest["config"]["min_area_m2"]) if settings.min_area_m2 is None \
+    min_area = (
+        summary.get("min_area_m2", manifest["config"]["min_area_m2"])
+        if settings.min_area_m2 is None
         else settings.min_area_m2
+    )
     fmt = settings.polygon_format or Path(outputs["polygons"]).suffix[1:]
     source = _store_source(out / outputs["zarr"], manifest)
     min_pixels = min_object_pixels(source.info, min_area, manifest["config"]["min_pixels"])
 
     products = {"mask": outputs["mask"], "polygons": POLYGON_FILES[fmt]}
-    new_summary = write_mask_and_polygons(source, threshold, min_pixels, work / products["mask"],
-                                          work / products["polygons"], scratch=work / "mask.scratch.tif")
+    new_summary = write_mask_and_polygons(
+        source,
+        threshold,
+        min_pixels,
+        work / products["mask"],
+        work / products["polygons"],
+        scratch=work / "mask.scratch.tif",
+    )
     derivation = {
         "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "threshold": threshold, "min_area_m2": min_area, "min_object_pixels": min_pixels,
+        "threshold": threshold,
+        "min_area_m2": min_area,
+        "min_object_pixels": min_pixels,
         "polygons": products["polygons"],
-        "replaced": {"threshold": summary["threshold"], "min_area_m2": summary.get("min_area_m2"),
-                     "polygons": outputs["polygons"]},
+        "replaced": {
+            "threshold": summary["threshold"],
+            "min_area_m2": summary.get("min_area_m2"),
+            "polygons": outputs["polygons"],
+        },
         "duration_s": round(time.perf_counter() - t0, 3),
     }
-    updated = {**manifest,
-               "summary": {**summary, **new_summary, "min_area_m2": min_area, "threshold": threshold},
-               "outputs": {**outputs, "polygons": products["polygons"]},
-               "derivations": [*manifest.get("derivations", []), derivation]}
+    updated = {
+        **manifest,
+        "summary": {**summary, **new_summary, "min_area_m2": min_area, "threshold": threshold},
+        "outputs": {**outputs, "polygons": products["polygons"]},
+        "derivations": [*manifest.get("derivations", []), derivation],
+    }
     write_json_atomic(work / "run.json", updated)
     replace_products(out, work, list(products.values()), [outputs["mask"], outputs["polygons"]])
-    log.info("%s: %s and %s rebuilt at threshold %s, min area %s m² (%d px): %d landslide objects", out,
-             products["mask"], products["polygons"], threshold, min_area, min_pixels, new_summary["objects"])
+    log.info(
+        "%s: %s and %s rebuilt at threshold %s, min area %s m² (%d px): %d landslide objects",
+        out,
+        products["mask"],
+        products["polygons"],
+        threshold,
+        min_area,
+        min_pixels,
+        new_summary["objects"],
+    )
     return updated
 
 
@@ -127,16 +157,28 @@ def _store_source(store: Location, manifest: dict) -> ProbabilitySource:
             group = zarr.open_group(store=store.zarr_store(read_only=True), mode="r")
         prob = group["probability"]
     except (FileNotFoundError, KeyError) as exc:
-        raise InputError(f"{store}: the job's probability store is missing or unreadable "
-                         f"({type(exc).__name__}: {exc}); the map cannot be rebuilt without it") from None
+        raise InputError(
+            f"{store}: the job's probability store is missing or unreadable "
+            f"({type(exc).__name__}: {exc}); the map cannot be rebuilt without it"
+        ) from None
     if group.attrs.get("job_hash") != manifest.get("job_hash"):
-        raise InputError(f"{store} belongs to job {group.attrs.get('job_hash')}, its run.json to "
-                         f"{manifest.get('job_hash')}: the folder mixes two jobs; run the job again")
+        raise InputError(
+            f"{store} belongs to job {group.attrs.get('job_hash')}, its run.json to "
+            f"{manifest.get('job_hash')}: the folder mixes two jobs; run the job again"
+        )
     scene = manifest["scene"]
     has_slope = SLOPE in group
-    info = SceneInfo(height=scene["height"], width=scene["width"], band_names=(SLOPE,) if has_slope else (),
-                     crs_wkt=scene["crs"], transform=tuple(scene["transform"]), chunk=prob.chunks[0])
+    info = SceneInfo(
+        height=scene["height"],
+        width=scene["width"],
+        band_names=(SLOPE,) if has_slope else (),
+        crs_wkt=scene["crs"],
+        transform=tuple(scene["transform"]),
+        chunk=prob.chunks[0],
+    )
     if prob.shape != (info.height, info.width):
-        raise InputError(f"{store}: probability is {prob.shape[0]}x{prob.shape[1]} px, run.json's scene "
-                         f"{info.height}x{info.width} px")
+        raise InputError(
+            f"{store}: probability is {prob.shape[0]}x{prob.shape[1]} px, run.json's scene "
+            f"{info.height}x{info.width} px"
+        )
     return ProbabilitySource(info, window_reader(prob), window_reader(group[SLOPE]) if has_slope else None)

@@ -83,8 +83,12 @@ class Block:
 
     def window(self, grid: TileGrid) -> tuple[int, int, int, int]:
         """Input window (may reach outside the scene) covering all of this block's tiles."""
-        return (grid.origin(self.ty0), grid.origin(self.ty1 - 1) + grid.tile,
-                grid.origin(self.tx0), grid.origin(self.tx1 - 1) + grid.tile)
+        return (
+            grid.origin(self.ty0),
+            grid.origin(self.ty1 - 1) + grid.tile,
+            grid.origin(self.tx0),
+            grid.origin(self.tx1 - 1) + grid.tile,
+        )
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -108,5 +112,5 @@ def tile_uses(grid: TileGrid, blocks: list[Block]) -> np.ndarray:
     once straddle block edges, and their predictions are worth keeping for the next user."""
     uses = np.zeros((grid.ny, grid.nx), np.int16)
     for b in blocks:
-        uses[b.ty0:b.ty1, b.tx0:b.tx1] += 1
+        uses[b.ty0 : b.ty1, b.tx0 : b.tx1] += 1
     return uses

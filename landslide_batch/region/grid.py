@@ -42,5 +42,11 @@ def region_grid(aoi_geom, crs: CRS, resolution: float, chunk: int) -> SceneInfo:
     width = max(1, math.ceil((maxx - x0) / resolution))
     height = max(1, math.ceil((y1 - miny) / resolution))
     transform = Affine(resolution, 0.0, x0, 0.0, -resolution, y1)
-    return SceneInfo(height=height, width=width, band_names=tuple(L4S_BANDS), crs_wkt=crs.to_wkt(),
-                     transform=tuple(transform)[:6], chunk=chunk)
+    return SceneInfo(
+        height=height,
+        width=width,
+        band_names=tuple(L4S_BANDS),
+        crs_wkt=crs.to_wkt(),
+        transform=tuple(transform)[:6],
+        chunk=chunk,
+    )

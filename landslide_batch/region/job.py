@@ -74,9 +74,11 @@ log = logging.getLogger(__name__)
 SCENES_FILE = "scenes.gpkg"
 #: Relative tolerance on a scene's pixel size against the region's resolution.
 RESOLUTION_TOLERANCE = 0.01
-MERGE_RULE = (f"weighted mean; weight = validity (nearest) x min(d, {FEATHER_PX}) / {FEATHER_PX}, d = distance in "
-              "region pixels to the scene's nearest invalid or absent pixel; layers sampled bilinearly from "
-              "valid pixels; nodata -1 where no scene is valid or outside the AOI")
+MERGE_RULE = (
+    f"weighted mean; weight = validity (nearest) x min(d, {FEATHER_PX}) / {FEATHER_PX}, d = distance in "
+    "region pixels to the scene's nearest invalid or absent pixel; layers sampled bilinearly from "
+    "valid pixels; nodata -1 where no scene is valid or outside the AOI"
+)
 
 
 @dataclass
@@ -101,8 +103,10 @@ def run_region(cfg: JobConfig, *, overwrite: bool = False) -> dict:
     if not out.is_local:
         raise ConfigError(f"out {cfg.out}: region jobs write to a local folder (object storage: not yet)")
     out.makedirs()
-    busy = OutputLockedError(f"{out} is being written by another job (lock {out / '.lock'} is held); "
-                             "wait for it or choose another output folder")
+    busy = OutputLockedError(
+        f"{out} is being written by another job (lock {out / '.lock'} is held); "
+        "wait for it or choose another output folder"
+    )
     with ExitStack() as held:
         held.enter_context(exclusive_location(out / ".lock", lambda: busy))
         held.enter_context(bounded_gdal_cache())
@@ -118,8 +122,9 @@ def _run_region_locked(cfg: JobConfig, out: Path, overwrite: bool) -> dict:
     grid = region_grid(aoi, crs, cfg.resolution, scene_chunk(cfg.block))
     members = ensemble_members(cfg)
     cards = [read_card(m.model) for m in members.members]
-    model_shas = [c.weights_sha256 or sha256_tree(location(m.model) / WEIGHTS_FILE)
-                  for m, c in zip(members.members, cards)]
+    model_shas = [
+        c.weights_sha256 or sha256_tree(location(m.model) / WEIGHTS_FILE) for m, c in zip(members.members, cards)
+    ]
     cfg = resolve_inputs_units(cfg, cards)  # as a single-scene job does before its ingest
     rhash = region_hash(cfg, grid, aoi, model_shas)
     outputs = {**outputs_for(cfg.polygon_format), "scenes": SCENES_FILE}
@@ -128,8 +133,10 @@ def _run_region_locked(cfg: JobConfig, out: Path, overwrite: bool) -> dict:
     previous = read_manifest(location(out))
     if previous is not None and previous.get("region_hash") != rhash:
         if not overwrite:
-            raise ConfigError(f"{out} holds the result of a different job (hash {previous.get('job_hash')}, this "
-                              f"region job {rhash}); use another output folder or --overwrite")
+            raise ConfigError(
+                f"{out} holds the result of a different job (hash {previous.get('job_hash')}, this "
+                f"region job {rhash}); use another output folder or --overwrite"
+            )
         (out / "run.json").unlink()
         previous = None
     region_dir = work / "region"
@@ -137,8 +144,12 @@ def _run_region_locked(cfg: JobConfig, out: Path, overwrite: bool) -> dict:
 
     scenes, skipped = _prepare_scenes(cfg, work, aoi, crs)
     signature = _signature(scenes)
-    if not overwrite and previous is not None and previous.get("scenes_signature") == signature and all(
-            (out / name).exists() for name in previous.get("outputs", {}).values()):
+    if (
+        not overwrite
+        and previous is not None
+        and previous.get("scenes_signature") == signature
+        and all((out / name).exists() for name in previous.get("outputs", {}).values())
+    ):
         log.info("%s already holds this region's map over these %d scene(s): nothing to do", out, len(scenes))
         return {**previous, "blocks": {**previous["blocks"], "computed": 0, "resumed": previous["blocks"]["total"]}}
 
@@ -154,8 +165,7 @@ def _run_region_locked(cfg: JobConfig, out: Path, overwrite: bool) -> dict:
     t_finish = time.perf_counter()
     stage = region_dir / "stage"
     stage.mkdir(exist_ok=True)
-    summary = _finish(cfg, Scene(region_dir / "scene.zarr"), region_dir / "probability.zarr", stage, threshold,
-                      outputs)
+    summary = _finish(cfg, Scene(region_dir / "scene.zarr"), region_dir / "probability.zarr", stage, threshold, outputs)
     write_footprints(stage / "final" / SCENES_FILE, scenes, crs)
     finish_s = time.perf_counter() - t_finish
 
@@ -168,18 +178,33 @@ def _run_region_locked(cfg: JobConfig, out: Path, overwrite: bool) -> dict:
         "scenes_signature": signature,
         "started": started,
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "timings": {"map_s": round(map_s, 3), "merge_s": round(merge_s, 3), "finish_s": round(finish_s, 3),
-                    "total_s": round(time.perf_counter() - t0, 3)},
+        "timings": {
+            "map_s": round(map_s, 3),
+            "merge_s": round(merge_s, 3),
+            "finish_s": round(finish_s, 3),
+            "total_s": round(time.perf_counter() - t0, 3),
+        },
         "config": cfg.model_dump(mode="json"),
-        "models": [{"path": str(m.model), "name": c.name, "weight": m.weight, "threshold": c.threshold, "sha256": sha}
-                   for m, c, sha in zip(members.members, cards, model_shas)],
+        "models": [
+            {"path": str(m.model), "name": c.name, "weight": m.weight, "threshold": c.threshold, "sha256": sha}
+            for m, c, sha in zip(members.members, cards, model_shas)
+        ],
         # times the models were loaded: once locally, once per actor (warm across scenes) on Ray
         "models_loaded": 1 if actors is None else sum(a["models_loaded"] for a in actors),
         **({"actors": actors} if actors is not None else {}),
         "versions": package_versions(),
-        "region": {"crs": grid.crs_wkt, "epsg": crs.to_epsg(), "height": grid.height, "width": grid.width,
-                   "transform": list(grid.transform), "resolution_m": cfg.resolution, "aoi": aoi_text,
-                   "pixel_area_m2": grid.pixel_area_m2, "merge_rule": MERGE_RULE, "feather_px": FEATHER_PX},
+        "region": {
+            "crs": grid.crs_wkt,
+            "epsg": crs.to_epsg(),
+            "height": grid.height,
+            "width": grid.width,
+            "transform": list(grid.transform),
+            "resolution_m": cfg.resolution,
+            "aoi": aoi_text,
+            "pixel_area_m2": grid.pixel_area_m2,
+            "merge_rule": MERGE_RULE,
+            "feather_px": FEATHER_PX,
+        },
         "scenes": [_provenance(s) for s in scenes],
         "skipped_scenes": skipped,
         "warnings": [w for s in scenes for w in s.manifest.get("warnings", [])],
@@ -195,19 +220,35 @@ def _run_region_locked(cfg: JobConfig, out: Path, overwrite: bool) -> dict:
         (out / "run.json").unlink()
     _publish(stage / "final", location(store_copy), location(out), outputs)
     shutil.rmtree(stage, ignore_errors=True)
-    log.info("region finished: %s (%d scene(s), %d landslide objects)", out / "run.json", len(scenes),
-             summary["objects"])
+    log.info(
+        "region finished: %s (%d scene(s), %d landslide objects)", out / "run.json", len(scenes), summary["objects"]
+    )
     return manifest
 
 
 def region_hash(cfg: JobConfig, grid: SceneInfo, aoi, model_shas: list[str]) -> str:
     """Identity of a region's map except its scenes (which may grow): grid, AOI, models, settings."""
     key = {
-        "grid": [grid.crs_wkt, list(grid.transform), grid.height, grid.width], "aoi": aoi.wkt,
-        "models": model_shas, "weights": [m.weight for m in ensemble_members(cfg).members],
-        "feather_px": FEATHER_PX, "block": cfg.block,
-        **cfg.model_dump(mode="json", include={"tile", "overlap", "blend", "threshold", "min_area_m2", "min_pixels",
-                                                "nodata", "inputs", "resolution"}),
+        "grid": [grid.crs_wkt, list(grid.transform), grid.height, grid.width],
+        "aoi": aoi.wkt,
+        "models": model_shas,
+        "weights": [m.weight for m in ensemble_members(cfg).members],
+        "feather_px": FEATHER_PX,
+        "block": cfg.block,
+        **cfg.model_dump(
+            mode="json",
+            include={
+                "tile",
+                "overlap",
+                "blend",
+                "threshold",
+                "min_area_m2",
+                "min_pixels",
+                "nodata",
+                "inputs",
+                "resolution",
+            },
+        ),
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -225,8 +266,9 @@ def _prepare_scenes(cfg: JobConfig, work: Path, aoi, crs: CRS) -> tuple[list[Map
     Raises InputError for a scene without a CRS or at another resolution, and when none is left."""
     entries = list(cfg.scenes or [])
     if cfg.stac_search is not None:
-        entries.append(search_items(cfg.stac_search, transform_bounds(crs, "EPSG:4326", *aoi.bounds),
-                                    work / "stac_search.json"))
+        entries.append(
+            search_items(cfg.stac_search, transform_bounds(crs, "EPSG:4326", *aoi.bounds), work / "stac_search.json")
+        )
     sources = find_scenes(entries, work / "items", load_signer(cfg.href_signer))
     scenes, skipped = [], []
     for src in sources:
@@ -250,23 +292,30 @@ def _prepare_scenes(cfg: JobConfig, work: Path, aoi, crs: CRS) -> tuple[list[Map
             continue
         scenes.append(MappedScene(src, folder, sha, scene, footprint))
     if not scenes:
-        raise InputError(f"none of the {len(sources)} scene(s) overlaps the AOI "
-                         f"({', '.join(s.origin for s in sources)})")
+        raise InputError(
+            f"none of the {len(sources)} scene(s) overlaps the AOI ({', '.join(s.origin for s in sources)})"
+        )
     return scenes, skipped
 
 
 def _check_scene(source: str, info: SceneInfo, resolution: float, crs: CRS):
     """-> the scene's footprint in the region CRS; refuses what cannot be placed on the region grid."""
     if info.crs is None:
-        raise InputError(f"scene {source} has no CRS: a region job places each scene by its CRS; give a "
-                         "georeferenced raster (an L4S .h5 patch has none)")
+        raise InputError(
+            f"scene {source} has no CRS: a region job places each scene by its CRS; give a "
+            "georeferenced raster (an L4S .h5 patch has none)"
+        )
     a = info.affine
-    sizes = (np.hypot(a.a, a.d) * info.crs.linear_units_factor[1] if info.crs.is_projected else None,
-             np.hypot(a.b, a.e) * info.crs.linear_units_factor[1] if info.crs.is_projected else None)
+    sizes = (
+        np.hypot(a.a, a.d) * info.crs.linear_units_factor[1] if info.crs.is_projected else None,
+        np.hypot(a.b, a.e) * info.crs.linear_units_factor[1] if info.crs.is_projected else None,
+    )
     if None in sizes or any(abs(s - resolution) > RESOLUTION_TOLERANCE * resolution for s in sizes):
         found = f"{sizes[0]:g} x {sizes[1]:g} m" if None not in sizes else f"degrees ({info.crs.to_string()})"
-        raise InputError(f"scene {source}: pixels of {found}, the region maps at {resolution:g} m; the models "
-                         f"work at {resolution:g} m, so resample the scene first (mixed resolutions are refused)")
+        raise InputError(
+            f"scene {source}: pixels of {found}, the region maps at {resolution:g} m; the models "
+            f"work at {resolution:g} m, so resample the scene first (mixed resolutions are refused)"
+        )
     x0, y0 = a @ (0, 0)
     x1, y1 = a @ (info.width, info.height)
     return aoi_in_crs(box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)), info.crs, crs)
@@ -293,10 +342,19 @@ def _map_scenes(cfg: JobConfig, scenes: list[MappedScene], overwrite: bool) -> l
             pool = session.enter_context(actor_pool(spec.check().shipped(), cfg.ray, shared=True))
         for i, s in enumerate(scenes, 1):
             log.info("region: scene %d/%d %s", i, len(scenes), s.source.origin)
-            scene_cfg = cfg.model_copy(update={"scene": s.folder / "scene.zarr", "out": s.folder / "map",
-                                               "scenes": None, "aoi": None, "crs": None, "inputs": None})
-            s.manifest = run_job(scene_cfg, overwrite=overwrite, predictor=predictor, pool=pool,
-                                 on_block=progress.block_done)
+            scene_cfg = cfg.model_copy(
+                update={
+                    "scene": s.folder / "scene.zarr",
+                    "out": s.folder / "map",
+                    "scenes": None,
+                    "aoi": None,
+                    "crs": None,
+                    "inputs": None,
+                }
+            )
+            s.manifest = run_job(
+                scene_cfg, overwrite=overwrite, predictor=predictor, pool=pool, on_block=progress.block_done
+            )
             progress.scene_done()
             log.info("region: %s", progress.describe())
         return pool.loads() if pool is not None else None
@@ -333,8 +391,18 @@ def merge_region(scenes: list[MappedScene], grid: SceneInfo, aoi, folder: Path, 
     store, scene_store, markers = folder / "probability.zarr", folder / "scene.zarr", folder / "blocks"
     if not store.exists() or not scene_store.exists():
         shutil.rmtree(markers, ignore_errors=True)
-        info = grid if has_slope else SceneInfo(grid.height, grid.width, tuple(b for b in grid.band_names if b != SLOPE),
-                                                grid.crs_wkt, grid.transform, grid.chunk)
+        info = (
+            grid
+            if has_slope
+            else SceneInfo(
+                grid.height,
+                grid.width,
+                tuple(b for b in grid.band_names if b != SLOPE),
+                grid.crs_wkt,
+                grid.transform,
+                grid.chunk,
+            )
+        )
         create_store(store, info, block, rhash)
         _create_region_scene(scene_store, info)
     markers.mkdir(exist_ok=True)
@@ -360,8 +428,9 @@ def merge_region(scenes: list[MappedScene], grid: SceneInfo, aoi, folder: Path, 
                 contributions.append((feather_weights(valid, FEATHER_PX), layers[core]))
         n_layers = 5 + has_slope
         values, covered = merge(contributions, w.shape, n_layers)
-        inside = geometry_mask([mapping(aoi)], out_shape=w.shape, invert=True,
-                               transform=grid.affine @ Affine.translation(w.x0, w.y0))
+        inside = geometry_mask(
+            [mapping(aoi)], out_shape=w.shape, invert=True, transform=grid.affine @ Affine.translation(w.x0, w.y0)
+        )
         ok = covered & inside
         rows, cols = slice(w.y0, w.y1), slice(w.x0, w.x1)
         out["probability"][rows, cols] = np.where(ok, values[0], NODATA).astype(np.float32)
@@ -400,20 +469,42 @@ def _create_region_scene(path: Path, info: SceneInfo) -> None:
     slope written (one chunk per layer: the others take no space), validity of the merge."""
     group = zarr.open_group(str(path), mode="w")
     c = info.chunk
-    group.create_array("bands", shape=(len(L4S_BANDS), info.height, info.width), chunks=(1, c, c), dtype="float32",
-                       fill_value=np.nan, dimension_names=("band", "y", "x"))
-    group.create_array("valid", shape=(info.height, info.width), chunks=(c, c), dtype="uint8", fill_value=0,
-                       dimension_names=("y", "x"))
-    group.attrs.update({"format": SCENE_FORMAT, "crs": info.crs_wkt, "transform": list(info.transform)[:6],
-                        "band_names": list(info.band_names), "source": {"kind": "region merge"}, "complete": False})
+    group.create_array(
+        "bands",
+        shape=(len(L4S_BANDS), info.height, info.width),
+        chunks=(1, c, c),
+        dtype="float32",
+        fill_value=np.nan,
+        dimension_names=("band", "y", "x"),
+    )
+    group.create_array(
+        "valid", shape=(info.height, info.width), chunks=(c, c), dtype="uint8", fill_value=0, dimension_names=("y", "x")
+    )
+    group.attrs.update(
+        {
+            "format": SCENE_FORMAT,
+            "crs": info.crs_wkt,
+            "transform": list(info.transform)[:6],
+            "band_names": list(info.band_names),
+            "source": {"kind": "region merge"},
+            "complete": False,
+        }
+    )
 
 
 def _provenance(s: MappedScene) -> dict:
     info = s.scene.info
-    return {"id": s.source.id, "source": s.source.origin, "sha256": s.sha256, "crs": info.crs.to_string(),
-            "date": s.source.date, "cloud_cover": s.source.cloud_cover,
-            "footprint_bounds": [round(v, 3) for v in s.footprint.bounds],
-            "blocks": s.manifest["blocks"], "forward_passes": s.manifest["tiles"]["forward_passes"]}
+    return {
+        "id": s.source.id,
+        "source": s.source.origin,
+        "sha256": s.sha256,
+        "crs": info.crs.to_string(),
+        "date": s.source.date,
+        "cloud_cover": s.source.cloud_cover,
+        "footprint_bounds": [round(v, 3) for v in s.footprint.bounds],
+        "blocks": s.manifest["blocks"],
+        "forward_passes": s.manifest["tiles"]["forward_passes"],
+    }
 
 
 def write_footprints(dest: Path, scenes: list[MappedScene], crs: CRS) -> None:
@@ -421,8 +512,14 @@ def write_footprints(dest: Path, scenes: list[MappedScene], crs: CRS) -> None:
     import geopandas as gpd
 
     gdf = gpd.GeoDataFrame(
-        {"scene_id": [s.source.id for s in scenes], "source": [s.source.origin for s in scenes],
-         "date": [s.source.date for s in scenes], "cloud_cover": [s.source.cloud_cover for s in scenes],
-         "scene_crs": [s.scene.info.crs.to_string() for s in scenes]},
-        geometry=[s.footprint for s in scenes], crs=crs)
+        {
+            "scene_id": [s.source.id for s in scenes],
+            "source": [s.source.origin for s in scenes],
+            "date": [s.source.date for s in scenes],
+            "cloud_cover": [s.source.cloud_cover for s in scenes],
+            "scene_crs": [s.scene.info.crs.to_string() for s in scenes],
+        },
+        geometry=[s.footprint for s in scenes],
+        crs=crs,
+    )
     gdf.to_file(dest, layer="scenes", driver="GPKG")

@@ -51,11 +51,12 @@ def _transformer(src_wkt: str, dst_wkt: str) -> Transformer:
     return Transformer.from_crs(src_wkt, dst_wkt, always_xy=True)
 
 
-def source_pixels(dst_transform: Affine, dst_wkt: str, window: Window, src_transform: Affine,
-                  src_wkt: str) -> tuple[np.ndarray, np.ndarray]:
+def source_pixels(
+    dst_transform: Affine, dst_wkt: str, window: Window, src_transform: Affine, src_wkt: str
+) -> tuple[np.ndarray, np.ndarray]:
     """Continuous (row, col) on the source grid (pixel ``i`` spans ``[i, i + 1)``) of the centres
     of ``window``'s pixels on the destination grid."""
-    rows, cols = np.mgrid[window.y0:window.y1, window.x0:window.x1].astype(np.float64) + 0.5
+    rows, cols = np.mgrid[window.y0 : window.y1, window.x0 : window.x1].astype(np.float64) + 0.5
     x = dst_transform.c + dst_transform.a * cols + dst_transform.b * rows
     y = dst_transform.f + dst_transform.d * cols + dst_transform.e * rows
     if src_wkt != dst_wkt:
@@ -73,8 +74,7 @@ def needed_window(rows: np.ndarray, cols: np.ndarray, height: int, width: int) -
     return Window(r0, r1, c0, c1) if r1 > r0 and c1 > c0 else None
 
 
-def sample(layers: np.ndarray, valid: np.ndarray, rows: np.ndarray, cols: np.ndarray
-           ) -> tuple[np.ndarray, np.ndarray]:
+def sample(layers: np.ndarray, valid: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``layers`` (C, h, w) and ``valid`` (h, w) of a source window, sampled at window-local
     ``(rows, cols)`` -> (bilinear layers (C, H, W) float64, nearest validity (H, W) bool).
     Bilinear uses valid neighbours only; where none is valid its value is 0 (and weightless)."""
@@ -105,12 +105,13 @@ def feather_weights(valid_grown: np.ndarray, margin: int, feather: int = FEATHER
         raise ValueError(f"margin {margin} < feather {feather}: distances would be cut short")
     # A ring of zeros: pixels beyond the margin count as invalid, which changes no capped
     # distance inside the window (they lie more than ``feather`` away).
-    d = ndimage.distance_transform_edt(np.pad(valid_grown, 1))[1 + margin:-1 - margin, 1 + margin:-1 - margin]
+    d = ndimage.distance_transform_edt(np.pad(valid_grown, 1))[1 + margin : -1 - margin, 1 + margin : -1 - margin]
     return np.minimum(d, feather) / feather
 
 
-def merge(contributions: list[tuple[np.ndarray, np.ndarray]], shape: tuple[int, int], n_layers: int
-          ) -> tuple[np.ndarray, np.ndarray]:
+def merge(
+    contributions: list[tuple[np.ndarray, np.ndarray]], shape: tuple[int, int], n_layers: int
+) -> tuple[np.ndarray, np.ndarray]:
     """``contributions``: (weights (H, W), layers (C, H, W)) per scene -> (weighted mean layers
     (C, H, W) float64, covered (H, W) bool: some scene has weight there)."""
     acc = np.zeros((n_layers, *shape))

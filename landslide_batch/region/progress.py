@@ -45,17 +45,25 @@ class RegionProgress:
 
     def figures(self) -> dict:
         """-> blocks done / total, km² done / total, km²/h so far, ETA in seconds (None before a rate)."""
-        done_blocks = sum(self.scene_blocks[:self.finished]) + self.blocks
-        done_km2 = sum(self.scene_km2[:self.finished]) + self.km2
+        done_blocks = sum(self.scene_blocks[: self.finished]) + self.blocks
+        done_km2 = sum(self.scene_km2[: self.finished]) + self.km2
         hours = (time.perf_counter() - self.t0) / 3600
         rate = self.computed_km2 / hours if hours and self.computed_km2 else None
         eta = (self.total_km2 - done_km2) / rate * 3600 if rate else None
-        return {"blocks_done": done_blocks, "blocks_total": self.total_blocks, "km2_done": done_km2,
-                "km2_total": self.total_km2, "km2_per_h": rate, "eta_s": eta}
+        return {
+            "blocks_done": done_blocks,
+            "blocks_total": self.total_blocks,
+            "km2_done": done_km2,
+            "km2_total": self.total_km2,
+            "km2_per_h": rate,
+            "eta_s": eta,
+        }
 
     def describe(self) -> str:
         f = self.figures()
         rate = f"{f['km2_per_h']:.1f} km²/h" if f["km2_per_h"] else "rate not known yet"
         eta = f"ETA {timedelta(seconds=round(f['eta_s']))}" if f["eta_s"] is not None else "ETA not known yet"
-        return (f"{f['blocks_done']}/{f['blocks_total']} blocks, {f['km2_done']:.2f} of {f['km2_total']:.2f} km² "
-                f"({self.finished} scene(s) finished), {rate}, {eta}")
+        return (
+            f"{f['blocks_done']}/{f['blocks_total']} blocks, {f['km2_done']:.2f} of {f['km2_total']:.2f} km² "
+            f"({self.finished} scene(s) finished), {rate}, {eta}"
+        )

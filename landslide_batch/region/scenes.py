@@ -35,8 +35,10 @@ def load_signer(spec: str | None) -> HrefSigner:
     try:
         signer = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError, ValueError) as exc:
-        raise ConfigError(f"href_signer: expected 'module:function' naming an importable function, found "
-                          f"{spec!r} ({type(exc).__name__}: {exc})") from None
+        raise ConfigError(
+            f"href_signer: expected 'module:function' naming an importable function, found "
+            f"{spec!r} ({type(exc).__name__}: {exc})"
+        ) from None
     if not callable(signer):
         raise ConfigError(f"href_signer: {spec} is not a function")
     return signer
@@ -80,8 +82,10 @@ def find_scenes(entries: list[str], items_dir: Path, sign: HrefSigner = no_signi
         if not is_uri(entry) and _GLOB_CHARS.search(entry):
             matches = sorted(glob.glob(entry))
             if not matches:
-                raise InputError(f"scenes: {entry} matches no file; expected scenes (GeoTIFFs, STAC items, "
-                                 "band-file folders, Zarr stores) there")
+                raise InputError(
+                    f"scenes: {entry} matches no file; expected scenes (GeoTIFFs, STAC items, "
+                    "band-file folders, Zarr stores) there"
+                )
             sources = [SceneSource(scene_id(m, m), m, origin=m) for m in matches]
         elif entry.lower().endswith(".json"):
             sources = _stac_items(entry, items_dir, sign)
@@ -98,8 +102,10 @@ def _read_json(src: str) -> dict | None:
     where = location(src)
     with storage_errors(where, "scenes"):
         if not where.is_file():
-            raise InputError(f"scenes: {src} cannot be read: it does not exist"
-                             + (" or its server cannot be reached" if where.is_remote else ""))
+            raise InputError(
+                f"scenes: {src} cannot be read: it does not exist"
+                + (" or its server cannot be reached" if where.is_remote else "")
+            )
         text = where.read_text()
     try:
         data = json.loads(text)
@@ -135,6 +141,13 @@ def _stac_items(src: str, items_dir: Path, sign: HrefSigner) -> list[SceneSource
         item_id = str(item.get("id") or f"item{i}")
         path = items_dir / f"{scene_id(item_id, src + '#' + item_id)}.json"
         path.write_text(json.dumps(item))
-        out.append(SceneSource(path.stem, str(path), dict(item.get("properties") or {}), origin=f"{src}#{item_id}",
-                               sha256=hashlib.sha256(unsigned.encode()).hexdigest()))
+        out.append(
+            SceneSource(
+                path.stem,
+                str(path),
+                dict(item.get("properties") or {}),
+                origin=f"{src}#{item_id}",
+                sha256=hashlib.sha256(unsigned.encode()).hexdigest(),
+            )
+        )
     return out

@@ -44,5 +44,14 @@ from .credentials import gdal_options, storage_env
 from .lease import exclusive_location
 from .location import Location, is_uri, location, path_or_uri, require_exists, storage_errors
 
-__all__ = ["Location", "exclusive_location", "gdal_options", "is_uri", "location", "path_or_uri",
-           "require_exists", "storage_env", "storage_errors"]
+__all__ = [
+    "Location",
+    "exclusive_location",
+    "gdal_options",
+    "is_uri",
+    "location",
+    "path_or_uri",
+    "require_exists",
+    "storage_env",
+    "storage_errors",
+]

@@ -15,12 +15,25 @@ from urllib.parse import urlparse
 
 #: Variables GDAL reads under the same name (passed on explicitly, so a rasterio session
 #: built from boto3 cannot shadow them).
-_SAME_NAME = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
-              "AWS_NO_SIGN_REQUEST", "AWS_REQUEST_PAYER", "GOOGLE_APPLICATION_CREDENTIALS",
-              "AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_SAS_TOKEN", "AZURE_NO_SIGN_REQUEST")
+_SAME_NAME = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+    "AWS_NO_SIGN_REQUEST",
+    "AWS_REQUEST_PAYER",
+    "GOOGLE_APPLICATION_CREDENTIALS",
+    "AZURE_STORAGE_CONNECTION_STRING",
+    "AZURE_STORAGE_SAS_TOKEN",
+    "AZURE_NO_SIGN_REQUEST",
+)
 #: adlfs / Azure SDK name -> GDAL name.
-_RENAMED = {"AZURE_STORAGE_ACCOUNT_NAME": "AZURE_STORAGE_ACCOUNT", "AZURE_STORAGE_ACCOUNT_KEY": "AZURE_STORAGE_ACCESS_KEY",
-            "AZURE_STORAGE_ACCOUNT": "AZURE_STORAGE_ACCOUNT", "AZURE_STORAGE_ACCESS_KEY": "AZURE_STORAGE_ACCESS_KEY"}
+_RENAMED = {
+    "AZURE_STORAGE_ACCOUNT_NAME": "AZURE_STORAGE_ACCOUNT",
+    "AZURE_STORAGE_ACCOUNT_KEY": "AZURE_STORAGE_ACCESS_KEY",
+    "AZURE_STORAGE_ACCOUNT": "AZURE_STORAGE_ACCOUNT",
+    "AZURE_STORAGE_ACCESS_KEY": "AZURE_STORAGE_ACCESS_KEY",
+}
 
 
 def _s3_endpoint(environ: Mapping[str, str]) -> str | None:
@@ -49,9 +62,14 @@ def gdal_options(environ: Mapping[str, str] | None = None) -> dict[str, str]:
 
 
 #: Options rasterio passes to GDAL only through its ``AWSSession`` (it refuses them as plain options).
-_AWS_SESSION_KEYS = {"AWS_ACCESS_KEY_ID": "aws_access_key_id", "AWS_SECRET_ACCESS_KEY": "aws_secret_access_key",
-                     "AWS_SESSION_TOKEN": "aws_session_token", "AWS_REGION": "region_name",
-                     "AWS_PROFILE": "profile_name", "AWS_S3_ENDPOINT": "endpoint_url"}
+_AWS_SESSION_KEYS = {
+    "AWS_ACCESS_KEY_ID": "aws_access_key_id",
+    "AWS_SECRET_ACCESS_KEY": "aws_secret_access_key",
+    "AWS_SESSION_TOKEN": "aws_session_token",
+    "AWS_REGION": "region_name",
+    "AWS_PROFILE": "profile_name",
+    "AWS_S3_ENDPOINT": "endpoint_url",
+}
 
 
 def storage_env(**extra):

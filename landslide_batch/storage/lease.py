@@ -52,7 +52,10 @@ def _read(lock: Location) -> dict | None:
 
 def _acquire(lock: Location, owner: dict) -> bool:
     """One try: create the lease, or take over a stale one (then create it again, conditionally)."""
-    body = lambda: json.dumps({**owner, "expires": time.time() + LEASE_S}).encode()
+
+    def body():
+        return json.dumps({**owner, "expires": time.time() + LEASE_S}).encode()
+
     if lock.create_exclusive(body()):
         return True
     held = _read(lock)

@@ -51,9 +51,11 @@ def path_or_uri(value: str | os.PathLike) -> Path | str:
     if scheme == "file":
         return Path(unquote(urlparse(text).path))
     if scheme not in SCHEMES:
-        raise ValueError(f"{text!r}: unsupported scheme {scheme!r}; use a local path, file://, s3://, gs://, "
-                         "az://, abfs:// or http(s):// (read-only)")
-    return scheme + text[len(scheme):]
+        raise ValueError(
+            f"{text!r}: unsupported scheme {scheme!r}; use a local path, file://, s3://, gs://, "
+            "az://, abfs:// or http(s):// (read-only)"
+        )
+    return scheme + text[len(scheme) :]
 
 
 def location(value: str | os.PathLike | Location, base: str | os.PathLike | None = None) -> Location:
@@ -147,8 +149,10 @@ class Location:
         try:
             return fsspec.filesystem(protocol)
         except ImportError:
-            raise ConfigError(f"{self.uri}: {self.scheme}:// locations need the Python package {package!r}; "
-                              f"install it (pip install {package})") from None
+            raise ConfigError(
+                f"{self.uri}: {self.scheme}:// locations need the Python package {package!r}; "
+                f"install it (pip install {package})"
+            ) from None
 
     @property
     def fs_path(self) -> str:
@@ -200,8 +204,10 @@ class Location:
     # ----------------------------------------------------------------- writes
     def require_writable(self, what: str) -> None:
         if not self.writable:
-            raise ConfigError(f"{what} {self.uri}: {self.scheme}:// locations are read-only; "
-                              "write to a local path or an object store (s3://, gs://, az://)")
+            raise ConfigError(
+                f"{what} {self.uri}: {self.scheme}:// locations are read-only; "
+                "write to a local path or an object store (s3://, gs://, az://)"
+            )
 
     def makedirs(self) -> None:
         if self.is_local:
@@ -353,8 +359,9 @@ def describe_error(exc: BaseException) -> str:
 
 def _is_storage_error(exc: BaseException) -> bool:
     module = type(exc).__module__ or ""
-    return isinstance(exc, OSError) or module.startswith(("botocore", "aiobotocore", "aiohttp", "s3fs",
-                                                          "gcsfs", "adlfs", "azure", "google"))
+    return isinstance(exc, OSError) or module.startswith(
+        ("botocore", "aiobotocore", "aiohttp", "s3fs", "gcsfs", "adlfs", "azure", "google")
+    )
 
 
 @contextmanager
@@ -383,4 +390,3 @@ def require_exists(where: Location | str, what: str) -> None:
     if bucket_missing:
         raise InputError(f"{what} {where}: the bucket {bucket.name!r} does not exist")
     raise InputError(f"{what} {where} does not exist")
-
