@@ -26,8 +26,11 @@ from landslide_batch.app import (
     MODELS_ENV,
     PAGE,
     RUNS_ENV,
-    logic,
+    downloads,
+    inference,
+    model_folders,
     runs_view,
+    uploads,
 )
 from landslide_batch.cli import build_parser, main
 from landslide_batch.commands.app import streamlit_command
@@ -81,26 +84,26 @@ def _texts(at: AppTest) -> str:
     )
 
 
-# ---------------------------------------------------------------------------- logic
+# ---------------------------------------------------------------------------- plain functions
 
 
 @pytest.mark.parametrize("n, size", [(128, 128), (1, 128), (129, 192), (192, 192), (300, 320)])
 def test_padded_size_is_smallest_tiled_window(n, size):
-    assert logic.padded_size(n) == size
+    assert inference.padded_size(n) == size
 
 
 def test_odd_sized_geotiff_is_padded_cropped_and_downloadable_as_geotiff(tmp_path, tiny_model):
     bands = synthetic_scene(100, 90, seed=2)[0]
     bands[:, :5, :7] = np.nan
     src = write_geotiff(tmp_path / "p.tif", bands)
-    patch = logic.load_patch("p.tif", src.read_bytes())
+    patch = uploads.load_patch("p.tif", src.read_bytes())
     assert patch.georeferenced and patch.valid.sum() == 100 * 90 - 35
-    model = logic.find_models(tiny_model)[0][0]
-    pred = logic.predict(logic.load_predictor(tiny_model), model, patch)
+    model = model_folders.find_models(tiny_model)[0][0]
+    pred = inference.predict(inference.load_predictor(tiny_model), model, patch)
     assert pred.probability.shape == (100, 90)
     assert np.isnan(pred.probability[:5, :7]).all() and not pred.mask[:5, :7].any()
     assert np.isfinite(pred.probability[patch.valid]).all()
-    (tmp_path / "out.tif").write_bytes(logic.geotiff_bytes(pred.probability, patch, nodata=float("nan")))
+    (tmp_path / "out.tif").write_bytes(downloads.geotiff_bytes(pred.probability, patch, nodata=float("nan")))
     with rasterio.open(tmp_path / "out.tif") as ds, rasterio.open(src) as ref:
         assert ds.crs == ref.crs and ds.transform == ref.transform
         np.testing.assert_array_equal(ds.read(1), pred.probability)
@@ -118,15 +121,15 @@ def test_odd_sized_geotiff_is_padded_cropped_and_downloadable_as_geotiff(tmp_pat
 )
 def test_bad_patch_uploads_raise_input_errors_naming_the_upload(tmp_path, name, make, message):
     with pytest.raises(InputError, match=message) as err:
-        logic.load_patch(name, make(tmp_path / name))
+        uploads.load_patch(name, make(tmp_path / name))
     assert str(err.value).startswith(name) and str(tmp_path) not in str(err.value)
 
 
 def test_mask_must_match_the_patch(tmp_path):
     data = _h5(tmp_path / "mask_1.h5", np.ones((64, 64), np.uint8), name="mask")
-    assert logic.load_mask("mask_1.h5", data, (64, 64)).all()
+    assert uploads.load_mask("mask_1.h5", data, (64, 64)).all()
     with pytest.raises(InputError, match="the patch is 128 x 128"):
-        logic.load_mask("mask_1.h5", data, (128, 128))
+        uploads.load_mask("mask_1.h5", data, (128, 128))
 
 
 def test_app_command_hands_options_to_streamlit(tmp_path, monkeypatch):
@@ -196,7 +199,7 @@ def test_all_models_side_by_side(monkeypatch, models_dir, l4s_pair):
     at.button[0].click().run()
     assert not at.exception and not at.main.error
     table = at.dataframe[0].value
-    assert sorted(table["model"]) == sorted(m.label for m in logic.find_models(models_dir)[0])
+    assert sorted(table["model"]) == sorted(m.label for m in model_folders.find_models(models_dir)[0])
     assert table[["precision", "recall", "f1", "iou"]].apply(lambda c: c.between(0, 1)).all().all()
     assert len(at.image) == 1 + 2 * 3  # the RGB once, then mask, overlay, probability per model
     assert len(at.get("download_button")) == 2 * 2
@@ -424,8 +427,8 @@ def test_uploads_over_the_cap_are_refused(monkeypatch, models_dir, tmp_path):
     size = image.stat().st_size
     assert size > 2_000_000  # 256 x 256 x 14 float32
     with pytest.raises(InputError, match="over the upload limit of 1 MB"):
-        logic.check_upload_size(image.name, size, limit_mb=1)
-    logic.check_upload_size(image.name, size, limit_mb=5)
+        uploads.check_upload_size(image.name, size, limit_mb=1)
+    uploads.check_upload_size(image.name, size, limit_mb=5)
     monkeypatch.setenv(MAX_UPLOAD_ENV, "1")
     at = _page(monkeypatch, models_dir)
     at.file_uploader(key="patch").upload(image.name, image.read_bytes())

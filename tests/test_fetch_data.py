@@ -15,7 +15,7 @@ from loopback_http import serve
 
 from landslide_batch.cli import main
 from landslide_batch.fetch_data import load_sources
-from training.dataset import find_pairs, read_pair
+from landslide_training.dataset import find_pairs, read_pair
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "landslide4sense"
 pytestmark = pytest.mark.skipif(

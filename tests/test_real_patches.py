@@ -16,7 +16,7 @@ import rasterio
 import torch
 from test_study_import import lightning_state
 
-from landslide_batch.app import MODELS_ENV, PAGE, logic
+from landslide_batch.app import MODELS_ENV, PAGE, inference, model_folders, uploads
 from landslide_batch.cli import main
 from landslide_batch.config import EnsembleConfig, EnsembleMember, job_from_dict
 from landslide_batch.infer.predictor import EnsemblePredictor
@@ -209,9 +209,9 @@ def test_app_maps_a_real_patch_and_its_npy_download_is_the_prediction(app_models
         content = stores[-1].get_file(url.rsplit("/", 1)[-1]).content
         return np.load(io.BytesIO(content))
 
-    patch = logic.load_patch("image_512.h5", _image(512).read_bytes())
-    entry = logic.find_models(app_models)[0][0]
-    shown = logic.predict(logic.load_predictor(entry.path), entry, patch)
+    patch = uploads.load_patch("image_512.h5", _image(512).read_bytes())
+    entry = model_folders.find_models(app_models)[0][0]
+    shown = inference.predict(inference.load_predictor(entry.path), entry, patch)
     prob = downloaded(buttons["probability .npy"])
     assert prob.shape == (128, 128) and prob.dtype == np.float32 and prob.std() >= 0.05
     assert np.array_equal(prob, shown.probability)

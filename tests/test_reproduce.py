@@ -12,8 +12,8 @@ import pytest
 from landslide_batch.errors import InputError
 from landslide_batch.infer.executors import shutdown_ray
 from landslide_batch.models.card import read_card
-from training.dataset import find_pairs
-from training.reproduce import QUICK_MODELS, SAMPLE, STUDY_SETTINGS, reproduce, split_by_links
+from landslide_training.dataset import find_pairs
+from landslide_training.reproduce import QUICK_MODELS, SAMPLE, STUDY_SETTINGS, reproduce, split_by_links
 
 needs_sample = pytest.mark.skipif(
     not (SAMPLE / "img").is_dir(), reason=f"real Landslide4Sense sample not found at {SAMPLE}"

@@ -22,7 +22,7 @@ from s3_server import s3_bucket
 from test_jobs import _stop_session
 from test_training import make_split
 
-from training.dataset import find_pairs, scan_split
+from landslide_training.dataset import find_pairs, scan_split
 
 BUCKET = "l4s-train"
 RUN = f"{BUCKET}/models/.train_runs/plain"  # Ray Train's run folder: next to the model folder
@@ -154,8 +154,8 @@ def test_uris_in_training_configs_and_bad_remote_locations(tmp_path, s3):
     """URIs stay URIs (never rebased on the YAML's folder, never mangled by ``Path``); a missing
     split, an existing model folder and a read-only ``out`` fail before Ray starts."""
     from landslide_batch.errors import ConfigError, InputError
-    from training.config import load_train_config
-    from training.train import train
+    from landslide_training.config import load_train_config
+    from landslide_training.train import train
 
     fs, _ = s3
     path = tmp_path / "t.yaml"

@@ -18,11 +18,11 @@ from landslide_batch.infer.executors import shutdown_ray
 from landslide_batch.ingest.h5patch import read_l4s_h5, read_l4s_mask
 from landslide_batch.models.registry import MODEL_ZOO
 from landslide_batch.synthetic import synthetic_scene, write_l4s_patch
-from training.augment import dihedral, random_dihedral
-from training.config import TrainConfig, load_train_config
-from training.dataset import PatchDataset, find_pairs, normalize, scan_split
-from training.losses import bce, dice, focal, make_loss
-from training.train import LOG_FILE, train
+from landslide_training.augment import dihedral, random_dihedral
+from landslide_training.config import TrainConfig, load_train_config
+from landslide_training.dataset import PatchDataset, find_pairs, normalize, scan_split
+from landslide_training.losses import bce, dice, focal, make_loss
+from landslide_training.train import LOG_FILE, train
 
 ROOT = Path(__file__).resolve().parents[1]
 PATCH = 64
@@ -129,7 +129,7 @@ def test_streaming_statistics_and_nan_handling(tmp_path):
 
 def test_cut_scene_geotiff_into_l4s(tmp_path):
     from landslide_batch.synthetic import write_geotiff
-    from training.patches import cut_scene
+    from landslide_training.patches import cut_scene
 
     bands, labels = synthetic_scene(2 * PATCH, 3 * PATCH, seed=4)
     bands[:, PATCH:, 2 * PATCH :] = np.nan  # one patch without valid pixels: skipped
@@ -226,7 +226,7 @@ def test_train_checks_data_before_starting_ray(tmp_path, l4s):
 
 
 def test_evaluate_an_ensemble_yaml(tmp_path, l4s, tiny_plain_model, tiny_model):
-    from training.evaluate import evaluate, write_reports
+    from landslide_training.evaluate import evaluate, write_reports
 
     ens = tmp_path / "ens.yaml"
     ens.write_text(

@@ -11,6 +11,11 @@ from pathlib import Path
 
 def register(sub) -> None:
     """Add training's commands to the ``landslide-batch`` parser."""
+    for add in (_add_train, _add_evaluate, _add_cut_patches, _add_reproduce, _add_demo):
+        add(sub)
+
+
+def _add_train(sub) -> None:
     t = sub.add_parser(
         "train",
         help="train a zoo model with Ray Train -> a model folder",
@@ -32,6 +37,8 @@ def register(sub) -> None:
     t.add_argument("--overwrite", action="store_true", help="replace an existing model folder and start afresh")
     t.set_defaults(func=_train)
 
+
+def _add_evaluate(sub) -> None:
     e = sub.add_parser(
         "evaluate",
         help="precision / recall / F1 / IoU of models and their ensemble on labelled data",
@@ -61,6 +68,8 @@ def register(sub) -> None:
     )
     e.set_defaults(func=_evaluate)
 
+
+def _add_cut_patches(sub) -> None:
     c = sub.add_parser(
         "cut-patches",
         help="cut a scene + 0/1 label raster into an L4S-format training folder",
@@ -75,6 +84,8 @@ def register(sub) -> None:
     c.add_argument("--min-valid", type=float, default=0.5, help="skip patches with fewer valid pixels (fraction)")
     c.set_defaults(func=_cut_patches)
 
+
+def _add_reproduce(sub) -> None:
     r = sub.add_parser(
         "reproduce",
         help="train the study's zoo with its settings, evaluate, write its Table 2",
@@ -102,6 +113,8 @@ def register(sub) -> None:
     r.add_argument("--tta", action="store_true", help="also score each with test-time augmentation")
     r.set_defaults(func=_reproduce)
 
+
+def _add_demo(sub) -> None:
     d = sub.add_parser(
         "demo",
         help="offline end-to-end demo on synthetic data (a few minutes on a laptop CPU)",

@@ -41,6 +41,59 @@ def _labelled_scene(out: Path, name: str, px: int, seed: int) -> tuple[Path, Pat
     )
 
 
+def _demo_data(out: Path, train_px: int, val_px: int) -> tuple[int, int]:
+    """Training and validation patches cut from two synthetic scenes into ``out/data`` -> their counts."""
+    shutil.rmtree(out / "data", ignore_errors=True)
+    (out / "data").mkdir(parents=True)
+    n_train = cut_scene(
+        *_labelled_scene(out / "data", "train_scene", train_px, 11)[:2], out / "data" / "train", stride=PATCH // 2
+    )
+    n_val = cut_scene(*_labelled_scene(out / "data", "val_scene", val_px, 12)[:2], out / "data" / "val")
+    return n_train, n_val
+
+
+def _map_unseen_scene(out: Path, map_px: int) -> tuple[dict, dict[str, float]]:
+    """A third synthetic scene mapped with the region pipeline into ``out/map`` -> (its manifest,
+    pixel scores of its mask against the scene's known landslides)."""
+    import rasterio
+
+    from landslide_batch.config import job_from_dict
+    from landslide_batch.pipeline import MASK_NODATA, OUTPUTS, run_job
+
+    scene, _, labels = _labelled_scene(out, "scene", map_px, 13)  # UTM 45N, 10 m pixels
+    job = job_from_dict(
+        {
+            "scene": str(scene),
+            "out": str(out / "map"),
+            "models": [str(out / "model")],
+            "block": 512,
+            "executor": "local",
+        }
+    )
+    manifest = run_job(job, overwrite=True)
+    with rasterio.open(out / "map" / OUTPUTS["mask"]) as ds:
+        mask = ds.read(1)
+    return manifest, scores(confusion_counts(mask == 1, labels, mask != MASK_NODATA))
+
+
+def _print_summary(out: Path, summary: dict, epochs: int, seconds: float) -> None:
+    """Where the outputs are, the map's scores, and what they do not show (synthetic data only)."""
+    s, threshold = summary["map_scores"], summary["threshold"]
+    print(f"""
+Demo finished in {seconds:.0f} s. Outputs in {out}:
+  model/           trained model folder (weights + card.json, train_log.csv)
+  map/             region map: probability.tif, mask.tif, landslides.gpkg, quicklook.png, run.json
+  scene.tif        the mapped scene; scene_labels.tif its known landslides
+Map of the unseen scene against its known landslides (pixel-wise, threshold {threshold:.2f}):
+  F1 {s["f1"]:.3f}   precision {s["precision"]:.3f}   recall {s["recall"]:.3f}   IoU {s["iou"]:.3f}   \
+({summary["objects"]} landslide objects)
+NOTE: the model was trained for {epochs} epochs on SYNTHETIC data only, and scored on synthetic data
+drawn from the same generator. These numbers show the system works end to end; they say
+nothing about accuracy on real imagery. For real maps, import the reference study's trained
+models (`landslide-batch import-model --all`), or fetch Landslide4Sense (`landslide-batch
+fetch-data l4s`), train (configs/train/*.yaml) and evaluate with `landslide-batch evaluate`.""")
+
+
 def run_demo(
     out: Path,
     *,
@@ -51,20 +104,10 @@ def run_demo(
     model: str = "unet_mobilenet_v2",
 ) -> dict:
     """Run the demo into ``out``; returns the summary also written to ``out/demo.json``."""
-    import rasterio
-
-    from landslide_batch.config import job_from_dict
-    from landslide_batch.pipeline import MASK_NODATA, OUTPUTS, run_job
-
     out = Path(out).resolve()
-    shutil.rmtree(out / "data", ignore_errors=True)
-    (out / "data").mkdir(parents=True)
     t0 = time.perf_counter()
     print(f"[1/3] synthetic training data -> {out / 'data'}", flush=True)
-    n_train = cut_scene(
-        *_labelled_scene(out / "data", "train_scene", train_px, 11)[:2], out / "data" / "train", stride=PATCH // 2
-    )
-    n_val = cut_scene(*_labelled_scene(out / "data", "val_scene", val_px, 12)[:2], out / "data" / "val")
+    n_train, n_val = _demo_data(out, train_px, val_px)
 
     print(f"[2/3] training {model} on {n_train} patches ({n_val} for validation), {epochs} epochs", flush=True)
     cfg = TrainConfig(
@@ -84,21 +127,7 @@ def run_demo(
     t_train = time.perf_counter()
 
     print(f"[3/3] mapping an unseen {map_px}x{map_px} px synthetic scene with the region pipeline", flush=True)
-    scene, _, labels = _labelled_scene(out, "scene", map_px, 13)  # UTM 45N, 10 m pixels
-    job = job_from_dict(
-        {
-            "scene": str(scene),
-            "out": str(out / "map"),
-            "models": [str(out / "model")],
-            "block": 512,
-            "executor": "local",
-        }
-    )
-    manifest = run_job(job, overwrite=True)
-    with rasterio.open(out / "map" / OUTPUTS["mask"]) as ds:
-        mask = ds.read(1)
-    s = scores(confusion_counts(mask == 1, labels, mask != MASK_NODATA))
-
+    manifest, s = _map_unseen_scene(out, map_px)
     summary = {
         "synthetic": True,
         "model": str(out / "model"),
@@ -110,17 +139,5 @@ def run_demo(
         "seconds": {"training": round(t_train - t0, 1), "mapping": round(time.perf_counter() - t_train, 1)},
     }
     (out / "demo.json").write_text(json.dumps(summary, indent=2))
-    print(f"""
-Demo finished in {time.perf_counter() - t0:.0f} s. Outputs in {out}:
-  model/           trained model folder (weights + card.json, train_log.csv)
-  map/             region map: probability.tif, mask.tif, landslides.gpkg, quicklook.png, run.json
-  scene.tif        the mapped scene; scene_labels.tif its known landslides
-Map of the unseen scene against its known landslides (pixel-wise, threshold {card.threshold:.2f}):
-  F1 {s["f1"]:.3f}   precision {s["precision"]:.3f}   recall {s["recall"]:.3f}   IoU {s["iou"]:.3f}   \
-({summary["objects"]} landslide objects)
-NOTE: the model was trained for {epochs} epochs on SYNTHETIC data only, and scored on synthetic data
-drawn from the same generator. These numbers show the system works end to end; they say
-nothing about accuracy on real imagery. For real maps, import the reference study's trained
-models (`landslide-batch import-model --all`), or fetch Landslide4Sense (`landslide-batch
-fetch-data l4s`), train (configs/train/*.yaml) and evaluate with `landslide-batch evaluate`.""")
+    _print_summary(out, summary, epochs, time.perf_counter() - t0)
     return summary

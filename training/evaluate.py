@@ -22,6 +22,7 @@ from landslide_batch.config import EnsembleConfig, EnsembleMember, load_ensemble
 from landslide_batch.errors import ConfigError, InputError
 from landslide_batch.infer.predictor import EnsemblePredictor
 from landslide_batch.metrics import Counts, confusion_counts, prob_histograms, scores, sweep
+from landslide_batch.storage import location
 
 from .dataset import find_pairs, read_pair
 
@@ -49,21 +50,26 @@ class Evaluation:
         }
 
 
+def _model_id(model: Path | str) -> str:
+    """A model folder's identity: its resolved local path, or its URI."""
+    return str(model.resolve()) if isinstance(model, Path) else model
+
+
 def _targets(models: Sequence[Path], ensemble: Path | None) -> list[tuple[str, EnsembleConfig]]:
     """(name, config) for each model, each ensemble member not already listed, and the ensemble."""
     members = [EnsembleMember(model=Path(m)) for m in models]
     ens = load_ensemble(ensemble) if ensemble is not None else None
     if ens is not None:
-        listed = {m.model.resolve() for m in members}
-        members += [EnsembleMember(model=m.model) for m in ens.members if m.model.resolve() not in listed]
+        listed = {_model_id(m.model) for m in members}
+        members += [EnsembleMember(model=m.model) for m in ens.members if _model_id(m.model) not in listed]
     if not members:
         raise ConfigError("give at least one --model or an --ensemble")
-    names = [m.model.name for m in members]
+    names = [location(m.model).name for m in members]
     if len(set(names)) < len(names):
         names = [str(m.model) for m in members]
     targets = [(n, EnsembleConfig(members=[m])) for n, m in zip(names, members)]
-    if ens is not None:
-        targets.append((f"ensemble ({Path(ensemble).name})", ens))
+    if ensemble is not None and ens is not None:
+        targets.append((f"ensemble ({ensemble.name})", ens))
     elif len(members) > 1:
         targets.append(("ensemble (equal weights)", EnsembleConfig(members=members)))
     return targets

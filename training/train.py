@@ -24,6 +24,8 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +80,118 @@ def _validate(net: torch.nn.Module, loader, device: torch.device, bins: int) -> 
     return total[0], total[1]
 
 
+@dataclass
+class _Progress:
+    """What a run has done so far; checkpointed every epoch so a rerun continues from it."""
+
+    epoch: int = 0  # epochs finished
+    bad_epochs: int = 0  # epochs since the validation F1 last improved
+    best: dict[str, Any] | None = None  # weights, threshold, metrics and epoch of the best F1
+    history: list[dict[str, Any]] = field(default_factory=list)  # one log row per epoch
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> _Progress:
+        """From a checkpoint's ``state.pt`` (which holds the model and optimizer state too)."""
+        return cls(state["epoch"], state["bad_epochs"], state["best"], state["history"])
+
+    def note(self, net: torch.nn.Module, val: dict[str, float], threshold: float) -> None:
+        """Count one more epoch; keep its weights when its F1 beats the best so far."""
+        self.epoch += 1
+        if self.best is None or val["val_f1"] > self.best["metrics"]["val_f1"]:
+            weights = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+            self.best = {"weights": weights, "threshold": threshold, "metrics": val, "epoch": self.epoch}
+            self.bad_epochs = 0
+        else:
+            self.bad_epochs += 1
+
+    @property
+    def best_epoch(self) -> dict[str, Any]:
+        """The best epoch's weights, threshold, metrics and number (once an epoch has finished)."""
+        if self.best is None:
+            raise RuntimeError("no epoch has finished: there is no best model yet")
+        return self.best
+
+
+def _worker_loaders(
+    ctx: dict[str, Any], cfg: TrainConfig, rank: int, world: int
+) -> tuple[torch.utils.data.DistributedSampler, torch.utils.data.DataLoader, torch.utils.data.DataLoader]:
+    """-> (sampler, training loader, validation loader) over this worker's shards."""
+    norm = Normalization.model_validate(ctx["normalization"])
+    train_ds = PatchDataset(ctx["train_pairs"], ctx["features"], norm)
+    val_ds = PatchDataset(ctx["val_pairs"][rank::world], ctx["features"], norm)
+    sampler: torch.utils.data.DistributedSampler[int] = torch.utils.data.DistributedSampler(
+        train_ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed
+    )
+    loader = torch.utils.data.DataLoader(
+        train_ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.loader_workers, pin_memory=cfg.use_gpu
+    )
+    val_loader = torch.utils.data.DataLoader(val_ds, batch_size=cfg.batch_size, num_workers=cfg.loader_workers)
+    return sampler, loader, val_loader
+
+
+def _restore(net: torch.nn.Module, opt: torch.optim.Optimizer, rank: int) -> _Progress:
+    """The run's last checkpoint loaded into ``net`` and ``opt``; a fresh start when there is none."""
+    import ray.train
+
+    if (ckpt := ray.train.get_checkpoint()) is None:
+        return _Progress()
+    with ckpt.as_directory() as d:
+        state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
+    net.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    if rank == 0:
+        log.info("resumed from the checkpoint after epoch %d", state["epoch"])
+    return _Progress.from_state(state)
+
+
+def _train_epoch(
+    model: torch.nn.Module,
+    loader: torch.utils.data.DataLoader,
+    steps: int,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    augment: torch.Generator | None,
+    device: torch.device,
+) -> torch.Tensor:
+    """One pass of at most ``steps`` batches -> (summed loss, patches), summed over workers.
+
+    ``augment``: the generator of this epoch's random flips and rotations; None for none.
+    """
+    model.train()
+    loss_sum = torch.zeros(2, dtype=torch.float64, device=device)
+    for step, (x, y) in enumerate(loader):
+        if step >= steps:
+            break
+        if augment is not None:
+            x, y = random_dihedral(x, y, augment)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        loss = loss_fn(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        loss_sum[0] += loss.detach().double() * len(x)
+        loss_sum[1] += len(x)
+    return _all_reduce(loss_sum)
+
+
+def _report(
+    row: dict[str, Any], net: torch.nn.Module, opt: torch.optim.Optimizer, progress: _Progress, rank: int
+) -> None:
+    """Report the epoch's row to Ray Train; rank 0 attaches the checkpoint (latest state and best weights)."""
+    import ray.train
+
+    if rank != 0:
+        ray.train.report(row)
+        return
+    with tempfile.TemporaryDirectory() as d:
+        # vars(), not dataclasses.asdict(): that would deep-copy the best weights every epoch
+        state = {"model": net.state_dict(), "optimizer": opt.state_dict(), **vars(progress)}
+        torch.save(state, Path(d) / STATE_FILE)
+        ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+
 def train_loop(ctx: dict[str, Any]) -> None:
     """Body of each Ray Train worker."""
     import ray.train
@@ -88,71 +202,30 @@ def train_loop(ctx: dict[str, Any]) -> None:
     tc = ray.train.get_context()
     rank, world = tc.get_world_rank(), tc.get_world_size()
     device = ray.train.torch.get_device()
-    norm = Normalization.model_validate(ctx["normalization"])
-    features = ctx["features"]
-    train_ds = PatchDataset(ctx["train_pairs"], features, norm)
-    val_ds = PatchDataset(ctx["val_pairs"][rank::world], features, norm)
-    sampler = torch.utils.data.DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
-    loader = torch.utils.data.DataLoader(
-        train_ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.loader_workers, pin_memory=cfg.use_gpu
-    )
-    val_loader = torch.utils.data.DataLoader(val_ds, batch_size=cfg.batch_size, num_workers=cfg.loader_workers)
+    sampler, loader, val_loader = _worker_loaders(ctx, cfg, rank, world)
 
     spec = MODEL_ZOO[cfg.model]
     torch.manual_seed(cfg.seed)  # same initial weights on every worker
-    net = build_model(spec.arch, spec.encoder, len(features))
+    net = build_model(spec.arch, spec.encoder, len(ctx["features"]))
     model = ray.train.torch.prepare_model(net)  # moves net to the device; DDP wrapper when world > 1
     steps = min(len(loader), cfg.max_steps_per_epoch or len(loader))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     loss_fn = make_loss(cfg)
+    progress = _restore(net, opt, rank)
+    sched = _scheduler(opt, cfg, cfg.epochs * steps, progress.epoch * steps)
 
-    start, bad, best, history = 0, 0, None, []
-    if (ckpt := ray.train.get_checkpoint()) is not None:
-        with ckpt.as_directory() as d:
-            state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
-        net.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        start, bad, best, history = state["epoch"], state["bad_epochs"], state["best"], state["history"]
-        if rank == 0:
-            log.info("resumed from the checkpoint after epoch %d", start)
-    sched = _scheduler(opt, cfg, cfg.epochs * steps, start * steps)
-
-    for epoch in range(start, cfg.epochs):
-        if cfg.patience and bad >= cfg.patience:
+    for epoch in range(progress.epoch, cfg.epochs):
+        if cfg.patience and progress.bad_epochs >= cfg.patience:
             break
         t0 = time.perf_counter()
-        model.train()
         sampler.set_epoch(epoch)
-        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch * world + rank)
-        loss_sum = torch.zeros(2, dtype=torch.float64, device=device)
-        for step, (x, y) in enumerate(loader):
-            if step >= steps:
-                break
-            if cfg.augment:
-                x, y = random_dihedral(x, y, gen)
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            loss = loss_fn(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            loss_sum[0] += loss.detach().double() * len(x)
-            loss_sum[1] += len(x)
+        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch * world + rank) if cfg.augment else None
+        loss_sum = _train_epoch(model, loader, steps, opt, sched, loss_fn, gen, device)
         train_s = time.perf_counter() - t0
-        loss_sum = _all_reduce(loss_sum)
         pos, neg = _validate(net, val_loader, device, cfg.threshold_bins)
         threshold, counts = best_threshold(pos, neg)
         val = {f"val_{k}": v for k, v in scores(counts).items()}
-        if best is None or val["val_f1"] > best["metrics"]["val_f1"]:
-            best = {
-                "weights": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()},
-                "threshold": threshold,
-                "metrics": val,
-                "epoch": epoch + 1,
-            }
-            bad = 0
-        else:
-            bad += 1
+        progress.note(net, val, threshold)
         row = {
             "epoch": epoch + 1,
             "train_loss": float(loss_sum[0] / loss_sum[1]),
@@ -163,23 +236,8 @@ def train_loop(ctx: dict[str, Any]) -> None:
             "val_s": round(time.perf_counter() - t0 - train_s, 3),
             "patches": int(loss_sum[1]),
         }
-        history.append(row)
-        if rank == 0:
-            with tempfile.TemporaryDirectory() as d:
-                torch.save(
-                    {
-                        "model": net.state_dict(),
-                        "optimizer": opt.state_dict(),
-                        "epoch": epoch + 1,
-                        "bad_epochs": bad,
-                        "best": best,
-                        "history": history,
-                    },
-                    Path(d) / STATE_FILE,
-                )
-                ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(d))
-        else:
-            ray.train.report(row)
+        progress.history.append(row)
+        _report(row, net, opt, progress, rank)
 
 
 def _ensure_ray(cfg: TrainConfig) -> None:
@@ -260,23 +318,8 @@ def _scan(data: Path | str, what: str, features: list[str]) -> tuple[list[Pair],
         return pairs, scan_split(pairs, features)
 
 
-def train(cfg: TrainConfig, overwrite: bool = False) -> ModelCard:
-    """Train ``cfg.model``, write the model folder ``cfg.out`` (+ ``train_log.csv``); return its card.
-
-    An interrupted run resumes when run again with the same config. ``overwrite`` replaces
-    an existing ``out`` and discards the run's checkpoints: a fresh start.
-    """
-    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    out = location(cfg.out)
-    out.require_writable("--out")
-    with storage_errors(str(out), "model folder"):
-        if out.exists() and not overwrite:
-            raise ConfigError(f"{out} already exists; choose another --out, or --overwrite to retrain from scratch")
-    run = cfg.storage / out.name
-    if overwrite and run.exists():
-        run.rm(recursive=True)
+def _scan_splits(cfg: TrainConfig) -> tuple[list[Pair], SplitSummary, list[Pair], SplitSummary]:
+    """Both splits listed and checked before any worker starts -> (train pairs, summary, val pairs, summary)."""
     features = cfg.feature_names
     t0 = time.perf_counter()
     train_pairs, tr = _scan(cfg.train_data, "training data", features)
@@ -291,15 +334,21 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> ModelCard:
         100 * tr.positives / tr.pixels,
         100 * va.positives / va.pixels,
     )
+    return train_pairs, tr, val_pairs, va
 
-    _check_run_identity(run, {"model": cfg.model, "features": features, "data": {"train": tr.sha256, "val": va.sha256}})
+
+def _fit(cfg: TrainConfig, name: str, norm: Normalization, train_pairs: list[Pair], val_pairs: list[Pair]) -> _Progress:
+    """Run the Ray Train worker group (run ``name`` in ``cfg.storage``) -> the last checkpoint's progress."""
+    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
     _ensure_ray(cfg)
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={
             "config": cfg.model_dump(mode="json"),
-            "features": features,
-            "normalization": tr.normalization.model_dump(),
+            "features": cfg.feature_names,
+            "normalization": norm.model_dump(),
             "train_pairs": train_pairs,
             "val_pairs": val_pairs,
         },
@@ -307,26 +356,25 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> ModelCard:
         scaling_config=ScalingConfig(
             num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cfg.cpus_per_worker}
         ),
-        run_config=RunConfig(
-            name=out.name, **_ray_storage(cfg.storage), checkpoint_config=CheckpointConfig(num_to_keep=1)
-        ),
+        run_config=RunConfig(name=name, **_ray_storage(cfg.storage), checkpoint_config=CheckpointConfig(num_to_keep=1)),
     )
     result = trainer.fit()
     if result.checkpoint is None:
         raise ConfigError(f"training of {cfg.model} reported no checkpoint; see the log above")
     with result.checkpoint.as_directory() as d:
         state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
-    best, history = state["best"], state["history"]
+    return _Progress.from_state(state)
 
-    spec = MODEL_ZOO[cfg.model]
-    model = build_model(spec.arch, spec.encoder, len(features))
-    model.load_state_dict(best["weights"])
-    card = ModelCard(
+
+def _model_card(cfg: TrainConfig, tr: SplitSummary, va: SplitSummary, progress: _Progress) -> ModelCard:
+    """The card of the best epoch's model: its data, normalisation, threshold, scores and training config."""
+    spec, best, history = MODEL_ZOO[cfg.model], progress.best_epoch, progress.history
+    return ModelCard(
         name=cfg.model,
         arch=spec.arch,
         encoder=spec.encoder,
-        features=features,
-        in_channels=len(features),
+        features=cfg.feature_names,
+        in_channels=len(cfg.feature_names),
         normalization=tr.normalization,
         threshold=best["threshold"],
         trained=True,
@@ -345,7 +393,31 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> ModelCard:
         data_hashes={"train": tr.sha256, "val": va.sha256},
         notes=f"validation metrics at the tuned threshold, best of {len(history)} epoch(s)",
     )
-    card = _write_model_folder(model, card, history, out, overwrite)
+
+
+def train(cfg: TrainConfig, overwrite: bool = False) -> ModelCard:
+    """Train ``cfg.model``, write the model folder ``cfg.out`` (+ ``train_log.csv``); return its card.
+
+    An interrupted run resumes when run again with the same config. ``overwrite`` replaces
+    an existing ``out`` and discards the run's checkpoints: a fresh start.
+    """
+    out = location(cfg.out)
+    out.require_writable("--out")
+    with storage_errors(str(out), "model folder"):
+        if out.exists() and not overwrite:
+            raise ConfigError(f"{out} already exists; choose another --out, or --overwrite to retrain from scratch")
+    run = cfg.storage / out.name
+    if overwrite and run.exists():
+        run.rm(recursive=True)
+    train_pairs, tr, val_pairs, va = _scan_splits(cfg)
+    identity = {"model": cfg.model, "features": cfg.feature_names, "data": {"train": tr.sha256, "val": va.sha256}}
+    _check_run_identity(run, identity)
+    progress = _fit(cfg, out.name, tr.normalization, train_pairs, val_pairs)
+
+    spec, best = MODEL_ZOO[cfg.model], progress.best_epoch
+    model = build_model(spec.arch, spec.encoder, len(cfg.feature_names))
+    model.load_state_dict(best["weights"])
+    card = _write_model_folder(model, _model_card(cfg, tr, va, progress), progress.history, out, overwrite)
     log.info(
         "wrote %s: val F1 %.3f (precision %.3f, recall %.3f, IoU %.3f) at threshold %.2f, epoch %d",
         out,

@@ -1,7 +1,10 @@
 """The Streamlit web app: try model folders on one patch, browse finished region runs.
 
-``logic`` holds everything the page computes (plain functions, tested without a browser);
-``streamlit_app`` is the page script that ``landslide-batch app`` hands to ``streamlit run``.
+What the page computes lives in plain modules, one concern each, tested without a browser:
+``uploads`` (patches and masks checked), ``model_folders`` (models offered), ``inference``
+(a patch mapped by the region job's predictor), ``pictures`` and ``downloads`` (what the page
+shows and offers), ``run_folders`` (finished runs read and summarised) and ``runs_view`` (a
+run's map). ``streamlit_app`` is the page script that ``landslide-batch app`` hands to ``streamlit run``.
 This module stays import-light: the CLI reads these names without loading torch.
 """
 

@@ -3,7 +3,8 @@
 Started by ``landslide-batch app`` (which passes ``--models-dir`` / ``--runs-dir`` on as the
 ``LANDSLIDE_BATCH_MODELS`` / ``LANDSLIDE_BATCH_RUNS`` environment variables); the page offers
 only what lies in those folders and takes no server path from its user. The page only
-lays things out; what it computes lives in ``logic``. Uploads work in ``AppTest`` too
+lays things out; what it computes lives in the app's other modules (uploads, model folders,
+inference, pictures, downloads, run folders, the run map). Uploads work in ``AppTest`` too
 (``at.file_uploader(key="patch").upload(name, bytes)``), so the page needs no test hook.
 """
 
@@ -15,7 +16,16 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from landslide_batch.app import logic, runs_view
+from landslide_batch.app import (
+    MODELS_ENV,
+    downloads,
+    inference,
+    model_folders,
+    pictures,
+    run_folders,
+    runs_view,
+    uploads,
+)
 from landslide_batch.errors import LandslideBatchError
 from landslide_batch.infer.predictor import EnsemblePredictor
 from landslide_batch.metrics import confusion_counts, scores
@@ -28,10 +38,10 @@ SCORES = {"precision": "Precision", "recall": "Recall", "f1": "F1", "iou": "IoU"
 @st.cache_resource(show_spinner=False, max_entries=16)
 def _predictor(path: str, stamp: tuple[int, int], tta: bool = False) -> EnsemblePredictor:
     """Models load once per server; ``stamp`` (file times) reloads a folder that changed."""
-    return logic.load_predictor(Path(path), tta=tta)
+    return inference.load_predictor(Path(path), tta=tta)
 
 
-def _card(where, model: logic.ModelEntry) -> None:
+def _card(where, model: model_folders.ModelEntry) -> None:
     card = model.card
     if not card.trained:
         where.error("UNTRAINED: random weights, predictions are meaningless")
@@ -44,18 +54,18 @@ def _card(where, model: logic.ModelEntry) -> None:
     )
 
 
-def _choose_models() -> tuple[list[logic.ModelEntry], bool]:
+def _choose_models() -> tuple[list[model_folders.ModelEntry], bool]:
     """Sidebar: models folder, one model or all, and their cards."""
     sb = st.sidebar
-    folder = logic.default_models_dir()  # fixed by the server: the page never takes a server path
+    folder = model_folders.default_models_dir()  # fixed by the server: the page never takes a server path
     sb.caption(f"Models folder: `{folder.name or folder}` (set by `--models-dir`)")
-    models, problems = logic.find_models(folder)
+    models, problems = model_folders.find_models(folder)
     for problem in problems:
         sb.warning(problem)
     if not models:
         st.warning(
             f"No model folders (card.json + weights.pt) under {folder}. Start the app with "
-            f"`landslide-batch app --models-dir DIR` or set {logic.MODELS_ENV}."
+            f"`landslide-batch app --models-dir DIR` or set {MODELS_ENV}."
         )
         return [], False
     run_all = sb.checkbox(f"Run all models ({len(models)})", key="run_all")
@@ -68,21 +78,21 @@ def _choose_models() -> tuple[list[logic.ModelEntry], bool]:
     return [models[i]], False
 
 
-def _downloads(where, pred: logic.Prediction, patch: logic.Patch) -> None:
+def _downloads(where, pred: inference.Prediction, patch: uploads.Patch) -> None:
     stem = f"{Path(patch.name).stem}_{pred.model.path.name}"
     mask = pred.mask.astype(np.uint8)
     files = [
-        ("probability .npy", f"{stem}_probability.npy", logic.npy_bytes(pred.probability)),
-        ("mask .npy", f"{stem}_mask.npy", logic.npy_bytes(mask)),
+        ("probability .npy", f"{stem}_probability.npy", downloads.npy_bytes(pred.probability)),
+        ("mask .npy", f"{stem}_mask.npy", downloads.npy_bytes(mask)),
     ]
     if patch.georeferenced:
         files += [
             (
                 "probability .tif",
                 f"{stem}_probability.tif",
-                logic.geotiff_bytes(pred.probability, patch, nodata=float("nan")),
+                downloads.geotiff_bytes(pred.probability, patch, nodata=float("nan")),
             ),
-            ("mask .tif", f"{stem}_mask.tif", logic.geotiff_bytes(mask, patch)),
+            ("mask .tif", f"{stem}_mask.tif", downloads.geotiff_bytes(mask, patch)),
         ]
     for label, name, data in files:
         where.download_button(
@@ -90,12 +100,12 @@ def _downloads(where, pred: logic.Prediction, patch: logic.Patch) -> None:
         )
 
 
-def _show(patch: logic.Patch, preds: list[logic.Prediction], truth: np.ndarray | None, rgb: np.ndarray) -> None:
-    def panels(pred: logic.Prediction) -> list[tuple[np.ndarray, str]]:
+def _show(patch: uploads.Patch, preds: list[inference.Prediction], truth: np.ndarray | None, rgb: np.ndarray) -> None:
+    def panels(pred: inference.Prediction) -> list[tuple[np.ndarray, str]]:
         return [
             (pred.mask.astype(np.uint8) * 255, f"Mask (threshold {pred.threshold:.2f})"),
-            (logic.overlay(rgb, pred.mask), "Overlay on RGB"),
-            (logic.probability_image(pred.probability), "Probability (viridis, 0 → 1)"),
+            (pictures.overlay(rgb, pred.mask), "Overlay on RGB"),
+            (pictures.probability_image(pred.probability), "Probability (viridis, 0 → 1)"),
         ]
 
     rows = []
@@ -116,20 +126,20 @@ def _show(patch: logic.Patch, preds: list[logic.Prediction], truth: np.ndarray |
         st.subheader(pred.model.label + ("" if pred.model.card.trained else " — UNTRAINED"))
         cols = st.columns(4)
         for col, (img, caption) in zip(cols, [(rgb, "RGB (B4, B3, B2)"), *panels(pred)]):
-            col.image(logic.enlarge(img), caption=caption, width="stretch")
+            col.image(pictures.enlarge(img), caption=caption, width="stretch")
         if rows:
             for col, (key, label) in zip(st.columns(4), SCORES.items()):
                 col.metric(label, f"{rows[0][key]:.3f}")
         _downloads(st.container(horizontal=True), pred, patch)
         return
-    st.image(logic.enlarge(rgb, 256), caption="RGB (B4, B3, B2)")
+    st.image(pictures.enlarge(rgb, 256), caption="RGB (B4, B3, B2)")
     if rows:
         st.dataframe(rows, hide_index=True)
     for start in range(0, len(preds), COLUMNS):
         for col, pred in zip(st.columns(COLUMNS), preds[start : start + COLUMNS]):
             col.markdown(f"**{pred.model.label}**" + ("" if pred.model.card.trained else "  \n:red[UNTRAINED]"))
             for img, caption in panels(pred):
-                col.image(logic.enlarge(img), caption=caption, width="stretch")
+                col.image(pictures.enlarge(img), caption=caption, width="stretch")
             _downloads(col, pred, patch)
 
 
@@ -150,10 +160,10 @@ def patch_mode() -> None:
     try:
         for f in (upload, truth_upload):
             if f is not None:
-                logic.check_upload_size(f.name, f.size)
-        patch = logic.load_patch(upload.name, upload.getvalue())
+                uploads.check_upload_size(f.name, f.size)
+        patch = uploads.load_patch(upload.name, upload.getvalue())
         truth = (
-            logic.load_mask(truth_upload.name, truth_upload.getvalue(), patch.valid.shape)
+            uploads.load_mask(truth_upload.name, truth_upload.getvalue(), patch.valid.shape)
             if truth_upload is not None
             else None
         )
@@ -171,14 +181,14 @@ def patch_mode() -> None:
     if st.button("Run all models" if run_all else f"Run {models[0].label}", type="primary"):
         try:
             with st.spinner("Running…"):
-                preds = [logic.predict(_predictor(str(m.path), m.stamp, tta), m, patch) for m in models]
+                preds = [inference.predict(_predictor(str(m.path), m.stamp, tta), m, patch) for m in models]
         except LandslideBatchError as exc:
             st.error(str(exc))
             return
         st.session_state["results"] = (key, preds)
     stored = st.session_state.get("results")
     if stored and stored[0] == key:
-        _show(patch, stored[1], truth, logic.rgb_composite(patch))
+        _show(patch, stored[1], truth, pictures.rgb_composite(patch))
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
@@ -189,28 +199,30 @@ def _run_map(folder: str, stamp: int, outputs: str) -> runs_view.RunMap | None:
 
 def runs_mode() -> None:
     st.header("Region runs")
-    root = logic.default_runs_dir()  # fixed by the server: the page never takes a server path
-    runs = logic.find_runs(root)
+    root = run_folders.default_runs_dir()  # fixed by the server: the page never takes a server path
+    runs = run_folders.find_runs(root)
     st.sidebar.caption(f"Runs folder: `{root.name or root}` (set by `--runs-dir`)")
     if not runs:
         st.info(
-            f"No finished runs (folders with {logic.RUN_FILE}) in the runs folder. Start the app with "
+            f"No finished runs (folders with {run_folders.RUN_FILE}) in the runs folder. Start the app with "
             f"`landslide-batch app --runs-dir DIR`."
         )
         return
-    folder = st.sidebar.selectbox("Run", runs, format_func=lambda p: logic.run_label(root, p), key="run")
+    folder = st.sidebar.selectbox("Run", runs, format_func=lambda p: run_folders.run_label(root, p), key="run")
     try:
-        run = logic.read_run(folder)
+        run = run_folders.read_run(folder)
     except LandslideBatchError as exc:
         st.error(str(exc))
         return
-    st.subheader(logic.run_label(root, folder) + (" — region" if run.get("kind") == "region" else ""))
+    st.subheader(run_folders.run_label(root, folder) + (" — region" if run.get("kind") == "region" else ""))
     if run.get("status") != "complete":
         st.warning(f"Run status is {run.get('status')!r}, not 'complete': outputs may be missing or partial.")
-    for col, (label, value) in zip(st.columns(4), logic.run_headline(run)):
+    for col, (label, value) in zip(st.columns(4), run_folders.run_headline(run)):
         col.metric(label, value)
     try:
-        view = _run_map(str(folder), (folder / logic.RUN_FILE).stat().st_mtime_ns, json.dumps(run.get("outputs") or {}))
+        view = _run_map(
+            str(folder), (folder / run_folders.RUN_FILE).stat().st_mtime_ns, json.dumps(run.get("outputs") or {})
+        )
     except LandslideBatchError as exc:
         st.error(str(exc))
         view = None
@@ -223,16 +235,16 @@ def runs_mode() -> None:
     if scenes:
         st.markdown("**Scenes**")
         st.dataframe(scenes, hide_index=True)
-    files, folders = logic.run_files(folder, run)
+    files, folders = run_folders.run_files(folder, run)
     quicklook = next((f.path for f in files if f.label == "quicklook"), None)
     left, right = st.columns([3, 2])
     if quicklook is not None:
         left.image(str(quicklook), caption="Quicklook", width="stretch")
     else:
         left.info("No quicklook image in this run.")
-    fields, values = zip(*logic.run_details(run))
+    fields, values = zip(*run_folders.run_details(run))
     right.table({"field": fields, "value": values})
-    models = logic.run_models(run)
+    models = run_folders.run_models(run)
     if models:
         st.markdown("**Models**")
         st.table(models)
@@ -249,7 +261,7 @@ def runs_mode() -> None:
     for f in folders:
         st.caption(
             f"{f.label}: {f.path.name} is a folder (Zarr store); copy it from run "
-            f"`{logic.run_label(root, folder)}` in the runs folder on the server"
+            f"`{run_folders.run_label(root, folder)}` in the runs folder on the server"
         )
     with st.expander("Job config, versions"):
         st.json({"config": run.get("config"), "versions": run.get("versions")}, expanded=False)

@@ -1,0 +1,60 @@
+"""Mapping an uploaded patch with one model, through the one ``EnsemblePredictor`` a region job
+uses (an ensemble of one member), never a copy of it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..config import EnsembleConfig, EnsembleMember
+from ..infer.predictor import EnsemblePredictor
+from .model_folders import ModelEntry
+from .uploads import Patch
+
+#: A region job's defaults (128 px tiles, 50 % overlap), so a patch maps as it would in a region.
+TILE, STRIDE = 128, 64
+
+
+def load_predictor(model: Path, tta: bool = False) -> EnsemblePredictor:
+    """One model as a one-member ensemble: the same inference path as a region job."""
+    return EnsemblePredictor(
+        EnsembleConfig(members=[EnsembleMember(model=model)]),
+        tile=TILE,
+        stride=STRIDE,
+        blend="gaussian",
+        device="auto",
+        tta=tta,
+    )
+
+
+@dataclass
+class Prediction:
+    model: ModelEntry
+    probability: np.ndarray  # float32 (H, W), NaN where the input is invalid
+    threshold: float
+
+    @property
+    def mask(self) -> np.ndarray:
+        """bool (H, W); invalid pixels are never landslide."""
+        return np.nan_to_num(self.probability, nan=-1.0) >= self.threshold
+
+
+def padded_size(n: int, tile: int = TILE, stride: int = STRIDE) -> int:
+    """Smallest ``tile + k * stride >= n``: the window sizes the predictor covers exactly."""
+    return tile + max(0, -(-(n - tile) // stride)) * stride
+
+
+def predict(predictor: EnsemblePredictor, model: ModelEntry, patch: Patch) -> Prediction:
+    """Reflect-pad the patch up to a size the tile grid covers, predict, crop back."""
+    h, w = patch.valid.shape
+    pad = (
+        (0, padded_size(h, predictor.tile, predictor.stride) - h),
+        (0, padded_size(w, predictor.tile, predictor.stride) - w),
+    )
+    prob, _ = predictor.predict_window(
+        np.pad(patch.bands, ((0, 0), *pad), mode="reflect"), np.pad(patch.valid, pad, mode="reflect")
+    )
+    prob = np.where(patch.valid, prob[:h, :w], np.float32(np.nan)).astype(np.float32)
+    return Prediction(model, prob, predictor.threshold)
