@@ -10,30 +10,9 @@ from pydantic import BeforeValidator, Field, ValidationError, field_validator, m
 
 from .errors import ConfigError
 from .ingest.inputs import SceneInputs
-from .schema import StrictModel
+from .models.ensemble_config import EnsembleConfig, EnsembleMember
+from .schema import PathOrUri, StrictModel
 from .storage import is_uri, location, path_or_uri
-
-#: A local path (a ``Path``, relative ones rebased on the YAML's folder) or a URI (``s3://``,
-#: ``gs://``, ``az://``, ``abfs://``, ``http(s)://``: kept as the string, never rebased).
-PathOrUri = Annotated[Path | str, BeforeValidator(path_or_uri)]
-
-
-class EnsembleMember(StrictModel):
-    model: PathOrUri
-    weight: float = Field(1.0, gt=0)
-
-
-class EnsembleConfig(StrictModel):
-    members: list[EnsembleMember] = Field(min_length=1)
-    #: Probability threshold for the binary mask; default: members' card thresholds, weighted.
-    threshold: float | None = Field(None, ge=0, le=1)
-
-    def decision_threshold(self, member_thresholds: list[float]) -> float:
-        """``threshold``, else the members' (tuned) thresholds, weighted like their probabilities."""
-        if self.threshold is not None:
-            return self.threshold
-        weights = [m.weight for m in self.members]
-        return sum(w * t for w, t in zip(weights, member_thresholds)) / sum(weights)
 
 
 class RaySettings(StrictModel):

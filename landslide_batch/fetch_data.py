@@ -19,9 +19,10 @@ import shutil
 import tarfile
 import zipfile
 from collections.abc import Callable, Iterator
+from functools import partial
 from importlib.resources import files as package_files
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import yaml
 from pydantic import Field, ValidationError
@@ -108,13 +109,13 @@ def archive_members(archive: Path) -> Iterator[tuple[str, str, Callable[[], IO[b
         with zipfile.ZipFile(archive) as z:
             for info in z.infolist():
                 if (m := _MEMBER.search(info.filename)) and not info.is_dir():
-                    yield m.group(3).replace("image", "img"), m.group(2), lambda i=info: z.open(i)
+                    yield m.group(3).replace("image", "img"), m.group(2), partial(z.open, info)
         return
     if tarfile.is_tarfile(archive):
         with tarfile.open(archive) as t:
-            for info in t:
-                if (m := _MEMBER.search(info.name)) and info.isfile():
-                    yield m.group(3).replace("image", "img"), m.group(2), lambda i=info: t.extractfile(i)
+            for member in t:
+                if (m := _MEMBER.search(member.name)) and member.isfile():
+                    yield m.group(3).replace("image", "img"), m.group(2), partial(_extract_file, t, member)
         return
     raise InputError(f"{archive}: not a zip or tar archive")
 
@@ -143,12 +144,20 @@ def unpack_split(archive: Path, target: Path) -> dict[str, int]:
     return counts
 
 
+def _extract_file(tar: tarfile.TarFile, member: tarfile.TarInfo) -> IO[bytes]:
+    """A regular member's contents (``extractfile`` gives None only for links and folders)."""
+    f = tar.extractfile(member)
+    if f is None:
+        raise InputError(f"archive member {member.name} is not a regular file")
+    return f
+
+
 def _check_layout(archive: Path, folder: Path, counts: dict[str, int]) -> None:
     if not counts["img"]:
         raise InputError(f"{archive}: no image_N.h5 under an img/ folder; not a Landslide4Sense archive")
     if counts["mask"]:
         numbers = {
-            kind: {int(re.search(r"\d+", p.name).group()) for p in (folder / kind).iterdir()}
+            kind: {int(p.stem.rpartition("_")[2]) for p in (folder / kind).iterdir()}  # image_N.h5, mask_N.h5
             for kind in ("img", "mask")
         }
         if numbers["img"] != numbers["mask"]:
@@ -171,7 +180,7 @@ def fetch_l4s(
     chosen = [f for f in sources.files if f.split in splits]
     if not chosen:
         raise ConfigError(f"the sources file has no file for split(s) {list(splits)}")
-    manifest = {"dataset": sources.dataset, "record": sources.record, "files": []}
+    manifest: dict[str, Any] = {"dataset": sources.dataset, "record": sources.record, "files": []}
     if (out / MANIFEST).is_file():  # a rerun adds to what earlier runs fetched
         manifest["files"] = json.loads((out / MANIFEST).read_text()).get("files", [])
     for f in chosen:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 
-from .storage import location
+from .storage import Where, location
 
 _CHUNK = 1 << 20
 
 
-def sha256_file(path: str | Path) -> str:
+def sha256_file(path: Where) -> str:
     h = hashlib.sha256()
     with location(path).open("rb") as f:
         for chunk in iter(lambda: f.read(_CHUNK), b""):
@@ -18,7 +17,7 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def sha256_tree(path: str | Path) -> str:
+def sha256_tree(path: Where) -> str:
     """Hash of a file, or of a folder's files (relative names and contents, sorted)."""
     where = location(path)
     if where.is_file():

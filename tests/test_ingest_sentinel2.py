@@ -417,7 +417,7 @@ inputs:
 """
     cfg = job_from_dict(yaml.safe_load(text), tmp_path)
     assert isinstance(cfg.inputs, SceneInputs) and cfg.inputs.bands == {"B8": "B8A"}
-    scene = ingest_job(cfg, tmp_path / "job.zarr", chunk=32)
+    scene = ingest_job(cfg.scene, tmp_path / "job.zarr", chunk=32, nodata=cfg.nodata, inputs=cfg.inputs)
     bands, valid = _all(scene)
     assert scene.shape == (40, 50)
     assert np.all(bands[BAND_INDEX["B10"]][valid] == np.float32(0.001))
@@ -425,26 +425,35 @@ inputs:
     assert any("B10" in w and "0.001" in w for w in scene.attrs["warnings"])
     # Without inputs, ingest_job is plain ingest of the scene path.
     plain = JobConfig(scene=scene_tif, out=tmp_path / "o", models=[tmp_path / "m"], nodata=-9999.0)
-    s = ingest_job(plain, tmp_path / "plain.zarr", chunk=64)
+    s = ingest_job(plain.scene, tmp_path / "plain.zarr", chunk=64, nodata=plain.nodata, inputs=plain.inputs)
     ref = ingest(scene_tif, tmp_path / "ref.zarr", chunk=64, nodata=-9999.0)
     assert np.array_equal(_all(s)[1], _all(ref)[1])
     assert s.attrs.get("warnings", []) == []
 
 
 def test_b10_model_mean_uses_the_model_cards(l2a, tmp_path):
-    mean = [0.1] * 14
-    mean[BAND_INDEX["B10"]] = 0.0123
-    model = _card(tmp_path / "m1", mean)
-    cfg = JobConfig(
-        scene=l2a["safe"],
-        out=tmp_path / "o",
-        models=[model],
-        inputs=SceneInputs(dem=str(l2a["dem"]), b10="model_mean", bbox=(X0, Y0 - 200, X0 + 200, Y0), aoi_crs=UTM),
-    )
-    scene = ingest_job(cfg, tmp_path / "mm.zarr", chunk=32)
+    from landslide_batch.checks.preflight import model_b10_means
+    from landslide_batch.config import EnsembleConfig, EnsembleMember
+    from landslide_batch.models.card import read_card
+
+    models = []
+    for name, b10 in (("m1", 0.0123), ("m2", 0.0323)):
+        mean = [0.1] * 14
+        mean[BAND_INDEX["B10"]] = b10
+        models.append(_card(tmp_path / name, mean, name=name))
+    members = EnsembleConfig(members=[EnsembleMember(model=models[0]), EnsembleMember(model=models[1], weight=3)])
+    means = model_b10_means(members, [read_card(m.model) for m in members.members])
+    assert [(m.model, m.mean, m.weight) for m in means] == [("m1", 0.0123, 1.0), ("m2", 0.0323, 3.0)]
+    inputs = SceneInputs(dem=str(l2a["dem"]), b10="model_mean", bbox=(X0, Y0 - 200, X0 + 200, Y0), aoi_crs=UTM)
+    scene = ingest_job(l2a["safe"], tmp_path / "mm.zarr", chunk=32, inputs=inputs, b10_means=means)
     bands, valid = _all(scene)
-    assert np.allclose(bands[BAND_INDEX["B10"]][valid], 0.0123)
+    assert np.allclose(bands[BAND_INDEX["B10"]][valid], (0.0123 + 3 * 0.0323) / 4)
     assert any("training mean" in w for w in scene.attrs["warnings"])
+    assert any("differ between models" in w for w in scene.attrs["warnings"])
+    # Ingest reads no model card: without the models' means, model_mean is refused, naming the rule.
+    with pytest.raises(InputError, match="model_mean.*B10 training means"):
+        ingest_job(l2a["safe"], tmp_path / "none.zarr", chunk=32, inputs=inputs)
+    assert not (tmp_path / "none.zarr").exists()
 
 
 # --------------------------------------------------------------------------- checks and errors
@@ -513,6 +522,26 @@ def test_stack_with_inputs_is_cut_to_the_aoi(scene_tif, tmp_path):
     assert cut.attrs["ingest"]["reflectance"] == "none" and cut.attrs["warnings"] == []
 
 
+def test_inputs_apply_only_to_raw_inputs_and_nothing_is_left_behind(scene_tif, tmp_path):
+    from landslide_batch.synthetic import write_l4s_patch
+
+    store = ingest(scene_tif, tmp_path / "store.zarr", chunk=64)
+    assert ingest(store.path, tmp_path / "unused.zarr").shape == store.shape  # opened as it is
+    assert not (tmp_path / "unused.zarr").exists()
+    patch = tmp_path / "image_1.h5"
+    write_l4s_patch(patch, np.ones((14, 32, 32), np.float32))
+    cases = [
+        (store.path, "is a scene store already"),
+        (patch, "not to L4S .h5 patches or Zarr stores"),
+        (tmp_path / "missing.tif", "does not exist"),
+    ]
+    for src, message in cases:
+        with pytest.raises(InputError, match=message):
+            ingest(src, tmp_path / "refused.zarr", inputs=SceneInputs())
+        assert not (tmp_path / "refused.zarr").exists() and not (tmp_path / "refused.zarr.partial").exists()
+    assert ingest(patch, tmp_path / "patch.zarr", chunk=32).shape == (32, 32)
+
+
 def test_product_name_and_metadata_parsing(l2a):
     from landslide_batch.ingest.sentinel2 import baseline_from_name, date_from_name, parse_product_metadata
 
@@ -563,7 +592,7 @@ def test_l4s_units_and_the_units_guard_against_model_cards(l2a, l2a_scene, tmp_p
         models=[tmp_path / "l4s_model"],
         inputs=SceneInputs(units="physical", **common),
     )
-    phys = ingest_job(cfg, tmp_path / "phys.zarr", chunk=32)
+    phys = ingest_job(cfg.scene, tmp_path / "phys.zarr", chunk=32, inputs=cfg.inputs)
     with pytest.raises(UnitsMismatchError, match=r"l4s_model.*reflectance 0-1.*set inputs.units: l4s"):
         units_guard(sample_scene(phys), [l4s_like], accept=False)
     cfg = JobConfig(
@@ -572,7 +601,7 @@ def test_l4s_units_and_the_units_guard_against_model_cards(l2a, l2a_scene, tmp_p
         models=[tmp_path / "l4s_model"],
         inputs=SceneInputs(units="l4s", **common),
     )
-    l4s = ingest_job(cfg, tmp_path / "l4s.zarr", chunk=32)
+    l4s = ingest_job(cfg.scene, tmp_path / "l4s.zarr", chunk=32, inputs=cfg.inputs)
     verdicts, warnings = units_guard(sample_scene(l4s), [l4s_like], accept=False)
     assert warnings == [] and [v.refused for v in verdicts] == [False]
     pb, pv = _all(phys)

@@ -83,11 +83,12 @@ def _size(n: float) -> str:
 def disk_full_cause(exc: BaseException) -> BaseException | None:
     """The ENOSPC error in the exception's chain (zarr, shutil), or GDAL's message for it; else None."""
     seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if getattr(exc, "errno", None) == errno.ENOSPC or "No space left on device" in str(exc):
-            return exc
-        exc = exc.__cause__ or exc.__context__
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        if getattr(link, "errno", None) == errno.ENOSPC or "No space left on device" in str(link):
+            return link
+        link = link.__cause__ or link.__context__
     return None
 
 
@@ -101,7 +102,8 @@ def disk_full_is_clear(out: Path) -> Iterator[None]:
         if cause is None:
             raise
         usage = shutil.disk_usage(_existing(out))
-        where = f" while writing {cause.filename}" if getattr(cause, "filename", None) else ""
+        filename = getattr(cause, "filename", None)
+        where = f" while writing {filename}" if filename else ""
         detail = getattr(cause, "strerror", None) or str(cause)
         raise DiskFullError(
             f"the file system of {out} is full{where} ({detail}; {_size(usage.free)} free of {_size(usage.total)}). "

@@ -11,14 +11,19 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..bands import N_BANDS
+from ..bands import N_BANDS, resolve_features
 from ..config import EnsembleConfig, JobConfig, ensemble_members
 from ..errors import ConfigError
+from ..ingest.b10 import ModelB10
 from ..ingest.units import INPUTS_UNITS
 from ..models.card import ModelCard, ModelFiles, load_model_folder, read_model_files
 from ..storage import location
 from .output import ZARR_MARKERS, check_free_space, check_out_path
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -26,28 +31,37 @@ log = logging.getLogger(__name__)
 _INPUTS_FOR = {card: inputs for inputs, card in INPUTS_UNITS.items()}
 
 
-def preflight(cfg: JobConfig, overwrite: bool) -> tuple[JobConfig, tuple[ModelFiles, ...]]:
+def preflight(cfg: JobConfig, overwrite: bool) -> tuple[JobConfig, tuple[ModelFiles, ...], tuple[torch.nn.Module, ...]]:
     """Check ``out``, free space and every model folder; -> (``cfg`` with ``inputs.units``
-    resolved, the members' files as read and checked: the job builds its models from them)."""
+    resolved, the members' files as read and checked, the members' modules built and loaded
+    from them: a local job predicts with these, Ray's actors build theirs from the files).
+    The models load here, before hashing and ingest rather than beside them: their imports are
+    pure Python, and beside ingest's threads they took three times as long (GIL)."""
+    if cfg.scene is None:
+        raise ConfigError("preflight checks a one-scene job, and this job has no 'scene'")
     out = location(cfg.out)
     scene = location(cfg.scene)
     if out.is_local and scene.is_local:
         check_out_path(out.path, scene.path)
-    files = check_models(ensemble_members(cfg))
+    files = read_models(ensemble_members(cfg))
+    models = check_models(files)
     if out.is_local and scene.is_local and (overwrite or not (out.path / "run.json").is_file()):
         shape = scene_shape(scene.path)
         if shape is not None:
             check_free_space(out.path, *shape)
-    return resolve_inputs_units(cfg, [f.card for f in files]), files
+    return resolve_inputs_units(cfg, [f.card for f in files]), files, models
 
 
-def check_models(ensemble: EnsembleConfig) -> tuple[ModelFiles, ...]:
-    """Read every member once and load it (card, weights present, hash, weights fit the card):
-    ModelError otherwise. -> the files read, so that nothing reads or verifies them again."""
-    files = tuple(read_model_files(member.model) for member in ensemble.members)
-    for f in files:
-        load_model_folder(f)
-    return files
+def read_models(ensemble: EnsembleConfig) -> tuple[ModelFiles, ...]:
+    """Read every member once (card, weights present, hash): ModelError otherwise. -> the files
+    read, so that nothing reads or verifies them again."""
+    return tuple(read_model_files(member.model) for member in ensemble.members)
+
+
+def check_models(files: tuple[ModelFiles, ...]) -> tuple[torch.nn.Module, ...]:
+    """Load every member read by :func:`read_models` (the weights fit the card): ModelError
+    otherwise. -> the members' modules, on the CPU, so that the job does not build them again."""
+    return tuple(load_model_folder(f)[0] for f in files)
 
 
 def resolve_inputs_units(cfg: JobConfig, cards: list[ModelCard]) -> JobConfig:
@@ -66,6 +80,17 @@ def resolve_inputs_units(cfg: JobConfig, cards: list[ModelCard]) -> JobConfig:
     return cfg.model_copy(update={"inputs": cfg.inputs.model_copy(update={"units": units})})
 
 
+def model_b10_means(ensemble: EnsembleConfig, cards: list[ModelCard]) -> list[ModelB10]:
+    """The B10 training means of the members that use B10, for ingest's ``inputs.b10: model_mean``
+    (ingest reads no card: the job passes it these)."""
+    means = []
+    for member, card in zip(ensemble.members, cards):
+        features = list(resolve_features(card.features))
+        if "B10" in features:
+            means.append(ModelB10(card.name, card.normalization.mean[features.index("B10")], member.weight))
+    return means
+
+
 def scene_shape(scene: Path) -> tuple[int, int] | None:
     """(height, width) of a scene GDAL, h5py or zarr can tell cheaply; None for band-file folders and
     STAC items (their grid is known only when assembled) and for files ingest will reject anyway."""
@@ -79,7 +104,7 @@ def scene_shape(scene: Path) -> tuple[int, int] | None:
             if not any((scene / m).is_file() for m in ZARR_MARKERS):
                 return None
             arrays = [a for _, a in zarr.open_group(str(scene), mode="r").arrays() if a.ndim == 3]
-            return tuple(arrays[0].shape[1:]) if arrays else None
+            return (arrays[0].shape[1], arrays[0].shape[2]) if arrays else None
         if scene.suffix.lower() in (".h5", ".hdf5"):
             with h5py.File(scene, "r") as f:
                 shape = f["img"].shape if "img" in f else None

@@ -117,7 +117,8 @@ def training_reference(card: ModelCard) -> tuple[str, list[str], np.ndarray] | N
         norm = card.normalization
         scale = np.maximum(np.abs(norm.mean), norm.std)
         keep = [i for i, layer in enumerate(layers) if layer is not None]
-        return "the card's training statistics", [layers[i] for i in keep], scale[keep]
+        named = [layer for layer in layers if layer is not None]
+        return "the card's training statistics", named, scale[keep]
     if card.input_units in KNOWN_UNITS:
         named = [layer for layer in layers if layer is not None]
         typical = typical_values(card.input_units)[[BAND_INDEX[layer] for layer in named]]
@@ -145,7 +146,7 @@ def compare(card: ModelCard, sample: SceneSample) -> Verdict | None:
         for u, v in permutations(KNOWN_UNITS, 2)
         if v in model_units
     }
-    best = min(fits, key=fits.get)
+    best = min(fits, key=fits.__getitem__)
     explained = fits[best] <= same / 2
     refused = same >= ORDER or (same >= PATTERN and explained)
     median_log = float(np.median(logs))

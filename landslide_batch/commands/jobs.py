@@ -158,7 +158,9 @@ def _schedule(args) -> int:
     remote = schedule.config.submit
     on_cluster = not args.local and remote is not None
     submitter = (
-        RaySubmitter(remote.address, env=remote.env, ship_code=remote.ship_code) if on_cluster else LocalRunner()
+        RaySubmitter(remote.address, env=remote.env, ship_code=remote.ship_code)
+        if on_cluster and remote is not None
+        else LocalRunner()
     )
     if not args.once:
         run_schedule(schedule, submitter, remote=on_cluster)

@@ -12,22 +12,25 @@
   so that AOI, SCL and DEM settings apply).
 
 ``inputs`` (:class:`SceneInputs`, the job's ``inputs:``) sets the band mapping, DEM/slope,
-SCL, AOI, reflectance scaling and the B10 rule; ``docs/inputs.md`` documents them.
+SCL, AOI, reflectance scaling and the B10 rule (``b10.py``); ``docs/inputs.md`` documents them.
+Ingest imports neither the job config nor the models: what it needs of them (the models' B10
+means) comes in as plain arguments of :func:`ingest_job`.
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from ..errors import InputError
-from ..storage import location, path_or_uri, storage_errors
+from ..storage import Where, location, path_or_uri, storage_errors
+from .b10 import ModelB10, resolve_model_mean
 from .inputs import SceneInputs
 
 if TYPE_CHECKING:
-    from ..config import JobConfig
     from .scene import Scene, SceneInfo, SceneWriter, reflect_index  # noqa: F401
 
 _SCENE_NAMES = ("SCENE_FORMAT", "Scene", "SceneInfo", "SceneWriter", "reflect_index")
@@ -46,6 +49,7 @@ def __getattr__(name: str):
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "ModelB10",
     "Scene",
     "SceneInfo",
     "SceneInputs",
@@ -69,8 +73,8 @@ def _is_zarr(path: Path | str) -> bool:
 
 
 def ingest(
-    src: str | Path,
-    dest: str | Path,
+    src: Where,
+    dest: Where,
     *,
     chunk: int = 512,
     nodata: float | None = None,
@@ -91,6 +95,29 @@ def ingest(
     from .scene import Scene
 
     src, dest = path_or_uri(src), path_or_uri(dest)
+    kind = _source_kind(src, inputs)
+    if kind == "scene":
+        return Scene(src)
+    tmp = _build_target(dest)
+    try:
+        writer = _convert(kind, src, tmp, chunk=chunk, nodata=nodata, inputs=inputs, notes=notes, b10_note=b10_note)
+        writer.finish()
+    except BaseException:
+        location(tmp).rm()
+        raise
+    if isinstance(tmp, Path) and tmp != dest:
+        shutil.rmtree(dest, ignore_errors=True)
+        tmp.rename(dest)
+    return Scene(dest)
+
+
+SourceKind = Literal["scene", "zarr", "folder", "stac", "h5", "stack", "raster"]
+
+
+def _source_kind(src: Path | str, inputs: SceneInputs | None) -> SourceKind:
+    """What ``src`` is: a scene store, a Zarr store, a band-file folder, a STAC item, an L4S patch,
+    or a raster (a ``stack`` when ``inputs`` apply to it). InputError for a missing source, and
+    for one that ``inputs`` or object storage does not fit."""
     where = location(src)
     with storage_errors(where, "scene"):
         exists, is_dir = where.exists(), where.is_dir()
@@ -102,73 +129,94 @@ def ingest(
                 f"{src} is a scene store already; 'inputs' (band mapping, AOI, SCL...) applies only "
                 "to raw inputs: point 'scene' at the band files, STAC item or stack instead"
             )
-        return Scene(src)
+        return "scene"
     suffix = Path(where.name).suffix.lower()
-    zarr_src = is_dir and _is_zarr(src)
-    if inputs is not None and (suffix in (".h5", ".hdf5") or zarr_src):
+    zarr_src, h5 = is_dir and _is_zarr(src), suffix in (".h5", ".hdf5")
+    if inputs is not None and (h5 or zarr_src):
         raise InputError(
             f"{src}: 'inputs' applies to band-file folders, STAC items and 14-band rasters, "
             "not to L4S .h5 patches or Zarr stores"
         )
-    if where.is_remote and ((is_dir and not zarr_src) or suffix in (".h5", ".hdf5")):
+    if where.is_remote and ((is_dir and not zarr_src) or h5):
         raise InputError(
             f"scene {src}: band-file folders and .h5 patches are read from local paths only; on "
             "object storage give a 14-band raster (GeoTIFF / COG), a STAC item or a Zarr store"
         )
-    if isinstance(dest, str):  # object storage: written in place
-        tmp = dest
+    if zarr_src:
+        return "zarr"
+    if is_dir:
+        return "folder"
+    if suffix == ".json":
+        return "stac"
+    if h5:
+        return "h5"
+    return "stack" if inputs is not None else "raster"
+
+
+def _build_target(dest: Path | str) -> Path | str:
+    """Where the store is built, emptied first: ``dest`` itself on object storage (no rename
+    there), else a temporary name beside it."""
+    if isinstance(dest, str):
         location(dest).rm()
+        return dest
+    tmp = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    return tmp
+
+
+def _convert(
+    kind: SourceKind,
+    src: Path | str,
+    tmp: Path | str,
+    *,
+    chunk: int,
+    nodata: float | None,
+    inputs: SceneInputs | None,
+    notes: list[str] | None,
+    b10_note: str | None,
+) -> SceneWriter:
+    """Write the scene store of ``src`` (of ``kind``, not a scene store) at ``tmp``, unfinished."""
+    if kind == "zarr":
+        from .zarr_store import ingest_zarr
+
+        return ingest_zarr(src, tmp, chunk=chunk, nodata=nodata)
+    if kind == "h5":
+        from .h5patch import ingest_h5
+
+        return ingest_h5(Path(src), tmp, chunk=chunk, nodata=nodata)  # local: remote patches are refused
+    if kind == "raster":
+        from .geotiff import ingest_geotiff
+
+        return ingest_geotiff(src, tmp, chunk=chunk, nodata=nodata)
+    from .assemble import assemble
+    from .sentinel2 import plan_folder, plan_stack
+    from .stac import plan_stac
+
+    inputs = inputs or SceneInputs()  # folders and STAC items: the defaults; a stack has its inputs
+    if kind == "folder":
+        plan = plan_folder(Path(src), inputs)  # local: remote folders are refused
+    elif kind == "stac":
+        plan = plan_stac(src, inputs)
     else:
-        tmp = dest.with_name(dest.name + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        if zarr_src:
-            from .zarr_store import ingest_zarr
-
-            writer = ingest_zarr(src, tmp, chunk=chunk, nodata=nodata)
-        elif is_dir or suffix == ".json":
-            from .assemble import assemble
-
-            inputs = inputs or SceneInputs()
-            if is_dir:
-                from .sentinel2 import plan_folder
-
-                plan = plan_folder(src, inputs)
-            else:
-                from .stac import plan_stac
-
-                plan = plan_stac(src, inputs)
-            writer = assemble(plan, tmp, chunk=chunk, inputs=inputs, nodata=nodata, notes=notes, b10_note=b10_note)
-        elif suffix in (".h5", ".hdf5"):
-            from .h5patch import ingest_h5
-
-            writer = ingest_h5(src, tmp, chunk=chunk, nodata=nodata)
-        elif inputs is not None:
-            from .assemble import assemble
-            from .sentinel2 import plan_stack
-
-            writer = assemble(
-                plan_stack(src, inputs), tmp, chunk=chunk, inputs=inputs, nodata=nodata, notes=notes, b10_note=b10_note
-            )
-        else:
-            from .geotiff import ingest_geotiff
-
-            writer = ingest_geotiff(src, tmp, chunk=chunk, nodata=nodata)
-        writer.finish()
-    except BaseException:
-        location(tmp).rm()
-        raise
-    if tmp != dest:
-        shutil.rmtree(dest, ignore_errors=True)
-        tmp.rename(dest)
-    return Scene(dest)
+        plan = plan_stack(src, inputs)
+    return assemble(plan, tmp, chunk=chunk, inputs=inputs, nodata=nodata, notes=notes, b10_note=b10_note)
 
 
-def ingest_job(cfg: JobConfig, dest: str | Path, chunk: int = 512) -> Scene:
-    """The pipeline's ingest: ``cfg.scene`` (+ ``cfg.inputs``) -> the scene store at ``dest``.
+def ingest_job(
+    scene: Where,
+    dest: Where,
+    *,
+    chunk: int = 512,
+    nodata: float | None = None,
+    inputs: SceneInputs | None = None,
+    b10_means: Sequence[ModelB10] | None = None,
+) -> Scene:
+    """A job's ingest: :func:`ingest`, resuming from a finished store at ``dest`` (left by an
+    interrupted attempt of the same job).
 
-    Without ``inputs`` this is ``ingest(cfg.scene, dest, chunk=chunk, nodata=cfg.nodata)``.
-    With ``inputs.b10 == 'model_mean'`` the job's model cards give the B10 fill value.
+    ``b10_means``: the B10 training means of the job's models that use B10, which
+    ``inputs.b10: model_mean`` fills B10 with (the caller reads them from the model cards).
+    ``inputs.units: auto`` must be resolved by the caller (from the cards) before this.
     """
     from .scene import Scene
 
@@ -178,40 +226,7 @@ def ingest_job(cfg: JobConfig, dest: str | Path, chunk: int = 512) -> Scene:
             return Scene(dest)  # finished by an interrupted attempt of the same job: resume from it
         except InputError:
             location(dest).rm()
-    inputs = cfg.inputs
     if inputs is None:
-        return ingest(cfg.scene, dest, chunk=chunk, nodata=cfg.nodata)
-    notes: list[str] = []
-    b10_note = None
-    if inputs.b10 == "model_mean":
-        value, b10_note, notes = _b10_model_mean(cfg)
-        inputs = inputs.model_copy(update={"b10": "constant", "b10_value": value})
-    # Units: ``inputs.units: auto`` was resolved by the pipeline from the cards; whether the scene
-    # then matches its models is the units guard's business (``checks/units.py``), after ingest.
-    return ingest(cfg.scene, dest, chunk=chunk, nodata=cfg.nodata, inputs=inputs, notes=notes, b10_note=b10_note)
-
-
-def _b10_model_mean(cfg: JobConfig) -> tuple[float, str, list[str]]:
-    """Weighted mean of the B10 normalisation means of the job's models that use B10."""
-    from ..bands import resolve_features
-    from ..config import ensemble_members
-    from ..models.card import read_card
-
-    values, weights, names = [], [], []
-    for member in ensemble_members(cfg).members:
-        card = read_card(member.model)
-        features = list(resolve_features(card.features))
-        if "B10" in features:
-            values.append(card.normalization.mean[features.index("B10")])
-            weights.append(member.weight)
-            names.append(card.name)
-    if not values:
-        return 0.0, "zero-filled (inputs.b10 = 'model_mean', but no model of the job uses B10)", []
-    value = sum(v * w for v, w in zip(values, weights)) / sum(weights)
-    notes = []
-    if max(values) - min(values) > 1e-6 * max(1.0, abs(value)):
-        notes.append(
-            f"B10 training means differ between models ({dict(zip(names, values))}); "
-            f"B10 is filled with their weighted mean {value:.6g}"
-        )
-    return value, f"filled with {value:.6g}, the models' B10 training mean (inputs.b10 = 'model_mean')", notes
+        return ingest(scene, dest, chunk=chunk, nodata=nodata)
+    inputs, b10_note, notes = resolve_model_mean(inputs, b10_means)
+    return ingest(scene, dest, chunk=chunk, nodata=nodata, inputs=inputs, notes=notes, b10_note=b10_note)

@@ -32,7 +32,7 @@ def _crs(value, what: str) -> CRS:
         raise InputError(f"{what}: unknown CRS {value!r} ({exc})") from None
 
 
-def _geojson_geometries(data: dict, path: Path) -> list[dict]:
+def _geojson_geometries(data: dict, path: Path | str) -> list[dict]:
     kind = data.get("type")
     if kind == "FeatureCollection":
         geoms = [f.get("geometry") for f in data.get("features", [])]
@@ -83,8 +83,8 @@ def load_aoi(inputs: SceneInputs):
         crs = _crs(inputs.aoi_crs or gdf.crs or "EPSG:4326", f"CRS of {path}")
     polys = [g for g in geoms if g.geom_type in ("Polygon", "MultiPolygon") and not g.is_empty]
     if not polys:
-        found = sorted({g.geom_type for g in geoms}) or "nothing"
-        raise InputError(f"{path}: no polygon in the AOI file (found {found})")
+        kinds = sorted({g.geom_type for g in geoms}) or "nothing"
+        raise InputError(f"{path}: no polygon in the AOI file (found {kinds})")
     geom = shapely.union_all([shapely.make_valid(g) for g in polys])
     return geom, crs, f"{path} ({crs.to_string()})"
 

@@ -14,7 +14,7 @@ from .scene import SceneWriter
 
 
 def ingest_geotiff(
-    src: Path, dest: Path, *, chunk: int, nodata: float | None = None, require_crs: bool = True
+    src: Path | str, dest: Path | str, *, chunk: int, nodata: float | None = None, require_crs: bool = True
 ) -> SceneWriter:
     try:
         ds = rasterio.open(src)

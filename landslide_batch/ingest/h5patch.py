@@ -47,7 +47,7 @@ def read_l4s_h5(source: str | Path | BinaryIO, dataset: str = "img", *, name: st
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
-def ingest_h5(src: Path, dest: Path, *, chunk: int, nodata: float | None = None) -> SceneWriter:
+def ingest_h5(src: Path, dest: Path | str, *, chunk: int, nodata: float | None = None) -> SceneWriter:
     """L4S patches carry no georeferencing: the scene gets no CRS and a pixel-unit transform."""
     bands = read_l4s_h5(src)
     _, h, w = bands.shape

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import zarr
@@ -69,18 +70,18 @@ class Scene:
             )
         if not group.attrs.get("complete", False):
             raise InputError(f"{self.path}: scene store is incomplete (its ingest did not finish); ingest it again")
-        self._bands = group["bands"]
-        self._valid = group["valid"]
+        self._bands = member_array(group, "bands", self.path)
+        self._valid = member_array(group, "valid", self.path)
         c, h, w = self._bands.shape
+        self.attrs: dict[str, Any] = dict(group.attrs)
         self.info = SceneInfo(
             height=h,
             width=w,
-            band_names=tuple(group.attrs["band_names"]),
-            crs_wkt=group.attrs.get("crs"),
-            transform=tuple(group.attrs["transform"]),
+            band_names=tuple(self.attrs["band_names"]),
+            crs_wkt=self.attrs.get("crs"),
+            transform=tuple(self.attrs["transform"]),
             chunk=int(self._bands.chunks[1]),
         )
-        self.attrs = dict(group.attrs)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -88,14 +89,14 @@ class Scene:
 
     def read(self, y0: int, y1: int, x0: int, x1: int) -> tuple[np.ndarray, np.ndarray]:
         """In-bounds window -> (bands float32 (C, h, w), valid bool (h, w))."""
-        return self._bands[:, y0:y1, x0:x1], self._valid[y0:y1, x0:x1].astype(bool)
+        return np.asarray(self._bands[:, y0:y1, x0:x1]), self.read_valid(y0, y1, x0, x1)
 
     def read_band(self, name: str, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         """One layer of an in-bounds window (raw chunks: the other layers are not read)."""
-        return self._bands[self.info.band_names.index(name), y0:y1, x0:x1]
+        return np.asarray(self._bands[self.info.band_names.index(name), y0:y1, x0:x1])
 
     def read_valid(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-        return self._valid[y0:y1, x0:x1].astype(bool)
+        return np.asarray(self._valid[y0:y1, x0:x1]).astype(bool)
 
     def read_reflected(self, y0: int, y1: int, x0: int, x1: int) -> tuple[np.ndarray, np.ndarray]:
         """A window that may reach outside the scene; outside pixels mirror the inside
@@ -127,6 +128,14 @@ class Scene:
             bands[:, margin] = bands[:, ri[margin]]
             valid[margin] = valid[ri[margin]]
         return bands, valid
+
+
+def member_array(group: zarr.Group, name: str, path: object) -> zarr.Array:
+    """The array ``name`` of the Zarr store at ``path`` (InputError for a sub-group of that name)."""
+    node = group[name]
+    if not isinstance(node, zarr.Array):
+        raise InputError(f"{path}: Zarr store member {name!r} is a {type(node).__name__}, expected an array")
+    return node
 
 
 def reflect_index(idx: np.ndarray, n: int) -> np.ndarray:
@@ -169,6 +178,7 @@ class SceneWriter:
         if height < 1 or width < 1:
             raise InputError(f"{(source or {}).get('path', path)}: scene has zero size ({height}x{width} pixels)")
         self.path = path_or_uri(path)
+        self.source_path = (source or {}).get("path", self.path)
         chunk = int(min(chunk, max(height, width)))
         self.group = zarr.open_group(str(self.path), mode="w")
         self.bands = self.group.create_array(
@@ -228,7 +238,7 @@ class SceneWriter:
         if self.n_valid == 0:
             empty = [name for name, seen in zip(self.band_names, self.band_has_values) if not seen]
             raise InputError(
-                f"scene {self.group.attrs['source'].get('path', self.path)} has no valid pixel: every pixel "
+                f"scene {self.source_path} has no valid pixel: every pixel "
                 "is NaN, infinite or nodata in at least one band"
                 + (
                     f"; layers without a single valid value: {', '.join(empty)}"

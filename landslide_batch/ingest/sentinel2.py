@@ -195,11 +195,10 @@ def discover_files(folder: Path) -> dict[str, list[tuple[float, Path]]]:
             path = Path(dirpath) / name
             if path.suffix.lower() not in RASTER_SUFFIXES or name.startswith("."):
                 continue
-            token, res = classify_file(path)
+            token, named_res = classify_file(path)
             if token is None:
                 continue
-            if res is None:
-                res = _file_resolution_m(path)
+            res = named_res if named_res is not None else _file_resolution_m(path)
             found.setdefault(token, []).append((float(res) if res else float("inf"), path))
     return found
 
@@ -277,7 +276,7 @@ def date_from_name(text: str) -> date | None:
         return None
 
 
-def _fill_product_info(plan: SourcePlan, folder: Path, files: list[Path]) -> None:
+def _fill_product_info(plan: SourcePlan, folder: Path, files: list[Path | str]) -> None:
     mtd = _find_metadata(folder)
     if mtd is not None:
         meta = parse_product_metadata(mtd)
@@ -328,7 +327,7 @@ def plan_folder(folder: Path, inputs: SceneInputs) -> SourcePlan:
     """A SAFE product / folder of band files -> a source plan (which file gives each layer)."""
     found = discover_files(folder)
     plan = SourcePlan(kind="sentinel2-folder", root=str(folder))
-    used: list[Path] = []
+    used: list[Path | str] = []
     for layer in S2_LAYERS:
         spec = inputs.bands.get(layer, DEFAULT_BAND_FOR_LAYER[layer])
         token = canonical_band(spec)
@@ -372,7 +371,7 @@ def plan_folder(folder: Path, inputs: SceneInputs) -> SourcePlan:
     return plan
 
 
-def plan_stack(path: Path, inputs: SceneInputs) -> SourcePlan:
+def plan_stack(path: Path | str, inputs: SceneInputs) -> SourcePlan:
     """A 14-band L4S-ordered raster with ``inputs`` (AOI, SCL, DEM override...) -> a source plan."""
     import rasterio
 
@@ -426,7 +425,7 @@ def resolve_scaling(
 ) -> Scaling:
     """Decide ``raw -> reflectance`` for every Sentinel-2 layer in ``plan``; explain in ``how``."""
     layers = list(plan.layers)
-    mode = cfg.mode
+    mode: str = cfg.mode
     if mode == "auto":
         if plan.default_scaling != "auto":
             mode = plan.default_scaling

@@ -84,8 +84,7 @@ def horn_slope(dem: np.ndarray, dx_m: np.ndarray | float, dy_m: np.ndarray | flo
     NaN (no data) spreads to the 3x3 neighbourhood.
     """
     z = np.asarray(dem, dtype=np.float64)
-    mode = dict(mode="reflect", reflect_type="odd") if min(z.shape) >= 2 else dict(mode="edge")
-    p = np.pad(z, 1, **mode)
+    p = np.pad(z, 1, mode="reflect", reflect_type="odd") if min(z.shape) >= 2 else np.pad(z, 1, mode="edge")
     dx = np.broadcast_to(np.asarray(dx_m, dtype=np.float64).reshape(-1, 1) if np.ndim(dx_m) else dx_m, (z.shape[0], 1))
     dy = np.broadcast_to(np.asarray(dy_m, dtype=np.float64).reshape(-1, 1) if np.ndim(dy_m) else dy_m, (z.shape[0], 1))
     a, b, c = p[:-2, :-2], p[:-2, 1:-1], p[:-2, 2:]
@@ -168,6 +167,6 @@ class TerrainReader:
             dst_nodata=np.nan,
         )
         elev[:] = dst[0]
-        if self.compute_slope:
+        if slope is not None:
             slope[:] = dst[1]
         return elev, slope

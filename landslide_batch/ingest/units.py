@@ -69,5 +69,5 @@ def guess_units(features: Sequence[str], means: Sequence[float], *, tolerance: f
     idx = np.array([i for i, _ in pairs])
     logs = np.log10([m for _, m in pairs])
     misfit = {u: float(np.median(np.abs(logs - np.log10(typical_values(u)[idx])))) for u in KNOWN_UNITS}
-    best = min(misfit, key=misfit.get)
+    best = min(misfit, key=misfit.__getitem__)
     return best if misfit[best] <= tolerance else None

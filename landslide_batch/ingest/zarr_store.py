@@ -16,7 +16,7 @@ from ..errors import InputError
 from .scene import SceneWriter
 
 
-def ingest_zarr(src: Path, dest: Path, *, chunk: int, nodata: float | None = None) -> SceneWriter:
+def ingest_zarr(src: Path | str, dest: Path | str, *, chunk: int, nodata: float | None = None) -> SceneWriter:
     try:
         ds = xr.open_zarr(src, consolidated=False, chunks=None)
     except Exception as exc:

@@ -72,6 +72,7 @@ class AOI(StrictModel):
             elif self.geometry:
                 geom = shape(self.geometry)
             else:
+                assert self.geojson is not None  # _check: exactly one of bbox, geometry, geojson
                 data = json.loads(Path(self.geojson).read_text())
                 features = data["features"] if data.get("type") == "FeatureCollection" else [data]
                 geom = unary_union([shape(f["geometry"] if f.get("type") == "Feature" else f) for f in features])
@@ -258,7 +259,7 @@ def run_pass(schedule: Schedule, submitter: Submitter, *, remote: bool = False) 
             collection=cfg.collection,
             max_cloud_cover=cfg.max_cloud_cover,
         )
-        started = []
+        started: list[str] = []
         for name in schedule.aois:
             items = [s for s in scenes if name in s.aois]
             event = schedule.event(name)
@@ -266,6 +267,7 @@ def run_pass(schedule: Schedule, submitter: Submitter, *, remote: bool = False) 
             if not new:
                 continue
             job = schedule.submission(name, items)
+            assert job.submission_id is not None  # Schedule.submission names every job
             if remote:
                 shared = cfg.submit is not None and cfg.submit.shared_fs
                 cluster_locations(job.job, f"schedule {cfg.name}, event {name}", shared_fs=shared)

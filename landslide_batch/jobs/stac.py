@@ -133,7 +133,8 @@ def find_scenes(
             continue
         if asset is None:
             item.make_asset_hrefs_absolute()
-            found.append(SceneItem(item.id, when, item.get_self_href(), item.get_self_href(), hits, item.to_dict()))
+            self_href = _resolved(item.get_self_href(), item)
+            found.append(SceneItem(item.id, when, self_href, self_href, hits, item.to_dict()))
             continue
         if asset not in item.assets:
             log.warning(
@@ -143,8 +144,16 @@ def find_scenes(
                 ", ".join(item.assets),
             )
             continue
-        found.append(SceneItem(item.id, when, item.assets[asset].get_absolute_href(), item.get_self_href(), hits))
+        scene_href = _resolved(item.assets[asset].get_absolute_href(), item)
+        found.append(SceneItem(item.id, when, scene_href, _resolved(item.get_self_href(), item), hits))
     return sorted(found, key=lambda s: (s.datetime, s.id))
+
+
+def _resolved(href: str | None, item: pystac.Item) -> str:
+    """An absolute href; pystac gives None for a relative one when the item has no self link."""
+    if href is None:
+        raise InputError(f"STAC item {item.id}: cannot resolve an absolute href (the item has no self link)")
+    return href
 
 
 def item_for_outputs(

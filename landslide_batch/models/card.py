@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -27,6 +28,8 @@ from .registry import build_model
 
 CARD_FILE = "card.json"
 WEIGHTS_FILE = "weights.pt"
+#: What a model's input values are: a known convention, ``raw`` (used as read) or ``unknown``.
+InputUnits = Literal["l4s", "reflectance", "dn", "raw", "unknown"]
 
 
 class Normalization(BaseModel):
@@ -66,7 +69,7 @@ class ModelCard(BaseModel):
     #: slope in degrees, DEM in metres), ``dn`` (reflectance x 10000), ``l4s`` (as the L4S .h5
     #: patches), ``raw`` (no known convention), ``unknown``. A card without it (older cards) gets
     #: the convention its training statistics fit, else ``unknown``.
-    input_units: Literal["l4s", "reflectance", "dn", "raw", "unknown"] | None = None
+    input_units: InputUnits | None = None
     trained: bool
     metrics: dict[str, float] = Field(default_factory=dict)
     training: dict[str, Any] = Field(default_factory=dict)
@@ -96,7 +99,7 @@ class ModelCard(BaseModel):
         norm = self.normalization
         return self.trained and norm != Normalization.identity(len(norm.mean))
 
-    def _units_from_statistics(self) -> str:
+    def _units_from_statistics(self) -> InputUnits:
         from ..ingest.units import guess_units
 
         guess = guess_units(self.features, self.normalization.mean) if self.has_statistics else None
@@ -187,10 +190,15 @@ def load_model_folder(folder: str | Path | ModelFiles, device: str = "cpu"):
     # Built on the meta device and filled with the checkpoint's own tensors: no random
     # initialisation to throw away (a fifth of the load time of a ResNet34 U-Net). Encoders
     # that compute with tensors while being built (MiT reads drop-path rates) build on the CPU.
+    # So does a process that has not imported torch's compiler: the initialisers' meta kernels
+    # would import it (a second), against 0.2 s of random initialisation.
+    on_meta = "torch._dynamo" in sys.modules
     try:
-        with torch.device("meta"):
+        with torch.device("meta" if on_meta else "cpu"):
             model = build_model(card.arch, card.encoder, card.in_channels)
     except (RuntimeError, NotImplementedError):
+        if not on_meta:
+            raise
         model = build_model(card.arch, card.encoder, card.in_channels)
     try:
         model.load_state_dict(state, assign=True)

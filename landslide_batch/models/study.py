@@ -14,6 +14,7 @@ random weights for anything that does not match; here a mismatch is an error.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,7 +94,7 @@ def network_state(checkpoint: dict, spec: StudyModel, source: str) -> tuple[dict
     return net, dropped, outside
 
 
-def load_strict(model, state: dict, spec: StudyModel, source: str, outside: list[str] = ()) -> None:
+def load_strict(model, state: dict, spec: StudyModel, source: str, outside: Sequence[str] = ()) -> None:
     """Fill ``model`` from ``state``; ModelError listing missing, unexpected and misshapen keys
     (named as the checkpoint names them)."""
     own = model.state_dict()

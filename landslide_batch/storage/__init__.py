@@ -3,6 +3,7 @@
 API (stable; other modules build on it)::
 
     location(value, base=None) -> Location   parse a path or URI; relative paths join ``base``
+    Where                                     what ``location`` takes: str | os.PathLike | Location
     path_or_uri(value) -> Path | str          a config value: a Path for local paths (file:// too),
                                               the URI string (never mangled by Path) otherwise
     is_uri(value) -> bool                     s3:// gs:// az:// abfs:// http(s):// (not file://)
@@ -42,10 +43,11 @@ default: using such a location says which package to install).
 
 from .credentials import gdal_options, storage_env
 from .lease import exclusive_location
-from .location import Location, is_uri, location, path_or_uri, require_exists, storage_errors
+from .location import Location, Where, is_uri, location, path_or_uri, require_exists, storage_errors
 
 __all__ = [
     "Location",
+    "Where",
     "exclusive_location",
     "gdal_options",
     "is_uri",

@@ -15,6 +15,7 @@ from typing import IO
 from urllib.parse import unquote, urlparse
 
 from ..errors import ConfigError, InputError
+from .durable import durable_replace, sync_path
 
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 #: scheme -> (fsspec protocol, package that provides it, GDAL virtual file system prefix)
@@ -31,13 +32,13 @@ SCHEMES = {
 READ_ONLY = frozenset({"http", "https"})
 
 
-def is_uri(value: str | os.PathLike) -> bool:
+def is_uri(value: Where) -> bool:
     """True for a remote URI (``s3://``, ``gs://``, ``az://``, ``abfs://``, ``http(s)://``); ``file://`` is local."""
     m = _SCHEME.match(str(value))
-    return bool(m) and m.group(1).lower() != "file"
+    return m is not None and m.group(1).lower() != "file"
 
 
-def path_or_uri(value: str | os.PathLike) -> Path | str:
+def path_or_uri(value: Where) -> Path | str:
     """A config value: a ``Path`` for a local path or ``file://`` URL, else the URI string.
 
     Refuses schemes this project cannot serve, naming the supported ones."""
@@ -58,7 +59,7 @@ def path_or_uri(value: str | os.PathLike) -> Path | str:
     return scheme + text[len(scheme) :]
 
 
-def location(value: str | os.PathLike | Location, base: str | os.PathLike | None = None) -> Location:
+def location(value: Where, base: str | os.PathLike[str] | None = None) -> Location:
     """Parse a path or URI; a relative local path is taken relative to ``base`` (default: the cwd)."""
     if isinstance(value, Location):
         return value
@@ -214,24 +215,27 @@ class Location:
             self.path.mkdir(parents=True, exist_ok=True)
 
     def write_bytes(self, data: bytes) -> None:
-        """Whole-object write that readers never see half-done: a temporary file renamed into
-        place locally; one PUT on object stores (a PUT is atomic per object)."""
+        """Whole-object write that readers never see half-done: a temporary file synced and
+        renamed into place locally (durable once this returns); one PUT on object stores (a PUT
+        is atomic per object)."""
         self.require_writable("destination")
         if self.is_remote:
             self.fs.pipe_file(self.fs_path, data)
             return
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         tmp.write_bytes(data)
-        os.replace(tmp, self.path)
+        durable_replace(tmp, self.path)
 
     def write_text(self, text: str) -> None:
         self.write_bytes(text.encode())
 
     def touch(self) -> None:
-        """An empty file / object (a marker): nothing partial to hide, so written in place."""
+        """An empty file / object (a marker): nothing partial to hide, so written in place; its
+        folder is synced, so locally the marker is on disk once this returns."""
         self.require_writable("destination")
         if self.is_local:
             self.path.touch()
+            sync_path(self.path.parent)
         else:
             self.fs.pipe_file(self.fs_path, b"")
 
@@ -262,7 +266,7 @@ class Location:
         self.parent.makedirs()
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         shutil.copyfile(local, tmp)
-        os.replace(tmp, self.path)
+        durable_replace(tmp, self.path)
 
     def get_file(self, local: str | os.PathLike) -> None:
         if self.is_local:
@@ -291,9 +295,10 @@ class Location:
                 staged.copy_to(dest)
 
     def move_to(self, dest: Location) -> None:
-        """Rename locally (``os.replace``); on object stores (no rename) copy, then remove the source."""
+        """Rename locally (``os.replace``, contents and rename synced to disk); on object stores
+        (no rename) copy, then remove the source."""
         if self.is_local and dest.is_local:
-            os.replace(self.path, dest.path)
+            durable_replace(self.path, dest.path)
             return
         self.copy_to(dest)
         self.rm()
@@ -327,6 +332,10 @@ class Location:
             return self.uri
         prefix = SCHEMES[self.scheme][2]
         return prefix + (self.uri if self.scheme in READ_ONLY else self._key)
+
+
+#: Anything :func:`location` parses: a local path, a URI string or a ``Location``.
+Where = str | os.PathLike[str] | Location
 
 
 _NO_CREDENTIALS = "no credentials found (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or a profile)"
@@ -365,7 +374,7 @@ def _is_storage_error(exc: BaseException) -> bool:
 
 
 @contextmanager
-def storage_errors(where: Location | str, what: str) -> Iterator[None]:
+def storage_errors(where: Where, what: str) -> Iterator[None]:
     """Turn the store's exceptions inside the block into an ``InputError`` naming ``what``, the
     URI and the cause; other exceptions pass unchanged."""
     try:
@@ -378,7 +387,7 @@ def storage_errors(where: Location | str, what: str) -> Iterator[None]:
         raise InputError(f"{what} {where}: {describe_error(exc)}") from exc
 
 
-def require_exists(where: Location | str, what: str) -> None:
+def require_exists(where: Where, what: str) -> None:
     """Raise ``InputError`` unless ``where`` exists, naming the cause: a missing bucket /
     container, a missing object, or the store's own error (credentials, access, endpoint)."""
     where = location(where)
@@ -387,6 +396,6 @@ def require_exists(where: Location | str, what: str) -> None:
             return
         bucket = where.bucket
         bucket_missing = bucket is not None and not bucket.exists()
-    if bucket_missing:
+    if bucket is not None and bucket_missing:
         raise InputError(f"{what} {where}: the bucket {bucket.name!r} does not exist")
     raise InputError(f"{what} {where} does not exist")

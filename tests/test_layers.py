@@ -1,0 +1,177 @@
+"""Layers import one way: no module of ``landslide_batch`` imports from a layer above its own.
+
+The walker parses every module with ``ast`` (no import side effects), so lazy imports inside
+functions and ``TYPE_CHECKING`` blocks count, and relative imports are resolved to the top-level
+module or package of ``landslide_batch`` they reach.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+PACKAGE = "landslide_batch"
+PACKAGE_DIR = Path(__file__).resolve().parents[1] / PACKAGE
+
+# Bottom to top. A module may import from its own layer and the layers below it.
+LAYERS: tuple[frozenset[str], ...] = tuple(
+    frozenset(names.split())
+    for names in (
+        "errors bands schema hashing storage gdal_env locking metrics download synthetic fetch_data",
+        "ingest plan",
+        "models",
+        "config",
+        "infer",
+        "outputs checks",
+        "pipeline region",
+        "jobs app commands cli",
+    )
+)
+#: Training uses landslide_batch, never the reverse (its folder ``training/`` installs as ``landslide_training``).
+FORBIDDEN_ROOTS = frozenset({"training", "landslide_training"})
+
+
+@dataclass(frozen=True)
+class Import:
+    """One import statement's target, seen from the module that holds it."""
+
+    module: str  # dotted name of the importing module
+    line: int
+    target: str  # dotted name of what it imports (a module, or a module's attribute)
+
+
+def module_name(path: Path, root: Path) -> str:
+    """Dotted module name of ``path`` under the directory ``root`` that holds the package."""
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _resolve_relative(module: str, is_package: bool, level: int, name: str | None) -> str:
+    """Absolute name of ``from <level dots><name> import ...`` written in ``module``."""
+    base = module.split(".") if is_package else module.split(".")[:-1]
+    if level > 1:
+        base = base[: len(base) - (level - 1)]
+    return ".".join([*base, name] if name else base)
+
+
+def imports_of(path: Path, root: Path) -> list[Import]:
+    """Every import in the file, at any depth (module level, functions, conditional blocks)."""
+    module = module_name(path, root)
+    is_package = path.name == "__init__.py"
+    found: list[Import] = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found += [Import(module, node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            source = _resolve_relative(module, is_package, node.level, node.module) if node.level else node.module or ""
+            # ``from pkg import name`` may import submodule ``pkg.name``: keep the name, so that
+            # ``from landslide_batch import config`` resolves to the config layer.
+            found += [Import(module, node.lineno, f"{source}.{alias.name}") for alias in node.names]
+    return found
+
+
+def top_level(dotted: str, package: str) -> str | None:
+    """The top-level module/package of ``package`` that ``dotted`` reaches, else None."""
+    parts = dotted.split(".")
+    if parts[0] != package or len(parts) < 2:
+        return None
+    return parts[1]
+
+
+def layer_of(name: str, layers: tuple[frozenset[str], ...]) -> int | None:
+    return next((i for i, members in enumerate(layers) if name in members), None)
+
+
+def top_level_members(package_dir: Path) -> set[str]:
+    """Names of the package's top-level modules and subpackages (with or without __init__)."""
+    members = {p.stem for p in package_dir.glob("*.py") if p.name != "__init__.py"}
+    members |= {p.name for p in package_dir.iterdir() if p.is_dir() and any(p.rglob("*.py"))}
+    return members
+
+
+def layer_violations(
+    package_dir: Path,
+    layers: tuple[frozenset[str], ...] = LAYERS,
+    forbidden: frozenset[str] = FORBIDDEN_ROOTS,
+) -> list[str]:
+    """One message per upward or forbidden import, naming the module, its line and both layers."""
+    package, members = package_dir.name, top_level_members(package_dir)
+    problems = []
+    for path in sorted(package_dir.rglob("*.py")):
+        for imp in imports_of(path, package_dir.parent):
+            where = f"{imp.module}:{imp.line} imports {imp.target}"
+            if imp.target.split(".")[0] in forbidden:
+                problems.append(f"{where}: {package} never imports {imp.target.split('.')[0]}")
+                continue
+            own, other = top_level(imp.module, package), top_level(imp.target, package)
+            if own is None or other is None or own == other:
+                continue
+            if other not in members:
+                continue  # an attribute of the package root (``from landslide_batch import x``)
+            own_layer, other_layer = layer_of(own, layers), layer_of(other, layers)
+            if own_layer is not None and other_layer is not None and other_layer > own_layer:
+                problems.append(f"{where}: upward from layer {own_layer} ({own}) to layer {other_layer} ({other})")
+    return problems
+
+
+def unassigned(package_dir: Path, layers: tuple[frozenset[str], ...] = LAYERS) -> set[str]:
+    return {name for name in top_level_members(package_dir) if layer_of(name, layers) is None}
+
+
+def test_every_top_level_module_is_placed_in_a_layer():
+    missing = unassigned(PACKAGE_DIR)
+    assert not missing, f"place these in LAYERS of tests/test_layers.py: {sorted(missing)}"
+    stale = set().union(*LAYERS) - top_level_members(PACKAGE_DIR)
+    assert not stale, f"LAYERS names modules that no longer exist: {sorted(stale)}"
+
+
+def test_no_module_imports_from_a_layer_above_its_own():
+    problems = layer_violations(PACKAGE_DIR)
+    assert not problems, "upward imports:\n" + "\n".join(problems)
+
+
+def _write(root: Path, relative: str, text: str) -> None:
+    path = root / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+@pytest.fixture
+def planted(tmp_path):
+    """A small package: ``low`` < ``mid`` < ``top``, with upward imports planted in ``low``."""
+    pkg = tmp_path / "pkg"
+    _write(pkg, "__init__.py", "")
+    _write(pkg, "top.py", "from .mid import helper\nfrom pkg.low import base\n")
+    _write(pkg, "mid/__init__.py", "from ..low import base\n")
+    _write(pkg, "mid/inner.py", "from . import sibling\nfrom ... import top  # beyond pkg: ignored\n")
+    _write(
+        pkg,
+        "low/__init__.py",
+        "def lazy():\n    from ..mid import inner\n    import pkg.top\n    from pkg import mid\n",
+    )
+    _write(pkg, "low/deep.py", "import training.train\nfrom .. import top\n")
+    return pkg
+
+
+LOW_MID_TOP = (frozenset({"low"}), frozenset({"mid"}), frozenset({"top"}))
+
+
+def test_walker_finds_planted_upward_imports_lazy_relative_and_absolute(planted):
+    problems = layer_violations(planted, LOW_MID_TOP)
+    assert problems == [
+        "pkg.low:2 imports pkg.mid.inner: upward from layer 0 (low) to layer 1 (mid)",
+        "pkg.low:3 imports pkg.top: upward from layer 0 (low) to layer 2 (top)",
+        "pkg.low:4 imports pkg.mid: upward from layer 0 (low) to layer 1 (mid)",
+        "pkg.low.deep:1 imports training.train: pkg never imports training",
+        "pkg.low.deep:2 imports pkg.top: upward from layer 0 (low) to layer 2 (top)",
+    ]
+
+
+def test_walker_flags_a_module_not_placed_in_any_layer(planted):
+    _write(planted, "newcomer.py", "")
+    assert unassigned(planted, LOW_MID_TOP) == {"newcomer"}
