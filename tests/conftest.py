@@ -65,7 +65,7 @@ def make_varying_model(src, out, bands: np.ndarray, spread: float = 3.0, tile: i
     x = np.nan_to_num((bands[:, :tile, :tile] - mean[:, None, None]) / std[:, None, None])
     with torch.no_grad():
         logits = model(torch.from_numpy(x[None].astype(np.float32)))[0, 0]
-        head = model.segmentation_head[0]
+        head = model.segmentation_head[0] if hasattr(model, "segmentation_head") else model.head  # smp | PlainUNet
         k = spread / float(logits.std())
         head.weight.mul_(k)
         head.bias.copy_(k * (head.bias - logits.median()))

@@ -97,7 +97,7 @@ def l4s_model(tmp_path_factory, tiny_model):
     statistics over all of them), units left for the card to derive."""
     if not (L4S / "img").is_dir():
         pytest.skip(f"real L4S patches not found at {L4S}")
-    from training.dataset import find_pairs, scan_split
+    from landslide_training.dataset import find_pairs, scan_split
 
     stats = scan_split(find_pairs(L4S), L4S_BANDS).normalization
     return model_with_statistics(tiny_model, tmp_path_factory.mktemp("models") / "l4s_real", stats, "l4s_real")
@@ -237,12 +237,12 @@ def test_sample_windows_spread_over_the_scene_and_stay_inside_it():
 
 
 def test_demo_scene_passes_the_guard_of_a_model_with_the_demos_statistics(tmp_path, tiny_model, capsys):
-    """The demo's own data path (``training.demo``): its training scene cut into patches, the
+    """The demo's own data path (``landslide_training.demo``): its training scene cut into patches, the
     statistics its training writes into the card (``scan_split``, as ``train`` does), and its
     unseen map scene. (The full demo, training included, asserts the same in test_demo.py.)"""
-    from training.dataset import find_pairs, scan_split
-    from training.demo import _labelled_scene
-    from training.patches import cut_scene
+    from landslide_training.dataset import find_pairs, scan_split
+    from landslide_training.demo import _labelled_scene
+    from landslide_training.patches import cut_scene
 
     (tmp_path / "data").mkdir()
     cut_scene(*_labelled_scene(tmp_path / "data", "train_scene", 256, 11)[:2], tmp_path / "train", stride=64)
@@ -488,7 +488,8 @@ def test_disk_filling_up_mid_job_is_a_clear_error_and_the_rerun_resumes(tmp_path
         ), text
         assert "Traceback" not in text
         assert_nothing_finished(inside / "out")
-        assert any((inside / "out" / ".work" / "blocks").iterdir())  # the finished block is kept
+        kept = {m.name.removesuffix(".done") for m in (inside / "out" / ".work" / "blocks").iterdir()}
+        assert kept  # the finished block is kept
         (inside / "filler").unlink()
         rest, _ = proc.communicate(timeout=300)
     finally:
@@ -496,7 +497,9 @@ def test_disk_filling_up_mid_job_is_a_clear_error_and_the_rerun_resumes(tmp_path
             proc.kill()
     assert "rc2=0" in rest, rest
     blocks = json.loads(rest.split("rc2=0", 1)[1])["blocks"]
-    assert blocks["total"] == 4 and blocks["resumed"] >= 1 and blocks["computed"] == 4 - blocks["resumed"]
+    assert blocks["total"] == 4 and blocks["resumed"] == len(kept) and blocks["computed"] == 4 - len(kept)
+    # The re-run computed the blocks unfinished when the disk filled, the one being written among them.
+    assert len(blocks["node_of"]) == 4 - len(kept) and not set(blocks["node_of"]) & kept
 
 
 def _fill(path: Path) -> None:

@@ -19,16 +19,21 @@ def local_ray():
         shutdown_ray()
 
 
+F1_FLOOR = 0.6  # measured 0.779 (precision 0.75, recall 0.81) with the small configuration below
+
+
 @pytest.mark.slow
 def test_demo_trains_maps_and_scores_honestly(tmp_path, local_ray, capsys):
-    from training.demo import run_demo
+    from landslide_training.demo import run_demo
 
     summary = run_demo(tmp_path / "demo", train_px=256, val_px=128, map_px=384, epochs=2)
     printed = capsys.readouterr().out
     assert "SYNTHETIC" in printed and "F1" in printed
     demo = tmp_path / "demo"
     assert json.loads((demo / "demo.json").read_text()) == summary
-    assert summary["synthetic"] is True and 0 <= summary["map_scores"]["f1"] <= 1
+    # Seeded: this configuration gave F1 0.779 on each of the runs measured; the floor leaves room
+    # for other CPUs' and libraries' floats, not for a model that learned nothing.
+    assert summary["synthetic"] is True and summary["map_scores"]["f1"] >= F1_FLOOR
     for name in ("run.json", "mask.tif", "probability.tif", "landslides.gpkg", "quicklook.png"):
         assert (demo / "map" / name).is_file()
     assert (demo / "model" / "card.json").is_file() and (demo / "scene.tif").is_file()

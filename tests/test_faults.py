@@ -16,9 +16,9 @@ import threading
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 import pytest
-from maps import job, read_prob
+from conftest import make_varying_model
+from maps import assert_same_map, job, read_prob
 from polling import wait_for
 from ray_nodes import LOCAL, local_cluster
 
@@ -34,23 +34,51 @@ def markers(out: Path) -> list[Path]:
     return list(blocks.iterdir()) if blocks.is_dir() else []
 
 
+def finished_keys(out: Path) -> set[str]:
+    """The blocks finished so far (their markers)."""
+    return {m.name.removesuffix(".done") for m in markers(out)}
+
+
+def assert_retried_after_fault(manifest: dict, done_at_fault: set[str]) -> None:
+    """Ray ran some block again after the fault (its task attempt > 0, ``blocks.retried``), and
+    only blocks not yet finished at the fault: work in flight on the lost actor was recomputed."""
+    retried = manifest["blocks"]["retried"]
+    assert retried, "no block was retried: the fault hit no work in flight"
+    assert not set(retried) & done_at_fault and all(n >= 1 for n in retried.values())
+
+
 def assert_nothing_finished(out: Path) -> None:
     assert not (out / "run.json").exists()
     assert not [name for name in OUTPUTS.values() if (out / name).exists()]
 
 
 @pytest.fixture(scope="module")
-def big_scene(tmp_path_factory):
-    from landslide_batch.synthetic import synthetic_scene, write_geotiff
+def big_bands():
+    from landslide_batch.synthetic import synthetic_scene
 
-    return write_geotiff(tmp_path_factory.mktemp("scene") / "scene512.tif", synthetic_scene(512, 512, seed=5)[0])
+    return synthetic_scene(512, 512, seed=5)[0]
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory, big_scene, tiny_model):
+def big_scene(tmp_path_factory, big_bands):
+    from landslide_batch.synthetic import write_geotiff
+
+    return write_geotiff(tmp_path_factory.mktemp("scene") / "scene512.tif", big_bands)
+
+
+@pytest.fixture(scope="module")
+def big_model(tmp_path_factory, tiny_model, big_bands):
+    """``tiny_model`` made to give ``big_scene`` a map that varies (equal maps then mean something)."""
+    out = tmp_path_factory.mktemp("models") / "unet_varying512"
+    make_varying_model(tiny_model, out, big_bands)
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, big_scene, big_model):
     """The fault-free map of ``big_scene`` (local executor)."""
     out = tmp_path_factory.mktemp("reference") / "out"
-    assert run_job(job(big_scene, out, tiny_model))["blocks"]["total"] == N_BLOCKS
+    assert run_job(job(big_scene, out, big_model))["blocks"]["total"] == N_BLOCKS
     return read_prob(out)
 
 
@@ -63,10 +91,10 @@ def small_scene(tmp_path_factory, scene_arrays):
 
 
 @pytest.fixture(scope="module")
-def small_reference(tmp_path_factory, small_scene, tiny_model):
+def small_reference(tmp_path_factory, small_scene, varying_model):
     """The fault-free result folder of ``small_scene`` and its manifest."""
     out = tmp_path_factory.mktemp("reference") / "out"
-    return out, run_job(job(small_scene, out, tiny_model))
+    return out, run_job(job(small_scene, out, varying_model))
 
 
 def cli(*args: str) -> list[str]:
@@ -96,9 +124,9 @@ def predictor_actor() -> dict:
     return alive[0]
 
 
-def run_with_fault(cfg, fault) -> tuple[dict, int]:
+def run_with_fault(cfg, fault) -> tuple[dict, set[str]]:
     """Run ``cfg`` in a thread; call ``fault()`` once the first block is finished.
-    -> (manifest, blocks finished when the fault hit)."""
+    -> (manifest, keys of the blocks finished when the fault hit)."""
     result = {}
 
     def target():
@@ -110,7 +138,7 @@ def run_with_fault(cfg, fault) -> tuple[dict, int]:
     thread = threading.Thread(target=target)
     thread.start()
     wait_for(lambda: markers(cfg.out) or not thread.is_alive(), 300, "the first finished block")
-    done_at_fault = len(markers(cfg.out))
+    done_at_fault = finished_keys(cfg.out)
     fault()
     thread.join(300)
     assert not thread.is_alive(), "job did not finish after the fault"
@@ -121,7 +149,7 @@ def run_with_fault(cfg, fault) -> tuple[dict, int]:
 
 @pytest.mark.slow
 def test_killed_predictor_actor_is_replaced_and_map_is_unchanged(
-    ray_cluster, big_scene, tiny_model, reference, tmp_path
+    ray_cluster, big_scene, big_model, reference, tmp_path
 ):
     killed = {}
 
@@ -129,17 +157,18 @@ def test_killed_predictor_actor_is_replaced_and_map_is_unchanged(
         killed.update(predictor_actor())
         os.kill(killed["Pid"], signal.SIGKILL)
 
-    manifest, done_at_fault = run_with_fault(job(big_scene, tmp_path / "out", tiny_model, executor="ray"), kill_actor)
-    assert done_at_fault < N_BLOCKS  # the kill landed mid-job
+    manifest, done_at_fault = run_with_fault(job(big_scene, tmp_path / "out", big_model, executor="ray"), kill_actor)
+    assert len(done_at_fault) < N_BLOCKS  # the kill landed mid-job
     from ray._private import state
 
     assert state.actors()[killed["ActorID"]]["NumRestarts"] >= 1
     assert manifest["status"] == "complete" and manifest["blocks"]["computed"] == N_BLOCKS
-    np.testing.assert_allclose(read_prob(tmp_path / "out"), reference, atol=1e-5)
+    assert_retried_after_fault(manifest, done_at_fault)
+    assert_same_map(read_prob(tmp_path / "out"), reference, atol=1e-5)
 
 
 @pytest.mark.slow
-def test_removed_worker_node_is_survived_and_map_is_unchanged(ray_cluster, big_scene, tiny_model, reference, tmp_path):
+def test_removed_worker_node_is_survived_and_map_is_unchanged(ray_cluster, big_scene, big_model, reference, tmp_path):
     cluster, local = ray_cluster
 
     def remove_node_of_actor():
@@ -149,22 +178,23 @@ def test_removed_worker_node_is_survived_and_map_is_unchanged(ray_cluster, big_s
 
     try:
         manifest, done_at_fault = run_with_fault(
-            job(big_scene, tmp_path / "out", tiny_model, executor="ray"), remove_node_of_actor
+            job(big_scene, tmp_path / "out", big_model, executor="ray"), remove_node_of_actor
         )
     finally:
         cluster.add_node(num_cpus=2, **local)  # back to two workers for whoever uses the cluster next
-    assert done_at_fault < N_BLOCKS
+    assert len(done_at_fault) < N_BLOCKS
     assert manifest["status"] == "complete" and manifest["blocks"]["computed"] == N_BLOCKS
-    np.testing.assert_allclose(read_prob(tmp_path / "out"), reference, atol=1e-5)
+    assert_retried_after_fault(manifest, done_at_fault)
+    assert_same_map(read_prob(tmp_path / "out"), reference, atol=1e-5)
 
 
 # --- The driver process dies, or a second one starts on the same folder -----------------------------------
 
 
 @pytest.mark.slow
-def test_sigkilled_driver_resumes_only_unfinished_blocks(big_scene, tiny_model, reference, tmp_path):
+def test_sigkilled_driver_resumes_only_unfinished_blocks(big_scene, big_model, reference, tmp_path):
     out = tmp_path / "out"
-    command = cli("--scene", big_scene, "--model", tiny_model, "--out", out, "--block", 128, "--batch-size", 8)
+    command = cli("--scene", big_scene, "--model", big_model, "--out", out, "--block", 128, "--batch-size", 8)
     log = tmp_path / "killed.log"
     with log.open("w") as stderr:
         proc = subprocess.Popen(command, env=CLI_ENV, stdout=subprocess.DEVNULL, stderr=stderr)
@@ -173,7 +203,8 @@ def test_sigkilled_driver_resumes_only_unfinished_blocks(big_scene, tiny_model, 
         finally:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-    finished = len(markers(out))
+    done_at_kill = finished_keys(out)
+    finished = len(done_at_kill)
     assert 3 <= finished < N_BLOCKS, f"the kill should land mid-job; its log:\n{log.read_text()}"
     assert_nothing_finished(out)
 
@@ -182,17 +213,20 @@ def test_sigkilled_driver_resumes_only_unfinished_blocks(big_scene, tiny_model, 
     run = json.loads((out / "run.json").read_text())
     assert run["blocks"]["resumed"] == finished
     assert run["blocks"]["computed"] == N_BLOCKS - finished
+    # The re-run computed exactly the blocks unfinished at the kill, the one in flight among them.
+    recomputed = set(run["blocks"]["node_of"])
+    assert len(recomputed) == N_BLOCKS - finished and not recomputed & done_at_kill
     assert f"{N_BLOCKS - finished} block(s) computed, {finished} resumed" in again.stdout
     # Not bitwise: a tile shared by two blocks comes from the predictor's cache when both run in
     # one process, from a batch of its own after the kill, and CPU convolutions differ in the
     # last bit with the batch's make-up.
-    np.testing.assert_allclose(read_prob(out), reference, atol=1e-5)
+    assert_same_map(read_prob(out), reference, atol=1e-5)
 
 
 @pytest.mark.slow
-def test_second_writer_is_refused_while_the_first_completes(big_scene, tiny_model, reference, tmp_path):
+def test_second_writer_is_refused_while_the_first_completes(big_scene, big_model, reference, tmp_path):
     out = tmp_path / "out"
-    command = cli("--scene", big_scene, "--model", tiny_model, "--out", out, "--block", 128, "--batch-size", 8)
+    command = cli("--scene", big_scene, "--model", big_model, "--out", out, "--block", 128, "--batch-size", 8)
     first = subprocess.Popen(command, env=CLI_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         wait_for(lambda: markers(out) or first.poll() is not None, 300, "the first job's first block")
@@ -205,7 +239,7 @@ def test_second_writer_is_refused_while_the_first_completes(big_scene, tiny_mode
     assert "Traceback" not in second.stderr
     assert first.wait(300) == 0, first.stderr.read()
     assert json.loads((out / "run.json").read_text())["blocks"]["computed"] == N_BLOCKS
-    np.testing.assert_array_equal(read_prob(out), reference)
+    assert_same_map(read_prob(out), reference)
 
 
 # --- Crashes while the products are put in place ----------------------------------------------------------
@@ -227,24 +261,24 @@ def fail_moving_onto(target: Path):
 
 
 def test_crash_while_moving_products_leaves_nothing_final_and_resumes(
-    tmp_path, small_scene, tiny_model, small_reference
+    tmp_path, small_scene, varying_model, small_reference
 ):
     """The products move into OUT one by one: a failure part-way must not leave some of them
     under their final names, and must not cost the finished blocks (the store keeps its markers)."""
     ref, ref_run = small_reference
     out = tmp_path / "out"
     with fail_moving_onto(out / OUTPUTS["mask"]), pytest.raises(DiskFullError, match="simulated"):
-        run_job(job(small_scene, out, tiny_model))
+        run_job(job(small_scene, out, varying_model))
     assert_nothing_finished(out)
 
-    resumed = run_job(job(small_scene, out, tiny_model))
+    resumed = run_job(job(small_scene, out, varying_model))
     assert resumed["blocks"]["resumed"] == ref_run["blocks"]["computed"] and resumed["blocks"]["computed"] == 0
-    np.testing.assert_array_equal(read_prob(out), read_prob(ref))
+    assert_same_map(read_prob(out), read_prob(ref))
 
 
 @pytest.mark.slow
 def test_hard_kill_between_store_and_manifest_recomputes_instead_of_trusting_markers(
-    tmp_path, small_scene, tiny_model, small_reference
+    tmp_path, small_scene, varying_model, small_reference
 ):
     """A driver killed after the output store left ``.work`` but before run.json landed leaves
     block markers without their data: resuming from them would give a map of nodata."""
@@ -255,7 +289,7 @@ def test_hard_kill_between_store_and_manifest_recomputes_instead_of_trusting_mar
         "--scene",
         str(small_scene),
         "--model",
-        str(tiny_model),
+        str(varying_model),
         "--out",
         str(out),
         "--block",
@@ -283,12 +317,13 @@ main({argv!r})
     )
     assert not (out / "run.json").exists() and len(markers(out)) == ref_run["blocks"]["total"]
 
-    manifest = run_job(job(small_scene, out, tiny_model))
+    manifest = run_job(job(small_scene, out, varying_model))
     assert manifest["blocks"]["computed"] == ref_run["blocks"]["computed"]
-    np.testing.assert_array_equal(read_prob(out), read_prob(ref))
+    assert set(manifest["blocks"]["node_of"]) == set(ref_run["blocks"]["node_of"])  # every block again
+    assert_same_map(read_prob(out), read_prob(ref))
 
 
-def test_crash_while_creating_output_store_resumes(tmp_path, small_scene, tiny_model, small_reference, monkeypatch):
+def test_crash_while_creating_output_store_resumes(tmp_path, small_scene, varying_model, small_reference, monkeypatch):
     import zarr
 
     ref, ref_run = small_reference
@@ -299,29 +334,29 @@ def test_crash_while_creating_output_store_resumes(tmp_path, small_scene, tiny_m
 
     monkeypatch.setattr(pipeline, "create_store", crash_half_way)
     with pytest.raises(RuntimeError, match="simulated"):
-        run_job(job(small_scene, tmp_path / "out", tiny_model))
+        run_job(job(small_scene, tmp_path / "out", varying_model))
     monkeypatch.undo()
-    manifest = run_job(job(small_scene, tmp_path / "out", tiny_model))
+    manifest = run_job(job(small_scene, tmp_path / "out", varying_model))
     assert manifest["blocks"]["computed"] == ref_run["blocks"]["computed"]
-    np.testing.assert_array_equal(read_prob(tmp_path / "out"), read_prob(ref))
+    assert_same_map(read_prob(tmp_path / "out"), read_prob(ref))
 
 
-def test_failed_overwrite_keeps_no_stale_manifest(tmp_path, small_scene, tiny_model, small_reference):
+def test_failed_overwrite_keeps_no_stale_manifest(tmp_path, small_scene, varying_model, small_reference):
     """``--overwrite`` replaces products one by one: if it fails part-way, the old run.json
     must not vouch for a folder that now mixes two jobs."""
     out = tmp_path / "out"
     shutil.copytree(small_reference[0], out)
     with fail_moving_onto(out / OUTPUTS["mask"]), pytest.raises(DiskFullError, match="simulated"):
-        run_job(job(small_scene, out, tiny_model, blend="mean"), overwrite=True)
+        run_job(job(small_scene, out, varying_model, blend="mean"), overwrite=True)
     assert not (out / "run.json").exists()
 
 
 # --- Determinism ----------------------------------------------------------------------------------------
 
 
-def test_same_job_twice_gives_bit_identical_map(tmp_path, small_scene, tiny_model, small_reference):
-    run_job(job(small_scene, tmp_path / "again", tiny_model))
+def test_same_job_twice_gives_bit_identical_map(tmp_path, small_scene, varying_model, small_reference):
+    run_job(job(small_scene, tmp_path / "again", varying_model))
     folders = (small_reference[0], tmp_path / "again")
-    assert np.array_equal(*(read_prob(f) for f in folders))
+    assert_same_map(*(read_prob(f) for f in folders))
     mask_sha = [hashlib.sha256((f / OUTPUTS["mask"]).read_bytes()).hexdigest() for f in folders]
     assert mask_sha[0] == mask_sha[1]

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
+from maps import assert_same_map
 from rio_cogeo.cogeo import cog_validate
 
 from landslide_batch.config import job_from_dict
@@ -102,25 +103,25 @@ def test_cog_has_overviews_and_cog_layout_on_a_larger_map(tmp_path):
     assert not (tmp_path / "scratch.tif").exists()
 
 
-def test_zarr_output_is_georeferenced_for_xarray(tmp_path, scene_tif, tiny_model):
+def test_zarr_output_is_georeferenced_for_xarray(tmp_path, scene_tif, varying_model):
     import rioxarray  # noqa: F401
     import xarray as xr
 
-    run_job(job(scene_tif, tmp_path / "out", tiny_model))
+    run_job(job(scene_tif, tmp_path / "out", varying_model))
     ds = xr.open_zarr(tmp_path / "out" / "probability.zarr", consolidated=False)
     prob, _ = read(tmp_path / "out" / "probability.tif")
-    np.testing.assert_array_equal(ds["probability"].values, prob)
+    assert_same_map(ds["probability"].values, prob)
     with rasterio.open(scene_tif) as src:
         assert ds["probability"].rio.crs == src.crs
         assert ds["probability"].rio.transform().almost_equals(src.transform)
 
 
-def test_map_does_not_depend_on_block_size(tmp_path, scene_tif, tiny_model):
-    run_job(job(scene_tif, tmp_path / "a", tiny_model, block=128))
-    run_job(job(scene_tif, tmp_path / "b", tiny_model, block=320))
+def test_map_does_not_depend_on_block_size(tmp_path, scene_tif, varying_model):
+    run_job(job(scene_tif, tmp_path / "a", varying_model, block=128))
+    run_job(job(scene_tif, tmp_path / "b", varying_model, block=320))
     a, _ = read(tmp_path / "a" / "probability.tif")
     b, _ = read(tmp_path / "b" / "probability.tif")
-    np.testing.assert_allclose(a, b, atol=1e-5)
+    assert_same_map(a, b, atol=1e-5)
 
 
 @pytest.mark.parametrize("blend", ["gaussian", "cosine"])
@@ -131,50 +132,55 @@ def test_constant_model_gives_a_seamless_constant_map(tmp_path, scene_tif, const
     np.testing.assert_allclose(prob[valid], 1 / (1 + np.exp(-0.8)), atol=1e-5)
 
 
-def test_ensemble_of_members_with_different_features(tmp_path, scene_tif, tiny_model, tiny_plain_model):
+def test_ensemble_of_members_with_different_features(tmp_path, scene_tif, varying_model, tiny_plain_model):
     ens = tmp_path / "ensemble.yaml"
-    ens.write_text(f"members:\n  - model: {tiny_model}\n    weight: 2\n  - model: {tiny_plain_model}\n")
+    ens.write_text(f"members:\n  - model: {varying_model}\n    weight: 2\n  - model: {tiny_plain_model}\n")
     cfg = job_from_dict({"scene": str(scene_tif), "out": str(tmp_path / "ens"), "ensemble": str(ens), "block": 128})
     run_job(cfg)
     single = {}
-    for name, model in (("a", tiny_model), ("b", tiny_plain_model)):
+    for name, model in (("a", varying_model), ("b", tiny_plain_model)):
         run_job(job(scene_tif, tmp_path / name, model))
         single[name], _ = read(tmp_path / name / "probability.tif")
     prob, _ = read(tmp_path / "ens" / "probability.tif")
     spread, _ = read(tmp_path / "ens" / "uncertainty.tif")
     valid = prob != -1
-    np.testing.assert_allclose(prob[valid], ((2 * single["a"] + single["b"]) / 3)[valid], atol=1e-5)
+    assert_same_map(prob, np.where(valid, (2 * single["a"] + single["b"]) / 3, -1), atol=1e-5)
     expected_std = np.sqrt((2 * (single["a"] - prob) ** 2 + (single["b"] - prob) ** 2) / 3)
     np.testing.assert_allclose(spread[valid], expected_std[valid], atol=1e-5)
 
 
-def test_resume_after_failure_recomputes_only_unfinished_blocks(tmp_path, scene_tif, tiny_model, monkeypatch):
-    reference = run_job(job(scene_tif, tmp_path / "ref", tiny_model))
+def test_resume_after_failure_recomputes_only_unfinished_blocks(tmp_path, scene_tif, varying_model, monkeypatch):
+    reference = run_job(job(scene_tif, tmp_path / "ref", varying_model))
     real_write = stages.WriteBlock.__call__
     written = []
 
+    in_flight = []
+
     def failing_write(self, row):
         if len(written) == 4:
+            in_flight.append(row["key"])  # predicted, not yet written: lost with the crash
             raise RuntimeError("simulated crash")
         written.append(row["key"])
         return real_write(self, row)
 
     monkeypatch.setattr(stages.WriteBlock, "__call__", failing_write)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        run_job(job(scene_tif, tmp_path / "out", tiny_model))
+        run_job(job(scene_tif, tmp_path / "out", varying_model))
     # A failed run leaves nothing that looks finished.
     assert not any((tmp_path / "out" / name).exists() for name in OUTPUTS.values())
     assert not (tmp_path / "out" / "run.json").exists()
     monkeypatch.setattr(stages.WriteBlock, "__call__", real_write)
-    resumed = run_job(job(scene_tif, tmp_path / "out", tiny_model))
+    resumed = run_job(job(scene_tif, tmp_path / "out", varying_model))
     assert resumed["blocks"]["resumed"] == 4
     assert resumed["blocks"]["computed"] == reference["blocks"]["computed"] - 4
+    recomputed = set(resumed["blocks"]["node_of"])  # the blocks this run computed
+    assert in_flight[0] in recomputed and not recomputed & set(written)
     a, _ = read(tmp_path / "ref" / "probability.tif")
     b, _ = read(tmp_path / "out" / "probability.tif")
     # Tiles shared with finished blocks are recomputed in other batches: float32 rounding only.
-    np.testing.assert_allclose(a, b, atol=1e-6)
+    assert_same_map(a, b, atol=1e-6)
     # Complete: a third run computes nothing.
-    again = run_job(job(scene_tif, tmp_path / "out", tiny_model))
+    again = run_job(job(scene_tif, tmp_path / "out", varying_model))
     assert again["blocks"]["computed"] == 0 and again["tiles"]["forward_passes"] == 0
 
 
@@ -213,18 +219,18 @@ def test_wrong_band_count_fails_clearly(tmp_path, scene_arrays, tiny_model):
 
 
 @pytest.mark.slow
-def test_ray_executor_equals_local_executor(tmp_path, scene_tif, tiny_model):
-    run_job(job(scene_tif, tmp_path / "local", tiny_model))
-    manifest = run_job(job(scene_tif, tmp_path / "ray", tiny_model, executor="ray"))
+def test_ray_executor_equals_local_executor(tmp_path, scene_tif, varying_model):
+    run_job(job(scene_tif, tmp_path / "local", varying_model))
+    manifest = run_job(job(scene_tif, tmp_path / "ray", varying_model, executor="ray"))
     a, _ = read(tmp_path / "local" / "probability.tif")
     b, _ = read(tmp_path / "ray" / "probability.tif")
-    np.testing.assert_allclose(a, b, atol=1e-5)
+    assert_same_map(a, b, atol=1e-5)
     assert manifest["blocks"]["computed"] == 9
 
 
 @pytest.mark.slow
 def test_ray_read_tasks_equal_local_executor_and_a_gpu_torch_cannot_see_fails_clearly(
-    tmp_path, scene_tif, tiny_model, caplog
+    tmp_path, scene_tif, varying_model, caplog
 ):
     """GPU actors are fed by read tasks; the same path on CPU actors (``ray.read_tasks``) gives the
     local map. A Ray that declares a GPU this machine does not have gets GPU actors for ``device:
@@ -233,19 +239,21 @@ def test_ray_read_tasks_equal_local_executor_and_a_gpu_torch_cannot_see_fails_cl
 
     from landslide_batch.errors import DeviceError
 
-    run_job(job(scene_tif, tmp_path / "local", tiny_model))
+    run_job(job(scene_tif, tmp_path / "local", varying_model))
     ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
     try:
         with caplog.at_level("INFO", logger="landslide_batch.infer.executors"):
-            run_job(job(scene_tif, tmp_path / "ray", tiny_model, executor="ray", device="cpu", ray={"read_tasks": 2}))
+            run_job(
+                job(scene_tif, tmp_path / "ray", varying_model, executor="ray", device="cpu", ray={"read_tasks": 2})
+            )
         with pytest.raises(DeviceError, match="device cuda was asked for, but torch .* sees no CUDA GPU"):
-            run_job(job(scene_tif, tmp_path / "gpu", tiny_model, executor="ray"))
+            run_job(job(scene_tif, tmp_path / "gpu", varying_model, executor="ray"))
     finally:
         shutdown_ray()
     assert "through 1 predictor actor(s) on cpu" in caplog.text and "2 block(s) read ahead by Ray tasks" in caplog.text
     a, _ = read(tmp_path / "local" / "probability.tif")
     b, _ = read(tmp_path / "ray" / "probability.tif")
-    np.testing.assert_allclose(a, b, atol=1e-5)
+    assert_same_map(a, b, atol=1e-5)
     assert not (tmp_path / "gpu" / "run.json").exists()
 
 

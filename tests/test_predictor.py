@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 import torch
+from conftest import make_varying_model
+from maps import assert_same_map
 
 from landslide_batch.bands import derive_features
 from landslide_batch.config import EnsembleConfig, EnsembleMember
@@ -10,7 +12,16 @@ from landslide_batch.infer.predictor import EnsemblePredictor, _balanced_batches
 from landslide_batch.models.card import load_model_folder
 
 
-@pytest.mark.parametrize("fixture", ["tiny_model", "tiny_plain_model"])
+@pytest.fixture(scope="module")
+def varying_plain_model(tmp_path_factory, tiny_plain_model, scene_arrays):
+    """``tiny_plain_model`` with a head and normalisation that make its map vary on the scene."""
+    _, card = load_model_folder(tiny_plain_model)
+    out = tmp_path_factory.mktemp("models") / "plain_varying"
+    make_varying_model(tiny_plain_model, out, derive_features(scene_arrays[0], card.features))
+    return out
+
+
+@pytest.mark.parametrize("fixture", ["varying_model", "varying_plain_model"])
 def test_one_tile_equals_the_model_on_normalised_features(request, scene_arrays, fixture):
     folder = request.getfixturevalue(fixture)
     bands = np.ascontiguousarray(scene_arrays[0][:, :128, :128])
@@ -26,7 +37,7 @@ def test_one_tile_equals_the_model_on_normalised_features(request, scene_arrays,
     x = torch.from_numpy(np.nan_to_num((feats - mean) / std, nan=0.0))[None]
     with torch.inference_mode():
         expected = torch.sigmoid(model(x))[0, 0].numpy()
-    np.testing.assert_allclose(prob, expected, atol=1e-4)
+    assert_same_map(prob, expected, atol=1e-4)
     assert (spread == 0).all() and predictor.forward_passes == 1
 
 

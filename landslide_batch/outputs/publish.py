@@ -7,18 +7,20 @@ import shutil
 from pathlib import Path
 
 from ..storage import Location
+from ..storage.durable import durable_replace
 
 
 def move_all(moves: list[tuple[Path, Path]]) -> None:
-    """``os.replace`` each ``(src, target)`` in order (a folder target is removed first). A
-    failure part-way moves back what was moved, in reverse order, and re-raises: callers list
-    the file that vouches for the others (``run.json``) last."""
+    """``os.replace`` each ``(src, target)`` in order (a folder target is removed first), each
+    synced to disk (contents, then the rename) before the next: callers list the file that
+    vouches for the others (``run.json``) last, so after a power loss it is on disk only if they
+    are. A failure part-way moves back what was moved, in reverse order, and re-raises."""
     done: list[tuple[Path, Path]] = []
     try:
         for src, target in moves:
             if target.is_dir():
                 shutil.rmtree(target)
-            os.replace(src, target)
+            durable_replace(src, target)
             done.append((src, target))
     except BaseException:
         for src, target in reversed(done):

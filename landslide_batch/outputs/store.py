@@ -20,17 +20,18 @@ import numpy as np
 import zarr
 from zarr.errors import ZarrUserWarning
 
+from ..infer.stages import NODATA
 from ..ingest.scene import SceneInfo
 from ..plan.tiling import Block
-from ..storage import location, path_or_uri
+from ..storage import Where, location, path_or_uri
+from ..storage.durable import sync_path
 
-NODATA = -1.0
 LAYERS = ("probability", "uncertainty")
 SLOPE = "slope"
 
 
-def create_store(path: Path, info: SceneInfo, block: int, job_hash: str) -> None:
-    group = zarr.open_group(str(path), mode="w")
+def create_store(path: Where, info: SceneInfo, block: int, job_hash: str) -> None:
+    group = zarr.open_group(str(location(path)), mode="w")
     chunk = (min(block, info.height), min(block, info.width))
     layers = {name: NODATA for name in LAYERS} | ({SLOPE: np.nan} if SLOPE in info.band_names else {})
     for name, fill in layers.items():
@@ -63,19 +64,19 @@ def create_store(path: Path, info: SceneInfo, block: int, job_hash: str) -> None
     consolidate(path)
 
 
-def consolidate(path: Path) -> None:
+def consolidate(path: Where) -> None:
     """Write the consolidated metadata xarray looks for. Zarr warns that consolidation is not
     (yet) part of the v3 spec; zarr-python and xarray read it, which is what we promise."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "Consolidated metadata", ZarrUserWarning)
-        zarr.consolidate_metadata(str(path))
+        zarr.consolidate_metadata(str(location(path)))
 
 
 class BlockStore:
     """Write side of the output store plus the per-block completion markers (both a local
     path or a URI: on object storage a marker is an empty object)."""
 
-    def __init__(self, path: Path | str, done_dir: Path | str):
+    def __init__(self, path: Where, done_dir: Where):
         self.path, self.done_dir = path_or_uri(path), path_or_uri(done_dir)
         self._markers = location(done_dir)
         self._group = None
@@ -96,7 +97,22 @@ class BlockStore:
     def write(self, block: Block, prob: np.ndarray, spread: np.ndarray) -> None:
         self.group["probability"][block.y0 : block.y1, block.x0 : block.x1] = prob
         self.group["uncertainty"][block.y0 : block.y1, block.x0 : block.x1] = spread
+        self._sync_chunks(block)
         self.mark_done(block)
+
+    def _sync_chunks(self, block: Block) -> None:
+        """A local store: ``block``'s chunk files (one per layer) and their folders on disk before
+        its marker, so a marker that survives a power loss vouches for data that did too."""
+        if not isinstance(self.path, Path):
+            return  # object storage: a PUT is whole and durable when it returns
+        for name in LAYERS:
+            array = self.group[name]
+            key = array.metadata.encode_chunk_key((block.y0 // array.chunks[0], block.x0 // array.chunks[1]))
+            chunk = self.path / name / key
+            folders = [f for f in chunk.parents if f.is_relative_to(self.path / name)]
+            for path in [chunk, *folders]:
+                if path.exists():  # a chunk of fill values only is not written
+                    sync_path(path)
 
     def mark_done(self, block: Block) -> None:
         self._markers.makedirs()
