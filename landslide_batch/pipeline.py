@@ -11,14 +11,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -26,7 +27,7 @@ import numpy as np
 import zarr
 
 from .checks.output import disk_full_is_clear
-from .checks.preflight import preflight
+from .checks.preflight import model_b10_means, preflight
 from .checks.results import result_warnings
 from .checks.units import sample_scene, units_guard
 from .config import JobConfig, ensemble_members
@@ -37,7 +38,8 @@ from .infer.device import PRECISION
 from .infer.executors import StageContext, actor_pool, device_session, job_device, ray_session, run_local, run_ray
 from .infer.shared_disk import require_shared_folder
 from .infer.stages import PredictorSpec
-from .ingest import Scene, ingest_job
+from .ingest import ModelB10, Scene, ingest_job
+from .ingest.scene import member_array
 from .models.card import WEIGHTS_FILE, read_card
 from .outputs.derive import MASK_NODATA, ProbabilitySource, min_object_pixels, window_reader, write_mask_and_polygons
 from .outputs.manifest import package_versions, read_manifest, write_json_atomic
@@ -61,7 +63,7 @@ OUTPUTS = {  # the polygons' name follows the job's polygon_format: see outputs_
     "quicklook": "quicklook.png",
     "zarr": "probability.zarr",
 }
-__all__ = ["MASK_NODATA", "OUTPUTS", "job_hash", "outputs_for", "run_job"]
+__all__ = ["MASK_NODATA", "OUTPUTS", "IngestedScene", "job_hash", "outputs_for", "run_job"]
 
 
 def outputs_for(polygon_format: str) -> dict[str, str]:
@@ -94,6 +96,8 @@ def run_job(
     predictor=None,
     pool=None,
     on_block: Callable[[Block], None] | None = None,
+    ingested: IngestedScene | None = None,
+    products: bool = True,
 ) -> dict:
     """Run (or resume) a job; returns the run manifest (also written to ``OUT/run.json``).
 
@@ -103,6 +107,9 @@ def run_job(
     ``pool``: the same for Ray, an ``infer.actor_pool.ActorPool`` of warm predictor actors
     (started in the caller's Ray session), which the job uses and leaves running.
     ``on_block``: called with each block once written (a region's progress over its scenes).
+    ``ingested``: ``cfg.scene`` as its caller already ingested it (a region's scene), used as it
+    is: neither copied nor hashed again. ``products=False``: only the probability store and
+    ``run.json`` (its ``outputs`` say so), for a region, which writes the products of its own map.
 
     ``out`` may be a local folder or an object-store prefix: there the lock is a lease object,
     the work (scene store, output store, markers) lives under ``OUT/.work/`` and the products
@@ -111,7 +118,8 @@ def run_job(
         from .region.job import run_region  # the region layer sits on top of this module
 
         return run_region(cfg, overwrite=overwrite)
-    cfg, model_files = preflight(
+    entered = (time.perf_counter(), process_age_s())
+    cfg, model_files, models = preflight(
         cfg, overwrite
     )  # out, free space, model folders, inputs units: before anything is written
     out = location(cfg.out)
@@ -131,7 +139,68 @@ def run_job(
         held.enter_context(bounded_gdal_cache())
         held.enter_context(device_session(cfg.device, cfg.executor, cfg.ray))  # Ray's `auto` asks the cluster
         stage = Path(held.enter_context(tempfile.TemporaryDirectory(prefix="landslide-products-")))
-        return _run_locked(cfg, out, overwrite, stage, predictor, pool, on_block, model_files)
+        return _run_locked(
+            cfg,
+            out,
+            overwrite,
+            stage,
+            predictor,
+            pool,
+            on_block,
+            model_files,
+            entered=entered,
+            models=models,
+            given=(ingested, products),
+        )
+
+
+@dataclass(frozen=True)
+class IngestedScene:
+    """A scene store its caller ingested, with the identity its jobs hash: the source's hash and
+    the settings it was ingested with (a changed scene or setting must change the job's hash)."""
+
+    scene: Scene
+    sha256: str
+
+
+@dataclass
+class _Plan:
+    """The scene's tile grid and blocks, sorted into those resumed, without valid pixels and to do."""
+
+    grid: TileGrid
+    blocks: list[Block]
+    resumed: list[Block]
+    empty: list[Block]
+    todo: list[Block]
+
+
+@dataclass
+class _Tally:
+    """What the computed blocks report, summed (the manifest's ``tiles`` and ``blocks``)."""
+
+    forward: int = 0
+    tiles: int = 0
+    kept_at_end: int = 0
+    node_of: dict[str, str] = field(default_factory=dict)
+    retried: dict[str, int] = field(default_factory=dict)  # block -> Ray's attempt (its actor or node died)
+
+
+@dataclass
+class _Prepared:
+    """The work started beside the job's lock and ingest: hashing the scene, and loading (local)
+    or checking (Ray) the models, whose errors surface before any block is predicted."""
+
+    scene_sha: Future
+    models: Future
+    times: dict[str, float]  # hash_s, models_s: seconds each took, once done
+    ended: dict[str, float]  # the same keys: perf_counter() when each was done (before its future is)
+
+
+def _scene_source(cfg: JobConfig) -> Path | str:
+    """The scene of a one-scene job (a region job names ``scenes`` and runs in ``region.job``)."""
+    if cfg.scene is None:
+        raise ConfigError("this job has no 'scene': a one-scene job needs one (a region job gives 'scenes')")
+    return cfg.scene
 
 
 def _run_locked(
@@ -143,37 +212,151 @@ def _run_locked(
     pool=None,
     on_block: Callable[[Block], None] | None = None,
     model_files: tuple | None = None,
+    *,
+    entered: tuple[float, float | None],
+    models: tuple | None = None,
+    given: tuple[IngestedScene | None, bool] = (None, True),
 ) -> dict:
     """``scratch``: a local folder for the products of a job whose ``out`` is on object storage;
-    ``model_files``: the members' files as the preflight read and checked them."""
+    ``model_files``: the members' files as the preflight read them (card, weights, hash);
+    ``models``: the modules it built from them (the local executor predicts with these);
+    ``entered``: when ``run_job`` began (``perf_counter()``) and how old the process was then;
+    ``given``: ``run_job``'s ``ingested`` and ``products``."""
+    ingested, products = given
     t0 = time.perf_counter()
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     members = ensemble_members(cfg)
-    require_exists(cfg.scene, "scene")
+    require_exists(_scene_source(cfg), "scene")
     cards = [read_card(m.model) for m in members.members]  # a bad card fails at once
-    # Loading the models (imports and weights: seconds) runs beside hashing, ingest and Ray's
-    # start-up; its errors surface before any block is predicted, and on the driver: on Ray a
-    # predictor that cannot load is an ActorDiedError under Ray's own traceback. The local
-    # executor predicts with this very predictor.
-    spec = replace(predictor_spec(cfg, members), model_files=model_files)
+    local_models = models if cfg.executor == "local" else None  # Ray's actors build theirs from the files
+    spec = replace(predictor_spec(cfg, members), model_files=model_files, models=local_models)
+    prep = _start_preparing(cfg, spec, predictor, pool, ingested.sha256 if ingested else None)
+    model_shas, scene_sha, device, jhash = _identify(cfg, members, cards, prep)
+    outputs = outputs_for(cfg.polygon_format) if products else {"zarr": OUTPUTS["zarr"]}
+    if (finished := _finished_before(out, jhash, overwrite, outputs)) is not None:
+        return finished
+    work = _claim_work(out, jhash)
+    stage = work.path if work.is_local else scratch  # where the products are written before publishing
+
+    with ExitStack() as session:
+        # One background thread: ingest now, the products at the end. Unwound last, so leaving
+        # the session (even on an error) waits for whichever of them runs: never a writer
+        # outside the lock. Ray starts in the main thread (not from a worker), beside ingest.
+        background = session.enter_context(ThreadPoolExecutor(1, "stores"))
+        stores = background.submit(_prepare_stores, cfg, work, jhash, model_b10_means(members, cards), ingested)
+        if cfg.executor == "ray":
+            session.enter_context(ray_session(cfg.ray))
+            if work.is_local:  # before any compute: every node must see the working store
+                require_shared_folder(work.path)
+        scene, store_path, ingest_s = stores.result()
+        background.submit(_import_finishing)  # beside the blocks: its imports are not the finish's seconds
+        # Before any block is predicted: a scene in other units than the models' refuses (exit 2).
+        unit_checks, warnings = units_guard(sample_scene(scene), cards, cfg.accept_units_mismatch)
+        store = BlockStore(store_path, work / "blocks")
+        plan = _plan(cfg, scene, store)
+        rows, pool = _start_inference(cfg, session, scene, plan, spec, store, prep.models, pool)
+        t_loop = time.perf_counter()
+        tally = _tally_blocks(rows, plan.todo, lambda: max(t_loop, prep.ended.get("models_s", t_loop)), on_block)
+        t_plan = max(t_loop, prep.ended["models_s"])  # inference starts once the models are ready
+        actors = pool.loads() if pool is not None else None  # how often each actor loaded its models
+        infer_s = time.perf_counter() - t_plan
+        threshold = decision_threshold(cfg, members, cards)
+        # The products are written while the Ray session closes (a second or more of waiting on
+        # Ray's processes); finishing needs nothing from Ray.
+        t_finish = time.perf_counter()
+        finishing = background.submit(_finish, cfg, scene, store_path, stage, threshold, outputs)
+    summary, finish_s = finishing.result(), time.perf_counter() - t_finish
+    warnings = _logged_warnings(warnings, summary, threshold)
+    manifest = {
+        "status": "complete",
+        "job_hash": jhash,
+        "started": started,
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "timings": _timings(entered, t0, prep, ingest_s=ingest_s, prepare_s=t_plan - t0, infer_s=infer_s)
+        | {"finish_s": finish_s},
+        "inputs": {"scene": {"path": str(cfg.scene), "sha256": scene_sha}},
+        "warnings": [*scene.attrs.get("warnings", []), *warnings],
+        "checks": {"units": [v.record() for v in unit_checks]},
+        **_manifest_body(cfg, members, cards, model_shas, scene, device, plan, tally),
+        **({"actors": actors} if actors is not None else {}),
+        "summary": {**summary, "threshold": threshold},
+        "outputs": outputs,
+    }
+    return _publish_job(manifest, t0, stage, store_path, out, work)
+
+
+def decision_threshold(cfg: JobConfig, members, cards: list) -> float:
+    """The job's threshold, else the one its members' cards decide on together."""
+    return cfg.threshold if cfg.threshold is not None else members.decision_threshold([c.threshold for c in cards])
+
+
+def _logged_warnings(warnings: list[str], summary: dict, threshold: float) -> list[str]:
+    """``warnings`` with those on the map's ``summary`` (none without products), all logged."""
+    warnings = warnings + (result_warnings({**summary, "threshold": threshold}) if summary else [])
+    for msg in warnings:
+        log.warning("%s", msg)
+    return warnings
+
+
+def _start_preparing(cfg: JobConfig, spec: PredictorSpec, predictor, pool, scene_sha: str | None) -> _Prepared:
+    """Start hashing the scene and building the job's predictor (local: the models the preflight
+    built, folded; Ray: the checked spec) in the background, beside the lock,
+    ingest and Ray's start-up. Errors surface before any block is predicted, on the driver. The
+    local executor predicts with this very predictor; a given ``predictor`` or ``pool`` was
+    checked when it was made; a known ``scene_sha`` (an ingested scene's) is not computed again."""
+    times: dict[str, float] = {}
+    ended: dict[str, float] = {}
+
+    def timed(name: str, step: Callable[[], object]) -> Callable[[], object]:
+        def run() -> object:
+            t = time.perf_counter()
+            try:
+                return step()
+            finally:
+                ended[name] = time.perf_counter()
+                times[name] = ended[name] - t
+
+        return run
+
+    if cfg.executor == "local":
+        load = spec.build if predictor is None else lambda: predictor
+    else:  # the preflight checked the models (spec.check returns the spec holding its files)
+        load = spec.check if pool is None else lambda: pool.spec
     prep = ThreadPoolExecutor(2, "prepare")
-    scene_sha_future = prep.submit(sha256_tree, cfg.scene)
-    build = spec.build if predictor is None else lambda: predictor
-    check = spec.check if pool is None else lambda: pool.spec  # a pool's models were checked when it was made
-    models_future = prep.submit(build if cfg.executor == "local" else check)
-    models_ready: list[float] = []
-    models_future.add_done_callback(lambda _: models_ready.append(time.perf_counter()))
+    hashed = prep.submit(timed("hash_s", lambda: scene_sha or sha256_tree(_scene_source(cfg))))
+    models = prep.submit(timed("models_s", load))
     prep.shutdown(wait=False)
-    # The card's hash; loading (above, in the background) refuses weights that do not match it.
+    return _Prepared(hashed, models, times, ended)
+
+
+def _identify(cfg: JobConfig, members, cards: list, prep: _Prepared) -> tuple[list[str], str, str, str]:
+    """-> (the models' hashes, the scene's, the device type, the job's hash: see :func:`job_hash`)."""
+    # The card's hash: the preflight refused weights that do not match it.
     model_shas = [
         c.weights_sha256 or sha256_tree(location(m.model) / WEIGHTS_FILE) for m, c in zip(members.members, cards)
     ]
-    scene_sha = scene_sha_future.result()
+    scene_sha = prep.scene_sha.result()
     device = job_device(cfg.device, cfg.executor, cfg.ray)
-    jhash = job_hash(cfg, scene_sha, model_shas, device)
+    return model_shas, scene_sha, device, job_hash(cfg, scene_sha, model_shas, device)
 
+
+def _timings(entered: tuple[float, float | None], t0: float, prep: _Prepared, **steps: float) -> dict[str, float]:
+    """The job's seconds for ``run.json``: the process's age when the job began, preflight (with
+    the lock and device session), hashing and model loading (beside ingest), when the models were
+    ready, and ``steps``; ``total_s`` is added when the manifest is written."""
+    return {
+        **({"process_age_at_job_s": entered[1]} if entered[1] is not None else {}),
+        "preflight_s": t0 - entered[0],
+        **prep.times,
+        "models_ready_s": prep.ended["models_s"] - t0,
+        **steps,
+    }
+
+
+def _finished_before(out: Location, jhash: str, overwrite: bool, outputs: dict[str, str]) -> dict | None:
+    """The manifest of this very job when ``out`` holds its finished result (nothing to do), else
+    None; ConfigError for another job's result unless overwriting, which first invalidates it."""
     previous = read_manifest(out)
-    outputs = outputs_for(cfg.polygon_format)
     if previous is not None and not overwrite:
         missing = [f for f in previous.get("outputs", outputs).values() if not (out / f).exists()]
         if previous.get("job_hash") == jhash and missing:
@@ -195,10 +378,15 @@ def _run_locked(
         )
     if previous is not None:  # overwriting: from now on nothing may vouch for the folder's old products
         (out / "run.json").rm()
-        old_polygons = previous.get("outputs", {}).get("polygons", outputs["polygons"])
-        if old_polygons != outputs["polygons"]:  # another format's file would outlive the job it came from
+        old_polygons = previous.get("outputs", {}).get("polygons")
+        # another format's file (or one this job does not write) would outlive the job it came from
+        if old_polygons and old_polygons != outputs.get("polygons"):
             (out / old_polygons).rm()
+    return None
 
+
+def _claim_work(out: Location, jhash: str) -> Location:
+    """``OUT/.work`` for this job: another job's unfinished work there is discarded; -> its location."""
     work = out / ".work"
     state = work / "job.json"
     if work.exists() and (not state.is_file() or json.loads(state.read_text()).get("job_hash") != jhash):
@@ -206,111 +394,93 @@ def _run_locked(
         work.rm()
     work.makedirs()
     write_json_atomic(state, {"job_hash": jhash})
-    stage = work.path if work.is_local else scratch  # where the products are written before publishing
+    return work
 
-    with ExitStack() as session:
-        # One background thread: ingest now, the products at the end. Unwound last, so leaving
-        # the session (even on an error) waits for whichever of them runs: never a writer
-        # outside the lock. Ray starts in the main thread (not from a worker), beside ingest.
-        background = session.enter_context(ThreadPoolExecutor(1, "stores"))
-        stores = background.submit(_prepare_stores, cfg, work, jhash)
-        if cfg.executor == "ray":
-            session.enter_context(ray_session(cfg.ray))
-            if work.is_local:  # before any compute: every node must see the working store
-                require_shared_folder(work.path)
-        scene, store_path, ingest_s = stores.result()
-        # Before any block is predicted: a scene in other units than the models' refuses (exit 2).
-        unit_checks, warnings = units_guard(sample_scene(scene), cards, cfg.accept_units_mismatch)
-        info = scene.info
-        grid = TileGrid(info.height, info.width, cfg.tile, cfg.stride)
-        blocks = plan_blocks(grid, cfg.block)
-        store = BlockStore(store_path, work / "blocks")
 
-        resumed, empty, todo = [], [], []
-        done = store.done_keys()
-        for b in blocks:
-            if b.key in done:
-                resumed.append(b)
-            elif not scene.read_valid(b.y0, b.y1, b.x0, b.x1).any():
-                store.mark_done(b)  # nothing to predict: the store's fill value is already nodata
-                empty.append(b)
-            else:
-                todo.append(b)
-        log.info(
-            "scene %dx%d px, %d tiles of %d px (stride %d) in %d block(s): %d to compute, %d resumed, "
-            "%d without valid pixels",
-            info.height,
-            info.width,
-            grid.n_tiles,
-            cfg.tile,
-            cfg.stride,
-            len(blocks),
-            len(todo),
-            len(resumed),
-            len(empty),
-        )
-
-        ctx = StageContext(scene.path, grid, spec, store)
-        if cfg.executor == "local":  # reads its first block while the models finish loading
-            rows = run_local(todo, ctx, models_future, cfg.prefetch)
+def _plan(cfg: JobConfig, scene: Scene, store: BlockStore) -> _Plan:
+    """The tile grid and blocks, each resumed (finished before), without a valid pixel (marked
+    done at once: the store's fill value is already nodata) or to compute."""
+    info = scene.info
+    grid = TileGrid(info.height, info.width, cfg.tile, cfg.stride)
+    blocks = plan_blocks(grid, cfg.block)
+    plan = _Plan(grid, blocks, [], [], [])
+    done = store.done_keys()
+    for b in blocks:
+        if b.key in done:
+            plan.resumed.append(b)
+        elif not scene.read_valid(b.y0, b.y1, b.x0, b.x1).any():
+            store.mark_done(b)
+            plan.empty.append(b)
         else:
-            # The driver's check, before any actor starts; the weights it read go to the actors
-            # through Ray's object store, so no actor reads a model path.
-            if pool is None:
-                pool = session.enter_context(actor_pool(models_future.result().shipped(), cfg.ray))
-            rows = run_ray(todo, ctx, pool)
-        forward = tiles = kept_at_end = 0
-        node_of: dict[str, str] = {}
-        by_key = {b.key: b for b in todo}
-        t_loop = time.perf_counter()
-        for i, row in enumerate(rows, 1):
-            forward += row["forward_passes"]
-            tiles += row["tiles"]
-            node_of[row["key"]] = row["node"]
-            kept_at_end += row["kept_tiles"] if row["last_in_stripe"] else 0
-            dt = time.perf_counter() - max(t_loop, *models_ready)
-            log.info(
-                "block %s done (%d/%d): %d tiles, %.1f tiles/s so far",
-                row["key"],
-                i,
-                len(todo),
-                row["tiles"],
-                tiles / dt if dt else 0.0,
-            )
-            if on_block is not None:
-                on_block(by_key[row["key"]])
-        t_plan = max(t_loop, *models_ready)  # inference starts once the models are ready
-        actors = pool.loads() if pool is not None else None  # how often each actor loaded its models
-        infer_s = time.perf_counter() - t_plan
+            plan.todo.append(b)
+    log.info(
+        "scene %dx%d px, %d tiles of %d px (stride %d) in %d block(s): %d to compute, %d resumed, "
+        "%d without valid pixels",
+        info.height,
+        info.width,
+        grid.n_tiles,
+        cfg.tile,
+        cfg.stride,
+        len(blocks),
+        len(plan.todo),
+        len(plan.resumed),
+        len(plan.empty),
+    )
+    return plan
 
-        threshold = (
-            cfg.threshold if cfg.threshold is not None else members.decision_threshold([c.threshold for c in cards])
-        )
-        # The products are written while the Ray session closes (a second or more of waiting on
-        # Ray's processes); finishing needs nothing from Ray.
-        t_finish = time.perf_counter()
-        summary_future = background.submit(_finish, cfg, scene, store_path, stage, threshold, outputs)
-    summary = summary_future.result()
-    finish_s = time.perf_counter() - t_finish
-    warnings += result_warnings({**summary, "threshold": threshold})
-    for msg in warnings:
-        log.warning("%s", msg)
 
-    manifest = {
-        "status": "complete",
-        "job_hash": jhash,
-        "started": started,
-        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "timings": {
-            "ingest_s": round(ingest_s, 3),
-            "prepare_s": round(t_plan - t0, 3),
-            "infer_s": round(infer_s, 3),
-            "finish_s": round(finish_s, 3),
-            "total_s": round(time.perf_counter() - t0, 3),
-        },
-        "inputs": {"scene": {"path": str(cfg.scene), "sha256": scene_sha}},
-        "warnings": [*scene.attrs.get("warnings", []), *warnings],
-        "checks": {"units": [v.record() for v in unit_checks]},
+def _start_inference(
+    cfg: JobConfig,
+    session: ExitStack,
+    scene: Scene,
+    plan: _Plan,
+    spec: PredictorSpec,
+    store: BlockStore,
+    models: Future,
+    pool,
+) -> tuple[Iterator[dict], object]:
+    """Start predicting the blocks to do: locally with the models loading in the background (the
+    first block is read meanwhile), or on Ray's actors (``pool``, or a pool started in ``session``).
+    -> (the computed blocks' rows as they come, the actor pool or None)."""
+    ctx = StageContext(scene.path, plan.grid, spec, store)
+    if cfg.executor == "local":
+        return run_local(plan.todo, ctx, models, cfg.prefetch), None
+    # The driver's check, before any actor starts; the weights it read go to the actors
+    # through Ray's object store, so no actor reads a model path.
+    checked = models.result()
+    if pool is None:
+        pool = session.enter_context(actor_pool(checked.shipped(), cfg.ray))
+    return run_ray(plan.todo, ctx, pool), pool
+
+
+def _tally_blocks(
+    rows: Iterable[dict], todo: list[Block], since: Callable[[], float], on_block: Callable[[Block], None] | None
+) -> _Tally:
+    """Sum the computed blocks' rows, logging the rate so far (tiles / seconds ``since()``) and
+    calling ``on_block`` with each block once written."""
+    tally = _Tally()
+    by_key = {b.key: b for b in todo}
+    for i, row in enumerate(rows, 1):
+        tally.forward += row["forward_passes"]
+        tally.tiles += row["tiles"]
+        tally.node_of[row["key"]] = row["node"]
+        if row["attempt"]:
+            tally.retried[row["key"]] = row["attempt"]
+        tally.kept_at_end += row["kept_tiles"] if row["last_in_stripe"] else 0
+        dt = time.perf_counter() - since()
+        rate = tally.tiles / dt if dt else 0.0
+        log.info("block %s done (%d/%d): %d tiles, %.1f tiles/s so far", row["key"], i, len(todo), row["tiles"], rate)
+        if on_block is not None:
+            on_block(by_key[row["key"]])
+    return tally
+
+
+def _manifest_body(
+    cfg: JobConfig, members, cards: list, model_shas: list[str], scene: Scene, device: str, plan: _Plan, tally: _Tally
+) -> dict:
+    """The manifest's record of the models, versions, scene grid, device, tiles and blocks."""
+    info, grid = scene.info, plan.grid
+    return {
         "config": cfg.model_dump(mode="json"),
         "models": [
             {
@@ -339,28 +509,56 @@ def _run_locked(
             "grid": grid.n_tiles,
             "tile": cfg.tile,
             "stride": cfg.stride,
-            "forward_passes": forward,
-            "computed_in_blocks": tiles,
-            **_reuse_figures(forward, len(members.members), grid, todo),
-            "kept_at_end": kept_at_end,
+            "forward_passes": tally.forward,
+            "computed_in_blocks": tally.tiles,
+            **_reuse_figures(tally.forward, len(members.members), grid, plan.todo),
+            "kept_at_end": tally.kept_at_end,
         },
         "blocks": {
-            "total": len(blocks),
-            "computed": len(todo),
-            "skipped_nodata": len(empty),
-            "resumed": len(resumed),
-            "node_of": node_of,
-            "per_node": dict(Counter(node_of.values())),
+            "total": len(plan.blocks),
+            "computed": len(plan.todo),
+            "skipped_nodata": len(plan.empty),
+            "resumed": len(plan.resumed),
+            "node_of": tally.node_of,
+            "per_node": dict(Counter(tally.node_of.values())),
+            "retried": tally.retried,
         },
-        **({"actors": actors} if actors is not None else {}),
-        "summary": {**summary, "threshold": threshold},
-        "outputs": outputs,
     }
+
+
+def _publish_job(manifest: dict, t0: float, stage: Path, store_path: Location, out: Location, work: Location) -> dict:
+    """Write ``run.json`` (with the job's total seconds) beside the products and move them all
+    into ``out``; the working folder goes. -> the manifest."""
+    timings = {**manifest["timings"], "total_s": time.perf_counter() - t0}  # the moves below come after it
+    manifest["timings"] = {k: round(v, 3) for k, v in timings.items()}
     write_json_atomic(stage / "final" / "run.json", manifest)
-    _publish(stage / "final", store_path, out, outputs)
+    _publish(stage / "final", store_path, out, manifest["outputs"])
     work.rm()
+    summary = manifest["summary"]
+    if "objects" not in summary:  # run_job(products=False): the probability store alone
+        log.info("finished: %s (the probability map, no products)", out / "run.json")
+        return manifest
     log.info("finished: %s (%d landslide objects, %s)", out / "run.json", summary["objects"], describe_mapped(summary))
     return manifest
+
+
+def _import_finishing() -> None:
+    """Import what the polygons need (scipy.ndimage, shapely, geopandas: over half a second) while
+    the blocks are predicted, rather than before the first block or on the finish's critical path."""
+    import geopandas  # noqa: F401
+    import shapely.ops  # noqa: F401
+    import shapely.strtree  # noqa: F401
+    from scipy import ndimage  # noqa: F401
+
+
+def process_age_s() -> float | None:
+    """Seconds since this process started (its interpreter start-up and imports included), from
+    Linux's ``/proc``; None elsewhere. Recorded in ``run.json`` to tell a job's fixed cost apart."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])  # field 22: starttime
+        return float(Path("/proc/uptime").read_text().split()[0]) - ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _reuse_figures(forward: int, members: int, grid: TileGrid, todo: list) -> dict:
@@ -381,12 +579,25 @@ def scene_chunk(block: int) -> int:
     return min(512, block) if block % min(512, block) == 0 else block
 
 
-def _prepare_stores(cfg: JobConfig, work: Location, jhash: str) -> tuple[Scene, Location, float]:
-    """Ingest (or resume) the scene store and create the output store if there is none yet;
-    -> (scene, output store path, ingest seconds)."""
+def _prepare_stores(
+    cfg: JobConfig, work: Location, jhash: str, b10_means: list[ModelB10], ingested: IngestedScene | None = None
+) -> tuple[Scene, Location, float]:
+    """Ingest (or resume) the scene store, unless it is ``ingested`` already, and create the
+    output store if there is none yet (``b10_means``: the models' B10 means, for
+    ``inputs.b10: model_mean``); -> (scene, output store path, ingest seconds)."""
     chunk = scene_chunk(cfg.block)
     t_ingest = time.perf_counter()
-    scene = ingest_job(cfg, work / "scene.zarr", chunk)
+    if ingested is not None:
+        scene = ingested.scene
+    else:
+        scene = ingest_job(
+            _scene_source(cfg),
+            work / "scene.zarr",
+            chunk=chunk,
+            nodata=cfg.nodata,
+            inputs=cfg.inputs,
+            b10_means=b10_means,
+        )
     ingest_s = time.perf_counter() - t_ingest
     store_path = work / "probability.zarr"
     if not store_path.exists():
@@ -400,7 +611,7 @@ def _prepare_stores(cfg: JobConfig, work: Location, jhash: str) -> tuple[Scene, 
 
 
 def _finish(
-    cfg: JobConfig, scene: Scene, store_path: Path, work: Path, threshold: float, outputs: dict[str, str]
+    cfg: JobConfig, scene: Scene, store_path: Path | Location, work: Path, threshold: float, outputs: dict[str, str]
 ) -> dict:
     """Write the products (all but the store) into ``work/final`` window by window; returns the
     summary. The mask and polygons come from the step ``vectorize`` repeats later, and the
@@ -409,6 +620,8 @@ def _finish(
     final = work / "final"
     shutil.rmtree(final, ignore_errors=True)
     final.mkdir()
+    if "mask" not in outputs:  # the probability store alone (``run_job(products=False)``): no summary
+        return {}
     group = zarr.open_group(str(store_path), mode="r+")
     prob = group["probability"]
 
@@ -423,7 +636,9 @@ def _finish(
                 scratch=work / f"{key}.scratch.tif",
             )
 
-    kept = group.get(SLOPE)  # None: a store resumed from before stores kept the slope
+    kept = (
+        member_array(group, SLOPE, store_path) if SLOPE in group else None
+    )  # None: a store from before stores kept the slope
 
     def slope_kept(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         slope = scene.read_band(SLOPE, y0, y1, x0, x1)
@@ -431,9 +646,11 @@ def _finish(
             kept[y0:y1, x0:x1] = slope
         return slope
 
-    # GDAL writes the COGs without the GIL, beside the polygons and quicklook (mostly Python).
-    with ThreadPoolExecutor(1, "rasters") as pool:
+    # GDAL writes the COGs without the GIL, beside the polygons (mostly Python) and the quicklook.
+    with ThreadPoolExecutor(2, "rasters") as pool:
         rasters = pool.submit(write_rasters)
+        bands = zarr.open_group(str(scene.path), mode="r")["bands"]
+        quicklook = pool.submit(write_quicklook, final / outputs["quicklook"], bands, prob, threshold)
         source = ProbabilitySource(info, window_reader(prob), slope_kept if SLOPE in info.band_names else None)
         summary = write_mask_and_polygons(
             source,
@@ -443,9 +660,7 @@ def _finish(
             final / outputs["polygons"],
             scratch=work / "mask.scratch.tif",
         )
-        write_quicklook(
-            final / outputs["quicklook"], zarr.open_group(str(scene.path), mode="r")["bands"], prob, threshold
-        )
+        quicklook.result()
         rasters.result()
     return {
         **summary,
@@ -454,7 +669,7 @@ def _finish(
     }
 
 
-def _log_kept_derivation(previous: dict, outputs: dict[str, str], out: Path) -> None:
+def _log_kept_derivation(previous: dict, outputs: dict[str, str], out: Location) -> None:
     """A finished job found re-derived products (``vectorize``): they are kept, and the log says so."""
     derived = previous.get("derivations") or []
     if derived:
@@ -469,7 +684,7 @@ def _log_kept_derivation(previous: dict, outputs: dict[str, str], out: Path) -> 
             last["polygons"],
         )
     current = previous.get("outputs", {}).get("polygons")
-    if current and current != outputs["polygons"]:
+    if current and "polygons" in outputs and current != outputs["polygons"]:
         log.warning(
             "%s: polygons stay in %s; `landslide-batch vectorize %s --format %s` writes %s without running the models",
             out,

@@ -19,6 +19,7 @@ import pytest
 import rasterio
 from affine import Affine
 from conftest import make_varying_model
+from maps import assert_same_map
 from pyproj import Transformer
 from rasterio.warp import Resampling, reproject
 from rasterio.warp import transform as gdal_transform
@@ -149,8 +150,7 @@ def test_two_utm_zones_make_one_seamless_region_map(region, caplog):
     assert near_edge.sum() < 0.01 * inside.sum()
 
     expected, _ = _expected_mosaic([d / s / "probability.tif" for s in "AB"], t, got.shape, crs, inside)
-    assert np.abs(got - expected)[~near_edge].max() <= 1e-5
-    assert got[inside].std() >= 0.05
+    assert_same_map(got[~near_edge], expected[~near_edge], atol=1e-5)
     assert [s["crs"] for s in manifest["scenes"]] == ["EPSG:32644", "EPSG:32645"]
     assert [s["blocks"]["total"] for s in manifest["scenes"]] == [m["blocks"]["total"] for m in singles]
 
@@ -186,9 +186,35 @@ def test_two_utm_zones_make_one_seamless_region_map(region, caplog):
     assert len(scenes) == 2 and scenes.crs.to_epsg() == 32645
 
 
-def test_adding_a_scene_maps_only_it_and_merges_only_where_it_lies(region):
+def _counting(monkeypatch, module, name: str) -> list[str]:
+    """Calls of ``module.name`` (still made): where each one wrote its store."""
+    calls: list[str] = []
+    real = getattr(module, name)
+
+    def counted(scene, dest, **kw):
+        calls.append(str(dest))
+        return real(scene, dest, **kw)
+
+    monkeypatch.setattr(module, name, counted)
+    return calls
+
+
+def test_adding_a_scene_maps_only_it_and_merges_only_where_it_lies(region, monkeypatch):
+    import landslide_batch.pipeline as pipeline
+    import landslide_batch.region.job as region_job
+
     d, model = region
+    region_ingests = _counting(monkeypatch, region_job, "ingest_job")
+    scene_job_ingests = _counting(monkeypatch, pipeline, "ingest_job")
     first = run_job(job_from_dict(_job(d, model, "grow", ["A.tif", "B.tif"])))
+    # Each scene is ingested once, by the region; its job maps that store (no copy, no products:
+    # the region writes those of the merged map), and its run.json lists what it keeps.
+    assert sorted(Path(p).parent.name[0] for p in region_ingests) == ["A", "B"] and scene_job_ingests == []
+    for folder in (d / "grow" / ".work" / "scenes").iterdir():
+        kept = sorted(p.name for p in (folder / "map").iterdir())
+        assert kept == [".lock", "probability.zarr", "run.json"]  # .work (and its scene copy) gone
+        scene_run = json.loads((folder / "map" / "run.json").read_text())
+        assert scene_run["outputs"] == {"zarr": "probability.zarr"} and "objects" not in scene_run["summary"]
     assert first["merge_blocks"]["computed"] == first["merge_blocks"]["total"] > 2
     again = run_job(job_from_dict(_job(d, model, "grow", ["A.tif", "B.tif"])))
     assert again["blocks"]["computed"] == 0  # nothing to do
@@ -203,8 +229,19 @@ def test_adding_a_scene_maps_only_it_and_merges_only_where_it_lies(region):
         grown_map = ds.read(1)
     fresh = run_job(job_from_dict(_job(d, model, "fresh", ["A.tif", "B.tif", "C.tif"])))
     with rasterio.open(d / "fresh" / "probability.tif") as ds:
-        assert np.abs(ds.read(1) - grown_map).max() <= 1e-6  # the same map as computing all at once
+        assert_same_map(ds.read(1), grown_map, atol=1e-6)  # the same map as computing all at once
     assert fresh["summary"]["objects"] == grown["summary"]["objects"]
+
+    # A changed scene is detected: ingested and mapped again, the others resumed.
+    with rasterio.open(d / "C.tif") as ds:
+        profile, bands = ds.profile, ds.read()
+    with rasterio.open(d / "C.tif", "w", **profile) as ds:
+        ds.write(bands[:, :, ::-1])
+    region_ingests.clear()
+    changed = run_job(job_from_dict(_job(d, model, "grow", ["A.tif", "B.tif", "C.tif"])))
+    by_source = {s["source"].rsplit("/", 1)[-1]: s["blocks"] for s in changed["scenes"]}
+    assert by_source["C.tif"]["computed"] == by_source["C.tif"]["total"] > 0
+    assert by_source["A.tif"]["computed"] == by_source["B.tif"]["computed"] == 0 and scene_job_ingests == []
 
 
 def test_region_bad_inputs_fail_clearly_and_write_nothing(region, tmp_path, caplog):

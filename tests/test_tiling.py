@@ -1,9 +1,28 @@
 import numpy as np
 import pytest
 
-from landslide_batch.infer.blending import BLENDS, blend_tiles, blend_window, tile_origins
+from landslide_batch.infer.blending import BLENDS, blend_window
 from landslide_batch.ingest.scene import reflect_index
 from landslide_batch.plan.tiling import TileGrid, plan_blocks
+
+
+def tile_origins(height: int, width: int, tile: int, stride: int) -> list[tuple[int, int]]:
+    """Top-left corners of a regular grid of tiles exactly covering a ``height x width`` window."""
+    assert (height - tile) % stride == 0 and (width - tile) % stride == 0
+    return [(y, x) for y in range(0, height - tile + 1, stride) for x in range(0, width - tile + 1, stride)]
+
+
+def blend_tiles(preds: np.ndarray, origins, shape: tuple[int, int], weights: np.ndarray) -> np.ndarray:
+    """Reference blend, a per-tile loop in float64: weighted mean of ``preds (N, T, T)`` placed at
+    ``origins`` in ``shape``; NaN where no tile covers a pixel."""
+    num = np.zeros(shape, np.float64)
+    den = np.zeros(shape, np.float64)
+    t = weights.shape[0]
+    for p, (y, x) in zip(preds, origins):
+        num[y : y + t, x : x + t] += weights * p
+        den[y : y + t, x : x + t] += weights
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (num / den).astype(np.float32)
 
 
 @pytest.mark.parametrize(

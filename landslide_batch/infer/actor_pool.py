@@ -9,15 +9,30 @@ own and closes it with the job.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+import threading
+from typing import TYPE_CHECKING, Any
 
-from .stages import PredictBlock, PredictorSpec, ReadBlock
+from .stages import PredictBlock, PredictorSpec, ReadBlock, Row
 
 if TYPE_CHECKING:
+    from ray import ObjectRef
+
     from ..plan.tiling import TileGrid
     from .executors import ActorPlan
+    from .predictor import EnsemblePredictor, FloatArray
+    from .stripes import Tile
 
 log = logging.getLogger(__name__)
+
+
+def task_attempt() -> int:
+    """Which execution of the running Ray task this is: 0 the first, 1 after one retry (its actor
+    or node died while the task was queued or running on it). Ray keeps the number in its core
+    worker only (no public API in Ray 2.x); ``run.json`` ``blocks.retried`` records it."""
+    import ray
+
+    worker: Any = ray._private.worker.global_worker
+    return int(worker.core_worker.get_current_task_attempt_number())
 
 
 class PredictBlockActor:
@@ -27,15 +42,22 @@ class PredictBlockActor:
 
     def __init__(self, spec: PredictorSpec):
         self.spec = spec
-        self.predictor = None
+        self.predictor: EnsemblePredictor | None = None
         self.models_loaded = 0
         self.stage: PredictBlock | None = None
-        self.stripe: tuple | None = None
+        self.stripe: tuple[str, int] | None = None  # (scene, stripe) of ``stage``
 
     def ready(self) -> None:
         """Answers once the actor is placed: the driver hands it a stripe then."""
 
-    def predict(self, row: dict, imports: dict, scene: str, grid: TileGrid, reader: ReadBlock | None) -> dict:
+    def predict(
+        self,
+        row: Row,
+        imports: dict[Tile, FloatArray | None],
+        scene: str,
+        grid: TileGrid,
+        reader: ReadBlock | None,
+    ) -> Row:
         """Predict one block of stripe ``row["task"].stripe`` of ``scene``; a new stripe (or scene)
         starts with nothing kept from the last one, but with the models already loaded."""
         import ray
@@ -43,14 +65,15 @@ class PredictBlockActor:
         if self.predictor is None:
             self.predictor = self.spec.build()
             self.models_loaded += 1
-        if (scene, row["task"].stripe) != self.stripe:
+        if self.stage is None or (scene, row["task"].stripe) != self.stripe:
             self.stage = PredictBlock(self.spec, grid, predictor=self.predictor, reader=reader)
             self.stripe = (scene, row["task"].stripe)
         result = self.stage({**row, "imports": imports})
         result["node"] = ray.get_runtime_context().get_node_id()
+        result["attempt"] = task_attempt()
         return result
 
-    def loads(self) -> dict:
+    def loads(self) -> dict[str, Any]:
         """-> ``{actor, node, models_loaded}``: what ``run.json`` records of this actor."""
         import ray
 
@@ -65,10 +88,28 @@ class ActorPool:
 
     def __init__(self, spec: PredictorSpec, plan: ActorPlan, *, shared: bool = False):
         self.spec, self.plan, self.shared = spec, plan, shared
-        self.actors: list = []
-        self.placing: dict = {}  # ObjectRef of ready() -> actor index, for actors not placed yet
+        self.actors: list[Any] = []  # Ray actor handles of PredictBlockActor
+        self.placing: dict[ObjectRef[None], int] = {}  # ObjectRef of ready() -> actor index, for actors not placed yet
         self.placed: list[int] = []  # actors placed, in the order they were
-        self.retired: dict[int, dict] = {}  # actor killed when idle -> its loads() at that time
+        self.retired: dict[int, dict[str, Any]] = {}  # actor killed when idle -> its loads() at that time
+        # The turn: held by the thread sending a scene's blocks to the actors until it has sent its
+        # last one; the next scene (in another thread) then queues its first blocks behind them, so
+        # the actors go from one scene to the next without waiting, and never mix two scenes' blocks.
+        self._turn = threading.Condition()
+        self._turn_holder: int | None = None  # thread ident
+
+    def take_turn(self) -> None:
+        """Wait until no other thread is sending blocks to the actors, then hold the turn."""
+        with self._turn:
+            self._turn.wait_for(lambda: self._turn_holder is None)
+            self._turn_holder = threading.get_ident()
+
+    def give_turn(self) -> None:
+        """Give the turn back, if this thread holds it (so a failed scene never keeps it)."""
+        with self._turn:
+            if self._turn_holder == threading.get_ident():
+                self._turn_holder = None
+                self._turn.notify_all()
 
     def start(self) -> None:
         """Create the actors (once). SPREAD: on different nodes where they fit (more memory
@@ -90,7 +131,7 @@ class ActorPool:
         if self.shared:
             log.info("ray: %d predictor actor(s) started, kept warm for every scene of the region", plan.actors)
 
-    def mark_placed(self, ref) -> int:
+    def mark_placed(self, ref: ObjectRef[None]) -> int:
         """The actor whose ``ready()`` answered ``ref`` is placed; -> its index."""
         import ray
 
@@ -107,7 +148,7 @@ class ActorPool:
             self.retired[a] = ray.get(self.actors[a].loads.remote())
             ray.kill(self.actors[a])
 
-    def loads(self) -> list[dict]:
+    def loads(self) -> list[dict[str, Any]]:
         """``{actor, node, models_loaded}`` of every placed actor (in placing order)."""
         import ray
 
@@ -125,5 +166,5 @@ class ActorPool:
     def __enter__(self) -> ActorPool:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()

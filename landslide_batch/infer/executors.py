@@ -17,32 +17,35 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ..config import RaySettings
 from ..errors import LandslideBatchError
-from ..outputs.store import BlockStore
 from ..plan.tiling import Block, TileGrid
 from .actor_pool import ActorPool
 from .device import device_type
-from .stages import PredictBlock, PredictorSpec, ReadBlock, WriteBlock
-from .stripes import BlockTask, plan_tasks, split_stripes
+from .stages import BlockWriter, PredictBlock, PredictorSpec, ReadBlock, Row, WriteBlock
+from .stripes import BlockTask, Tile, plan_tasks, split_stripes
+
+if TYPE_CHECKING:
+    from .predictor import EnsemblePredictor
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class StageContext:
-    scene_path: Path
+    scene_path: Path | str
     grid: TileGrid
     predictor: PredictorSpec
-    store: BlockStore
+    store: BlockWriter
 
 
 #: The node of blocks computed in-process (``run.json`` ``blocks.node_of``).
 LOCAL_NODE = "local"
 
 
-def _stripe_rows(blocks: list[Block], grid: TileGrid, n: int) -> list[list[dict]]:
+def _stripe_rows(blocks: list[Block], grid: TileGrid, n: int) -> list[list[Row]]:
     """``blocks`` in at most ``n`` stripes: per stripe its rows (block fields + ``task``), in order."""
     stripes = split_stripes(blocks, n)
     return [
@@ -51,7 +54,7 @@ def _stripe_rows(blocks: list[Block], grid: TileGrid, n: int) -> list[list[dict]
     ]
 
 
-def _write(write: WriteBlock, result: dict, node: str) -> dict:
+def _write(write: WriteBlock, result: Row, node: str) -> Row:
     """Write a predicted block; -> its summary row."""
     task: BlockTask = result["task"]
     return {
@@ -60,17 +63,20 @@ def _write(write: WriteBlock, result: dict, node: str) -> dict:
         "stripe": task.stripe,
         "last_in_stripe": task.last,
         "kept_tiles": int(result["kept_tiles"]),
+        "attempt": int(result.get("attempt", 0)),  # > 0: recomputed by Ray after its actor or node died
     }
 
 
-def run_local(blocks: list[Block], ctx: StageContext, predictor: Future, prefetch: int | None = None) -> Iterator[dict]:
+def run_local(
+    blocks: list[Block], ctx: StageContext, predictor: Future[EnsemblePredictor], prefetch: int | None = None
+) -> Iterator[Row]:
     """Predicts block after block; the previous block is written, and ``prefetch`` blocks are
     read (default: 1 on a GPU, 0 on CPU), in background threads while the model works. The first
     block is read while ``predictor`` (a future: the models load in the background) is not ready."""
     read, write = ReadBlock(ctx.scene_path, ctx.grid), WriteBlock(ctx.store)
     rows = [row for stripe in _stripe_rows(blocks, ctx.grid, 1) for row in stripe]
     with ThreadPoolExecutor(1, "read") as reader, ThreadPoolExecutor(1, "write") as writer:
-        reads: deque = deque(reader.submit(read, row) for row in rows[:1])
+        reads: deque[Future[Row]] = deque(reader.submit(read, row) for row in rows[:1])
         submitted, pending_write = len(reads), None
         model = predictor.result()
         if prefetch is None:
@@ -106,7 +112,7 @@ def ray_session(settings: RaySettings) -> Iterator[None]:
         include_dashboard=False,
         log_to_driver=False,
         configure_logging=False,
-        **({} if address else {"num_cpus": os.cpu_count()}),
+        num_cpus=None if address else os.cpu_count(),
     )
     try:
         yield
@@ -175,11 +181,11 @@ def job_device(device: str, executor: str, settings: RaySettings) -> str:
     if device == "auto" and not settings.gpus_per_actor:
         import ray
 
-        gpus = ray.cluster_resources().get("GPU", 0)
+        gpus = ray.cluster_resources().get("GPU", 0)  # type: ignore[no-untyped-call]  # ray leaves it unannotated
     return ray_device(device, settings, gpus)
 
 
-def device_session(device: str, executor: str, settings: RaySettings) -> AbstractContextManager:
+def device_session(device: str, executor: str, settings: RaySettings) -> AbstractContextManager[None]:
     """A ``ray_session`` for the whole job where the job's device depends on the cluster (Ray and
     ``auto``), else nothing: then Ray starts later, beside ingest."""
     if executor == "ray" and device == "auto" and not settings.gpus_per_actor:
@@ -192,19 +198,20 @@ def actor_pool(spec: PredictorSpec, settings: RaySettings, *, shared: bool = Fal
     on the cluster this process is connected to (call it inside a ``ray_session``)."""
     import ray
 
-    nodes = [n for n in ray.nodes() if n["Alive"]]
+    nodes = [n for n in ray.nodes() if n["Alive"]]  # type: ignore[no-untyped-call]  # ray leaves it unannotated
     plan = plan_actors(
         settings,
         spec.device,
         spec.threads,
-        ray.cluster_resources().get("GPU", 0),
+        ray.cluster_resources().get("GPU", 0),  # type: ignore[no-untyped-call]  # ray leaves it unannotated
         [int(n["Resources"].get("CPU", 0)) for n in nodes],
     )
     return ActorPool(replace(spec, device=plan.device, threads=plan.threads), plan, shared=shared)
 
 
-def _read_block(read: ReadBlock, row: dict) -> dict:
-    return read(row)
+def _read_block(read: ReadBlock, row: dict[str, Any]) -> dict[str, Any]:
+    block: dict[str, Any] = read(row)
+    return block
 
 
 class _Handover:
@@ -213,18 +220,18 @@ class _Handover:
     a stripe not started yet (its actor not placed) would make it wait for nothing, so then the
     block predicts the tile itself (counted in the forward passes)."""
 
-    def __init__(self, stripes: list[list[dict]]):
+    def __init__(self, stripes: list[list[dict[str, Any]]]) -> None:
         self.waiting = Counter(t for rows in stripes for row in rows for t in row["task"].needs)
         self.owner = {t: row["task"].stripe for rows in stripes for row in rows for t in row["task"].share}
-        self.tiles: dict = {}
+        self.tiles: dict[Tile, Any] = {}
 
-    def add(self, exports: dict) -> None:
+    def add(self, exports: dict[Tile, Any]) -> None:
         self.tiles.update({t: probs for t, probs in exports.items() if self.waiting[t]})
 
     def ready(self, task: BlockTask, running: set[int]) -> bool:
         return all(t in self.tiles or self.owner[t] not in running for t in task.needs)
 
-    def take(self, task: BlockTask) -> dict:
+    def take(self, task: BlockTask) -> dict[Tile, Any]:
         out = {t: self.tiles[t] for t in task.needs if t in self.tiles}
         for t in task.needs:
             self.waiting[t] -= 1
@@ -233,7 +240,7 @@ class _Handover:
         return out
 
 
-def run_ray(blocks: list[Block], ctx: StageContext, pool: ActorPool) -> Iterator[dict]:
+def run_ray(blocks: list[Block], ctx: StageContext, pool: ActorPool) -> Iterator[dict[str, Any]]:
     """Blocks through predictor actors inside a ``ray_session``, one stripe per actor; results
     come back to the driver, which writes them (so the output store needs no shared disk).
     A stripe goes to the first actor that is placed and free, so a job whose actors do not all
@@ -249,85 +256,131 @@ def run_ray(blocks: list[Block], ctx: StageContext, pool: ActorPool) -> Iterator
     not yet, left running (the pool's owner closes it), so a region's next scene finds them warm."""
     if not blocks:  # every block is done (a re-run after a failure while finishing): nothing to compute
         return
-    import ray
-
     pool.start()
-    plan = pool.plan
-    stripes = _stripe_rows(blocks, ctx.grid, plan.actors)
-    read = ReadBlock(ctx.scene_path, ctx.grid)
-    actors = pool.actors
-    scene = str(ctx.scene_path)
-    own_reader = None if plan.read_ahead else read
-    # Read tasks beside CPU actors reserve no core: the actors hold them all for their threads.
-    read_cpus = 0.5 if plan.device == "cuda" else 0
-    read_task = ray.remote(_read_block).options(num_cpus=read_cpus, max_retries=-1) if plan.read_ahead else None
+    stripes = _stripe_rows(blocks, ctx.grid, pool.plan.actors)
     log.info(
         "ray: %d block(s) in %d stripe(s) through %d predictor actor(s) on %s (%s)",
         len(blocks),
         len(stripes),
-        len(actors),
-        plan.device,
-        plan.describe(),
+        len(pool.actors),
+        pool.plan.device,
+        pool.plan.describe(),
     )
-    window = 1 + max(plan.read_ahead, 1)
-    queues = [deque(rows) for rows in stripes]
-    left = [len(rows) for rows in stripes]  # results outstanding per stripe
-    queued = [0] * len(stripes)
-    # The last stripe first: it never waits, and predicts the tiles it shares at its start, so an
-    # earlier stripe whose actor is placed later finds them handed over instead of predicting them.
-    unassigned = deque(reversed(range(len(stripes))))
-    actor_of: dict[int, int] = {}  # running stripe -> actor
-    pending: dict = {}  # ObjectRef -> stripe
-    handover = _Handover(stripes)
-
-    def start_stripe(a: int) -> None:
-        if unassigned:
-            actor_of[unassigned.popleft()] = a
-        else:  # nothing left for it in this scene
-            pool.idle(a)
-
-    def submit_ready() -> None:
-        for s, a in actor_of.items():
-            queue = queues[s]
-            while queue and queued[s] < window and handover.ready(queue[0]["task"], set(actor_of)):
-                row = queue.popleft()
-                imports = handover.take(row["task"])
-                block = read_task.remote(read, row) if read_task else row
-                pending[actors[a].predict.remote(block, imports, scene, ctx.grid, own_reader)] = s
-                queued[s] += 1
-
     write = WriteBlock(ctx.store)
-    for a in [a for a in pool.placed if a not in pool.retired]:  # warm from an earlier scene: free now
-        start_stripe(a)
-    submit_ready()
-    while pending or any(left):
-        if not pending and not pool.placing:  # cannot happen: the highest running stripe never waits
-            raise RuntimeError(f"blocks left waiting for tiles from other stripes: {left}")
-        (ref,), _ = ray.wait(list(pending) + list(pool.placing), num_returns=1)
-        if ref in pool.placing:
-            start_stripe(pool.mark_placed(ref))
-            submit_ready()
-            continue
-        s = pending.pop(ref)
-        queued[s] -= 1
-        left[s] -= 1
-        result = _result(ref)
-        handover.add(result.pop("exports"))
-        if not left[s]:
-            start_stripe(actor_of.pop(s))
-        submit_ready()
-        row = _write(write, result, result["node"])
-        yield row
+    feed = _StripeFeed(stripes, ctx, pool)  # once the blocks of a scene mapped beside this one are all sent
+    try:
+        while feed.busy():
+            result = feed.next_result()
+            if result is not None:
+                yield _write(write, result, result["node"])
+    finally:
+        feed.give_turn()
     if pool.placing:
         log.info("ray: %d predictor actor(s) not started yet (their resources never became free)", len(pool.placing))
 
 
-def _result(ref) -> dict:
+class _StripeFeed:
+    """The driver's side of ``run_ray``: hands each stripe to an actor once one is placed and
+    free, keeps up to ``window`` blocks queued on it, and passes the tiles a stripe predicted for
+    others (``_Handover``) to the blocks that need them."""
+
+    def __init__(self, stripes: list[list[dict[str, Any]]], ctx: StageContext, pool: ActorPool) -> None:
+        import ray
+
+        plan = pool.plan
+        self.pool, self.grid, self.scene = pool, ctx.grid, str(ctx.scene_path)
+        self.read = ReadBlock(ctx.scene_path, ctx.grid)
+        self.own_reader = None if plan.read_ahead else self.read
+        # Read tasks beside CPU actors reserve no core: the actors hold them all for their threads.
+        read_cpus = 0.5 if plan.device == "cuda" else 0
+        self.read_task = (
+            ray.remote(_read_block).options(num_cpus=read_cpus, max_retries=-1) if plan.read_ahead else None
+        )
+        self.window = 1 + max(plan.read_ahead, 1)
+        self.queues = [deque(rows) for rows in stripes]
+        self.left = [len(rows) for rows in stripes]  # results outstanding per stripe
+        self.queued = [0] * len(stripes)
+        # The last stripe first: it never waits, and predicts the tiles it shares at its start, so an
+        # earlier stripe whose actor is placed later finds them handed over instead of predicting them.
+        self.unassigned = deque(reversed(range(len(stripes))))
+        self.actor_of: dict[int, int] = {}  # running stripe -> actor
+        self.pending: dict[Any, int] = {}  # ObjectRef of a block's result -> stripe
+        self.handover = _Handover(stripes)
+        pool.take_turn()
+        self.has_turn = True  # held until every block is sent (``ActorPool.take_turn``)
+        log.info("ray: sending the blocks of %s", self.scene)
+        try:
+            # Warm from an earlier scene: free now, or once the blocks already queued on them are done.
+            for a in [a for a in pool.placed if a not in pool.retired]:
+                self._start_stripe(a)
+            self._submit_ready()
+        except BaseException:
+            self.give_turn()
+            raise
+
+    def give_turn(self) -> None:
+        """Let the next scene send its blocks (once: every block of this one is sent, or it failed)."""
+        if self.has_turn:
+            self.has_turn = False
+            self.pool.give_turn()
+
+    def busy(self) -> bool:
+        return bool(self.pending) or any(self.left)
+
+    def next_result(self) -> dict[str, Any] | None:
+        """Wait for the next event: a block's result (-> it), or an actor placed (-> None)."""
+        import ray
+
+        if not self.pending and not (self.has_turn and self.pool.placing):  # the highest running stripe never waits
+            raise RuntimeError(f"blocks left waiting for tiles from other stripes: {self.left}")
+        # Actors placed from now on matter only while blocks are left to send: then it is this
+        # feed's turn, and no other feed waits for them.
+        placing = list(self.pool.placing) if self.has_turn else []
+        (ref,), _ = ray.wait(list(self.pending) + placing, num_returns=1)
+        if ref not in self.pending:  # an actor placed
+            self._start_stripe(self.pool.mark_placed(ref))
+            self._submit_ready()
+            return None
+        s = self.pending.pop(ref)
+        self.queued[s] -= 1
+        self.left[s] -= 1
+        result = _result(ref)
+        self.handover.add(result.pop("exports"))
+        if not self.left[s]:
+            self._start_stripe(self.actor_of.pop(s))
+        self._submit_ready()
+        return result
+
+    def _start_stripe(self, a: int) -> None:
+        if self.unassigned:
+            self.actor_of[self.unassigned.popleft()] = a
+        else:  # nothing left for it in this scene
+            self.pool.idle(a)
+
+    def _submit_ready(self) -> None:
+        """Queue every running stripe's next blocks, up to the window, whose imported tiles are there."""
+        running = set(self.actor_of)
+        for s, a in self.actor_of.items():
+            queue = self.queues[s]
+            while queue and self.queued[s] < self.window and self.handover.ready(queue[0]["task"], running):
+                row = queue.popleft()
+                imports = self.handover.take(row["task"])
+                block = self.read_task.remote(self.read, row) if self.read_task else row
+                ref = self.pool.actors[a].predict.remote(block, imports, self.scene, self.grid, self.own_reader)
+                self.pending[ref] = s
+                self.queued[s] += 1
+        if self.has_turn and not any(self.queues):
+            log.info("ray: every block of %s sent", self.scene)
+            self.give_turn()
+
+
+def _result(ref: Any) -> dict[str, Any]:
     """A block's result; a ``LandslideBatchError`` raised in the actor is raised here as itself."""
     import ray
 
     try:
-        return ray.get(ref)
+        result: dict[str, Any] = ray.get(ref)
+        return result
     except ray.exceptions.RayTaskError as exc:
         if isinstance(getattr(exc, "cause", None), LandslideBatchError):
             raise exc.cause from None

@@ -30,7 +30,7 @@ def require_shared_folder(folder: Path, timeout_s: float = TIMEOUT_S) -> None:
     from ray.exceptions import GetTimeoutError
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    nodes = [n for n in ray.nodes() if n["Alive"]]
+    nodes = [n for n in ray.nodes() if n["Alive"]]  # type: ignore[no-untyped-call]  # ray.nodes is unannotated
     token, secret = folder / f".node-check-{secrets.token_hex(8)}", secrets.token_hex(16)
     token.write_text(secret)
     try:

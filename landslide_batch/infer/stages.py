@@ -6,18 +6,39 @@ the very same objects run in the local executor and in Ray tasks / actors.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+import numpy.typing as npt
 
 from ..config import EnsembleConfig
 from ..ingest.scene import Scene
-from ..outputs.store import NODATA, BlockStore
 from ..plan.tiling import Block, TileGrid
 
+if TYPE_CHECKING:
+    import torch
+    from ray import ObjectRef
 
-def block_of(row: dict) -> Block:
+    from ..models.card import ModelFiles
+    from .predictor import EnsemblePredictor
+
+#: A block on its way through the stages: the block's fields, then its bands, then its result.
+Row = dict[str, Any]
+
+#: Probability and spread of a pixel without a prediction (invalid input): the output store's fill.
+NODATA = -1.0
+
+
+class BlockWriter(Protocol):
+    """Where predicted blocks go: the job's output store (``outputs.store.BlockStore``), which this
+    layer does not know."""
+
+    def write(self, block: Block, prob: npt.NDArray[np.float32], spread: npt.NDArray[np.float32]) -> None: ...
+
+
+def block_of(row: Row) -> Block:
     return Block(**{k: int(row[k]) for k in Block.__dataclass_fields__})
 
 
@@ -36,8 +57,11 @@ class PredictorSpec:
     batch_size: int | None
     device: str
     threads: int | None
-    model_files: object = None  # tuple[ModelFiles, ...] | ray.ObjectRef | None
+    model_files: tuple[ModelFiles, ...] | ObjectRef[tuple[ModelFiles, ...]] | None = None
     tta: bool = False  # test-time augmentation (flips + 90-degree rotations, averaged)
+    #: The members' modules the job's preflight built from ``model_files``: a local build takes
+    #: them (each model is built once per process); never shipped to Ray (:meth:`shipped`).
+    models: tuple[torch.nn.Module, ...] | None = field(default=None, compare=False, repr=False)
 
     def check(self) -> PredictorSpec:
         """Read every member once and build it (raises ModelError): the driver's check before
@@ -57,10 +81,12 @@ class PredictorSpec:
         """This spec with its model files put into Ray's object store once (inside a Ray session)."""
         import ray
 
-        files = self.model_files if self.model_files is not None else self.check().model_files
-        return replace(self, model_files=ray.put(files))
+        files = self.check().model_files
+        if not isinstance(files, tuple):  # a Ray object reference already
+            return self
+        return replace(self, model_files=ray.put(files), models=None)
 
-    def build(self):
+    def build(self) -> EnsemblePredictor:
         from .device import require_device
         from .predictor import EnsemblePredictor
 
@@ -81,15 +107,16 @@ class PredictorSpec:
             threads=self.threads,
             tta=self.tta,
             model_files=files,
+            models=self.models,
         )
 
 
 class ReadBlock:
-    def __init__(self, scene_path: Path, grid: TileGrid):
+    def __init__(self, scene_path: Path | str, grid: TileGrid):
         self.scene_path, self.grid = scene_path, grid
         self._scene: Scene | None = None
 
-    def __call__(self, row: dict) -> dict:
+    def __call__(self, row: Row) -> Row:
         if self._scene is None:
             self._scene = Scene(self.scene_path)
         bands, valid = self._scene.read_reflected(*block_of(row).window(self.grid))
@@ -104,14 +131,20 @@ class PredictBlock:
     its stripe and which to share; ``imports`` holds the tiles other stripes predicted for it.
     The result carries the shared tiles (``exports``) and how many tiles are kept after it."""
 
-    def __init__(self, spec: PredictorSpec, grid: TileGrid, predictor=None, reader: ReadBlock | None = None):
+    def __init__(
+        self,
+        spec: PredictorSpec,
+        grid: TileGrid,
+        predictor: EnsemblePredictor | None = None,
+        reader: ReadBlock | None = None,
+    ):
         from .predictor import TileReuse
 
         self.grid, self.reader = grid, reader
         self.predictor = predictor or spec.build()
         self.reuse = TileReuse()
 
-    def __call__(self, row: dict) -> dict:
+    def __call__(self, row: Row) -> Row:
         if self.reader is not None:
             row = self.reader(row)
         block = block_of(row)
@@ -134,9 +167,9 @@ class PredictBlock:
 
 
 class WriteBlock:
-    def __init__(self, store: BlockStore):
+    def __init__(self, store: BlockWriter):
         self.store = store
 
-    def __call__(self, row: dict) -> dict:
+    def __call__(self, row: Row) -> Row:
         self.store.write(block_of(row), row["prob"], row["spread"])
         return {"key": row["key"], "forward_passes": int(row["forward_passes"]), "tiles": int(row["tiles"])}

@@ -40,7 +40,10 @@ def split_stripes(blocks: list[Block], n: int) -> list[list[Block]]:
     """``blocks`` in at most ``n`` stripes of whole block rows (block columns when the blocks are
     wider than tall), about equal in block count; each stripe in row-major (column-major) order."""
     by_rows = len({b.by for b in blocks}) >= len({b.bx for b in blocks})
-    major = (lambda b: (b.by, b.bx)) if by_rows else (lambda b: (b.bx, b.by))
+
+    def major(b: Block) -> tuple[int, int]:
+        return (b.by, b.bx) if by_rows else (b.bx, b.by)
+
     lines: dict[int, list[Block]] = {}
     for b in sorted(blocks, key=major):
         lines.setdefault(major(b)[0], []).append(b)

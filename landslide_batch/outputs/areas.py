@@ -53,6 +53,8 @@ def _pixel_areas(height: int, crs_wkt: str | None, transform: tuple[float, ...])
     if not crs.is_geographic or b or d or not np.isclose(np.degrees(crs.axis_info[0].unit_conversion_factor), 1):
         return None  # rotated, or in an angular unit other than degrees
     geod = crs.get_geod()
+    if geod is None:
+        return None  # no ellipsoid to measure on
     width = abs(a)
     rows = np.empty(height)
     for r in range(height):

@@ -62,7 +62,7 @@ def write_mask_and_polygons(
 
     with ThreadPoolExecutor(1, "mask") as pool:
         mask_cog = pool.submit(write_cog, mask_dest, info, mask_of, dtype="uint8", nodata=MASK_NODATA, scratch=scratch)
-        collector = ObjectCollector(info)
+        collector = ObjectCollector(info, min_pixels=min_pixels)
         valid_px = slide_px = 0
         areas, valid_m2, slide_m2 = pixel_areas(info), 0.0, 0.0
         for y0, y1, x0, x1 in windows(info):

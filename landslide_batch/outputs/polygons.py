@@ -9,13 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from rasterio import features
-from scipy import ndimage
-from shapely.geometry import shape
-from shapely.ops import unary_union
-from shapely.strtree import STRtree
 
 from ..ingest.scene import SceneInfo
 from .areas import object_areas_m2
@@ -26,7 +23,7 @@ POLYGON_FILES = {"gpkg": "landslides.gpkg", "parquet": "landslides.parquet", "fg
 
 @dataclass
 class Piece:
-    geom: object
+    geom: Any  # a shapely geometry
     pixels: int
     prob_sum: float
     slope_sum: float
@@ -37,8 +34,15 @@ class Piece:
 class ObjectCollector:
     info: SceneInfo
     pieces: list[Piece] = field(default_factory=list)
+    #: Pieces inside a window (touching none of its edges) are whole objects: those smaller than
+    #: this are never written, so they are not kept either (memory grows with the objects kept).
+    min_pixels: int = 0
 
     def add_window(self, y0: int, x0: int, mask: np.ndarray, prob: np.ndarray, slope: np.ndarray | None) -> None:
+        from scipy import ndimage  # here, not at import: a job imports it beside its blocks
+        from shapely.geometry import shape
+        from shapely.ops import unary_union
+
         labels, n = ndimage.label(mask)  # 4-connectivity, as rasterio.features.shapes
         if n == 0:
             return
@@ -50,11 +54,14 @@ class ObjectCollector:
         h, w = mask.shape
         for border in (labels[0], labels[-1], labels[:, 0], labels[:, -1]):
             edge[border] = True
+        keep = edge.copy()
+        keep[1:] |= pixels >= self.min_pixels
+        keep[0] = False  # the background
         transform = self.info.affine @ self.info.affine.translation(x0, y0)
         geoms: dict[int, list] = {}
-        for geom, value in features.shapes(labels.astype(np.int32), mask=labels > 0, transform=transform):
+        for geom, value in features.shapes(labels.astype(np.int32), mask=keep[labels], transform=transform):
             geoms.setdefault(int(value), []).append(shape(geom))
-        for i in idx:
+        for i in idx[keep[1:]]:
             parts = geoms[int(i)]
             self.pieces.append(
                 Piece(
@@ -68,6 +75,9 @@ class ObjectCollector:
 
     def objects(self) -> list[Piece]:
         """Merge pieces that share an edge across window borders."""
+        from shapely.ops import unary_union
+        from shapely.strtree import STRtree
+
         inner = [p for p in self.pieces if not p.on_edge]
         edge = [p for p in self.pieces if p.on_edge]
         if not edge:

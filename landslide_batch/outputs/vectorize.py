@@ -26,7 +26,7 @@ from pathlib import Path
 import zarr
 
 from ..errors import ConfigError, InputError, OutputLockedError
-from ..ingest.scene import SceneInfo
+from ..ingest.scene import SceneInfo, member_array
 from ..storage import Location, exclusive_location, location, storage_errors
 from .derive import ProbabilitySource, min_object_pixels, window_reader, write_mask_and_polygons
 from .manifest import read_manifest, write_json_atomic
@@ -155,7 +155,7 @@ def _store_source(store: Location, manifest: dict) -> ProbabilitySource:
     try:
         with storage_errors(store, "probability store"):
             group = zarr.open_group(store=store.zarr_store(read_only=True), mode="r")
-        prob = group["probability"]
+        prob = member_array(group, "probability", store)
     except (FileNotFoundError, KeyError) as exc:
         raise InputError(
             f"{store}: the job's probability store is missing or unreadable "

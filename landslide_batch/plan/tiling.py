@@ -90,7 +90,7 @@ class Block:
             grid.origin(self.tx1 - 1) + grid.tile,
         )
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, int]:
         return asdict(self)
 
 

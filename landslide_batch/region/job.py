@@ -5,7 +5,8 @@ Layout of ``OUT``: the region's products as a single-scene job writes them, plus
 a scene cheap:
 
 - ``.work/scenes/<id>/scene.zarr``: the scene as ingested; ``.work/scenes/<id>/map/``: its own
-  finished map (a single-scene job's output folder, resumed block by block);
+  finished probability map (a single-scene job's output folder, resumed block by block: the
+  store and ``run.json`` only, no products, and no second copy of the scene);
 - ``.work/region/``: the merged region (output store, a scene store holding the merged RGB and
   slope for the quicklook and polygons, one marker per merged block naming the scenes in it).
 
@@ -20,35 +21,35 @@ import json
 import logging
 import shutil
 import time
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import zarr
-from affine import Affine
 from rasterio.crs import CRS
-from rasterio.features import geometry_mask
 from rasterio.warp import transform_bounds
-from shapely.geometry import box, mapping
+from shapely.geometry import box
 
-from ..bands import BAND_INDEX, L4S_BANDS, RGB_BANDS
-from ..checks.preflight import resolve_inputs_units
-from ..config import JobConfig, ensemble_members
+from ..checks.preflight import model_b10_means, resolve_inputs_units
+from ..config import EnsembleConfig, JobConfig, ensemble_members
 from ..errors import ConfigError, InputError, OutputLockedError
 from ..gdal_env import bounded_gdal_cache
 from ..hashing import sha256_tree
-from ..ingest import Scene, ingest_job
+from ..ingest import ModelB10, Scene, ingest_job
 from ..ingest.aoi import aoi_in_crs, load_aoi
 from ..ingest.inputs import SceneInputs
-from ..ingest.scene import SCENE_FORMAT, SceneInfo
-from ..models.card import WEIGHTS_FILE, read_card
+from ..ingest.scene import SceneInfo
+from ..models.card import WEIGHTS_FILE, ModelCard, read_card
 from ..outputs.manifest import package_versions, read_manifest, write_json_atomic
-from ..outputs.store import NODATA, SLOPE, create_store
 from ..pipeline import (
+    IngestedScene,
     _finish,
     _publish,
+    decision_threshold,
     outputs_for,
     predictor_spec,
     run_job,
@@ -56,22 +57,20 @@ from ..pipeline import (
 )
 from ..storage import exclusive_location, location, storage_errors
 from .grid import region_grid, target_crs
-from .mosaic import (
-    FEATHER_PX,
-    Window,
-    feather_weights,
-    merge,
-    needed_window,
-    sample,
-    source_pixels,
-)
+from .merge import merge_region
+from .mosaic import FEATHER_PX
 from .progress import RegionProgress
 from .scenes import SceneSource, find_scenes, load_signer
 from .stac_search import search_items
 
+if TYPE_CHECKING:
+    from ..infer.actor_pool import ActorPool
+
 log = logging.getLogger(__name__)
 
 SCENES_FILE = "scenes.gpkg"
+#: Scenes mapped at once on Ray: one predicted, the next prepared and queued behind it.
+SCENES_IN_FLIGHT = 2
 #: Relative tolerance on a scene's pixel size against the region's resolution.
 RESOLUTION_TOLERANCE = 0.01
 MERGE_RULE = (
@@ -89,12 +88,27 @@ class MappedScene:
     folder: Path
     sha256: str
     scene: Scene
-    footprint: object  # shapely polygon in the region CRS
+    footprint: Any  # shapely polygon in the region CRS
+    ingest_id: str  # the source's hash and the ingest settings: the scene's identity in its job hash
     manifest: dict | None = None
 
     @property
     def map_store(self) -> Path:
         return self.folder / "map" / "probability.zarr"
+
+    @property
+    def result(self) -> dict[str, Any]:
+        """The scene's run manifest, once it is mapped."""
+        if self.manifest is None:
+            raise RuntimeError(f"scene {self.source.id} is not mapped yet")
+        return self.manifest
+
+    @property
+    def crs(self) -> CRS:
+        """The scene's CRS: a region refuses a scene without one when it is prepared."""
+        if self.scene.info.crs is None:
+            raise InputError(f"scene {self.source.origin} has no CRS")
+        return self.scene.info.crs
 
 
 def run_region(cfg: JobConfig, *, overwrite: bool = False) -> dict:
@@ -113,9 +127,73 @@ def run_region(cfg: JobConfig, *, overwrite: bool = False) -> dict:
         return _run_region_locked(cfg, out.path, overwrite)
 
 
+@dataclass(frozen=True)
+class RegionSetup:
+    """What a region job is, before any scene is read: its grid, AOI, models and identity."""
+
+    cfg: JobConfig  # with the inputs' units resolved from the model cards
+    grid: SceneInfo
+    aoi: Any  # shapely geometry in the region CRS
+    crs: CRS
+    aoi_text: str
+    members: EnsembleConfig
+    cards: list[ModelCard]
+    model_shas: list[str]
+    rhash: str
+    outputs: dict[str, str]
+
+
 def _run_region_locked(cfg: JobConfig, out: Path, overwrite: bool) -> dict:
     t0 = time.perf_counter()
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    r = _setup_region(cfg)
+    previous = _previous_result(out, r.rhash, overwrite)
+    region_dir = out / ".work" / "region"
+    _discard_unless(region_dir, r.rhash)
+    with ExitStack() as session:
+        pool = _start_pool(r.cfg, session)  # on Ray, the actors start while the scenes are ingested
+        scenes, skipped = _prepare_scenes(r.cfg, out / ".work", r.aoi, r.crs, model_b10_means(r.members, r.cards))
+        signature = _signature(scenes)
+        if not overwrite and previous is not None and _holds(out, previous, signature):
+            log.info("%s already holds this region's map over these %d scene(s): nothing to do", out, len(scenes))
+            return {**previous, "blocks": {**previous["blocks"], "computed": 0, "resumed": previous["blocks"]["total"]}}
+        t_map = time.perf_counter()
+        actors = _map_scenes(r.cfg, scenes, overwrite, pool)
+    timings = {"map_s": time.perf_counter() - t_map}
+
+    t_merge = time.perf_counter()
+    merge_blocks = merge_region(scenes, r.grid, r.aoi, region_dir, r.cfg.block, r.rhash)
+    timings["merge_s"] = time.perf_counter() - t_merge
+
+    t_finish = time.perf_counter()
+    stage = region_dir / "stage"
+    threshold, summary = _write_region_products(r, scenes, region_dir, stage)
+    timings["finish_s"] = time.perf_counter() - t_finish
+
+    manifest = {
+        "status": "complete",
+        "kind": "region",
+        "job_hash": r.rhash,
+        "region_hash": r.rhash,
+        "scenes_signature": signature,
+        "started": started,
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "timings": {k: round(v, 3) for k, v in {**timings, "total_s": time.perf_counter() - t0}.items()},
+        **_region_record(r, scenes, actors),
+        "skipped_scenes": skipped,
+        "merge_blocks": merge_blocks,
+        "summary": {**summary, "threshold": threshold},
+        "outputs": r.outputs,
+    }
+    _publish_region(manifest, region_dir, stage, out)
+    log.info(
+        "region finished: %s (%d scene(s), %d landslide objects)", out / "run.json", len(scenes), summary["objects"]
+    )
+    return manifest
+
+
+def _setup_region(cfg: JobConfig) -> RegionSetup:
+    """The region grid over the AOI (in the target CRS), the models, and the job's identity."""
     geom, aoi_crs, aoi_text = load_aoi(SceneInputs(aoi=str(cfg.aoi)))
     crs = target_crs(geom, aoi_crs, cfg.crs)
     aoi = aoi_in_crs(geom, aoi_crs, crs)
@@ -128,8 +206,12 @@ def _run_region_locked(cfg: JobConfig, out: Path, overwrite: bool) -> dict:
     cfg = resolve_inputs_units(cfg, cards)  # as a single-scene job does before its ingest
     rhash = region_hash(cfg, grid, aoi, model_shas)
     outputs = {**outputs_for(cfg.polygon_format), "scenes": SCENES_FILE}
-    work = out / ".work"
+    return RegionSetup(cfg, grid, aoi, crs, aoi_text, members, cards, model_shas, rhash, outputs)
 
+
+def _previous_result(out: Path, rhash: str, overwrite: bool) -> dict | None:
+    """The manifest in ``out`` when it is this region's (over whichever scenes); another job's
+    result is refused (ConfigError) unless overwriting, which invalidates it first."""
     previous = read_manifest(location(out))
     if previous is not None and previous.get("region_hash") != rhash:
         if not overwrite:
@@ -138,56 +220,39 @@ def _run_region_locked(cfg: JobConfig, out: Path, overwrite: bool) -> dict:
                 f"region job {rhash}); use another output folder or --overwrite"
             )
         (out / "run.json").unlink()
-        previous = None
-    region_dir = work / "region"
-    _discard_unless(region_dir, rhash)
+        return None
+    return previous
 
-    scenes, skipped = _prepare_scenes(cfg, work, aoi, crs)
-    signature = _signature(scenes)
-    if (
-        not overwrite
-        and previous is not None
-        and previous.get("scenes_signature") == signature
-        and all((out / name).exists() for name in previous.get("outputs", {}).values())
-    ):
-        log.info("%s already holds this region's map over these %d scene(s): nothing to do", out, len(scenes))
-        return {**previous, "blocks": {**previous["blocks"], "computed": 0, "resumed": previous["blocks"]["total"]}}
 
-    t_map = time.perf_counter()
-    actors = _map_scenes(cfg, scenes, overwrite)
-    map_s = time.perf_counter() - t_map
+def _holds(out: Path, previous: dict, signature: str) -> bool:
+    """Whether ``out`` holds the finished map of this region over exactly these scenes."""
+    return previous.get("scenes_signature") == signature and all(
+        (out / name).exists() for name in previous.get("outputs", {}).values()
+    )
 
-    t_merge = time.perf_counter()
-    merge_blocks = merge_region(scenes, grid, aoi, region_dir, cfg.block, rhash)
-    merge_s = time.perf_counter() - t_merge
 
-    threshold = cfg.threshold if cfg.threshold is not None else members.decision_threshold([c.threshold for c in cards])
-    t_finish = time.perf_counter()
-    stage = region_dir / "stage"
+def _write_region_products(
+    r: RegionSetup, scenes: list[MappedScene], region_dir: Path, stage: Path
+) -> tuple[float, dict]:
+    """The region's products and scene footprints into ``stage/final``; -> (threshold, summary)."""
+    cfg = r.cfg
+    threshold = decision_threshold(cfg, r.members, r.cards)
     stage.mkdir(exist_ok=True)
-    summary = _finish(cfg, Scene(region_dir / "scene.zarr"), region_dir / "probability.zarr", stage, threshold, outputs)
-    write_footprints(stage / "final" / SCENES_FILE, scenes, crs)
-    finish_s = time.perf_counter() - t_finish
+    scene = Scene(region_dir / "scene.zarr")
+    summary = _finish(cfg, scene, region_dir / "probability.zarr", stage, threshold, r.outputs)
+    write_footprints(stage / "final" / SCENES_FILE, scenes, r.crs)
+    return threshold, summary
 
-    per_scene = [s.manifest["blocks"] for s in scenes]
-    manifest = {
-        "status": "complete",
-        "kind": "region",
-        "job_hash": rhash,
-        "region_hash": rhash,
-        "scenes_signature": signature,
-        "started": started,
-        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "timings": {
-            "map_s": round(map_s, 3),
-            "merge_s": round(merge_s, 3),
-            "finish_s": round(finish_s, 3),
-            "total_s": round(time.perf_counter() - t0, 3),
-        },
+
+def _region_record(r: RegionSetup, scenes: list[MappedScene], actors: list[dict] | None) -> dict:
+    """The manifest's record of the settings, models, actors, region grid and scenes."""
+    cfg, grid = r.cfg, r.grid
+    per_scene = [s.result["blocks"] for s in scenes]
+    return {
         "config": cfg.model_dump(mode="json"),
         "models": [
             {"path": str(m.model), "name": c.name, "weight": m.weight, "threshold": c.threshold, "sha256": sha}
-            for m, c, sha in zip(members.members, cards, model_shas)
+            for m, c, sha in zip(r.members.members, r.cards, r.model_shas)
         ],
         # times the models were loaded: once locally, once per actor (warm across scenes) on Ray
         "models_loaded": 1 if actors is None else sum(a["models_loaded"] for a in actors),
@@ -195,35 +260,33 @@ def _run_region_locked(cfg: JobConfig, out: Path, overwrite: bool) -> dict:
         "versions": package_versions(),
         "region": {
             "crs": grid.crs_wkt,
-            "epsg": crs.to_epsg(),
+            "epsg": r.crs.to_epsg(),
             "height": grid.height,
             "width": grid.width,
             "transform": list(grid.transform),
             "resolution_m": cfg.resolution,
-            "aoi": aoi_text,
+            "aoi": r.aoi_text,
             "pixel_area_m2": grid.pixel_area_m2,
             "merge_rule": MERGE_RULE,
             "feather_px": FEATHER_PX,
         },
         "scenes": [_provenance(s) for s in scenes],
-        "skipped_scenes": skipped,
-        "warnings": [w for s in scenes for w in s.manifest.get("warnings", [])],
+        "warnings": [w for s in scenes for w in s.result.get("warnings", [])],
         "blocks": {key: sum(b[key] for b in per_scene) for key in ("total", "computed", "skipped_nodata", "resumed")},
-        "merge_blocks": merge_blocks,
-        "summary": {**summary, "threshold": threshold},
-        "outputs": outputs,
     }
+
+
+def _publish_region(manifest: dict, region_dir: Path, stage: Path, out: Path) -> None:
+    """``run.json`` beside the products, a copy of the merged store (the merge keeps its own for
+    the next scene), all moved into ``out``; the previous ``run.json`` goes first."""
+    outputs = manifest["outputs"]
     write_json_atomic(stage / "final" / "run.json", manifest)
     store_copy = stage / "final" / outputs["zarr"]
-    shutil.copytree(region_dir / "probability.zarr", store_copy)  # the merge store stays for the next scene
+    shutil.copytree(region_dir / "probability.zarr", store_copy)
     if (out / "run.json").exists():  # from now on nothing vouches for the previous products
         (out / "run.json").unlink()
     _publish(stage / "final", location(store_copy), location(out), outputs)
     shutil.rmtree(stage, ignore_errors=True)
-    log.info(
-        "region finished: %s (%d scene(s), %d landslide objects)", out / "run.json", len(scenes), summary["objects"]
-    )
-    return manifest
 
 
 def region_hash(cfg: JobConfig, grid: SceneInfo, aoi, model_shas: list[str]) -> str:
@@ -261,8 +324,11 @@ def _discard_unless(folder: Path, rhash: str) -> None:
         shutil.rmtree(folder)
 
 
-def _prepare_scenes(cfg: JobConfig, work: Path, aoi, crs: CRS) -> tuple[list[MappedScene], list[dict]]:
-    """Find, ingest and check every scene; scenes missing the AOI are skipped with a warning.
+def _prepare_scenes(
+    cfg: JobConfig, work: Path, aoi, crs: CRS, b10_means: list[ModelB10]
+) -> tuple[list[MappedScene], list[dict]]:
+    """Find, ingest and check every scene (``b10_means``: the models' B10 means, for
+    ``inputs.b10: model_mean``); scenes missing the AOI are skipped with a warning.
     Raises InputError for a scene without a CRS or at another resolution, and when none is left."""
     entries = list(cfg.scenes or [])
     if cfg.stac_search is not None:
@@ -278,24 +344,39 @@ def _prepare_scenes(cfg: JobConfig, work: Path, aoi, crs: CRS) -> tuple[list[Map
         if not found:
             raise InputError(f"scene {src.origin} does not exist")
         sha = src.sha256 or sha256_tree(src.source)
-        state = folder / "source.json"
-        if folder.exists() and (not state.is_file() or json.loads(state.read_text()).get("sha256") != sha):
-            shutil.rmtree(folder)  # the source changed: its store and map are stale
+        state, record = folder / "source.json", _ingest_record(cfg, src.source, sha, b10_means)
+        if folder.exists() and (not state.is_file() or json.loads(state.read_text()) != record):
+            shutil.rmtree(folder)  # the source or how it is ingested changed: its store and map are stale
         folder.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(state, {"source": src.source, "sha256": sha})
-        scene = ingest_job(cfg.model_copy(update={"scene": src.source}), folder / "scene.zarr", scene_chunk(cfg.block))
+        write_json_atomic(state, record)
+        scene = ingest_job(
+            src.source,
+            folder / "scene.zarr",
+            chunk=scene_chunk(cfg.block),
+            nodata=cfg.nodata,
+            inputs=cfg.inputs,
+            b10_means=b10_means,
+        )
         footprint = _check_scene(src.origin, scene.info, cfg.resolution, crs)
         if not footprint.intersects(aoi):
             log.warning("scene %s does not overlap the AOI: skipped", src.origin)
             skipped.append({"source": src.origin, "reason": "does not overlap the AOI"})
             shutil.rmtree(folder)
             continue
-        scenes.append(MappedScene(src, folder, sha, scene, footprint))
+        ingest_id = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
+        scenes.append(MappedScene(src, folder, sha, scene, footprint, ingest_id))
     if not scenes:
         raise InputError(
             f"none of the {len(sources)} scene(s) overlaps the AOI ({', '.join(s.origin for s in sources)})"
         )
     return scenes, skipped
+
+
+def _ingest_record(cfg: JobConfig, source: str, sha: str, b10_means: list[ModelB10]) -> dict:
+    """What a scene's store is ingested from and with (``source.json``): a change rebuilds it."""
+    inputs = cfg.inputs.model_dump(mode="json") if cfg.inputs is not None else None
+    ingest = {"chunk": scene_chunk(cfg.block), "nodata": cfg.nodata, "inputs": inputs, "b10_means": b10_means}
+    return json.loads(json.dumps({"source": str(source), "sha256": sha, "ingest": ingest}))
 
 
 def _check_scene(source: str, info: SceneInfo, resolution: float, crs: CRS):
@@ -306,12 +387,10 @@ def _check_scene(source: str, info: SceneInfo, resolution: float, crs: CRS):
             "georeferenced raster (an L4S .h5 patch has none)"
         )
     a = info.affine
-    sizes = (
-        np.hypot(a.a, a.d) * info.crs.linear_units_factor[1] if info.crs.is_projected else None,
-        np.hypot(a.b, a.e) * info.crs.linear_units_factor[1] if info.crs.is_projected else None,
-    )
-    if None in sizes or any(abs(s - resolution) > RESOLUTION_TOLERANCE * resolution for s in sizes):
-        found = f"{sizes[0]:g} x {sizes[1]:g} m" if None not in sizes else f"degrees ({info.crs.to_string()})"
+    unit = info.crs.linear_units_factor[1] if info.crs.is_projected else None
+    sizes = None if unit is None else (np.hypot(a.a, a.d) * unit, np.hypot(a.b, a.e) * unit)
+    if sizes is None or any(abs(s - resolution) > RESOLUTION_TOLERANCE * resolution for s in sizes):
+        found = f"{sizes[0]:g} x {sizes[1]:g} m" if sizes is not None else f"degrees ({info.crs.to_string()})"
         raise InputError(
             f"scene {source}: pixels of {found}, the region maps at {resolution:g} m; the models "
             f"work at {resolution:g} m, so resample the scene first (mixed resolutions are refused)"
@@ -325,185 +404,107 @@ def _signature(scenes: list[MappedScene]) -> str:
     return hashlib.sha256(json.dumps(sorted((s.source.id, s.sha256) for s in scenes)).encode()).hexdigest()[:16]
 
 
-def _map_scenes(cfg: JobConfig, scenes: list[MappedScene], overwrite: bool) -> list[dict] | None:
-    """Each scene through the single-scene pipeline into its folder, with the models loaded once.
-    Local: every scene predicts with one predictor. Ray: one Ray session and one pool of warm
-    predictor actors for all scenes; -> each actor's ``{node, models_loaded}`` (None locally)."""
-    spec = predictor_spec(cfg, ensemble_members(cfg))
-    progress = RegionProgress([(s.scene.info.height, s.scene.info.width) for s in scenes], cfg.block, cfg.resolution)
-    with ExitStack() as session:
-        predictor = pool = None
-        if cfg.executor == "local":
-            predictor = spec.build()
-        else:
-            from ..infer.executors import actor_pool, ray_session
-
-            session.enter_context(ray_session(cfg.ray))
-            pool = session.enter_context(actor_pool(spec.check().shipped(), cfg.ray, shared=True))
-        for i, s in enumerate(scenes, 1):
-            log.info("region: scene %d/%d %s", i, len(scenes), s.source.origin)
-            scene_cfg = cfg.model_copy(
-                update={
-                    "scene": s.folder / "scene.zarr",
-                    "out": s.folder / "map",
-                    "scenes": None,
-                    "aoi": None,
-                    "crs": None,
-                    "inputs": None,
-                }
-            )
-            s.manifest = run_job(
-                scene_cfg, overwrite=overwrite, predictor=predictor, pool=pool, on_block=progress.block_done
-            )
-            progress.scene_done()
-            log.info("region: %s", progress.describe())
-        return pool.loads() if pool is not None else None
-
-
-def _scene_reader(s: MappedScene, has_slope: bool):
-    """(rows, cols window) -> (layers (C, h, w): probability, uncertainty, [slope], R, G, B; valid)."""
-    maps = zarr.open_group(str(s.map_store), mode="r")
-    bands = zarr.open_group(str(s.scene.path), mode="r")["bands"]
-    rgb = [BAND_INDEX[b] for b in RGB_BANDS]
-
-    def read(w: Window) -> tuple[np.ndarray, np.ndarray]:
-        rows, cols = slice(w.y0, w.y1), slice(w.x0, w.x1)
-        prob = maps["probability"][rows, cols]
-        layers = [prob, maps["uncertainty"][rows, cols]] + ([maps[SLOPE][rows, cols]] if has_slope else [])
-        layers += list(bands.get_orthogonal_selection((rgb, rows, cols)))
-        return np.stack(layers).astype(np.float64), prob >= 0
-
-    return read
-
-
-def _blocks(grid: SceneInfo, size: int):
-    for y0 in range(0, grid.height, size):
-        for x0 in range(0, grid.width, size):
-            yield Window(y0, min(y0 + size, grid.height), x0, min(x0 + size, grid.width))
-
-
-def merge_region(scenes: list[MappedScene], grid: SceneInfo, aoi, folder: Path, block: int, rhash: str) -> dict:
-    """Merge the scenes' maps onto the region grid, block by block; a block whose scenes are those
-    of its marker is kept. -> block counts (total, computed, kept)."""
-    has_slope = all(SLOPE in s.scene.info.band_names for s in scenes)
-    folder.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(folder / "region.json", {"region_hash": rhash})
-    store, scene_store, markers = folder / "probability.zarr", folder / "scene.zarr", folder / "blocks"
-    if not store.exists() or not scene_store.exists():
-        shutil.rmtree(markers, ignore_errors=True)
-        info = (
-            grid
-            if has_slope
-            else SceneInfo(
-                grid.height,
-                grid.width,
-                tuple(b for b in grid.band_names if b != SLOPE),
-                grid.crs_wkt,
-                grid.transform,
-                grid.chunk,
-            )
-        )
-        create_store(store, info, block, rhash)
-        _create_region_scene(scene_store, info)
-    markers.mkdir(exist_ok=True)
-    out, region_scene = zarr.open_group(str(store), mode="r+"), zarr.open_group(str(scene_store), mode="r+")
-    readers = {s.source.id: _scene_reader(s, has_slope) for s in scenes}
-    counts = {"total": 0, "computed": 0, "kept": 0}
-    for w in _blocks(grid, block):
-        counts["total"] += 1
-        ext = w.grown(FEATHER_PX)
-        box_w = box(*_window_bounds(grid, w.grown(1)))
-        touching = [s for s in scenes if s.footprint.intersects(box_w)]
-        sig = json.dumps(sorted((s.source.id, s.sha256) for s in touching))
-        marker = markers / f"{w.y0}_{w.x0}"
-        if marker.is_file() and marker.read_text() == sig:
-            counts["kept"] += 1
-            continue
-        contributions = []
-        for s in touching:
-            sampled = sample_scene(readers[s.source.id], s.scene.info, grid, ext)
-            if sampled is not None:
-                layers, valid = sampled
-                core = (slice(None), slice(FEATHER_PX, -FEATHER_PX), slice(FEATHER_PX, -FEATHER_PX))
-                contributions.append((feather_weights(valid, FEATHER_PX), layers[core]))
-        n_layers = 5 + has_slope
-        values, covered = merge(contributions, w.shape, n_layers)
-        inside = geometry_mask(
-            [mapping(aoi)], out_shape=w.shape, invert=True, transform=grid.affine @ Affine.translation(w.x0, w.y0)
-        )
-        ok = covered & inside
-        rows, cols = slice(w.y0, w.y1), slice(w.x0, w.x1)
-        out["probability"][rows, cols] = np.where(ok, values[0], NODATA).astype(np.float32)
-        out["uncertainty"][rows, cols] = np.where(ok, values[1], NODATA).astype(np.float32)
-        bands = region_scene["bands"]
-        if has_slope:
-            bands[BAND_INDEX[SLOPE], rows, cols] = np.where(ok, values[2], np.nan).astype(np.float32)
-        for i, name in enumerate(RGB_BANDS):
-            bands[BAND_INDEX[name], rows, cols] = np.where(ok, values[2 + has_slope + i], np.nan).astype(np.float32)
-        region_scene["valid"][rows, cols] = ok.astype(np.uint8)
-        marker.write_text(sig)
-        counts["computed"] += 1
-    region_scene.attrs["complete"] = True
-    return counts
-
-
-def sample_scene(read, info: SceneInfo, grid: SceneInfo, w: Window) -> tuple[np.ndarray, np.ndarray] | None:
-    """A scene's layers and validity at the centres of region window ``w``; None if it misses it."""
-    rows, cols = source_pixels(grid.affine, grid.crs_wkt, w, info.affine, info.crs_wkt)
-    src = needed_window(rows, cols, info.height, info.width)
-    if src is None:
+def _start_pool(cfg: JobConfig, session: ExitStack) -> ActorPool | None:
+    """Ray: join the cluster and start one pool of predictor actors for every scene (they start
+    while the scenes are ingested), both closed with ``session``; None locally."""
+    if cfg.executor == "local":
         return None
-    layers, valid = read(src)
-    return sample(layers, valid, rows - src.y0, cols - src.x0)
+    from ..infer.executors import actor_pool, ray_session
+
+    session.enter_context(ray_session(cfg.ray))
+    spec = predictor_spec(cfg, ensemble_members(cfg))
+    pool = session.enter_context(actor_pool(spec.check().shipped(), cfg.ray, shared=True))
+    pool.start()
+    return pool
 
 
-def _window_bounds(grid: SceneInfo, w: Window) -> tuple[float, float, float, float]:
-    a = grid.affine
-    x0, y0 = a @ (w.x0, w.y0)
-    x1, y1 = a @ (w.x1, w.y1)
-    return min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)
+def _map_scenes(
+    cfg: JobConfig, scenes: list[MappedScene], overwrite: bool, pool: ActorPool | None
+) -> list[dict] | None:
+    """Each scene through the single-scene pipeline into its folder, with the models loaded once.
+    Local: one scene after the other, all predicted by one predictor. Ray: all predicted by
+    ``pool``'s warm actors, two scenes in flight (``_map_side_by_side``); -> each actor's
+    ``{actor, node, models_loaded}`` (None locally)."""
+    progress = RegionProgress([(s.scene.info.height, s.scene.info.width) for s in scenes], cfg.block, cfg.resolution)
+    if pool is None:
+        predictor = predictor_spec(cfg, ensemble_members(cfg)).build()
+        for i in range(len(scenes)):
+            _map_scene(cfg, scenes, i, overwrite, progress, predictor=predictor)
+        return None
+    _map_side_by_side(cfg, scenes, overwrite, progress, pool)
+    return pool.loads()
 
 
-def _create_region_scene(path: Path, info: SceneInfo) -> None:
-    """A scene store on the region grid for the finish: all L4S layers declared, only RGB and
-    slope written (one chunk per layer: the others take no space), validity of the merge."""
-    group = zarr.open_group(str(path), mode="w")
-    c = info.chunk
-    group.create_array(
-        "bands",
-        shape=(len(L4S_BANDS), info.height, info.width),
-        chunks=(1, c, c),
-        dtype="float32",
-        fill_value=np.nan,
-        dimension_names=("band", "y", "x"),
-    )
-    group.create_array(
-        "valid", shape=(info.height, info.width), chunks=(c, c), dtype="uint8", fill_value=0, dimension_names=("y", "x")
-    )
-    group.attrs.update(
-        {
-            "format": SCENE_FORMAT,
-            "crs": info.crs_wkt,
-            "transform": list(info.transform)[:6],
-            "band_names": list(info.band_names),
-            "source": {"kind": "region merge"},
-            "complete": False,
+def _map_side_by_side(
+    cfg: JobConfig, scenes: list[MappedScene], overwrite: bool, progress: RegionProgress, pool: ActorPool
+) -> None:
+    """Ray: each scene in a thread, ``SCENES_IN_FLIGHT`` at a time. While one scene's blocks are
+    predicted the next one is prepared (hashed, planned) and waits for its turn on the pool
+    (``ActorPool.take_turn``): it sends its first blocks once the other has sent its last, so the
+    actors never wait between scenes, and a scene's products are written while the next one
+    is predicted. The first error stops the scenes not started yet and is raised."""
+    with ThreadPoolExecutor(SCENES_IN_FLIGHT, "scene") as threads:
+        futures = [
+            threads.submit(_map_scene, cfg, scenes, i, overwrite, progress, pool=pool) for i in range(len(scenes))
+        ]
+        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        failed = next((f for f in futures if f in done and f.exception() is not None), None)
+        if failed is not None:
+            for f in futures:
+                f.cancel()
+            failed.result()  # raises the scene's error
+
+
+def _map_scene(
+    cfg: JobConfig,
+    scenes: list[MappedScene],
+    i: int,
+    overwrite: bool,
+    progress: RegionProgress,
+    predictor: object = None,
+    pool: ActorPool | None = None,
+) -> None:
+    """Scene ``i`` through the single-scene pipeline into its folder, from the store the region
+    ingested and without products of its own; its manifest goes to ``.manifest``."""
+    s = scenes[i]
+    log.info("region: scene %d/%d %s", i + 1, len(scenes), s.source.origin)
+    scene_cfg = cfg.model_copy(
+        update={
+            "scene": s.folder / "scene.zarr",
+            "out": s.folder / "map",
+            "scenes": None,
+            "aoi": None,
+            "crs": None,
+            "inputs": None,
         }
     )
+    try:
+        s.manifest = run_job(
+            scene_cfg,
+            overwrite=overwrite,
+            predictor=predictor,
+            pool=pool,
+            on_block=partial(progress.block_done, i),
+            ingested=IngestedScene(s.scene, s.ingest_id),
+            products=False,  # the region writes the products of its merged map
+        )
+    finally:
+        if pool is not None:  # after an error, the next scene must not wait for this one's turn
+            pool.give_turn()
+    progress.scene_done(i)
 
 
 def _provenance(s: MappedScene) -> dict:
-    info = s.scene.info
     return {
         "id": s.source.id,
         "source": s.source.origin,
         "sha256": s.sha256,
-        "crs": info.crs.to_string(),
+        "crs": s.crs.to_string(),
         "date": s.source.date,
         "cloud_cover": s.source.cloud_cover,
         "footprint_bounds": [round(v, 3) for v in s.footprint.bounds],
-        "blocks": s.manifest["blocks"],
-        "forward_passes": s.manifest["tiles"]["forward_passes"],
+        "blocks": s.result["blocks"],
+        "forward_passes": s.result["tiles"]["forward_passes"],
     }
 
 
@@ -517,7 +518,7 @@ def write_footprints(dest: Path, scenes: list[MappedScene], crs: CRS) -> None:
             "source": [s.source.origin for s in scenes],
             "date": [s.source.date for s in scenes],
             "cloud_cover": [s.source.cloud_cover for s in scenes],
-            "scene_crs": [s.scene.info.crs.to_string() for s in scenes],
+            "scene_crs": [s.crs.to_string() for s in scenes],
         },
         geometry=[s.footprint for s in scenes],
         crs=crs,

@@ -17,16 +17,19 @@ knows it exactly. Everything here is pure: arrays in, arrays out.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 from affine import Affine
-from pyproj import Transformer
+from pyproj import CRS, Transformer
 from scipy import ndimage
 
 #: Pixels over which a scene's weight ramps up from its edge.
 FEATHER_PX = 32
+#: How far (in pixels) two grids may be from whole-pixel alignment to be sampled by slicing.
+ALIGN_TOLERANCE = 1e-6
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,54 @@ def source_pixels(
         x, y = _transformer(dst_wkt, src_wkt).transform(x, y)
     inv = ~src_transform
     return inv.d * x + inv.e * y + inv.f, inv.a * x + inv.b * y + inv.c
+
+
+@lru_cache(maxsize=64)
+def _same_crs(a_wkt: str, b_wkt: str) -> bool:
+    return a_wkt == b_wkt or CRS.from_wkt(a_wkt).equals(CRS.from_wkt(b_wkt))
+
+
+def aligned_offset(dst_transform: Affine, dst_wkt: str, src_transform: Affine, src_wkt: str) -> tuple[int, int] | None:
+    """``(rows, cols)`` from a destination pixel to the source pixel it coincides with, when both
+    grids share their CRS, pixel size and orientation and lie whole pixels apart (scenes of one
+    UTM zone on a region grid aligned to its resolution); None otherwise. There, bilinear
+    sampling at the pixel centres reads exactly one source pixel: ``shifted`` does it by slicing."""
+    if not _same_crs(src_wkt, dst_wkt):
+        return None
+    rel = ~src_transform @ dst_transform  # destination (col, row) -> source (col, row)
+    scale = np.array([rel.a, rel.b, rel.d, rel.e])
+    shift = np.array([rel.f, rel.c])
+    if np.abs(scale - [1, 0, 0, 1]).max() > ALIGN_TOLERANCE or np.abs(shift - np.round(shift)).max() > ALIGN_TOLERANCE:
+        return None
+    return int(round(rel.f)), int(round(rel.c))
+
+
+def shifted(
+    read: Callable[[Window], tuple[np.ndarray, np.ndarray]],
+    height: int,
+    width: int,
+    window: Window,
+    offset: tuple[int, int],
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """What ``sample`` gives on an aligned source (``aligned_offset``): the source's layers and
+    validity at ``window`` moved by ``offset``, 0 and invalid where the source is invalid or
+    absent; None when the window misses the source."""
+    dy, dx = offset
+    src = Window(
+        max(window.y0 + dy, 0), min(window.y1 + dy, height), max(window.x0 + dx, 0), min(window.x1 + dx, width)
+    )
+    if src.y1 <= src.y0 or src.x1 <= src.x0:
+        return None
+    layers, valid = read(src)
+    at = (
+        slice(src.y0 - dy - window.y0, src.y1 - dy - window.y0),
+        slice(src.x0 - dx - window.x0, src.x1 - dx - window.x0),
+    )
+    out_layers = np.zeros((layers.shape[0], *window.shape))
+    out_valid = np.zeros(window.shape, bool)
+    out_layers[(slice(None), *at)] = np.where(valid, layers, 0.0)
+    out_valid[at] = valid
+    return out_layers, out_valid
 
 
 def needed_window(rows: np.ndarray, cols: np.ndarray, height: int, width: int) -> Window | None:
@@ -103,10 +154,33 @@ def feather_weights(valid_grown: np.ndarray, margin: int, feather: int = FEATHER
     side: ``valid * min(d, feather) / feather`` on the window (the margin cropped off)."""
     if margin < feather:
         raise ValueError(f"margin {margin} < feather {feather}: distances would be cut short")
+    if valid_grown.all():  # every distance exceeds the margin, so every weight is 1
+        return np.ones((valid_grown.shape[0] - 2 * margin, valid_grown.shape[1] - 2 * margin))
     # A ring of zeros: pixels beyond the margin count as invalid, which changes no capped
     # distance inside the window (they lie more than ``feather`` away).
     d = ndimage.distance_transform_edt(np.pad(valid_grown, 1))[1 + margin : -1 - margin, 1 + margin : -1 - margin]
     return np.minimum(d, feather) / feather
+
+
+def overlap_weights(valids_grown: list[np.ndarray], margin: int, feather: int = FEATHER_PX) -> list[np.ndarray]:
+    """The weights the merge needs for scenes whose validity on a window grown by ``margin`` is
+    ``valids_grown``: ``feather_weights`` over the bounding box of the pixels where two or more
+    scenes are valid, elsewhere the validity itself (1 or 0). Where at most one scene is valid
+    its weight does not change the merge (the weighted mean of one value is that value), so only
+    the overlap, grown by ``feather``, needs a distance transform."""
+    core = (slice(margin, -margin), slice(margin, -margin))
+    weights = [v[core].astype(np.float64) for v in valids_grown]
+    if len(valids_grown) < 2:
+        return weights
+    shared = np.stack([v[core] for v in valids_grown]).sum(axis=0, dtype=np.int32) >= 2
+    if not shared.any():
+        return weights
+    rows, cols = np.nonzero(shared.any(axis=1))[0], np.nonzero(shared.any(axis=0))[0]
+    y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    crop = (slice(y0 + margin - feather, y1 + margin + feather), slice(x0 + margin - feather, x1 + margin + feather))
+    for w, v in zip(weights, valids_grown):
+        w[y0:y1, x0:x1] = feather_weights(v[crop], feather, feather)
+    return weights
 
 
 def merge(

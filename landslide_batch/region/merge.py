@@ -1,0 +1,217 @@
+"""The region's merge: every scene's map onto the region grid, block by block, blocks in parallel.
+
+A block of the region is merged again only when the scenes touching it change (its marker
+names them), so adding a scene merges only the blocks it touches. Blocks are independent (each
+reads the scenes with a margin of ``FEATHER_PX`` and writes whole chunks of its own), so they
+are merged by a few threads at once: zarr's decompression and most of numpy's work here run
+without the GIL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import zarr
+from affine import Affine
+from rasterio.features import geometry_mask
+from shapely.geometry import box, mapping
+
+from ..bands import BAND_INDEX, L4S_BANDS, RGB_BANDS
+from ..errors import InputError
+from ..ingest.scene import SCENE_FORMAT, SceneInfo, member_array
+from ..outputs.manifest import write_json_atomic
+from ..outputs.store import NODATA, SLOPE, create_store
+from .mosaic import (
+    FEATHER_PX,
+    Window,
+    aligned_offset,
+    merge,
+    needed_window,
+    overlap_weights,
+    sample,
+    shifted,
+    source_pixels,
+)
+
+if TYPE_CHECKING:
+    from .job import MappedScene
+
+#: Blocks merged at once: each holds its scenes' layers in float64 (~60 MB per scene and 1024² block).
+MERGE_THREADS = max(1, min(4, os.cpu_count() or 1))
+
+Reader = Callable[[Window], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class MergeTarget:
+    """What every block's merge writes to and reads from."""
+
+    grid: SceneInfo
+    aoi: Any  # shapely geometry in the region CRS
+    out: zarr.Group  # the region's output store
+    region_scene: zarr.Group  # the region's scene store (RGB, slope, validity for the products)
+    readers: dict[str, Reader]
+    has_slope: bool
+
+
+def merge_region(scenes: list[MappedScene], grid: SceneInfo, aoi: Any, folder: Path, block: int, rhash: str) -> dict:
+    """Merge the scenes' maps onto the region grid, block by block; a block whose scenes are those
+    of its marker is kept. -> block counts (total, computed, kept)."""
+    has_slope = all(SLOPE in s.scene.info.band_names for s in scenes)
+    out, region_scene, markers = _open_stores(folder, grid, block, rhash, has_slope)
+    target = MergeTarget(
+        grid, aoi, out, region_scene, {s.source.id: _scene_reader(s, has_slope) for s in scenes}, has_slope
+    )
+    blocks = list(_blocks(grid, block))
+    todo = []
+    for w in blocks:
+        touching = _touching(scenes, grid, w)
+        sig = json.dumps(sorted((s.source.id, s.sha256) for s in touching))
+        marker = markers / f"{w.y0}_{w.x0}"
+        if not (marker.is_file() and marker.read_text() == sig):
+            todo.append((w, touching, sig, marker))
+    with ThreadPoolExecutor(MERGE_THREADS, "merge") as pool:
+        for _ in pool.map(lambda job: _merge_block(target, *job), todo):
+            pass  # results are written by each block; map() re-raises the first error
+    region_scene.attrs["complete"] = True
+    return {"total": len(blocks), "computed": len(todo), "kept": len(blocks) - len(todo)}
+
+
+def _open_stores(
+    folder: Path, grid: SceneInfo, block: int, rhash: str, has_slope: bool
+) -> tuple[zarr.Group, zarr.Group, Path]:
+    """The merge's stores, created on the first merge (markers without their store are dropped);
+    -> (output store, region scene store, markers folder)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(folder / "region.json", {"region_hash": rhash})
+    store, scene_store, markers = folder / "probability.zarr", folder / "scene.zarr", folder / "blocks"
+    if not store.exists() or not scene_store.exists():
+        shutil.rmtree(markers, ignore_errors=True)
+        bands = grid.band_names if has_slope else tuple(b for b in grid.band_names if b != SLOPE)
+        info = SceneInfo(grid.height, grid.width, bands, grid.crs_wkt, grid.transform, grid.chunk)
+        create_store(store, info, block, rhash)
+        _create_region_scene(scene_store, info)
+    markers.mkdir(exist_ok=True)
+    return zarr.open_group(str(store), mode="r+"), zarr.open_group(str(scene_store), mode="r+"), markers
+
+
+def _touching(scenes: list[MappedScene], grid: SceneInfo, w: Window) -> list[MappedScene]:
+    """The scenes whose footprint reaches region window ``w`` grown by a pixel."""
+    box_w = box(*_window_bounds(grid, w.grown(1)))
+    return [s for s in scenes if s.footprint.intersects(box_w)]
+
+
+def _merge_block(t: MergeTarget, w: Window, touching: list[MappedScene], sig: str, marker: Path) -> None:
+    """Merge one region block from the scenes touching it and write it; its marker last."""
+    ext = w.grown(FEATHER_PX)
+    core = (slice(None), slice(FEATHER_PX, -FEATHER_PX), slice(FEATHER_PX, -FEATHER_PX))
+    sampled = [sample_scene(t.readers[s.source.id], s.scene.info, t.grid, ext) for s in touching]
+    found = [layers_valid for layers_valid in sampled if layers_valid is not None]
+    weights = overlap_weights([valid for _, valid in found], FEATHER_PX)
+    contributions = [(weight, layers[core]) for weight, (layers, _) in zip(weights, found)]
+    values, covered = merge(contributions, w.shape, 5 + t.has_slope)
+    inside = geometry_mask(
+        [mapping(t.aoi)], out_shape=w.shape, invert=True, transform=t.grid.affine @ Affine.translation(w.x0, w.y0)
+    )
+    ok = covered & inside
+    rows, cols = slice(w.y0, w.y1), slice(w.x0, w.x1)
+    out_path, scene_path = t.out.store_path, t.region_scene.store_path
+    member_array(t.out, "probability", out_path)[rows, cols] = np.where(ok, values[0], NODATA).astype(np.float32)
+    member_array(t.out, "uncertainty", out_path)[rows, cols] = np.where(ok, values[1], NODATA).astype(np.float32)
+    bands = member_array(t.region_scene, "bands", scene_path)
+    names = ([SLOPE] if t.has_slope else []) + list(RGB_BANDS)
+    for i, name in enumerate(names, 2):
+        bands[BAND_INDEX[name], rows, cols] = np.where(ok, values[i], np.nan).astype(np.float32)
+    member_array(t.region_scene, "valid", scene_path)[rows, cols] = ok.astype(np.uint8)
+    marker.write_text(sig)
+
+
+def _scene_reader(s: MappedScene, has_slope: bool) -> Reader:
+    """(rows, cols window) -> (layers (C, h, w): probability, uncertainty, [slope], R, G, B; valid).
+    The slope comes from the scene as ingested (the very values a scene's products keep)."""
+    maps = zarr.open_group(str(s.map_store), mode="r")
+    prob_layer = member_array(maps, "probability", s.map_store)
+    spread_layer = member_array(maps, "uncertainty", s.map_store)
+    bands = member_array(zarr.open_group(str(s.scene.path), mode="r"), "bands", s.scene.path)
+    names = s.scene.info.band_names
+    picked = np.array(([names.index(SLOPE)] if has_slope else []) + [names.index(b) for b in RGB_BANDS])
+
+    def read(w: Window) -> tuple[np.ndarray, np.ndarray]:
+        rows, cols = slice(w.y0, w.y1), slice(w.x0, w.x1)
+        prob = np.asarray(prob_layer[rows, cols])
+        picked_bands = np.asarray(bands.get_orthogonal_selection((picked, rows, cols)))
+        layers = [prob, np.asarray(spread_layer[rows, cols]), *picked_bands]
+        return np.stack(layers).astype(np.float64), prob >= 0
+
+    return read
+
+
+def _blocks(grid: SceneInfo, size: int) -> Iterator[Window]:
+    for y0 in range(0, grid.height, size):
+        for x0 in range(0, grid.width, size):
+            yield Window(y0, min(y0 + size, grid.height), x0, min(x0 + size, grid.width))
+
+
+def sample_scene(read: Reader, info: SceneInfo, grid: SceneInfo, w: Window) -> tuple[np.ndarray, np.ndarray] | None:
+    """A scene's layers and validity at the centres of region window ``w``; None if it misses it.
+    A scene on the region's own pixel lattice is sliced, any other one interpolated."""
+    grid_wkt, scene_wkt = _wkt(grid), _wkt(info)
+    offset = aligned_offset(grid.affine, grid_wkt, info.affine, scene_wkt)
+    if offset is not None:
+        return shifted(read, info.height, info.width, w, offset)
+    rows, cols = source_pixels(grid.affine, grid_wkt, w, info.affine, scene_wkt)
+    src = needed_window(rows, cols, info.height, info.width)
+    if src is None:
+        return None
+    layers, valid = read(src)
+    return sample(layers, valid, rows - src.y0, cols - src.x0)
+
+
+def _window_bounds(grid: SceneInfo, w: Window) -> tuple[float, float, float, float]:
+    a = grid.affine
+    x0, y0 = a @ (w.x0, w.y0)
+    x1, y1 = a @ (w.x1, w.y1)
+    return min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)
+
+
+def _create_region_scene(path: Path, info: SceneInfo) -> None:
+    """A scene store on the region grid for the finish: all L4S layers declared, only RGB and
+    slope written (one chunk per layer: the others take no space), validity of the merge."""
+    group = zarr.open_group(str(path), mode="w")
+    c = info.chunk
+    group.create_array(
+        "bands",
+        shape=(len(L4S_BANDS), info.height, info.width),
+        chunks=(1, c, c),
+        dtype="float32",
+        fill_value=np.nan,
+        dimension_names=("band", "y", "x"),
+    )
+    group.create_array(
+        "valid", shape=(info.height, info.width), chunks=(c, c), dtype="uint8", fill_value=0, dimension_names=("y", "x")
+    )
+    group.attrs.update(
+        {
+            "format": SCENE_FORMAT,
+            "crs": info.crs_wkt,
+            "transform": list(info.transform)[:6],
+            "band_names": list(info.band_names),
+            "source": {"kind": "region merge"},
+            "complete": False,
+        }
+    )
+
+
+def _wkt(info: SceneInfo) -> str:
+    """The CRS of a region grid or of a scene in a region (a region refuses scenes without one)."""
+    if info.crs_wkt is None:
+        raise InputError("a region job needs georeferenced scenes; this one has no CRS")
+    return info.crs_wkt
