@@ -441,6 +441,15 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
+def reference_rate(raw_windows: float, stages: list[tuple[int, dict]]) -> float:
+    """The model's rate every ratio is taken against: the best raw window, or a local job's
+    inference stage where that ran faster. The stage does the model's work and more, so its rate
+    is a floor of what the model sustained then; a raw below it means the machine was slower
+    during the raw windows (this VM's speed drifts by 10-20 % within minutes), and ratios against
+    it would flatter the pipeline."""
+    return max([raw_windows, *(tiles / timings["infer_s"] for tiles, timings in stages)])
+
+
 def measure(args: argparse.Namespace) -> dict:
     """Every row, in an order that keeps the model's raw rate measured before and after the rest."""
     import torch
@@ -463,7 +472,7 @@ def measure(args: argparse.Namespace) -> dict:
     model = prepared_model(r34, args.threads, device)
     r["floor"] = compute_floor(model)
     log("raw model forward ...")
-    raw = raw_throughput(model, batch, seconds=3)
+    raw = raw_throughput(model, batch, seconds=5)
     log("torch operators per block outside the forward (CPU, profiler) ...")
     r["op_counts"] = op_counts(batch_size=16)
     r["local"] = local_rows(work, r34, args.sizes, common)
@@ -473,8 +482,11 @@ def measure(args: argparse.Namespace) -> dict:
     r["memory"] = memory_rows(work, mnv2, args.memory_sizes, common)
     if args.zoo:
         r["zoo"] = zoo_rows(work, args.zoo, common)
-    log("raw model forward, again (the best of both is the reference) ...")
-    r["raw_tiles_per_s"] = max(raw, raw_throughput(model, batch, seconds=3))
+    log("raw model forward, again ...")
+    r["raw_windows_tiles_per_s"] = max(raw, raw_throughput(model, batch, seconds=5))
+    stages = [(fixed_job["tiles"]["grid"], fixed_job["timings"])]
+    stages += [(row["tiles"], row["timings"]) for row in r["local"].values()]
+    r["raw_tiles_per_s"] = reference_rate(r["raw_windows_tiles_per_s"], stages)
     r["fixed_cost"] = {"size": args.fixed_size, **fixed_cost(fixed_job, fixed_job["wall_s"], r["raw_tiles_per_s"])}
     r["elapsed_s"] = time.perf_counter() - t0
     return r
@@ -516,7 +528,9 @@ def header_lines(r: dict) -> list[str]:
         "",
         "| measure | value | km²/h | target | result |",
         "|---|---|---|---|---|",
-        f"| raw model forward (tiles/s, best of 6 × 3 s windows) | {raw:.1f} | {km2h(raw)} | | |",
+        f"| raw model forward (tiles/s, best of 6 × 5 s windows) | {r['raw_windows_tiles_per_s']:.1f} | | | |",
+        f"| reference model rate (tiles/s: best raw window or local inference stage, if faster) | {raw:.1f} "
+        f"| {km2h(raw)} | | |",
         f"| model work per 128² tile (GFLOP) | {f['gflop_per_tile']:.2f} | | | |",
         f"| measured matrix rate ({f['dtype']}, TFLOP/s) | {f['matrix_tflops']:.3f} | | | |",
         f"| compute floor (tiles/s: rate / work; raw / floor) | {f['floor_tiles_per_s']:.1f} "
