@@ -179,6 +179,7 @@ class _Tally:
     """What the computed blocks report, summed (the manifest's ``tiles`` and ``blocks``)."""
 
     forward: int = 0
+    forward_s: float = 0.0  # seconds in the models' forward passes (CPU), summed over workers
     tiles: int = 0
     kept_at_end: int = 0
     node_of: dict[str, str] = field(default_factory=dict)
@@ -273,7 +274,7 @@ def _run_locked(
         "started": started,
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "timings": _timings(entered, t0, prep, ingest_s=ingest_s, prepare_s=t_plan - t0, infer_s=infer_s)
-        | {"finish_s": finish_s},
+        | {"finish_s": finish_s, "forward_s": round(tally.forward_s, 3)},
         "inputs": {"scene": {"path": str(cfg.scene), "sha256": scene_sha}},
         "warnings": [*scene.attrs.get("warnings", []), *warnings],
         "checks": {"units": [v.record() for v in unit_checks]},
@@ -462,6 +463,7 @@ def _tally_blocks(
     by_key = {b.key: b for b in todo}
     for i, row in enumerate(rows, 1):
         tally.forward += row["forward_passes"]
+        tally.forward_s += row["forward_s"]
         tally.tiles += row["tiles"]
         tally.node_of[row["key"]] = row["node"]
         if row["attempt"]:

@@ -37,6 +37,9 @@ def test_breakdown_splits_the_wall_into_named_steps():
     assert list(rows.values()) == pytest.approx(expected)
     assert sum(rows.values()) == pytest.approx(cost["fixed_s"])
     assert [s for _, s in cost["beside"]] == [0.2, 1.0, 2.5]  # hashing, ingest, models: not summed
+    # Where the job timed its own forward passes, that is the model time, whatever the raw rate.
+    timed = fc.fixed_cost(manifest(**t, forward_s=6.8), wall_s=12.5, raw_tiles_per_s=50.0)
+    assert timed["model_s"] == 6.8 and timed["fixed_s"] == pytest.approx(5.7)
 
 
 def test_older_run_json_gets_one_row_outside_the_job_and_too_little_is_refused():
@@ -62,6 +65,7 @@ def test_a_cli_job_records_its_timings_and_they_fit_its_process_wall(tmp_path, s
     # The interpreter and imports come before the job; the models load inside the job's preparation.
     assert 0.05 < timings["process_age_at_job_s"] < wall
     assert timings["models_ready_s"] <= timings["prepare_s"] < timings["total_s"]
+    assert 0 < timings["forward_s"] < timings["infer_s"]  # the model's share of the inference stage
     assert timings["process_age_at_job_s"] + timings["preflight_s"] + timings["total_s"] < wall
     cost = load_fixed_cost().fixed_cost(json.loads((out / "run.json").read_text()), wall, raw_tiles_per_s=1e9)
     after_the_job = cost["breakdown"][-1]

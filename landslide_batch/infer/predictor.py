@@ -17,6 +17,7 @@ block does not recompute what its neighbour already did.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import TypeVar
@@ -171,6 +172,9 @@ class EnsemblePredictor:
         for member in self.ensemble.members:
             member.model = _inference_ready(member.model, member.card.in_channels, tile)
         self.forward_passes = 0  # tiles pushed through each member, summed over calls
+        # Seconds inside the members' forward passes, on CPU (where a forward is synchronous; on a
+        # GPU timing it would need a sync that stalls the queue): a job's pure model time.
+        self.forward_s = 0.0
         self.tta = tta  # test-time augmentation: each tile also flipped and rotated, probabilities averaged
 
     @property
@@ -249,11 +253,16 @@ class EnsemblePredictor:
             # last bits differ, and a tile's prediction would depend on what its block had left.
             batch = torch.cat([batch, batch])
         spans = [len(b) for b in _balanced_batches(list(range(len(batch))), self.batch_size)]
+        t0 = time.perf_counter()
         with self.autocast:
             if self.tta:
-                return torch.cat([dihedral_mean(member.model, b) for b in batch.split_with_sizes(spans)])[:n]
-            logits = torch.cat([member.model(b) for b in batch.split_with_sizes(spans)])
-            return torch.sigmoid(logits[:n, 0].float())
+                probs = torch.cat([dihedral_mean(member.model, b) for b in batch.split_with_sizes(spans)])[:n]
+            else:
+                logits = torch.cat([member.model(b) for b in batch.split_with_sizes(spans)])
+                probs = torch.sigmoid(logits[:n, 0].float())
+        if self.device.type == "cpu":
+            self.forward_s += time.perf_counter() - t0
+        return probs
 
     def _blend(self, tiles: torch.Tensor, grid: _RunTiles, shape: Tile) -> torch.Tensor:
         """Sum of ``tiles (n_run, t, t)`` (in grid order) x the blending window, each at its place

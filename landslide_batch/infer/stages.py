@@ -149,7 +149,7 @@ class PredictBlock:
             row = self.reader(row)
         block = block_of(row)
         task = row["task"]
-        before = self.predictor.forward_passes
+        before, before_s = self.predictor.forward_passes, self.predictor.forward_s
         self.reuse.begin(task.seq, task.keep, task.share, row.get("imports"))
         prob, spread = self.predictor.predict_window(
             row["bands"], row["valid"], first_tile=(block.ty0, block.tx0), reuse=self.reuse
@@ -162,6 +162,7 @@ class PredictBlock:
         out["prob"] = np.where(valid, prob[core], NODATA).astype(np.float32)
         out["spread"] = np.where(valid, spread[core], NODATA).astype(np.float32)
         out["forward_passes"] = self.predictor.forward_passes - before
+        out["forward_s"] = self.predictor.forward_s - before_s
         out["exports"], out["kept_tiles"] = exports, len(self.reuse.kept)
         return out
 
@@ -172,4 +173,9 @@ class WriteBlock:
 
     def __call__(self, row: Row) -> Row:
         self.store.write(block_of(row), row["prob"], row["spread"])
-        return {"key": row["key"], "forward_passes": int(row["forward_passes"]), "tiles": int(row["tiles"])}
+        return {
+            "key": row["key"],
+            "forward_passes": int(row["forward_passes"]),
+            "forward_s": float(row["forward_s"]),
+            "tiles": int(row["tiles"]),
+        }
