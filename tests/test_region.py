@@ -218,6 +218,9 @@ def test_adding_a_scene_maps_only_it_and_merges_only_where_it_lies(region, monke
     assert first["merge_blocks"]["computed"] == first["merge_blocks"]["total"] > 2
     again = run_job(job_from_dict(_job(d, model, "grow", ["A.tif", "B.tif"])))
     assert again["blocks"]["computed"] == 0  # nothing to do
+    redone = run_job(job_from_dict(_job(d, model, "grow", ["A.tif", "B.tif"])), overwrite=True)
+    assert redone["blocks"]["computed"] == redone["blocks"]["total"]  # --overwrite maps every scene again
+    assert redone["merge_blocks"]["computed"] == redone["merge_blocks"]["total"]  # ... and merges every block
     grown = run_job(job_from_dict(_job(d, model, "grow", ["A.tif", "B.tif", "C.tif"])))
     by_source = {s["source"].rsplit("/", 1)[-1]: s["blocks"] for s in grown["scenes"]}
     assert by_source["A.tif"]["computed"] == by_source["B.tif"]["computed"] == 0

@@ -149,7 +149,7 @@ def _run_region_locked(cfg: JobConfig, out: Path, overwrite: bool) -> dict:
     r = _setup_region(cfg)
     previous = _previous_result(out, r.rhash, overwrite)
     region_dir = out / ".work" / "region"
-    _discard_unless(region_dir, r.rhash)
+    _discard_unless(region_dir, r.rhash, overwrite)
     with ExitStack() as session:
         pool = _start_pool(r.cfg, session)  # on Ray, the actors start while the scenes are ingested
         scenes, skipped = _prepare_scenes(r.cfg, out / ".work", r.aoi, r.crs, model_b10_means(r.members, r.cards))
@@ -316,11 +316,14 @@ def region_hash(cfg: JobConfig, grid: SceneInfo, aoi, model_shas: list[str]) -> 
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _discard_unless(folder: Path, rhash: str) -> None:
-    """Remove ``folder`` (the merge state) unless it belongs to the region ``rhash``."""
+def _discard_unless(folder: Path, rhash: str, overwrite: bool) -> None:
+    """Remove ``folder`` (the merge state) unless it belongs to the region ``rhash`` and is not
+    being overwritten (``--overwrite`` merges every block again, as it maps every scene again)."""
     state = folder / "region.json"
-    if folder.exists() and (not state.is_file() or json.loads(state.read_text()).get("region_hash") != rhash):
-        log.info("discarding the merge state of a different region job in %s", folder)
+    if folder.exists() and (
+        overwrite or not state.is_file() or json.loads(state.read_text()).get("region_hash") != rhash
+    ):
+        log.info("discarding the merge state in %s (%s)", folder, "overwrite" if overwrite else "another region job")
         shutil.rmtree(folder)
 
 
