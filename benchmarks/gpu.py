@@ -29,8 +29,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +43,6 @@ ROWS = ("zoo", "efficiency", "precision", "zoo_s2")
 #: Sizes (px) per mode: scenes of the rows, the trained model's synthetic data, its training.
 SIZES = {
     "full": {
-        "chunk": 2048,
         "zoo": 4096,
         "efficiency": 8192,
         "zoo_s2": 10980,
@@ -56,7 +54,6 @@ SIZES = {
         "zoo_members": None,
     },
     "smoke": {
-        "chunk": 256,
         "zoo": 256,
         "efficiency": 512,
         "zoo_s2": 384,
@@ -74,43 +71,8 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def tiled_scene(path: Path, size: int, chunk: Path) -> Path:
-    """A size² 14-band GeoTIFF made of copies of the GeoTIFF ``chunk`` (cropped at the right and
-    bottom edges), with the chunk's CRS, pixel size and top-left corner."""
-    import rasterio
-    from rasterio.windows import Window
-
-    if path.exists():
-        return path
-    with rasterio.open(chunk) as src:
-        data, profile = src.read(), src.profile
-    step = data.shape[1]
-    profile.update(height=size, width=size)
-    with rasterio.open(path, "w", **profile) as ds:
-        for y in range(0, size, step):
-            for x in range(0, size, step):
-                h, w = min(step, size - y), min(step, size - x)
-                ds.write(data[:, :h, :w], window=Window(x, y, w, h))
-    return path
-
-
-def scene(work: Path, size: int, sizes: dict[str, Any]) -> Path:
-    chunk = bench.make_scene(work / f"chunk_{sizes['chunk']}.tif", sizes["chunk"])
-    return chunk if size == sizes["chunk"] else tiled_scene(work / f"scene_{size}.tif", size, chunk)
-
-
-@contextmanager
-def first_zoo_models(n: int | None) -> Iterator[None]:
-    """The zoo narrowed to its first ``n`` models (all if None) for the duration: ``--smoke`` maps
-    with two, as ``run.zoo_rows`` takes the whole zoo from the registry when called."""
-    from landslide_batch.models import registry
-
-    full = registry.MODEL_ZOO
-    registry.MODEL_ZOO = dict(list(full.items())[:n])
-    try:
-        yield
-    finally:
-        registry.MODEL_ZOO = full
+def scene(work: Path, size: int) -> Path:
+    return bench.make_scene(work / f"scene_{size}.tif", size)
 
 
 def train_model(work: Path, sizes: dict[str, Any], device: str) -> Path:
@@ -120,9 +82,9 @@ def train_model(work: Path, sizes: dict[str, Any], device: str) -> Path:
     import ray
 
     from landslide_batch.synthetic import synthetic_scene, write_geotiff
-    from training.config import TrainConfig
-    from training.patches import cut_scene
-    from training.train import train
+    from landslide_training.config import TrainConfig
+    from landslide_training.patches import cut_scene
+    from landslide_training.train import train
 
     data = work / "train_data"
     data.mkdir(exist_ok=True)
@@ -203,7 +165,7 @@ def efficiency_row(work: Path, size: int, sizes: dict[str, Any], common: dict[st
     predictor = bench.prepared_model(r34, common["threads"], common["device"])
     raw = bench.raw_throughput(predictor, common["batch"], seconds=3)
     del predictor
-    m = bench.run_pipeline(scene(work, size, sizes), r34, work / f"out_r34_{size}", "local", **common)
+    m = bench.run_pipeline(scene(work, size), r34, work / f"out_r34_{size}", "local", **common)
     tiles = TileGrid(size, size, bench.TILE, bench.STRIDE).n_tiles
     return {
         "size": size,
@@ -226,7 +188,7 @@ def zoo_scene_row(work: Path, size: int, sizes: dict[str, Any], common: dict[str
     ensemble = work / "zoo.yaml"
     if not ensemble.exists():
         raise SystemExit(f"row zoo_s2 maps with the zoo row's ensemble, {ensemble}: run the zoo row first")
-    m = bench.run_pipeline(scene(work, size, sizes), ensemble, work / f"out_zoo_{size}", "local", **common)
+    m = bench.run_pipeline(scene(work, size), ensemble, work / f"out_zoo_{size}", "local", **common)
     tiles = TileGrid(size, size, bench.TILE, bench.STRIDE).n_tiles
     return {
         "size": size,
@@ -248,9 +210,7 @@ def run_rows(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         log(f"row {name} ...")
         t0 = time.perf_counter()
         if name == "zoo":
-            scene(work, sizes["zoo"], sizes)  # the zoo row's scene, made the fast way first
-            with first_zoo_models(sizes["zoo_members"]):
-                rows[name] = bench.zoo_rows(work, sizes["zoo"], common)
+            rows[name] = bench.zoo_rows(work, sizes["zoo"], common, members=sizes["zoo_members"])
         elif name == "efficiency":
             rows[name] = efficiency_row(work, sizes["efficiency"], sizes, common)
         elif name == "precision":

@@ -53,8 +53,9 @@ DISTINCT_CHUNKS = 4  # a large scene repeats its first 2048² chunks: generating
 
 def make_scene(path: Path, size: int, seed: int = 0, origin: tuple[float, float] = (500000, 3100000)) -> Path:
     """A size² 14-band GeoTIFF (EPSG:32645, 10 m, top-left corner at ``origin``), written 2048²
-    at a time so memory stays small. Scenes above 4096² repeat the first four chunks (their
-    content does not change the pipeline's speed or buffers; generating them would take minutes)."""
+    at a time so memory stays small (cropped at the right and bottom edges: any size, 10980²
+    too). Scenes above 4096² repeat the first four chunks (their content does not change the
+    pipeline's speed or buffers; generating them would take minutes)."""
     import rasterio
     from rasterio.transform import from_origin
     from rasterio.windows import Window
@@ -82,7 +83,8 @@ def make_scene(path: Path, size: int, seed: int = 0, origin: tuple[float, float]
             if k not in chunks:
                 y0, x0 = corners[k]
                 chunks[k] = synthetic_scene(step, step, seed=seed + y0 * 7 + x0)[0]
-            ds.write(chunks[k], window=Window(x, y, step, step))
+            h, w = min(step, size - y), min(step, size - x)
+            ds.write(chunks[k][:, :h, :w], window=Window(x, y, w, h))
     return path
 
 
@@ -382,13 +384,14 @@ def memory_rows(work: Path, model: Path, sizes: list[int], common: dict) -> dict
     return rows
 
 
-def zoo_rows(work: Path, size: int, common: dict) -> dict:
-    """The 13 zoo models (untrained) as one ensemble: raw tiles/s through all members (each
-    member's raw rate, combined: 1 / sum(1 / rate)) and the local pipeline on a size² scene."""
+def zoo_rows(work: Path, size: int, common: dict, members: int | None = None) -> dict:
+    """The 13 zoo models (untrained; the first ``members`` of them if given) as one ensemble: raw
+    tiles/s through all members (each member's raw rate, combined: 1 / sum(1 / rate)) and the
+    local pipeline on a size² scene."""
     from landslide_batch.models.registry import MODEL_ZOO
 
     folders = []
-    for name, spec in MODEL_ZOO.items():
+    for name, spec in list(MODEL_ZOO.items())[:members]:
         folder = work / "zoo" / name
         if not folder.exists():
             init_model_folder(spec.arch, spec.encoder, folder, seed=0, features=spec.features)
