@@ -14,14 +14,16 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import zarr
@@ -54,6 +56,7 @@ from .plan.tiling import Block, TileGrid, plan_blocks, tile_uses
 from .storage import Location, exclusive_location, location, require_exists, storage_errors
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 OUTPUTS = {  # the polygons' name follows the job's polygon_format: see outputs_for
     "probability": "probability.tif",
@@ -119,9 +122,8 @@ def run_job(
 
         return run_region(cfg, overwrite=overwrite)
     entered = (time.perf_counter(), process_age_s())
-    cfg, model_files, models = preflight(
-        cfg, overwrite
-    )  # out, free space, model folders, inputs units: before anything is written
+    # out, free space, model files, inputs units: before anything is written
+    cfg, model_files = preflight(cfg, overwrite)
     out = location(cfg.out)
 
     def busy():
@@ -149,7 +151,6 @@ def run_job(
             on_block,
             model_files,
             entered=entered,
-            models=models,
             given=(ingested, products),
         )
 
@@ -189,7 +190,8 @@ class _Tally:
 @dataclass
 class _Prepared:
     """The work started beside the job's lock and ingest: hashing the scene, and loading (local)
-    or checking (Ray) the models, whose errors surface before any block is predicted."""
+    or checking (Ray) the models, whose errors surface before any block is predicted (and stop
+    an ingest still running)."""
 
     scene_sha: Future
     models: Future
@@ -215,12 +217,10 @@ def _run_locked(
     model_files: tuple | None = None,
     *,
     entered: tuple[float, float | None],
-    models: tuple | None = None,
     given: tuple[IngestedScene | None, bool] = (None, True),
 ) -> dict:
     """``scratch``: a local folder for the products of a job whose ``out`` is on object storage;
     ``model_files``: the members' files as the preflight read them (card, weights, hash);
-    ``models``: the modules it built from them (the local executor predicts with these);
     ``entered``: when ``run_job`` began (``perf_counter()``) and how old the process was then;
     ``given``: ``run_job``'s ``ingested`` and ``products``."""
     ingested, products = given
@@ -229,8 +229,7 @@ def _run_locked(
     members = ensemble_members(cfg)
     require_exists(_scene_source(cfg), "scene")
     cards = [read_card(m.model) for m in members.members]  # a bad card fails at once
-    local_models = models if cfg.executor == "local" else None  # Ray's actors build theirs from the files
-    spec = replace(predictor_spec(cfg, members), model_files=model_files, models=local_models)
+    spec = replace(predictor_spec(cfg, members), model_files=model_files)
     prep = _start_preparing(cfg, spec, predictor, pool, ingested.sha256 if ingested else None)
     model_shas, scene_sha, device, jhash = _identify(cfg, members, cards, prep)
     outputs = outputs_for(cfg.polygon_format) if products else {"zarr": OUTPUTS["zarr"]}
@@ -244,18 +243,20 @@ def _run_locked(
         # the session (even on an error) waits for whichever of them runs: never a writer
         # outside the lock. Ray starts in the main thread (not from a worker), beside ingest.
         background = session.enter_context(ThreadPoolExecutor(1, "stores"))
-        stores = background.submit(_prepare_stores, cfg, work, jhash, model_b10_means(members, cards), ingested)
+        stop = threading.Event()  # set when the models fail to load: the ingest beside them ends
+        b10_means = model_b10_means(members, cards)
+        stores = background.submit(_prepare_stores, cfg, work, jhash, b10_means, ingested, stop)
         if cfg.executor == "ray":
             session.enter_context(ray_session(cfg.ray))
             if work.is_local:  # before any compute: every node must see the working store
                 require_shared_folder(work.path)
-        scene, store_path, ingest_s = stores.result()
-        background.submit(_import_finishing)  # beside the blocks: its imports are not the finish's seconds
+        scene, store_path, ingest_s = _unless_models_fail(stores, prep.models, stop)
         # Before any block is predicted: a scene in other units than the models' refuses (exit 2).
         unit_checks, warnings = units_guard(sample_scene(scene), cards, cfg.accept_units_mismatch)
         store = BlockStore(store_path, work / "blocks")
         plan = _plan(cfg, scene, store)
         rows, pool = _start_inference(cfg, session, scene, plan, spec, store, prep.models, pool)
+        background.submit(_import_finishing)  # beside the blocks: its imports are not the finish's seconds
         t_loop = time.perf_counter()
         tally = _tally_blocks(rows, plan.todo, lambda: max(t_loop, prep.ended.get("models_s", t_loop)), on_block)
         t_plan = max(t_loop, prep.ended["models_s"])  # inference starts once the models are ready
@@ -300,11 +301,13 @@ def _logged_warnings(warnings: list[str], summary: dict, threshold: float) -> li
 
 
 def _start_preparing(cfg: JobConfig, spec: PredictorSpec, predictor, pool, scene_sha: str | None) -> _Prepared:
-    """Start hashing the scene and building the job's predictor (local: the models the preflight
-    built, folded; Ray: the checked spec) in the background, beside the lock,
-    ingest and Ray's start-up. Errors surface before any block is predicted, on the driver. The
-    local executor predicts with this very predictor; a given ``predictor`` or ``pool`` was
-    checked when it was made; a known ``scene_sha`` (an ingested scene's) is not computed again."""
+    """Start hashing the scene and building the job's predictor (local: the models built from the
+    files the preflight read, folded; Ray: the spec, its models built once as a check) in the
+    background, beside the lock, ingest and Ray's start-up: torch and the models' imports take
+    over a second, which here overlaps work that mostly runs without the GIL. Errors surface on
+    the driver before any block is predicted (see ``_unless_models_fail``). The local executor
+    predicts with this very predictor; a given ``predictor`` or ``pool`` was checked when it was
+    made; a known ``scene_sha`` (an ingested scene's) is not computed again."""
     times: dict[str, float] = {}
     ended: dict[str, float] = {}
 
@@ -321,13 +324,23 @@ def _start_preparing(cfg: JobConfig, spec: PredictorSpec, predictor, pool, scene
 
     if cfg.executor == "local":
         load = spec.build if predictor is None else lambda: predictor
-    else:  # the preflight checked the models (spec.check returns the spec holding its files)
+    else:  # the driver's check: every model built once (spec.check returns the spec holding its files)
         load = spec.check if pool is None else lambda: pool.spec
     prep = ThreadPoolExecutor(2, "prepare")
     hashed = prep.submit(timed("hash_s", lambda: scene_sha or sha256_tree(_scene_source(cfg))))
     models = prep.submit(timed("models_s", load))
     prep.shutdown(wait=False)
     return _Prepared(hashed, models, times, ended)
+
+
+def _unless_models_fail(stores: Future[T], models: Future, stop: threading.Event) -> T:
+    """``stores``' result, unless the models (loading beside it) fail first: then ``stop`` is set,
+    which ends the ingest at its next window, and the models' error is raised at once."""
+    done, _ = wait([stores, models], return_when=FIRST_COMPLETED)
+    if stores not in done and models.exception() is not None:
+        stop.set()
+        models.result()  # raises the models' error
+    return stores.result()
 
 
 def _identify(cfg: JobConfig, members, cards: list, prep: _Prepared) -> tuple[list[str], str, str, str]:
@@ -582,11 +595,17 @@ def scene_chunk(block: int) -> int:
 
 
 def _prepare_stores(
-    cfg: JobConfig, work: Location, jhash: str, b10_means: list[ModelB10], ingested: IngestedScene | None = None
+    cfg: JobConfig,
+    work: Location,
+    jhash: str,
+    b10_means: list[ModelB10],
+    ingested: IngestedScene | None = None,
+    stop: threading.Event | None = None,
 ) -> tuple[Scene, Location, float]:
     """Ingest (or resume) the scene store, unless it is ``ingested`` already, and create the
     output store if there is none yet (``b10_means``: the models' B10 means, for
-    ``inputs.b10: model_mean``); -> (scene, output store path, ingest seconds)."""
+    ``inputs.b10: model_mean``; ``stop``: ends the ingest, see ``ingest_job``); -> (scene,
+    output store path, ingest seconds)."""
     chunk = scene_chunk(cfg.block)
     t_ingest = time.perf_counter()
     if ingested is not None:
@@ -599,6 +618,7 @@ def _prepare_stores(
             nodata=cfg.nodata,
             inputs=cfg.inputs,
             b10_means=b10_means,
+            stop=stop,
         )
     ingest_s = time.perf_counter() - t_ingest
     store_path = work / "probability.zarr"

@@ -1,13 +1,19 @@
-"""A local job builds and loads each model once per process: the predictor takes the modules its
-preflight loaded to check the checkpoints, rather than building them a second time."""
+"""A local job builds and loads each model once per process, beside hashing and ingesting its
+scene; a model that fails to load there stops the ingest in flight and fails the job at once."""
 
 from __future__ import annotations
 
+import threading
+import time
+
 import numpy as np
+import pytest
 import rasterio
 
 import landslide_batch.models.card as card_module
 from landslide_batch.config import job_from_dict
+from landslide_batch.errors import ModelError
+from landslide_batch.ingest.scene import IngestStopped, SceneWriter
 from landslide_batch.pipeline import run_job
 
 
@@ -23,8 +29,38 @@ def test_a_local_job_builds_each_member_once(tmp_path, scene_tif, varying_model,
     cfg = {"scene": str(scene_tif), "out": str(tmp_path / "out"), "block": 128, "batch_size": 8}
     manifest = run_job(job_from_dict({**cfg, "models": [str(varying_model), str(tiny_model)]}))
     assert manifest["status"] == "complete"
-    assert len(built) == 2  # one build per member: the preflight's, which the predictor then used
+    assert len(built) == 2  # one build per member, which the predictor then used
     with rasterio.open(tmp_path / "out" / "probability.tif") as ds:
         prob = ds.read(1, masked=True)
-    assert float(prob.std()) >= 0.05  # a varying map: the preflight's modules really predicted it
+    assert float(prob.std()) >= 0.05  # a varying map: the modules built once really predicted it
     assert np.isfinite(prob.compressed()).all()
+
+
+def test_a_model_failing_beside_the_ingest_stops_it_in_flight(tmp_path, scene_tif, tiny_model, monkeypatch):
+    """The model fails once the ingest has written a window (of 9): the job raises the model's
+    error, the ingest stops at a later window, and no scene store is left, finished or partial."""
+    written, stopped = threading.Event(), []
+    write = SceneWriter.write
+
+    def slow_write(self, y0, x0, *args, **kwargs):
+        try:
+            write(self, y0, x0, *args, **kwargs)
+        except IngestStopped:
+            stopped.append((y0, x0))
+            raise
+        written.set()
+        time.sleep(0.2)  # keeps the ingest in flight while the model fails
+
+    def failing_build(arch: str, encoder: str, in_channels: int):
+        assert written.wait(60), "the ingest never wrote a window"
+        raise ModelError("weights.pt does not fit its card (planted)")
+
+    monkeypatch.setattr(SceneWriter, "write", slow_write)
+    monkeypatch.setattr(card_module, "build_model", failing_build)
+    cfg = {"scene": str(scene_tif), "out": str(tmp_path / "out"), "block": 128, "models": [str(tiny_model)]}
+    with pytest.raises(ModelError, match="planted"):
+        run_job(job_from_dict(cfg))
+    assert len(stopped) == 1 and stopped[0] != (0, 0)  # stopped part-way, after the first window
+    work = tmp_path / "out" / ".work"
+    assert not (work / "scene.zarr").exists() and not (work / "scene.zarr.partial").exists()
+    assert not (tmp_path / "out" / "run.json").exists()

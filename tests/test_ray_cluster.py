@@ -4,6 +4,8 @@ demand that an autoscaler can see, no silent CPU fallback, and re-runs that only
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -141,6 +143,20 @@ def test_nvidia_driver_version_is_read_from_the_kernel_module(tmp_path):
     )
     assert nvidia_driver_version(proc) == "580.65.06"
     assert nvidia_driver_version(tmp_path / "absent") is None
+
+
+def test_auto_device_without_a_gpu_driver_is_cpu_without_importing_torch():
+    """``auto`` on a host with no GPU driver is answered from the kernel, in a fresh interpreter
+    that never imports torch; where that shortcut does not apply, torch's own answer is used."""
+    code = (
+        "import sys; from landslide_batch.infer.device import device_type, gpu_impossible; "
+        "print(gpu_impossible(), device_type('auto'), 'torch' in sys.modules)"
+    )
+    impossible, device, imported = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert device == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert imported == str(impossible == "False")  # torch imported exactly when the kernel cannot tell
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine where torch sees no GPU")

@@ -1,7 +1,7 @@
 """Checks before a job writes anything: the output folder, free space, every model folder, units.
 
 ``preflight`` runs first in ``run_job``. It fails in seconds on what would otherwise fail after
-a long ingest (a model folder without weights, weights that do not fit their card) or leave a
+a long ingest (a model folder without weights, weights that do not match their card's hash) or leave a
 traceback (``--out`` naming a file or the scene, a full disk), and it resolves
 ``inputs.units: auto`` from the models' cards, so that ingest writes the units the models were
 trained in where the conversion is known.
@@ -11,19 +11,15 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ..bands import N_BANDS, resolve_features
 from ..config import EnsembleConfig, JobConfig, ensemble_members
 from ..errors import ConfigError
 from ..ingest.b10 import ModelB10
 from ..ingest.units import INPUTS_UNITS
-from ..models.card import ModelCard, ModelFiles, load_model_folder, read_model_files
+from ..models.card import ModelCard, ModelFiles, read_model_files
 from ..storage import location
 from .output import ZARR_MARKERS, check_free_space, check_out_path
-
-if TYPE_CHECKING:
-    import torch
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +27,12 @@ log = logging.getLogger(__name__)
 _INPUTS_FOR = {card: inputs for inputs, card in INPUTS_UNITS.items()}
 
 
-def preflight(cfg: JobConfig, overwrite: bool) -> tuple[JobConfig, tuple[ModelFiles, ...], tuple[torch.nn.Module, ...]]:
-    """Check ``out``, free space and every model folder; -> (``cfg`` with ``inputs.units``
-    resolved, the members' files as read and checked, the members' modules built and loaded
-    from them: a local job predicts with these, Ray's actors build theirs from the files).
-    The models load here, before hashing and ingest rather than beside them: their imports are
-    pure Python, and beside ingest's threads they took three times as long (GIL)."""
+def preflight(cfg: JobConfig, overwrite: bool) -> tuple[JobConfig, tuple[ModelFiles, ...]]:
+    """Check ``out``, free space and every model folder's files; -> (``cfg`` with ``inputs.units``
+    resolved, the members' files as read and checked: card, weights present, hash). Nothing here
+    imports torch: the job builds the models from these files beside hashing and ingest (over a
+    second of imports beside work that mostly runs without the GIL), and a model that does not
+    load then stops the ingest at its next window."""
     if cfg.scene is None:
         raise ConfigError("preflight checks a one-scene job, and this job has no 'scene'")
     out = location(cfg.out)
@@ -44,24 +40,17 @@ def preflight(cfg: JobConfig, overwrite: bool) -> tuple[JobConfig, tuple[ModelFi
     if out.is_local and scene.is_local:
         check_out_path(out.path, scene.path)
     files = read_models(ensemble_members(cfg))
-    models = check_models(files)
     if out.is_local and scene.is_local and (overwrite or not (out.path / "run.json").is_file()):
         shape = scene_shape(scene.path)
         if shape is not None:
             check_free_space(out.path, *shape)
-    return resolve_inputs_units(cfg, [f.card for f in files]), files, models
+    return resolve_inputs_units(cfg, [f.card for f in files]), files
 
 
 def read_models(ensemble: EnsembleConfig) -> tuple[ModelFiles, ...]:
     """Read every member once (card, weights present, hash): ModelError otherwise. -> the files
     read, so that nothing reads or verifies them again."""
     return tuple(read_model_files(member.model) for member in ensemble.members)
-
-
-def check_models(files: tuple[ModelFiles, ...]) -> tuple[torch.nn.Module, ...]:
-    """Load every member read by :func:`read_models` (the weights fit the card): ModelError
-    otherwise. -> the members' modules, on the CPU, so that the job does not build them again."""
-    return tuple(load_model_folder(f)[0] for f in files)
 
 
 def resolve_inputs_units(cfg: JobConfig, cards: list[ModelCard]) -> JobConfig:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import sys
 from pathlib import Path
 
 from ..errors import DeviceError
@@ -61,9 +62,22 @@ def require_device(device: str) -> None:
         raise DeviceError(cuda_missing_reason(f"host {socket.gethostname()}"))
 
 
+def gpu_impossible() -> bool:
+    """True where torch cannot see a GPU, told without importing torch (a second, which a job
+    spends beside its ingest instead): Linux with neither the NVIDIA kernel driver, nor WSL's GPU
+    (``/dev/dxg``), nor ROCm's (``/dev/kfd``)."""
+    return (
+        sys.platform == "linux"
+        and nvidia_driver_version() is None
+        and not any(Path(dev).exists() for dev in ("/dev/dxg", "/dev/kfd"))
+    )
+
+
 def device_type(device: str) -> str:
     """``auto`` | ``cpu`` | ``cuda[:N]`` -> the type a local predictor runs on, ``cpu`` or ``cuda``."""
     if device == "auto":
+        if gpu_impossible():
+            return "cpu"
         import torch
 
         return "cuda" if torch.cuda.is_available() else "cpu"

@@ -155,14 +155,11 @@ class EnsemblePredictor:
         threads: int | None = None,
         model_files: tuple[ModelFiles, ...] | None = None,
         tta: bool = False,
-        models: tuple[torch.nn.Module, ...] | None = None,
     ):
-        """``models``: the members' modules built and loaded from ``model_files`` (the job's
-        preflight did), used (and folded) as they are rather than built again."""
         if threads:
             torch.set_num_threads(threads)
         self.device = torch.device(resolve_device(device))
-        self.ensemble = Ensemble(ensemble, str(self.device), model_files, models)
+        self.ensemble = Ensemble(ensemble, str(self.device), model_files)
         self.tile, self.stride = tile, stride
         self.batch_size = batch_size or (GPU_BATCH if self.device.type == "cuda" else CPU_BATCH)
         self.weights = torch.from_numpy(blend_window(blend, tile)).to(self.device)

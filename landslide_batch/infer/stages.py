@@ -6,7 +6,7 @@ the very same objects run in the local executor and in Ray tasks / actors.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -18,7 +18,6 @@ from ..ingest.scene import Scene
 from ..plan.tiling import Block, TileGrid
 
 if TYPE_CHECKING:
-    import torch
     from ray import ObjectRef
 
     from ..models.card import ModelFiles
@@ -59,32 +58,30 @@ class PredictorSpec:
     threads: int | None
     model_files: tuple[ModelFiles, ...] | ObjectRef[tuple[ModelFiles, ...]] | None = None
     tta: bool = False  # test-time augmentation (flips + 90-degree rotations, averaged)
-    #: The members' modules the job's preflight built from ``model_files``: a local build takes
-    #: them (each model is built once per process); never shipped to Ray (:meth:`shipped`).
-    models: tuple[torch.nn.Module, ...] | None = field(default=None, compare=False, repr=False)
 
     def check(self) -> PredictorSpec:
-        """Read every member once and build it (raises ModelError): the driver's check before
-        Ray actors load them. -> this spec holding the files read (as it is when it holds them:
-        the job's preflight read and checked them already)."""
+        """Build every member from its files (read here unless the spec holds them; raises
+        ModelError): the driver's check before Ray actors load them. -> this spec holding the files."""
         from ..models.card import load_model_folder, read_model_files
 
-        if self.model_files is not None:
+        files = self.model_files
+        if files is None:
+            files = tuple(read_model_files(member.model) for member in self.ensemble.members)
+        elif not isinstance(files, tuple):  # shipped: checked before it was
             return self
-
-        files = tuple(read_model_files(member.model) for member in self.ensemble.members)
         for f in files:
             load_model_folder(f)
         return replace(self, model_files=files)
 
     def shipped(self) -> PredictorSpec:
-        """This spec with its model files put into Ray's object store once (inside a Ray session)."""
+        """This spec, :meth:`check`-ed, with its model files put into Ray's object store once (inside
+        a Ray session); a spec holding files is taken as checked already."""
         import ray
 
-        files = self.check().model_files
+        files = self.model_files if self.model_files is not None else self.check().model_files
         if not isinstance(files, tuple):  # a Ray object reference already
             return self
-        return replace(self, model_files=ray.put(files), models=None)
+        return replace(self, model_files=ray.put(files))
 
     def build(self) -> EnsemblePredictor:
         from .device import require_device
@@ -107,7 +104,6 @@ class PredictorSpec:
             threads=self.threads,
             tta=self.tta,
             model_files=files,
-            models=self.models,
         )
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -210,17 +211,35 @@ def ingest_job(
     nodata: float | None = None,
     inputs: SceneInputs | None = None,
     b10_means: Sequence[ModelB10] | None = None,
+    stop: threading.Event | None = None,
 ) -> Scene:
     """A job's ingest: :func:`ingest`, resuming from a finished store at ``dest`` (left by an
-    interrupted attempt of the same job).
+    interrupted attempt of the same job). Once ``stop`` is set, the ingest ends at its next window
+    with ``scene.IngestStopped`` and leaves no store.
 
     ``b10_means``: the B10 training means of the job's models that use B10, which
     ``inputs.b10: model_mean`` fills B10 with (the caller reads them from the model cards).
     ``inputs.units: auto`` must be resolved by the caller (from the cards) before this.
     """
-    from .scene import Scene
+    from .scene import stoppable
 
     dest = path_or_uri(dest)
+    with stoppable(stop):
+        return _ingest_or_resume(scene, dest, chunk=chunk, nodata=nodata, inputs=inputs, b10_means=b10_means)
+
+
+def _ingest_or_resume(
+    scene: Where,
+    dest: Path | str,
+    *,
+    chunk: int,
+    nodata: float | None,
+    inputs: SceneInputs | None,
+    b10_means: Sequence[ModelB10] | None,
+) -> Scene:
+    """The finished store at ``dest`` where there is one, else :func:`ingest` (``b10_means`` resolved)."""
+    from .scene import Scene
+
     if location(dest).exists():
         try:
             return Scene(dest)  # finished by an interrupted attempt of the same job: resume from it

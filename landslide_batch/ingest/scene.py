@@ -12,6 +12,10 @@ Reads are windowed: nothing here loads a whole scene.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +30,25 @@ from ..errors import InputError
 from ..storage import path_or_uri
 
 SCENE_FORMAT = "landslide-batch-scene/1"
+
+#: Set by a job whose ingest is no longer wanted (its models failed to load beside it): the
+#: scene writer of that ingest stops at its next window. See :func:`stoppable`.
+_STOP: ContextVar[threading.Event | None] = ContextVar("ingest_stop", default=None)
+
+
+class IngestStopped(Exception):
+    """An ingest stopped part-way because its job asked it to (its store is removed)."""
+
+
+@contextmanager
+def stoppable(stop: threading.Event | None) -> Iterator[None]:
+    """Within the block (in this thread), scene writers raise :class:`IngestStopped` at their
+    next window once ``stop`` is set: a job that failed beside its ingest need not wait for it."""
+    token = _STOP.set(stop)
+    try:
+        yield
+    finally:
+        _STOP.reset(token)
 
 
 @dataclass(frozen=True)
@@ -222,6 +245,9 @@ class SceneWriter:
 
     def write(self, y0: int, x0: int, bands: np.ndarray, nodata: float | None = None) -> None:
         """Write raw band values; pixels with a non-finite or ``nodata`` value in any band become invalid."""
+        stop = _STOP.get()
+        if stop is not None and stop.is_set():
+            raise IngestStopped(f"ingest of {self.source_path} stopped at window ({y0}, {x0}): its job failed")
         bands = np.asarray(bands, dtype=np.float32)
         usable = np.isfinite(bands)
         if nodata is not None and not np.isnan(nodata):

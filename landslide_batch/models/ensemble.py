@@ -25,24 +25,18 @@ class Member:
 
 class Ensemble:
     """``files``: the members' model files already read (by the driver, shipped through Ray's
-    object store), in member order; None: each member's folder is read here. ``models``: the
-    members' modules already built and loaded from ``files`` (by the job's preflight), taken
-    as they are rather than built again: each model is built once per process."""
+    object store), in member order; None: each member's folder is read here."""
 
     def __init__(
         self,
         cfg: EnsembleConfig,
         device: str,
         files: tuple[ModelFiles, ...] | None = None,
-        models: tuple[torch.nn.Module, ...] | None = None,
     ):
         self.device = torch.device(device)
         self.members: list[Member] = []
         for i, m in enumerate(cfg.members):
-            if files and models:
-                model, card = models[i].to(self.device).eval(), files[i].card
-            else:
-                model, card = load_model_folder(files[i] if files else m.model, device=str(self.device))
+            model, card = load_model_folder(files[i] if files else m.model, device=str(self.device))
             norm = card.normalization
             self.members.append(
                 Member(
