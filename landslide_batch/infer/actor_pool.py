@@ -36,19 +36,38 @@ def task_attempt() -> int:
 
 
 class PredictBlockActor:
-    """``PredictBlock`` on a Ray actor, one stripe at a time. The predictor is built with the first
-    block, so an error there (a model, no GPU) reaches the driver as that block's error; results
-    name the node that computed them. ``models_loaded`` counts the builds (1 for a warm actor)."""
+    """``PredictBlock`` on a Ray actor, one stripe at a time. The predictor is built by ``warm``,
+    which the pool asks for as soon as the actor exists, or else with the first block; an error
+    there (a model, no GPU) reaches the driver as the first block's error. Results name the node
+    that computed them. ``models_loaded`` counts the builds (1 for a warm actor)."""
 
     def __init__(self, spec: PredictorSpec):
         self.spec = spec
         self.predictor: EnsemblePredictor | None = None
+        self.failed: Exception | None = None  # why ``warm`` could not build the predictor
         self.models_loaded = 0
         self.stage: PredictBlock | None = None
         self.stripe: tuple[str, int] | None = None  # (scene, stripe) of ``stage``
 
     def ready(self) -> None:
         """Answers once the actor is placed: the driver hands it a stripe then."""
+
+    def warm(self) -> None:
+        """Build the predictor now, while the driver still prepares the scenes, rather than with
+        the first block (a second or more of imports and model loading). A failure is kept and
+        raised with the first block, as that block's error."""
+        try:
+            self._predictor()
+        except Exception as exc:  # raised again by predict(): an actor's errors reach the driver with blocks
+            self.failed = exc
+
+    def _predictor(self) -> EnsemblePredictor:
+        if self.failed is not None:
+            raise self.failed
+        if self.predictor is None:
+            self.predictor = self.spec.build()
+            self.models_loaded += 1
+        return self.predictor
 
     def predict(
         self,
@@ -62,11 +81,9 @@ class PredictBlockActor:
         starts with nothing kept from the last one, but with the models already loaded."""
         import ray
 
-        if self.predictor is None:
-            self.predictor = self.spec.build()
-            self.models_loaded += 1
+        predictor = self._predictor()
         if self.stage is None or (scene, row["task"].stripe) != self.stripe:
-            self.stage = PredictBlock(self.spec, grid, predictor=self.predictor, reader=reader)
+            self.stage = PredictBlock(self.spec, grid, predictor=predictor, reader=reader)
             self.stripe = (scene, row["task"].stripe)
         result = self.stage({**row, "imports": imports})
         result["node"] = ray.get_runtime_context().get_node_id()
@@ -128,6 +145,8 @@ class ActorPool:
         )
         self.actors = [actor_class.remote(self.spec) for _ in range(plan.actors)]
         self.placing = {actor.ready.remote(): a for a, actor in enumerate(self.actors)}
+        for actor in self.actors:  # models loaded once placed: its errors come with the first block
+            actor.warm.remote()
         if self.shared:
             log.info("ray: %d predictor actor(s) started, kept warm for every scene of the region", plan.actors)
 

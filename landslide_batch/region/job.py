@@ -21,9 +21,9 @@ import json
 import logging
 import shutil
 import time
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
@@ -34,7 +34,7 @@ from rasterio.crs import CRS
 from rasterio.warp import transform_bounds
 from shapely.geometry import box
 
-from ..checks.preflight import model_b10_means, resolve_inputs_units
+from ..checks.preflight import model_b10_means, read_models, resolve_inputs_units
 from ..config import EnsembleConfig, JobConfig, ensemble_members
 from ..errors import ConfigError, InputError, OutputLockedError
 from ..gdal_env import bounded_gdal_cache
@@ -151,14 +151,17 @@ def _run_region_locked(cfg: JobConfig, out: Path, overwrite: bool) -> dict:
     region_dir = out / ".work" / "region"
     _discard_unless(region_dir, r.rhash, overwrite)
     with ExitStack() as session:
-        pool = _start_pool(r.cfg, session)  # on Ray, the actors start while the scenes are ingested
-        scenes, skipped = _prepare_scenes(r.cfg, out / ".work", r.aoi, r.crs, model_b10_means(r.members, r.cards))
+        # The models load (locally) or are checked and the actors start (Ray) while the scenes are ingested.
+        pool, models = _start_models(r.cfg, session)
+        b10_means = model_b10_means(r.members, r.cards)
+        scenes, skipped = _prepare_scenes(r.cfg, out / ".work", r.aoi, r.crs, b10_means, models)
         signature = _signature(scenes)
         if not overwrite and previous is not None and _holds(out, previous, signature):
             log.info("%s already holds this region's map over these %d scene(s): nothing to do", out, len(scenes))
             return {**previous, "blocks": {**previous["blocks"], "computed": 0, "resumed": previous["blocks"]["total"]}}
         t_map = time.perf_counter()
-        actors = _map_scenes(r.cfg, scenes, overwrite, pool)
+        ready = models.result()  # the local predictor, or (Ray) the checked spec; raises the models' error
+        actors = _map_scenes(r.cfg, scenes, overwrite, pool, ready if pool is None else None)
     timings = {"map_s": time.perf_counter() - t_map}
 
     t_merge = time.perf_counter()
@@ -328,11 +331,12 @@ def _discard_unless(folder: Path, rhash: str, overwrite: bool) -> None:
 
 
 def _prepare_scenes(
-    cfg: JobConfig, work: Path, aoi, crs: CRS, b10_means: list[ModelB10]
+    cfg: JobConfig, work: Path, aoi, crs: CRS, b10_means: list[ModelB10], models: Future
 ) -> tuple[list[MappedScene], list[dict]]:
     """Find, ingest and check every scene (``b10_means``: the models' B10 means, for
     ``inputs.b10: model_mean``); scenes missing the AOI are skipped with a warning.
-    Raises InputError for a scene without a CRS or at another resolution, and when none is left."""
+    Raises InputError for a scene without a CRS or at another resolution, and when none is left;
+    the error of ``models`` (loading beside) as soon as it fails, before the next scene."""
     entries = list(cfg.scenes or [])
     if cfg.stac_search is not None:
         entries.append(
@@ -341,6 +345,8 @@ def _prepare_scenes(
     sources = find_scenes(entries, work / "items", load_signer(cfg.href_signer))
     scenes, skipped = [], []
     for src in sources:
+        if models.done() and models.exception() is not None:
+            models.result()  # raises the models' error: no point ingesting more scenes
         folder = work / "scenes" / src.id
         with storage_errors(src.source, "scene"):
             found = location(src.source).exists()
@@ -407,30 +413,32 @@ def _signature(scenes: list[MappedScene]) -> str:
     return hashlib.sha256(json.dumps(sorted((s.source.id, s.sha256) for s in scenes)).encode()).hexdigest()[:16]
 
 
-def _start_pool(cfg: JobConfig, session: ExitStack) -> ActorPool | None:
-    """Ray: join the cluster and start one pool of predictor actors for every scene (they start
-    while the scenes are ingested), both closed with ``session``; None locally."""
+def _start_models(cfg: JobConfig, session: ExitStack) -> tuple[ActorPool | None, Future]:
+    """Start what predicts every scene, in the background of the scenes' ingest: locally the
+    predictor (a future of it); on Ray, join the cluster and start one pool of predictor actors,
+    which load their models at once, while the driver builds each model once as a check (a
+    future of the checked spec). -> (the pool or None, the future); closed with ``session``."""
+    spec = replace(predictor_spec(cfg, ensemble_members(cfg)), model_files=read_models(ensemble_members(cfg)))
+    background = session.enter_context(ThreadPoolExecutor(1, "models"))
     if cfg.executor == "local":
-        return None
+        return None, background.submit(spec.build)
     from ..infer.executors import actor_pool, ray_session
 
     session.enter_context(ray_session(cfg.ray))
-    spec = predictor_spec(cfg, ensemble_members(cfg))
-    pool = session.enter_context(actor_pool(spec.check().shipped(), cfg.ray, shared=True))
+    pool = session.enter_context(actor_pool(spec.shipped(), cfg.ray, shared=True))
     pool.start()
-    return pool
+    return pool, background.submit(spec.check)
 
 
 def _map_scenes(
-    cfg: JobConfig, scenes: list[MappedScene], overwrite: bool, pool: ActorPool | None
+    cfg: JobConfig, scenes: list[MappedScene], overwrite: bool, pool: ActorPool | None, predictor: object
 ) -> list[dict] | None:
     """Each scene through the single-scene pipeline into its folder, with the models loaded once.
-    Local: one scene after the other, all predicted by one predictor. Ray: all predicted by
+    Local: one scene after the other, all predicted by ``predictor``. Ray: all predicted by
     ``pool``'s warm actors, two scenes in flight (``_map_side_by_side``); -> each actor's
     ``{actor, node, models_loaded}`` (None locally)."""
     progress = RegionProgress([(s.scene.info.height, s.scene.info.width) for s in scenes], cfg.block, cfg.resolution)
     if pool is None:
-        predictor = predictor_spec(cfg, ensemble_members(cfg)).build()
         for i in range(len(scenes)):
             _map_scene(cfg, scenes, i, overwrite, progress, predictor=predictor)
         return None
