@@ -599,3 +599,35 @@ def test_region_job_config_is_validated(tmp_path):
     ):
         with pytest.raises(ConfigError, match=message):
             job_from_dict({**base, **bad}, tmp_path)
+
+
+def test_a_model_failing_beside_the_ingest_stops_the_region_before_its_next_scene(region, tmp_path, monkeypatch):
+    """The model fails while the first scene is ingested: that scene's ingest ends, the second is
+    never ingested, and the job raises the model's own error (no map, no run.json)."""
+    import threading
+    import time
+
+    import landslide_batch.models.card as card_module
+    from landslide_batch.errors import ModelError
+    from landslide_batch.ingest.scene import SceneWriter
+
+    d, model = region
+    writing, write = threading.Event(), SceneWriter.write
+    ingested: list[str] = []
+
+    def noted_write(self, y0, x0, *args, **kwargs):
+        writing.set()
+        ingested.append(str(self.source_path))
+        write(self, y0, x0, *args, **kwargs)
+        time.sleep(0.05)  # the model's failure lands while this scene is still being ingested
+
+    def failing_build(arch: str, encoder: str, in_channels: int):
+        assert writing.wait(60), "no scene was being ingested"
+        raise ModelError("weights.pt does not fit its card (planted)")
+
+    monkeypatch.setattr(SceneWriter, "write", noted_write)
+    monkeypatch.setattr(card_module, "build_model", failing_build)
+    with pytest.raises(ModelError, match="planted"):
+        run_job(job_from_dict(_job(d, model, tmp_path / "out", ["A.tif", "B.tif"], executor="local")))
+    assert {Path(p).name for p in ingested} == {"A.tif"}  # B was never started
+    assert not (tmp_path / "out" / "run.json").exists()
