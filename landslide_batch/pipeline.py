@@ -22,6 +22,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
@@ -231,26 +232,27 @@ def _run_locked(
     cards = [read_card(m.model) for m in members.members]  # a bad card fails at once
     spec = replace(predictor_spec(cfg, members), model_files=model_files)
     prep = _start_preparing(cfg, spec, predictor, pool, ingested.sha256 if ingested else None)
-    model_shas, scene_sha, device, jhash = _identify(cfg, members, cards, prep)
     outputs = outputs_for(cfg.polygon_format) if products else {"zarr": OUTPUTS["zarr"]}
-    if (finished := _finished_before(out, jhash, overwrite, outputs)) is not None:
-        return finished
-    work = _claim_work(out, jhash)
-    stage = work.path if work.is_local else scratch  # where the products are written before publishing
 
     with ExitStack() as session:
-        # One background thread: ingest now, the products at the end. Unwound last, so leaving
+        # One background thread: ingest, then the products at the end. Unwound last, so leaving
         # the session (even on an error) waits for whichever of them runs: never a writer
         # outside the lock. Ray starts in the main thread (not from a worker), beside ingest.
         background = session.enter_context(ThreadPoolExecutor(1, "stores"))
-        stop = threading.Event()  # set when the models fail to load: the ingest beside them ends
-        b10_means = model_b10_means(members, cards)
-        stores = background.submit(_prepare_stores, cfg, work, jhash, b10_means, ingested, stop)
-        if cfg.executor == "ray":
-            session.enter_context(ray_session(cfg.ray))
-            if work.is_local:  # before any compute: every node must see the working store
-                require_shared_folder(work.path)
-        scene, store_path, ingest_s = _unless_models_fail(stores, prep.models, stop)
+        stop = threading.Event()  # set when the models fail to load, or on any error: the ingest ends
+        session.callback(stop.set)
+        ingest = partial(_ingest_scene, cfg, out / ".work", model_b10_means(members, cards), ingested, stop)
+        fresh = ingested is None and _nothing_to_resume(out, overwrite)  # then ingest while hashing
+        scene_ingest = background.submit(ingest, fresh) if fresh else None
+        model_shas, scene_sha, device, jhash = _identify(cfg, members, cards, prep)
+        if (finished := _finished_before(out, jhash, overwrite, outputs)) is not None:
+            return finished
+        work = _claim_work(out, jhash, fresh)
+        stage = work.path if work.is_local else scratch  # where the products are written before publishing
+        scene_ingest = scene_ingest or background.submit(ingest, False)
+        _join_ray(cfg, session, work)
+        scene, ingest_s = _unless_models_fail(scene_ingest, prep.models, stop)
+        store_path = _output_store(work, scene, cfg.block, jhash)
         # Before any block is predicted: a scene in other units than the models' refuses (exit 2).
         unit_checks, warnings = units_guard(sample_scene(scene), cards, cfg.accept_units_mismatch)
         store = BlockStore(store_path, work / "blocks")
@@ -399,11 +401,28 @@ def _finished_before(out: Location, jhash: str, overwrite: bool, outputs: dict[s
     return None
 
 
-def _claim_work(out: Location, jhash: str) -> Location:
-    """``OUT/.work`` for this job: another job's unfinished work there is discarded; -> its location."""
+def _join_ray(cfg: JobConfig, session: ExitStack, work: Location) -> None:
+    """A Ray job joins its cluster for ``session`` (from the main thread, beside ingest), and
+    checks, before any compute, that every node sees a local working store."""
+    if cfg.executor == "ray":
+        session.enter_context(ray_session(cfg.ray))
+        if work.is_local:
+            require_shared_folder(work.path)
+
+
+def _nothing_to_resume(out: Location, overwrite: bool) -> bool:
+    """Whether ``out`` holds neither work to resume nor a result this job could find finished: then
+    the job creates ``OUT/.work`` before its hash is known, and ingests while it hashes (the two
+    read the scene once from disk, not one after the other)."""
+    return not (out / ".work").exists() and (overwrite or not (out / "run.json").exists())
+
+
+def _claim_work(out: Location, jhash: str, fresh: bool = False) -> Location:
+    """``OUT/.work`` for this job: another job's unfinished work there is discarded (``fresh``: the
+    job created it itself, see :func:`_nothing_to_resume`); -> its location."""
     work = out / ".work"
     state = work / "job.json"
-    if work.exists() and (not state.is_file() or json.loads(state.read_text()).get("job_hash") != jhash):
+    if not fresh and work.exists() and (not state.is_file() or json.loads(state.read_text()).get("job_hash") != jhash):
         log.info("discarding unfinished work of a different job in %s", work)
         work.rm()
     work.makedirs()
@@ -594,42 +613,45 @@ def scene_chunk(block: int) -> int:
     return min(512, block) if block % min(512, block) == 0 else block
 
 
-def _prepare_stores(
+def _ingest_scene(
     cfg: JobConfig,
     work: Location,
-    jhash: str,
     b10_means: list[ModelB10],
-    ingested: IngestedScene | None = None,
-    stop: threading.Event | None = None,
-) -> tuple[Scene, Location, float]:
-    """Ingest (or resume) the scene store, unless it is ``ingested`` already, and create the
-    output store if there is none yet (``b10_means``: the models' B10 means, for
-    ``inputs.b10: model_mean``; ``stop``: ends the ingest, see ``ingest_job``); -> (scene,
-    output store path, ingest seconds)."""
-    chunk = scene_chunk(cfg.block)
+    ingested: IngestedScene | None,
+    stop: threading.Event,
+    fresh: bool,
+) -> tuple[Scene, float]:
+    """Ingest (or resume) the scene store in ``work``, unless it is ``ingested`` already
+    (``b10_means``: the models' B10 means, for ``inputs.b10: model_mean``; ``stop``: ends the
+    ingest, see ``ingest_job``; ``fresh``: ``work`` is created here); -> (scene, ingest seconds)."""
     t_ingest = time.perf_counter()
     if ingested is not None:
-        scene = ingested.scene
-    else:
-        scene = ingest_job(
-            _scene_source(cfg),
-            work / "scene.zarr",
-            chunk=chunk,
-            nodata=cfg.nodata,
-            inputs=cfg.inputs,
-            b10_means=b10_means,
-            stop=stop,
-        )
-    ingest_s = time.perf_counter() - t_ingest
+        return ingested.scene, 0.0
+    if fresh:
+        work.makedirs()
+    scene = ingest_job(
+        _scene_source(cfg),
+        work / "scene.zarr",
+        chunk=scene_chunk(cfg.block),
+        nodata=cfg.nodata,
+        inputs=cfg.inputs,
+        b10_means=b10_means,
+        stop=stop,
+    )
+    return scene, time.perf_counter() - t_ingest
+
+
+def _output_store(work: Location, scene: Scene, block: int, jhash: str) -> Location:
+    """The job's output store in ``work``, created if there is none yet; -> its location."""
     store_path = work / "probability.zarr"
     if not store_path.exists():
         # No store, no finished block: markers without their data would resume into a map of nodata.
         (work / "blocks").rm()
         building = work / "probability.zarr.partial"  # built aside: a half-created store is never resumed
         building.rm()
-        create_store(building, scene.info, cfg.block, jhash)
+        create_store(building, scene.info, block, jhash)
         building.move_to(store_path)
-    return scene, store_path, ingest_s
+    return store_path
 
 
 def _finish(

@@ -64,3 +64,34 @@ def test_a_model_failing_beside_the_ingest_stops_it_in_flight(tmp_path, scene_ti
     work = tmp_path / "out" / ".work"
     assert not (work / "scene.zarr").exists() and not (work / "scene.zarr.partial").exists()
     assert not (tmp_path / "out" / "run.json").exists()
+
+
+def test_a_fresh_job_ingests_its_scene_while_hashing_it(tmp_path, scene_tif, varying_model, monkeypatch):
+    """With nothing to resume in ``out``, the ingest starts before the scene's hash is known (both
+    read the scene: once from disk, not one after the other); the job's work is still claimed
+    under its hash, and the map is the same as a job that hashed first (a rerun resumes nothing)."""
+    import landslide_batch.pipeline as pipeline
+
+    written, hashed_while_writing = threading.Event(), []
+    write, sha256_tree = SceneWriter.write, pipeline.sha256_tree
+
+    def noting_write(self, *args, **kwargs):
+        write(self, *args, **kwargs)
+        written.set()
+
+    def hash_after_a_window(path):
+        hashed_while_writing.append(written.wait(60))
+        return sha256_tree(path)
+
+    monkeypatch.setattr(SceneWriter, "write", noting_write)
+    monkeypatch.setattr(pipeline, "sha256_tree", hash_after_a_window)
+    cfg = {"scene": str(scene_tif), "out": str(tmp_path / "out"), "block": 128, "models": [str(varying_model)]}
+    manifest = run_job(job_from_dict(cfg))
+    assert hashed_while_writing == [True]  # the ingest wrote a window before the hash was done
+    with rasterio.open(tmp_path / "out" / "probability.tif") as ds:
+        first = ds.read(1)
+    assert float(first[first >= 0].std()) >= 0.05
+    monkeypatch.setattr(SceneWriter, "write", write)
+    monkeypatch.setattr(pipeline, "sha256_tree", sha256_tree)
+    again = run_job(job_from_dict(cfg))  # the same job: its hash finds the finished result
+    assert again["job_hash"] == manifest["job_hash"] and again["blocks"]["computed"] == 0
