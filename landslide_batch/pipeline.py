@@ -243,13 +243,13 @@ def _run_locked(
         session.callback(stop.set)
         ingest = partial(_ingest_scene, cfg, out / ".work", model_b10_means(members, cards), ingested, stop)
         fresh = ingested is None and _nothing_to_resume(out, overwrite)  # then ingest while hashing
-        scene_ingest = background.submit(ingest, fresh) if fresh else None
+        scene_ingest = background.submit(ingest) if fresh else None
         model_shas, scene_sha, device, jhash = _identify(cfg, members, cards, prep)
         if (finished := _finished_before(out, jhash, overwrite, outputs)) is not None:
             return finished
         work = _claim_work(out, jhash, fresh)
         stage = work.path if work.is_local else scratch  # where the products are written before publishing
-        scene_ingest = scene_ingest or background.submit(ingest, False)
+        scene_ingest = scene_ingest or background.submit(ingest)
         _join_ray(cfg, session, work)
         scene, ingest_s = _unless_models_fail(scene_ingest, prep.models, stop)
         store_path = _output_store(work, scene, cfg.block, jhash)
@@ -619,16 +619,15 @@ def _ingest_scene(
     b10_means: list[ModelB10],
     ingested: IngestedScene | None,
     stop: threading.Event,
-    fresh: bool,
 ) -> tuple[Scene, float]:
-    """Ingest (or resume) the scene store in ``work``, unless it is ``ingested`` already
-    (``b10_means``: the models' B10 means, for ``inputs.b10: model_mean``; ``stop``: ends the
-    ingest, see ``ingest_job``; ``fresh``: ``work`` is created here); -> (scene, ingest seconds)."""
+    """Ingest (or resume) the scene store in ``work`` (created if need be: a fresh job ingests
+    before claiming it), unless it is ``ingested`` already (``b10_means``: the models' B10 means,
+    for ``inputs.b10: model_mean``; ``stop``: ends the ingest, see ``ingest_job``);
+    -> (scene, ingest seconds)."""
     t_ingest = time.perf_counter()
     if ingested is not None:
         return ingested.scene, 0.0
-    if fresh:
-        work.makedirs()
+    work.makedirs()
     scene = ingest_job(
         _scene_source(cfg),
         work / "scene.zarr",

@@ -74,8 +74,9 @@ class PredictorSpec:
         return replace(self, model_files=files)
 
     def shipped(self) -> PredictorSpec:
-        """This spec, :meth:`check`-ed, with its model files put into Ray's object store once (inside
-        a Ray session); a spec holding files is taken as checked already."""
+        """This spec with its model files put into Ray's object store once (inside a Ray session). A
+        spec without files has them read and checked here; one holding files is shipped as it is
+        (its caller checks it, before or beside: see ``pipeline`` and ``region.job``)."""
         import ray
 
         files = self.model_files if self.model_files is not None else self.check().model_files

@@ -221,31 +221,16 @@ def ingest_job(
     ``inputs.b10: model_mean`` fills B10 with (the caller reads them from the model cards).
     ``inputs.units: auto`` must be resolved by the caller (from the cards) before this.
     """
-    from .scene import stoppable
+    from .scene import Scene, stoppable
 
     dest = path_or_uri(dest)
     with stoppable(stop):
-        return _ingest_or_resume(scene, dest, chunk=chunk, nodata=nodata, inputs=inputs, b10_means=b10_means)
-
-
-def _ingest_or_resume(
-    scene: Where,
-    dest: Path | str,
-    *,
-    chunk: int,
-    nodata: float | None,
-    inputs: SceneInputs | None,
-    b10_means: Sequence[ModelB10] | None,
-) -> Scene:
-    """The finished store at ``dest`` where there is one, else :func:`ingest` (``b10_means`` resolved)."""
-    from .scene import Scene
-
-    if location(dest).exists():
-        try:
-            return Scene(dest)  # finished by an interrupted attempt of the same job: resume from it
-        except InputError:
-            location(dest).rm()
-    if inputs is None:
-        return ingest(scene, dest, chunk=chunk, nodata=nodata)
-    inputs, b10_note, notes = resolve_model_mean(inputs, b10_means)
-    return ingest(scene, dest, chunk=chunk, nodata=nodata, inputs=inputs, notes=notes, b10_note=b10_note)
+        if location(dest).exists():
+            try:
+                return Scene(dest)  # finished by an interrupted attempt of the same job: resume from it
+            except InputError:
+                location(dest).rm()
+        if inputs is None:
+            return ingest(scene, dest, chunk=chunk, nodata=nodata)
+        inputs, b10_note, notes = resolve_model_mean(inputs, b10_means)
+        return ingest(scene, dest, chunk=chunk, nodata=nodata, inputs=inputs, notes=notes, b10_note=b10_note)

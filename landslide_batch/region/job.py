@@ -418,7 +418,8 @@ def _start_models(cfg: JobConfig, session: ExitStack) -> tuple[ActorPool | None,
     predictor (a future of it); on Ray, join the cluster and start one pool of predictor actors,
     which load their models at once, while the driver builds each model once as a check (a
     future of the checked spec). -> (the pool or None, the future); closed with ``session``."""
-    spec = replace(predictor_spec(cfg, ensemble_members(cfg)), model_files=read_models(ensemble_members(cfg)))
+    members = ensemble_members(cfg)
+    spec = replace(predictor_spec(cfg, members), model_files=read_models(members))
     background = session.enter_context(ThreadPoolExecutor(1, "models"))
     if cfg.executor == "local":
         return None, background.submit(spec.build)
