@@ -76,30 +76,16 @@ def test_one_image_tag_everywhere(launcher, image):
     assert f"-t {image} ." in (CLUSTER / "Dockerfile").read_text()
 
 
-def test_image_pins_ray_and_installs_through_the_constraints(ray_version):
+def test_image_pins_ray_and_installs_through_the_lock(ray_version):
+    """The image's Ray is the clients'; what it installs is resolved against the lock in test_lock.py."""
     dockerfile = (CLUSTER / "Dockerfile").read_text()
     assert ray_version == ray.__version__  # clients (this venv) and cluster run the same Ray
     assert re.search(r"^FROM rayproject/ray:\$\{RAY_VERSION\}-py311-gpu", dockerfile, re.M)
-    install = re.search(r"^RUN pip install (.*?)(?:&&|$)", dockerfile.replace("\\\n", " "), re.M).group(1)
-    assert "-c constraints.txt" in install and "-c cluster/constraints-image.txt" in install
-    assert '"ray[data,train,default]==${RAY_VERSION}"' in install and install.split()[-1] == "."
-    for needed in (
-        "constraints.txt",
-        "pyproject.toml",
-        "README.md",
-        "landslide_batch",
-        "training",
-        "cluster/constraints-image.txt",
-    ):
+    installs = re.findall(r"pip install (.*?)(?:&&|$)", dockerfile.replace("\\\n", " "), re.M)
+    assert any('"ray[data,train,default]==${RAY_VERSION}"' in i for i in installs)
+    assert installs[-1].split()[-1] == "."
+    for needed in ("requirements.lock", "pyproject.toml", "README.md", "landslide_batch", "training"):
         assert re.search(rf"^COPY .*{re.escape(needed)}", dockerfile, re.M), needed
-
-    pins = dict(
-        line.split("==", 1)
-        for line in (CLUSTER / "constraints-image.txt").read_text().splitlines()
-        if line and not line.startswith("#")
-    )
-    assert pins["ray"] == ray_version
-    assert "torch" not in pins and "torchvision" not in pins  # pinned once, in constraints.txt
 
 
 def test_launcher_config(launcher):
@@ -110,7 +96,7 @@ def test_launcher_config(launcher):
     assert launcher["max_workers"] >= max(t["max_workers"] for t in gpu)
     project = next(k for k, v in launcher["file_mounts"].items() if v == ".")
     install = next(c for c in launcher["setup_commands"] if "pip install" in c)
-    assert f"-c {project}/constraints.txt" in install and install.split()[-1] == project
+    assert f"-c {project}/requirements.lock" in install and install.split()[-1] == project
     assert any("ray start --head" in c and "--dashboard-port=8265" in c for c in launcher["head_start_ray_commands"])
     assert any("ray start --address=$RAY_HEAD_IP:6379" in c for c in launcher["worker_start_ray_commands"])
 
@@ -421,3 +407,36 @@ def test_image_torch_build_driver_and_kuberay_versions_are_stated_where_users_lo
             "Object storage and clusters without a shared disk",
         ):
             assert needed in text, f"{readme.name} does not state {needed!r}"
+
+
+def test_the_head_may_launch_workers_with_their_profile_from_the_ssm_ami(launcher):
+    """ray up's GPU workers can launch: the head's policy passes the workers' role and reads the
+    AMI's SSM parameter, and the script that creates both profiles names the ones the file uses."""
+    iam = CLUSTER / "iam"
+    types = launcher["available_node_types"]
+    head = types[launcher["head_node_type"]]["node_config"]
+    workers = [t["node_config"] for name, t in types.items() if name != launcher["head_node_type"]]
+    statements = json.loads((iam / "head-policy.json").read_text())["Statement"]
+
+    def granted(action: str) -> list[str]:
+        return [
+            s["Resource"]
+            for s in statements
+            if action in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])
+        ]
+
+    for worker in workers:
+        role = worker["IamInstanceProfile"]["Name"]
+        assert granted("iam:PassRole") == [f"arn:aws:iam::ACCOUNT_ID:role/{role}"]
+        parameter = worker["ImageId"].removeprefix("resolve:ssm:")
+        (resource,) = granted("ssm:GetParameters")
+        assert worker["ImageId"].startswith("resolve:ssm:") and parameter.startswith(
+            resource.split(":parameter", 1)[1].rstrip("*")
+        )
+    assert granted("ec2:RunInstances") and granted("s3:PutObject")
+    script = (iam / "create-profiles.sh").read_text()
+    names = re.search(r"^for name in (.*); do$", script, re.M).group(1).split()
+    assert sorted(names) == sorted(
+        {head["IamInstanceProfile"]["Name"], *(w["IamInstanceProfile"]["Name"] for w in workers)}
+    )
+    subprocess.run(["bash", "-n", str(iam / "create-profiles.sh")], check=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from conftest import make_varying_model
-from maps import assert_same_map, job, read_prob
+from maps import KERNEL_ATOL, assert_same_map, job, read_prob
 from polling import wait_for
 from ray_nodes import LOCAL, local_cluster
 
@@ -164,7 +164,7 @@ def test_killed_predictor_actor_is_replaced_and_map_is_unchanged(
     assert state.actors()[killed["ActorID"]]["NumRestarts"] >= 1
     assert manifest["status"] == "complete" and manifest["blocks"]["computed"] == N_BLOCKS
     assert_retried_after_fault(manifest, done_at_fault)
-    assert_same_map(read_prob(tmp_path / "out"), reference, atol=1e-5)
+    assert_same_map(read_prob(tmp_path / "out"), reference, atol=KERNEL_ATOL)
 
 
 @pytest.mark.slow
@@ -185,7 +185,7 @@ def test_removed_worker_node_is_survived_and_map_is_unchanged(ray_cluster, big_s
     assert len(done_at_fault) < N_BLOCKS
     assert manifest["status"] == "complete" and manifest["blocks"]["computed"] == N_BLOCKS
     assert_retried_after_fault(manifest, done_at_fault)
-    assert_same_map(read_prob(tmp_path / "out"), reference, atol=1e-5)
+    assert_same_map(read_prob(tmp_path / "out"), reference, atol=KERNEL_ATOL)
 
 
 # --- The driver process dies, or a second one starts on the same folder -----------------------------------
@@ -220,7 +220,7 @@ def test_sigkilled_driver_resumes_only_unfinished_blocks(big_scene, big_model, r
     # Not bitwise: a tile shared by two blocks comes from the predictor's cache when both run in
     # one process, from a batch of its own after the kill, and CPU convolutions differ in the
     # last bit with the batch's make-up.
-    assert_same_map(read_prob(out), reference, atol=1e-5)
+    assert_same_map(read_prob(out), reference, atol=KERNEL_ATOL)
 
 
 @pytest.mark.slow

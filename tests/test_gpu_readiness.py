@@ -5,6 +5,7 @@ script, run end to end at tiny sizes on the CPU."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from maps import KERNEL_ATOL, assert_shift_caught
 
 from landslide_batch.bands import derive_features
 from landslide_batch.config import EnsembleConfig, EnsembleMember
@@ -45,23 +47,67 @@ def per_tile_map(bands: np.ndarray, valid: np.ndarray, folder: Path, win: np.nda
         return num / den
 
 
-@pytest.mark.parametrize("blend", ["gaussian", "cosine", "mean"])
-def test_batched_window_equals_a_per_tile_loop(varying_model, blend):
+def batched_and_per_tile(model: Path, blend: str, loop_blend: str | None = None):
+    """One window predicted by the batched predictor and by the per-tile loop (with the loop's
+    window of ``loop_blend``, to plant a wrong window), over a scene whose first tile column has
+    no valid pixel."""
     from test_oracle import window  # the oracle's windows, from their documented formulas
 
     bands, _ = synthetic_scene(320, 448, seed=5)
     valid = np.ones((320, 448), bool)
     valid[:, :150] = False  # the first tile column has no valid pixel: skipped, its pixels NaN
     bands[:, ~valid] = np.nan
-    predictor = EnsemblePredictor(EnsembleConfig(members=[EnsembleMember(model=varying_model)]), blend=blend)
+    predictor = EnsemblePredictor(EnsembleConfig(members=[EnsembleMember(model=model)]), blend=blend)
     got, spread = predictor.predict_window(bands, valid)
-    want = per_tile_map(bands, valid, varying_model, window(blend, TILE))
+    want = per_tile_map(bands, valid, model, window(loop_blend or blend, TILE))
     assert predictor.forward_passes == 4 * 6 - 4
+    assert np.nanmax(spread) == 0  # one member
+    return got, want, valid
+
+
+def assert_same_window(got: np.ndarray, want: np.ndarray, valid: np.ndarray) -> None:
     np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
     assert np.isnan(got[:, :64]).all() and np.isfinite(got[:, 64:]).all()
     assert got[valid].std() >= 0.05, "the compared map must vary"
-    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
-    assert np.nanmax(spread) == 0  # one member
+    assert_shift_caught(want, KERNEL_ATOL)
+    np.testing.assert_allclose(got, want, atol=KERNEL_ATOL, rtol=0)  # batched vs per-tile kernels
+
+
+@pytest.mark.parametrize("blend", ["gaussian", "cosine", "mean"])
+def test_batched_window_equals_a_per_tile_loop(varying_model, blend):
+    assert_same_window(*batched_and_per_tile(varying_model, blend))
+
+
+def test_a_shifted_or_wrongly_windowed_loop_fails_the_comparison(varying_model):
+    """The tolerance still catches real errors: the loop's map one pixel off, or blended with
+    another window."""
+    got, want, valid = batched_and_per_tile(varying_model, "gaussian")
+    shifted = want.copy()
+    shifted[:, 65:] = want[:, 64:-1]  # one pixel to the right, inside the valid area (NaNs unchanged)
+    with pytest.raises(AssertionError, match="Not equal to tolerance"):
+        assert_same_window(got, shifted, valid)
+    with pytest.raises(AssertionError, match="Not equal to tolerance"):
+        assert_same_window(*batched_and_per_tile(varying_model, "gaussian", loop_blend="cosine"))
+
+
+@pytest.mark.slow
+def test_the_equality_holds_on_the_avx2_kernels_too():
+    """The same comparison with torch and oneDNN held to AVX2 (CPUs without AVX-512 take those
+    kernels; this one may have AVX-512, so force them in a fresh process)."""
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    capability = subprocess.run(
+        [sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert capability == "AVX2"
+    test = f"{Path(__file__)}::test_batched_window_equals_a_per_tile_loop"
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0 and "3 passed" in done.stdout, done.stdout[-3000:]
 
 
 def test_kept_and_imported_tiles_give_the_map_of_a_fresh_prediction(varying_model, tiny_plain_model):
@@ -88,8 +134,8 @@ def test_kept_and_imported_tiles_give_the_map_of_a_fresh_prediction(varying_mode
     reuse.end()
     assert predictor.forward_passes - before == 2 * (12 - 3 - 3)  # per member: 3 kept, 3 imported
     assert not reuse.kept and got.std() >= 0.05
-    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)  # tiles ran in other batches: last bits differ
-    np.testing.assert_allclose(spread, want_spread, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(got, want, atol=KERNEL_ATOL, rtol=0)  # tiles ran in other batches: last bits differ
+    np.testing.assert_allclose(spread, want_spread, atol=KERNEL_ATOL, rtol=0)
 
 
 def _member_tiles(predictor: EnsemblePredictor, bands: np.ndarray, valid: np.ndarray, column: int) -> dict:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
+from maps import KERNEL_ATOL, assert_shift_caught
 
 from landslide_batch.config import job_from_dict
 from landslide_batch.models.card import load_model_folder
@@ -99,7 +100,8 @@ def test_region_map_equals_naive_per_tile_loop(tmp_path, scene_tif, varying_mode
     assert valid.sum() > 0.99 * valid.size
     assert got[valid].std() >= 0.05, "the compared map must vary, or equality proves little"
     np.testing.assert_array_equal(got < 0, ~valid)
-    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+    assert_shift_caught(want, KERNEL_ATOL)
+    np.testing.assert_allclose(got, want, atol=KERNEL_ATOL, rtol=0)
 
 
 def test_weighted_ensemble_equals_naive_loop(tmp_path, scene_tif, varying_model, tiny_model, scene_arrays):
@@ -111,4 +113,5 @@ def test_weighted_ensemble_equals_naive_loop(tmp_path, scene_tif, varying_model,
     got = run_pipeline(scene_tif, tmp_path / "out", members, "gaussian", 128)
     want = oracle(scene_tif, members, "gaussian")
     assert got[want >= 0].std() >= 0.05
-    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+    assert_shift_caught(want, KERNEL_ATOL)
+    np.testing.assert_allclose(got, want, atol=KERNEL_ATOL, rtol=0)

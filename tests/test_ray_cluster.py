@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_varying_model
-from maps import assert_same_map, job, read_prob
+from maps import KERNEL_ATOL, assert_same_map, job, read_prob
 from polling import wait_for
 from ray_nodes import LOCAL, local_cluster
 
@@ -184,7 +184,7 @@ def test_two_actors_on_two_nodes_predict_each_tile_once_and_equal_one_actor(two_
     assert sum(two["blocks"]["per_node"].values()) == two["blocks"]["computed"] == 16
     assert len(set(one["blocks"]["node_of"].values())) == 1
     a, b = read_prob(tmp_path / "one"), read_prob(tmp_path / "two")
-    assert_same_map(b, a, atol=1e-6)
+    assert_same_map(b, a, atol=KERNEL_ATOL)
     for manifest in (one, two):
         assert manifest["tiles"]["forward_passes"] <= 1.02 * manifest["tiles"]["grid"]
         assert manifest["tiles"]["kept_at_end"] == 0
@@ -199,7 +199,7 @@ def test_two_actors_on_two_nodes_predict_each_tile_once_and_equal_one_actor(two_
     )
     assert three["blocks"]["computed"] == 16 and three["tiles"]["kept_at_end"] == 0
     assert three["tiles"]["forward_passes"] >= three["tiles"]["grid"]  # tiles of a late stripe may run twice
-    assert_same_map(read_prob(tmp_path / "three"), a, atol=1e-6)
+    assert_same_map(read_prob(tmp_path / "three"), a, atol=KERNEL_ATOL)
 
 
 def gpu_demand() -> list[dict]:

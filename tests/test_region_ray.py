@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 import rasterio
-from maps import assert_same_map
+from maps import KERNEL_ATOL, assert_same_map
 from ray_nodes import local_cluster
 from test_region import _job, region  # noqa: F401  (``region``: the fixture)
 
@@ -64,7 +64,7 @@ def test_ray_region_job_loads_models_once_per_actor_and_equals_the_local_map(reg
 
     # The same map as the local executor's, on a map that varies.
     got, want = _read(d / "region_ray" / "probability.tif"), _read(d / "region_local" / "probability.tif")
-    assert_same_map(got, want, atol=1e-5)
+    assert_same_map(got, want, atol=KERNEL_ATOL)
 
     # Progress over the whole region: blocks done / total and a rate in km²/h, ending at all blocks.
     done = [tuple(map(int, m.groups())) for m in re.finditer(r"region: (\d+)/(\d+) blocks", caplog.text)]

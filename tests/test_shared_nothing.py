@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import rasterio
 import yaml
-from maps import assert_same_map
+from maps import KERNEL_ATOL, assert_same_map
 from s3_server import free_port, s3_bucket
 from test_jobs import _stop_session
 
@@ -293,7 +293,7 @@ def test_region_job_s3_to_s3_runs_on_the_hidden_worker(cluster, s3, tmp_path, sc
     expected = _probability(local / "probability.tif")
     valid = expected >= 0
     assert valid.mean() > 0.9
-    assert_same_map(remote, expected, atol=1e-6)
+    assert_same_map(remote, expected, atol=KERNEL_ATOL)
 
 
 def test_job_on_the_drivers_disk_fails_before_any_compute(cluster, tmp_path, scene_tif, varying_model):
