@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 
 from .download import download, file_digest
 from .errors import ConfigError, InputError
@@ -43,6 +43,14 @@ class SourceFile(StrictModel):
     split: str = Field(pattern="^(train|val|test)$")
     md5: str | None = None
     sha256: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, v: str) -> str:
+        """The archive is saved as ``OUT/downloads/<name>``: a folder part or ``..`` would leave it."""
+        if not v or v in (".", "..") or "/" in v or "\\" in v or "\0" in v:
+            raise ValueError(f"archive name {v!r} should be a plain file name (no folder, no '..')")
+        return v
 
     @property
     def checksums(self) -> dict[str, str]:
@@ -66,10 +74,15 @@ class Sources(StrictModel):
 
 def load_sources(path: str | Path | None = None) -> Sources:
     """The user's sources file, or the one shipped with the package."""
-    text = (
-        Path(path).read_text() if path else (package_files("landslide_batch") / "data" / "l4s_sources.yaml").read_text()
-    )
     where = str(path or "landslide_batch/data/l4s_sources.yaml")
+    try:
+        text = (
+            Path(path).read_text()
+            if path
+            else (package_files("landslide_batch") / "data" / "l4s_sources.yaml").read_text()
+        )
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{where}: cannot read the sources file ({exc})") from None
     try:
         return Sources.model_validate(yaml.safe_load(text))
     except (yaml.YAMLError, ValidationError) as exc:

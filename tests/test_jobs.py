@@ -525,3 +525,20 @@ def test_submit_region_job_to_local_ray_head(tmp_path, scene_tif, tiny_model, ra
 
     again = _cli(env, "submit", str(job), "--address", address, "--submission-id", "ls-test-region", "--shared-fs")
     assert again.returncode == JobExistsError.exit_code and "already submitted" in again.stderr
+
+
+def test_schedule_once_exits_non_zero_when_a_job_of_the_pass_failed(tmp_path, scenes, capsys):
+    """Cron sees a failed pass: both events' local jobs fail (no such model folder) -> exit 2,
+    one line naming each failed job and its error; the state file records them as failed."""
+    write_catalog(tmp_path / "catalog", scenes)
+    path = write_schedule(tmp_path, "catalog/catalog.json", tmp_path / "no-model")
+    assert main(["schedule", str(path), "--once", "--local"]) == 2
+    captured = capsys.readouterr()
+    schedule = load_schedule(path)
+    ids = [job_id(schedule.event(a), [s]) for a, s in (("valley", "s2-a"), ("ridge", "s2-b"))]
+    assert captured.out == ""  # no job started
+    assert captured.err.startswith("landslide-batch schedule: error: 2 job(s) of this pass failed: ")
+    assert all(f"{i}: " in captured.err for i in ids) and "no-model" in captured.err
+    assert captured.err.count("\n") == 1 and "Traceback" not in captured.err
+    outcomes = [r["outcome"] for r in json.loads(schedule.state_path.read_text())["jobs"].values()]
+    assert len(outcomes) == 2 and all(o.startswith("failed: ") for o in outcomes)

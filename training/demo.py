@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from landslide_batch.checks.output import check_out_folder
+from landslide_batch.errors import ConfigError
 from landslide_batch.metrics import confusion_counts, scores
 from landslide_batch.synthetic import synthetic_scene, write_geotiff
 
@@ -104,7 +106,10 @@ def run_demo(
     model: str = "unet_mobilenet_v2",
 ) -> dict:
     """Run the demo into ``out``; returns the summary also written to ``out/demo.json``."""
+    check_out_folder(Path(out))  # it replaces OUT/data: never the home folder's or a system folder's
     out = Path(out).resolve()
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; expected a folder for the demo (a new one)")
     t0 = time.perf_counter()
     print(f"[1/3] synthetic training data -> {out / 'data'}", flush=True)
     n_train, n_val = _demo_data(out, train_px, val_px)

@@ -32,6 +32,7 @@ def cut_scene(
     mask has no "unknown" value). Returns the patch count.
     """
     import rasterio
+    import rasterio.errors
     from rasterio.windows import Window
 
     from landslide_batch.ingest import ingest
@@ -39,10 +40,14 @@ def cut_scene(
     folder, stride = Path(folder), stride or size
     if (folder / "img").exists() and any((folder / "img").iterdir()):
         raise InputError(f"{folder / 'img'} is not empty; cut into a new folder")
+    try:
+        labelled = rasterio.open(labels)
+    except rasterio.errors.RasterioIOError as exc:  # before any folder is made
+        raise InputError(f"{labels}: cannot open the label raster ({exc})") from None
     (folder / "img").mkdir(parents=True, exist_ok=True)
     (folder / "mask").mkdir(parents=True, exist_ok=True)
     n = 0
-    with tempfile.TemporaryDirectory(dir=folder) as tmp, rasterio.open(labels) as lab:
+    with tempfile.TemporaryDirectory(dir=folder) as tmp, labelled as lab:
         sc = ingest(scene, Path(tmp) / "scene.zarr")
         h, w = sc.shape
         if (lab.height, lab.width) != (h, w) or lab.count != 1:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..errors import ModelError
 from ..models.card import CARD_FILE, WEIGHTS_FILE, ModelCard, read_card
+from ..storage.contained import lies_inside
 from . import MODELS_ENV
 
 
@@ -37,12 +38,15 @@ def find_models(root: Path) -> tuple[list[ModelEntry], list[str]]:
     cards = [root / CARD_FILE, *root.glob(f"*/{CARD_FILE}"), *root.glob(f"*/*/{CARD_FILE}")]
     for card_path in sorted(p for p in cards if p.is_file()):
         folder = card_path.parent
+        weights = folder / WEIGHTS_FILE
+        if not all(lies_inside(root, p) for p in (card_path, weights)):  # symlinked out of ``root``
+            problems.append(f"{folder.relative_to(root)}: links outside the models folder; not offered")
+            continue
         try:
             card = read_card(folder)
         except ModelError as exc:
             problems.append(str(exc))
             continue
-        weights = folder / WEIGHTS_FILE
         stamp = (card_path.stat().st_mtime_ns, weights.stat().st_mtime_ns if weights.exists() else 0)
         models.append(ModelEntry(folder, card, stamp))
     return models, problems

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from ..storage.contained import lies_inside
 from . import RUNS_ENV
 
 RUN_FILE = "run.json"
@@ -34,8 +35,10 @@ class RunFile:
 
 
 def find_runs(root: Path) -> list[Path]:
-    """Job output folders (holding ``run.json``): ``root`` itself and its sub-folders."""
-    return sorted(p.parent for p in [root / RUN_FILE, *root.glob(f"*/{RUN_FILE}")] if p.is_file())
+    """Job output folders (holding ``run.json``): ``root`` itself and its sub-folders. A run folder
+    or ``run.json`` symlinked out of ``root`` is not offered: the page serves nothing outside it."""
+    manifests = [root / RUN_FILE, *root.glob(f"*/{RUN_FILE}")]
+    return sorted(p.parent for p in manifests if p.is_file() and lies_inside(root, p))
 
 
 def run_label(root: Path, folder: Path) -> str:

@@ -1,11 +1,13 @@
 """The output folder before anything is written, and a full disk while the job writes.
 
 ``check_out_path``: ``out`` must be a folder (new or an earlier job's), not a file, not the
-scene, not inside the scene or any Zarr store. ``check_free_space``: the working store and the
-products must fit in the free space of ``out``'s file system (an uncompressed upper bound,
-less what an interrupted attempt already wrote). ``disk_full_is_clear``: running out of space
-later (ENOSPC from zarr, GDAL or the file moves) ends in :class:`DiskFullError` (exit code 4)
-naming the folder; the folder is left as after any failure, so re-running resumes.
+scene, not inside the scene or any Zarr store, not the root, home or a system folder
+(``check_out_folder``, region jobs too), and writable (``check_writable``, ``vectorize`` too).
+``check_free_space``: the working store and the products must fit in the free space of
+``out``'s file system (an uncompressed upper bound, less what an interrupted attempt already
+wrote). ``disk_full_is_clear``: running out of space later (ENOSPC from zarr, GDAL or the file
+moves) ends in :class:`DiskFullError` (exit code 4) naming the folder; the folder is left as
+after any failure, so re-running resumes.
 
 Local paths only: on object storage there is no file system to measure or fill.
 """
@@ -13,6 +15,7 @@ Local paths only: on object storage there is no file system to measure or fill.
 from __future__ import annotations
 
 import errno
+import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,8 +32,55 @@ BYTES_PER_PIXEL = {"scene store": N_BANDS * 4 + 1, "output store": 2 * 4, "produ
 ZARR_MARKERS = ("zarr.json", ".zgroup", ".zarray", ".zmetadata")
 
 
+#: Folders no job writes into: the system's (nor anywhere below them) ...
+SYSTEM_TREES = tuple(
+    Path(p) for p in ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/proc", "/sbin", "/sys", "/usr")
+)
+#: ... and these themselves (a job's ``.work``, lock and products would land among everything else)
+SHARED_FOLDERS = tuple(Path(p) for p in ("/", "/home", "/root", "/tmp", "/var", "/opt", "/srv", "/mnt", "/media"))
+
+
+def check_out_folder(out: Path) -> None:
+    """ConfigError when ``out`` (symlinks followed) is the file system's root, the home folder or
+    a system folder: ``--overwrite`` and the job's own files must never land there."""
+    real = out.resolve()
+    home = Path.home().resolve()
+    if real in (*SHARED_FOLDERS, home) or any(real == t or real.is_relative_to(t) for t in SYSTEM_TREES):
+        what = "your home folder" if real == home else "a system or shared folder"
+        raise ConfigError(
+            f"--out {out} is {real}, {what}; choose a new folder for the job's outputs (e.g. {home / 'landslide-out'})"
+        )
+
+
+def check_inputs_outside(out: Path, inputs: list[tuple[str, Path]]) -> None:
+    """ConfigError when ``out`` (symlinks followed) holds one of the job's inputs, given as
+    ``(what it is, path)``: ``--overwrite`` and the job's work folder must never reach what the
+    job reads."""
+    real = out.resolve()
+    for what, path in inputs:
+        if real in path.resolve().parents:
+            raise ConfigError(
+                f"--out {out} contains the {what} {path}; choose an output folder that holds none of the job's inputs"
+            )
+
+
+def check_writable(out: Path) -> None:
+    """ConfigError when ``out`` (or, while it does not exist, the folder it would be made in)
+    cannot be written: a read-only file system or no permission. Checked before the lock."""
+    folder = _existing(out)
+    if not os.access(folder, os.W_OK | os.X_OK):
+        why = "a read-only file system" if _read_only(folder) else "no write permission"
+        raise ConfigError(f"{out}: cannot write in {folder} ({why}); choose a writable folder or fix its permissions")
+
+
+def _read_only(folder: Path) -> bool:
+    return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+
+
 def check_out_path(out: Path, scene: Path) -> None:
-    """ConfigError when ``out`` cannot be an output folder (checked before anything is written)."""
+    """ConfigError when ``out`` cannot be an output folder (checked before anything is written):
+    see :func:`check_out_folder`; also a file, the scene, inside the scene or a Zarr store."""
+    check_out_folder(out)
     out, scene = out.resolve(), scene.resolve()
     if out == scene:
         raise ConfigError(f"--out {out} is the scene itself; choose a new folder for the outputs")
@@ -41,6 +91,7 @@ def check_out_path(out: Path, scene: Path) -> None:
     store = next((p for p in (out, *out.parents) if any((p / m).is_file() for m in ZARR_MARKERS)), None)
     if store is not None:
         raise ConfigError(f"--out {out} lies inside the Zarr store {store}; choose a folder outside it")
+    check_writable(out)
 
 
 def bytes_needed(height: int, width: int) -> dict[str, int]:

@@ -18,8 +18,11 @@ from ..errors import ConfigError
 from ..ingest.b10 import ModelB10
 from ..ingest.units import INPUTS_UNITS
 from ..models.card import ModelCard, ModelFiles, read_model_files
+from ..outputs.manifest import read_manifest
+from ..outputs.publish import product_names
+from ..plan.limits import check_work
 from ..storage import location
-from .output import ZARR_MARKERS, check_free_space, check_out_path
+from .output import ZARR_MARKERS, check_free_space, check_inputs_outside, check_out_path
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +42,20 @@ def preflight(cfg: JobConfig, overwrite: bool) -> tuple[JobConfig, tuple[ModelFi
     scene = location(cfg.scene)
     if out.is_local and scene.is_local:
         check_out_path(out.path, scene.path)
-    files = read_models(ensemble_members(cfg))
-    if out.is_local and scene.is_local and (overwrite or not (out.path / "run.json").is_file()):
-        shape = scene_shape(scene.path)
-        if shape is not None:
-            check_free_space(out.path, *shape)
+    if out.is_local and (previous := read_manifest(out)) is not None:
+        product_names(out, previous)  # a manifest naming files outside ``out``: refused before any work
+    members = ensemble_members(cfg)
+    shape = scene_shape(scene.path) if scene.is_local else None
+    if shape is not None:  # tiles, block memory, pixels: refused at once, not after an ingest
+        n = len(members.members)
+        check_work(*shape, tile=cfg.tile, stride=cfg.stride, block=cfg.block, members=n, max_pixels=cfg.max_pixels)
+    if out.is_local:
+        inputs = [("scene", scene), *(("model", location(m.model)) for m in members.members)]
+        inputs += [("ensemble file", location(cfg.ensemble))] if cfg.ensemble else []
+        check_inputs_outside(out.path, [(what, loc.path) for what, loc in inputs if loc.is_local])
+    files = read_models(members)
+    if out.is_local and shape is not None and (overwrite or not (out.path / "run.json").is_file()):
+        check_free_space(out.path, *shape)
     return resolve_inputs_units(cfg, [f.card for f in files]), files
 
 

@@ -12,8 +12,16 @@ taken. A member is refused when the median over its features is an order of magn
 (``ORDER``), or when it is half an order or more (``PATTERN``) and the ratios follow a known
 conversion between conventions (``ingest/units.py``) at least twice as closely as "same units":
 the pattern of the per-layer factors (optical x 10000, or x L4S divisor, slope x 20.29,
-DEM x 772.8) is what names the likely cause. NDVI (a ratio) and constant layers (a zero-filled
-B10) carry no unit information and are left out.
+DEM x 772.8) is what names the likely cause. NDVI (a ratio) carries no unit information.
+
+A median hides a few wrong layers (slope in degrees and DEM in metres inside an otherwise
+L4S-scaled stack: median factor 1.03), so each layer is also judged on its own: refused when its
+typical value is beyond what the layer can be in the model's units (``PHYSICAL_MAX``: slope 90
+degrees is 4.4 in L4S scaling), or when it is off by ``ORDER`` or more and that layer's own factor
+between two conventions (itself ``ORDER`` or more) explains it within ``PATTERN``. A layer a
+model uses that holds one value over every sampled pixel (all zeros: an empty band) is refused by
+name too, except B10, which L2A products lack (a constant B10 is a warning; one the ingest filled
+by ``inputs.b10`` says so already).
 """
 
 from __future__ import annotations
@@ -23,11 +31,14 @@ from itertools import permutations
 
 import numpy as np
 
-from ..bands import BAND_INDEX, L4S_BANDS
+from ..bands import BAND_INDEX, DERIVED, L4S_BANDS
 from ..errors import UnitsMismatchError
 from ..ingest.units import (
     KNOWN_UNITS,
+    PHYSICAL_MAX,
+    Units,
     feature_layers,
+    layer_units,
     scale_from_physical,
     typical_values,
 )
@@ -38,6 +49,7 @@ PATTERN = 0.5  # ... that refuses when a known conversion explains the ratios: a
 SAMPLE_WINDOWS = 36
 SAMPLE_SIZE = 64
 LISTED = 6  # layers named in a refusal, the most different first
+MIN_CONSTANT_PIXELS = 100  # sampled valid pixels below which one value per layer proves nothing
 FLAG = "--accept-units-mismatch (job key accept_units_mismatch: true)"
 
 DESCRIBE = {
@@ -55,6 +67,9 @@ class SceneSample:
     p25: np.ndarray
     p75: np.ndarray
     pixels: int
+    low: np.ndarray  # smallest and largest sampled value: equal for a constant layer
+    high: np.ndarray
+    filled: frozenset[str] = frozenset()  # layers the ingest filled by a rule (B10), warned there
 
     def scale(self) -> np.ndarray:
         """Typical magnitude per layer: |median|, or the spread where values centre on 0."""
@@ -73,6 +88,7 @@ class Verdict:
     median_log_ratio: float
     cause: tuple[str, str] | None  # (scene units, model units) of the best-fitting known conversion
     refused: bool
+    layers_off: tuple[tuple[str, str], ...] = ()  # (layer, why) for each layer wrong on its own
 
     def record(self) -> dict:
         return {
@@ -81,6 +97,7 @@ class Verdict:
             "layers": len(self.layers),
             "median_factor": round(10**self.median_log_ratio, 4),
             "likely_cause": "{} scene for a {} model".format(*self.cause) if self.cause else None,
+            "layers_off": [layer for layer, _ in self.layers_off],
             "mismatch": self.refused,
         }
 
@@ -103,11 +120,13 @@ def sample_scene(scene) -> SceneSample:
         bands, valid = scene.read(y0, y1, x0, x1)
         values.append(bands[:, valid])
     data = np.concatenate(values, axis=1).astype(np.float64)
+    layers = scene.attrs.get("ingest", {}).get("layers", {})
+    filled = frozenset(name for name, info in layers.items() if "filled" in info)
     if data.shape[1] == 0:  # valid pixels only outside the sampled windows: no evidence either way
         nan = np.full(len(L4S_BANDS), np.nan)
-        return SceneSample(nan, nan, nan, 0)
-    p25, median, p75 = np.percentile(data, [25, 50, 75], axis=1)
-    return SceneSample(median, p25, p75, data.shape[1])
+        return SceneSample(nan, nan, nan, 0, nan, nan, filled)
+    low, p25, median, p75, high = np.percentile(data, [0, 25, 50, 75, 100], axis=1)
+    return SceneSample(median, p25, p75, data.shape[1], low, high, filled)
 
 
 def training_reference(card: ModelCard) -> tuple[str, list[str], np.ndarray] | None:
@@ -148,7 +167,12 @@ def compare(card: ModelCard, sample: SceneSample) -> Verdict | None:
     }
     best = min(fits, key=fits.__getitem__)
     explained = fits[best] <= same / 2
-    refused = same >= ORDER or (same >= PATTERN and explained)
+    off = tuple(
+        found
+        for i, lg, s, t in zip(idx, logs, scene, trained)
+        if (found := _layer_off(L4S_BANDS[i], float(lg), float(s), float(t), card.input_units)) is not None
+    )
+    refused = _by_median(same, explained) or bool(off)
     median_log = float(np.median(logs))
     return Verdict(
         card.name,
@@ -159,7 +183,44 @@ def compare(card: ModelCard, sample: SceneSample) -> Verdict | None:
         median_log,
         best if explained else None,
         refused,
+        off,
     )
+
+
+def _by_median(same: float, explained: bool) -> bool:
+    """Whether the median |log10 ratio| over the layers refuses: see the module's docstring."""
+    return same >= ORDER or (same >= PATTERN and explained)
+
+
+def _layer_off(layer: str, log: float, scene: float, trained: float, model_units: str | None) -> tuple[str, str] | None:
+    """Pure: (layer, why) when one layer is wrong on its own, whatever the others say: its typical
+    value is beyond what the layer can be in the model's units, or it is off by ``ORDER`` or more
+    and that layer's factor between two known conventions explains it within ``PATTERN``."""
+    i = BAND_INDEX[layer]
+    known: list[Units] = [model_units] if model_units in KNOWN_UNITS else list(KNOWN_UNITS)
+    factors = {
+        (u, v): float(np.log10(scale_from_physical(u)[i] / scale_from_physical(v)[i]))
+        for u, v in permutations(KNOWN_UNITS, 2)
+        if v in known
+    }
+    # Only conversions of ORDER or more: a smaller one (B10's L4S divisor, 9.05) is within the
+    # layer's natural spread from scene to scene.
+    factors = {pair: f for pair, f in factors.items() if abs(f) >= ORDER}
+    cause = min(factors, key=lambda pair: abs(log - factors[pair]), default=None)
+    explained = cause is not None and abs(log) >= ORDER and abs(log - factors[cause]) <= PATTERN
+    most = PHYSICAL_MAX[i] * scale_from_physical(known[0])[i] if len(known) == 1 else np.inf
+    if not (explained or scene > most):
+        return None
+    why = f"{layer} {scene:.4g} vs {trained:.4g} (x{10**log:.3g}"
+    if scene > most:
+        why += f"; no {layer} exceeds {most:.4g} in {layer_units(layer, known[0])}"
+    if explained and cause is not None:
+        u, v = cause
+        why += (
+            f"; it looks like {layer_units(layer, u)} for a model trained on {layer_units(layer, v)}: "
+            f"multiply {layer} by {10 ** -factors[cause]:.4g}"
+        )
+    return layer, why + ")"
 
 
 def _cause_and_fix(cause: tuple[str, str] | None) -> str:
@@ -188,7 +249,15 @@ def _cause_and_fix(cause: tuple[str, str] | None) -> str:
 
 
 def describe(verdict: Verdict) -> str:
-    """A refused member in words: the layers, the scene's values, the trained ones, cause and fix."""
+    """A refused member in words: the layers, the scene's values, the trained ones, cause and fix;
+    a member refused for a few layers alone (the median fits) names those layers and their fix."""
+    same = float(np.median(np.abs(np.log10(np.divide(verdict.scene, verdict.trained)))))
+    if verdict.layers_off and not _by_median(same, verdict.cause is not None):
+        return (
+            f"model {verdict.model}: {len(verdict.layers_off)} of {len(verdict.layers)} layers are not in the "
+            f"units it was trained on (from {verdict.reference}), although the others are: "
+            + "; ".join(why for _, why in verdict.layers_off)
+        )
     rows = sorted(zip(verdict.layers, verdict.scene, verdict.trained), key=lambda r: -abs(np.log10(r[1] / r[2])))
     off = [r for r in rows if abs(np.log10(r[1] / r[2])) >= PATTERN] or rows[:3]
     listing = ", ".join(f"{layer} {s:.4g} vs {t:.4g}" for layer, s, t in off[:LISTED])
@@ -205,6 +274,8 @@ def units_guard(sample: SceneSample, cards: list[ModelCard], accept: bool) -> tu
     ``accept``, in which case it becomes a warning (recorded in run.json)."""
     verdicts = [v for v in (compare(card, sample) for card in cards) if v is not None]
     refused = [describe(v) for v in verdicts if v.refused]
+    empty, b10 = constant_layers(sample, cards)
+    refused += empty
     if refused and not accept:
         raise UnitsMismatchError(
             "the scene is not in the units the model was trained on:\n  "
@@ -212,4 +283,30 @@ def units_guard(sample: SceneSample, cards: list[ModelCard], accept: bool) -> tu
             + f"\nIf the values are right and the scene is genuinely unlike the training data, run with {FLAG}"
         )
     warnings = [f"units mismatch accepted ({FLAG}): {msg}" for msg in refused]
-    return verdicts, warnings
+    return verdicts, warnings + b10
+
+
+def constant_layers(sample: SceneSample, cards: list[ModelCard]) -> tuple[list[str], list[str]]:
+    """Pure: layers the models use that hold one value over every sampled pixel, in words ->
+    (refusals, warnings). Such a layer is empty or zero-filled, not an observation; a constant
+    B10 is a warning only (L2A products lack it), and none where the ingest filled it by rule."""
+    if sample.pixels < MIN_CONSTANT_PIXELS:
+        return [], []
+    users: dict[str, list[str]] = {}
+    for card in cards:
+        for layer in dict.fromkeys(b for f in card.features for b in DERIVED.get(f, (f,))):
+            users.setdefault(layer, []).append(card.name)
+    refusals, warnings = [], []
+    for layer, names in users.items():
+        i = BAND_INDEX[layer]
+        if layer in sample.filled or sample.low[i] != sample.high[i]:
+            continue
+        msg = (
+            f"layer {layer} holds one value ({sample.low[i]:.4g}) over every sampled valid pixel: "
+            f"an empty or filled band, not an observation (used by model {', '.join(names)})"
+        )
+        if layer == "B10":
+            warnings.append(msg + "; L2A products lack B10, see inputs.b10 in docs/inputs.md")
+        else:
+            refusals.append(msg + ". Check the band's source file")
+    return refusals, warnings

@@ -7,7 +7,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from ..errors import ConfigError
+from ..errors import ConfigError, LandslideBatchError
 
 
 def register(sub) -> None:
@@ -165,8 +165,11 @@ def _schedule(args) -> int:
     if not args.once:
         run_schedule(schedule, submitter, remote=on_cluster)
         return 0
-    for job_id in run_pass(schedule, submitter, remote=on_cluster):
+    failed: list[str] = []
+    for job_id in run_pass(schedule, submitter, remote=on_cluster, failed=failed):
         print(job_id)
+    if failed:  # cron must see a pass with a failed job: exit 2, as for the job's own error
+        raise LandslideBatchError(f"{len(failed)} job(s) of this pass failed: {'; '.join(failed)}")
     return 0
 
 

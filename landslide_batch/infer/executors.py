@@ -24,6 +24,7 @@ from ..errors import LandslideBatchError
 from ..plan.tiling import Block, TileGrid
 from .actor_pool import ActorPool
 from .device import device_type
+from .ray_connect import require_reachable
 from .stages import BlockWriter, PredictBlock, PredictorSpec, ReadBlock, Row, WriteBlock
 from .stripes import BlockTask, Tile, plan_tasks, split_stripes
 
@@ -107,6 +108,8 @@ def ray_session(settings: RaySettings) -> Iterator[None]:
         yield
         return
     address = settings.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        require_reachable(address, settings.connect_timeout_s)  # a dead head: one line, not minutes of retries
     ray.init(
         address=address,
         include_dashboard=False,

@@ -52,7 +52,7 @@ def load_aoi(inputs: SceneInputs):
 
     if inputs.bbox is not None:
         crs = _crs(inputs.aoi_crs or "EPSG:4326", "inputs.aoi_crs")
-        return box(*inputs.bbox), crs, f"bbox {list(inputs.bbox)} ({crs.to_string()})"
+        return _in_range(box(*inputs.bbox), crs, "inputs.bbox"), crs, f"bbox {list(inputs.bbox)} ({crs.to_string()})"
     if inputs.aoi is None:
         return None
     where = location(inputs.aoi)  # a local path or a URI
@@ -86,7 +86,20 @@ def load_aoi(inputs: SceneInputs):
         kinds = sorted({g.geom_type for g in geoms}) or "nothing"
         raise InputError(f"{path}: no polygon in the AOI file (found {kinds})")
     geom = shapely.union_all([shapely.make_valid(g) for g in polys])
-    return geom, crs, f"{path} ({crs.to_string()})"
+    return _in_range(geom, crs, str(path)), crs, f"{path} ({crs.to_string()})"
+
+
+def _in_range(geom, crs: CRS, what: str):
+    """``geom``, unless its CRS is geographic (as a file without one is taken to be) and its
+    coordinates are not longitudes and latitudes: metres in a file that names no CRS."""
+    minx, miny, maxx, maxy = geom.bounds
+    if crs.is_geographic and not (-180 <= minx <= maxx <= 180 and -90 <= miny <= maxy <= 90):
+        raise InputError(
+            f"{what}: coordinates x {minx:.6g}..{maxx:.6g}, y {miny:.6g}..{maxy:.6g} are not longitude/latitude "
+            f"as its CRS {crs.to_string()} says (projected metres without a CRS?); set the file's CRS (a .prj beside a "
+            "shapefile, a 'crs' member in GeoJSON) or name it with inputs.aoi_crs (e.g. EPSG:32645)"
+        )
+    return geom
 
 
 def aoi_in_crs(geom, src_crs: CRS, dst_crs: CRS):

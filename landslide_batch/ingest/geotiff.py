@@ -10,7 +10,15 @@ from rasterio.errors import RasterioError
 
 from ..bands import L4S_BANDS, N_BANDS
 from ..errors import InputError
-from .scene import SceneWriter
+from .scene import Blank, SceneWriter
+
+#: A raster without a nodata tag: zero in every Sentinel-2 layer is a border or fill, not ground
+#: (no surface reflects nothing in all 12 bands, and 0 is the L2A products' no-data number).
+UNTAGGED_ZEROS = Blank(
+    0.0,
+    "the file has no nodata tag",
+    "A nodata tag on the file (gdal_edit.py -a_nodata VALUE) replaces this rule",
+)
 
 
 def ingest_geotiff(
@@ -44,6 +52,7 @@ def ingest_geotiff(
             transform=tuple(ds.transform)[:6],
             chunk=chunk,
             source={"path": str(src), "kind": "geotiff", "nodata": nodata},
+            blank=UNTAGGED_ZEROS if nodata is None else None,
         )
         for y0, y1, x0, x1 in writer.windows():
             window = rasterio.windows.Window(x0, y0, x1 - x0, y1 - y0)

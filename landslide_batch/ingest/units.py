@@ -33,6 +33,10 @@ _OPTICAL = slice(0, 12)
 FEATURE_LAYER = {"R": "B4", "G": "B3", "B": "B2"}
 #: ``inputs.units`` (what ingest writes) -> the card's name for the same convention.
 INPUTS_UNITS = {"physical": "reflectance", "l4s": "l4s"}
+#: The most a layer's typical value (median, or spread) can be in physical units: reflectance
+#: well above 1 is saturation, not ground; no slope exceeds 90 degrees, no land 9000 m. A scene
+#: beyond these in a model's units is in other units, whatever the other layers say.
+PHYSICAL_MAX = np.array([1.5] * 12 + [90.0, 9000.0])
 
 
 def scale_from_physical(units: Units) -> np.ndarray:
@@ -44,6 +48,17 @@ def scale_from_physical(units: Units) -> np.ndarray:
         scale[_OPTICAL] = 10000.0
         scale /= np.asarray(L4S_IMG_MEAN)
     return scale
+
+
+def layer_units(layer: str, units: Units) -> str:
+    """How ``layer`` is expressed in ``units``, in words (``slope``, ``l4s`` -> L4S scaling, degrees / 20.29)."""
+    i = BAND_INDEX[layer]
+    physical = {"slope": "degrees", "DEM": "metres"}.get(layer)
+    if units == "l4s":
+        return f"L4S scaling ({physical or 'DN'} / {L4S_IMG_MEAN[i]:.4g})"
+    if physical:
+        return physical
+    return "reflectance 0-1" if units == "reflectance" else "digital numbers (reflectance x 10000)"
 
 
 def typical_values(units: Units) -> np.ndarray:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import sys
@@ -40,6 +41,12 @@ class Normalization(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> Normalization:
+        bad = [i for i, pair in enumerate(zip(self.mean, self.std)) if not all(map(math.isfinite, pair))]
+        if bad:  # a NaN mean turns its feature into the fill value everywhere: a map without a word
+            raise ValueError(
+                "mean and std must be finite numbers; NaN or infinity for the feature(s) at position "
+                + ", ".join(f"{i} (mean {self.mean[i]}, std {self.std[i]})" for i in bad)
+            )
         if len(self.mean) != len(self.std):
             raise ValueError(f"mean has {len(self.mean)} values but std has {len(self.std)}")
         if any(not s > 0 for s in self.std):
@@ -61,10 +68,10 @@ class ModelCard(BaseModel):
     features: list[str]
     in_channels: int
     normalization: Normalization
-    threshold: float = Field(0.5, ge=0.0, le=1.0)
+    threshold: float = Field(0.5, ge=0.0, le=1.0, allow_inf_nan=False)
     #: Value a NaN input takes after normalisation. 0 (the feature's mean) for this project's
     #: training; the study's imported models saw raw values with NaN set to 1e-6.
-    nan_fill: float = 0.0
+    nan_fill: float = Field(0.0, allow_inf_nan=False)
     #: Units of the layers the model was trained on (``ingest/units.py``): ``reflectance`` (0..1,
     #: slope in degrees, DEM in metres), ``dn`` (reflectance x 10000), ``l4s`` (as the L4S .h5
     #: patches), ``raw`` (no known convention), ``unknown``. A card without it (older cards) gets

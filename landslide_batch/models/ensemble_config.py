@@ -11,13 +11,14 @@ from ..schema import PathOrUri, StrictModel
 
 class EnsembleMember(StrictModel):
     model: PathOrUri
-    weight: float = Field(1.0, gt=0)
+    #: Finite: an infinite weight makes every probability inf / inf = NaN (a map of nodata).
+    weight: float = Field(1.0, gt=0, allow_inf_nan=False)
 
 
 class EnsembleConfig(StrictModel):
     members: list[EnsembleMember] = Field(min_length=1)
     #: Probability threshold for the binary mask; default: members' card thresholds, weighted.
-    threshold: float | None = Field(None, ge=0, le=1)
+    threshold: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
 
     def decision_threshold(self, member_thresholds: list[float]) -> float:
         """``threshold``, else the members' (tuned) thresholds, weighted like their probabilities."""

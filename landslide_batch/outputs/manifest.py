@@ -7,6 +7,7 @@ import platform
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from ..errors import InputError
 from ..storage import Location, location
 
 PACKAGES = (
@@ -38,10 +39,15 @@ def write_json_atomic(path: Path | str | Location, data: dict) -> None:
 
 
 def read_manifest(out_dir: Path | str | Location) -> dict | None:
+    """The ``run.json`` in ``out_dir`` as a dict; None where there is none (``out_dir`` a file or
+    missing) or it is not a JSON object. InputError where it cannot be read (a folder, no permission)."""
     path = location(out_dir) / "run.json"
     try:
-        return json.loads(path.read_bytes())
-    except FileNotFoundError:
+        found = json.loads(path.read_bytes())
+    except (FileNotFoundError, NotADirectoryError):
         return None
-    except json.JSONDecodeError:
+    except (IsADirectoryError, PermissionError) as exc:
+        raise InputError(f"{path}: cannot read the run manifest ({exc.strerror})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
         return None
+    return found if isinstance(found, dict) else None

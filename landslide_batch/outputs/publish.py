@@ -6,8 +6,22 @@ import os
 import shutil
 from pathlib import Path
 
+from ..errors import InputError
 from ..storage import Location
+from ..storage.contained import contained
 from ..storage.durable import durable_replace
+
+
+def product_names(out: Location, manifest: dict) -> dict[str, str]:
+    """The ``outputs`` (key -> file name) of the ``run.json`` in ``out``, each checked to lie
+    strictly inside ``out`` (:func:`.contained`): a copied or edited manifest naming
+    ``/home/me`` or ``../x.gpkg`` is refused (InputError) before anything is read or removed."""
+    outputs = manifest.get("outputs", {})
+    if not isinstance(outputs, dict):
+        raise InputError(f"{out / 'run.json'}: 'outputs' should map products to file names, found {outputs!r}")
+    for key, name in outputs.items():
+        contained(out, name, f"{out / 'run.json'} outputs.{key}")
+    return outputs
 
 
 def move_all(moves: list[tuple[Path, Path]]) -> None:
@@ -37,6 +51,8 @@ def replace_products(out: Location, new: Path, names: list[str], replaced: list[
     uploaded under ``OUT/<new's name>/``, the replaced ones copied there, then each copied into
     place, ``run.json`` last; an error removes what was placed and copies the old ones back."""
     incoming = [*names, "run.json"]
+    for n in replaced:  # names a manifest gave: never reach outside ``out``
+        contained(out, n, "a replaced product")
     if out.is_local:
         aside = new / "replaced"
         aside.mkdir(exist_ok=True)
