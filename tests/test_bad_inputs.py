@@ -231,15 +231,14 @@ def yaml_wrong_type(tmp, bands, model):
 
 def unknown_blend(tmp, bands, model):
     return flags(write_geotiff(tmp / "scene.tif", bands), model, tmp / "out", "--blend", "median"), [
-        "command line: invalid JobConfig",
-        "blend: Input should be 'mean', 'cosine' or 'gaussian'",
+        r"argument --blend: invalid choice: 'median' \(choose from 'mean', 'cosine', 'gaussian'\)",
     ]
 
 
 def dem_outside_scene(tmp, bands, model):
     """``inputs.dem`` on another grid (EPSG:4326) that misses the scene entirely."""
     write_dem(tmp / "dem.tif", bands, lon_offset=1.0)
-    return job_yaml(tmp, bands, model, "inputs:\n  dem: dem.tif\n"), ["scene.tif", "has no valid pixel"]
+    return job_yaml(tmp, bands, model, "inputs:\n  dem: dem.tif\n"), ["scene.tif", "does not cover 100.00%"]
 
 
 CASES = [
@@ -352,9 +351,12 @@ def write_dem(path, bands, lon_offset=0.0, fraction=1.0):
 
 
 def test_dem_on_another_grid_is_reprojected_and_uncovered_pixels_are_nodata(tmp_path, bands, tiny_model, capsys):
-    """``inputs.dem`` in EPSG:4326 at ~30 m covering the west half of a UTM 10 m scene."""
+    """``inputs.dem`` in EPSG:4326 at ~30 m covering the west half of a UTM 10 m scene: refused
+    unless a partial DEM is allowed (then the uncovered part is nodata)."""
     write_dem(tmp_path / "dem.tif", bands, fraction=0.5)
-    run_ok(capsys, *job_yaml(tmp_path, bands, tiny_model, "inputs:\n  dem: dem.tif\n"))
+    code, err = run_cli(capsys, *job_yaml(tmp_path, bands, tiny_model, "inputs:\n  dem: dem.tif\n"))
+    assert code == 2 and re.search(r"DEM \(inputs.dem\) does not cover 5\d\.\d\d% of the scene", err), err
+    run_ok(capsys, *job_yaml(tmp_path, bands, tiny_model, "inputs:\n  dem: dem.tif\n"), "--allow-partial-dem")
     prob, crs, _ = read(tmp_path / "out" / "probability.tif")
     assert crs == "EPSG:32645" and prob.shape == bands.shape[1:]
     quarter = prob.shape[1] // 4

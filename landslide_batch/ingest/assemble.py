@@ -4,7 +4,10 @@ Output grid: the reference band's grid (10 m for B2), cut to the AOI. Per chunk-
 window of that grid: every Sentinel-2 layer is read through a ``WarpedVRT`` (20/60 m bands
 resampled, other CRSs reprojected), scaled to reflectance; B10 is filled by the B10 rule when
 absent; elevation and slope come from the DEM (slope computed on the DEM's own grid unless
-a slope file is given); SCL classes, nodata and the AOI polygon mark pixels invalid.
+a slope file is given; the DEM may be several tiles); SCL classes, nodata and the AOI polygon
+mark pixels invalid. A DEM or SCL leaving part of the scene uncovered is an error naming the
+share, unless ``inputs.allow_partial_dem``. Each optical layer keeps a histogram of its valid land
+pixels, whose dark-object statistics ``checks/reflectance.py`` judges before inference.
 Nothing is held in memory beyond one window. Findings go to ``attrs["warnings"]`` (and the
 log); what was done goes to ``attrs["ingest"]``.
 """
@@ -36,6 +39,9 @@ log = logging.getLogger(__name__)
 DEM_RANGE = (-450.0, 8900.0)  # metres: Dead Sea shore .. Everest
 SLOPE_RANGE = (0.0, 90.0)  # degrees
 SCL_OUTSIDE = 255  # SCL value for pixels the SCL file does not cover
+SCL_WATER = 6  # left out of the reflectance statistics: water is legitimately dark, even slightly negative
+#: Histogram of reflectance for the dark-object percentiles (``checks/reflectance.py``).
+HIST_LO, HIST_STEP, HIST_BINS = -0.5, 0.001, 2000
 
 
 @dataclass
@@ -47,12 +53,16 @@ class RangeCheck:
     total: float = 0.0
     vmin: float = np.inf
     vmax: float = -np.inf
+    hist: np.ndarray | None = None  # counts on the HIST_* bins: kept for reflectance layers only
 
     def update(self, values: np.ndarray) -> None:
         if values.size == 0:
             return
         self.n += values.size
         self.n_out += int(((values < self.lo) | (values > self.hi)).sum())
+        if self.hist is not None:
+            idx = np.clip(((values - HIST_LO) / HIST_STEP).astype(np.int64), 0, HIST_BINS - 1)
+            self.hist += np.bincount(idx, minlength=HIST_BINS)
         self.total += float(values.sum(dtype=np.float64))
         self.vmin = min(self.vmin, float(values.min()))
         self.vmax = max(self.vmax, float(values.max()))
@@ -61,8 +71,24 @@ class RangeCheck:
     def mean(self) -> float:
         return self.total / self.n if self.n else float("nan")
 
+    def percentile(self, q: float) -> float | None:
+        """The ``q`` % percentile (to a bin, ``HIST_STEP``) of the values seen, from the histogram."""
+        if self.hist is None or not self.n:
+            return None
+        i = int(np.searchsorted(np.cumsum(self.hist), q / 100 * self.n))
+        return HIST_LO + (i + 0.5) * HIST_STEP
+
+    def dark_objects(self) -> dict:
+        """Share of negative values and the darkest 0.1 % / 1 % (reflectance layers only)."""
+        if self.hist is None:
+            return {}
+        negative = int(self.hist[: round(-HIST_LO / HIST_STEP)].sum())
+        share = negative / self.n if self.n else None
+        return {"negative_share": share, "p0_1": self.percentile(0.1), "p1": self.percentile(1.0)}
+
     def summary(self) -> dict:
         return {
+            **self.dark_objects(),
             "n": self.n,
             "min": self.vmin if self.n else None,
             "max": self.vmax if self.n else None,
@@ -167,6 +193,7 @@ def _assemble(
         masked = _write_windows(writer, readers, checks, unit_factor)
         warnings += _range_warnings(plan, inputs, scaling, checks)
         warnings += _scl_warnings(plan, inputs, masked, grid.height * grid.width)
+        warnings += _coverage_warnings(plan, inputs, masked)
         for msg in warnings:
             log.warning("%s", msg)
         writer.group.attrs["warnings"] = warnings
@@ -277,7 +304,7 @@ def _terrain_readers(
     stack_nodata = nodata if plan.kind == "stack" else None
     dem_ds = sources.open(plan.dem.path, "DEM")
     terrain = TerrainReader(
-        plan.dem.path,
+        list(plan.dem.tiles) or plan.dem.path,
         grid,
         bidx=plan.dem.bidx,
         compute_slope=plan.slope is None,
@@ -325,7 +352,7 @@ def _scl_reader(
 def _range_checks(plan: SourcePlan, inputs: SceneInputs) -> dict[str, RangeCheck]:
     """Value statistics, in physical units, of every layer read from a file, slope and DEM."""
     lo, hi = inputs.reflectance.expected_range
-    checks = {layer: RangeCheck(lo, hi) for layer in plan.layers}
+    checks = {layer: RangeCheck(lo, hi, hist=np.zeros(HIST_BINS, np.int64)) for layer in plan.layers}
     checks["slope"] = RangeCheck(*SLOPE_RANGE)
     checks["DEM"] = RangeCheck(*DEM_RANGE)
     return checks
@@ -335,12 +362,12 @@ def _write_windows(
     writer: SceneWriter, readers: _Readers, checks: dict[str, RangeCheck], unit_factor: np.ndarray | None
 ) -> dict[str, int]:
     """Read, check, mask and write every window of the store; -> masked pixel counts by reason."""
-    masked = {"outside_aoi": 0, "nodata": 0, "scl": 0}
+    masked = {"outside_aoi": 0, "nodata": 0, "scl": 0, "scene": 0, "dem_uncovered": 0, "scl_uncovered": 0}
     for y0, y1, x0, x1 in writer.windows():
         out = _read_window(readers, y0, y1, x0, x1)
-        keep = _valid_pixels(readers, out, (y0, y1, x0, x1), masked)
+        keep, land = _valid_pixels(readers, out, (y0, y1, x0, x1), masked)
         for name, check in checks.items():
-            check.update(out[BAND_INDEX[name]][keep])
+            check.update(out[BAND_INDEX[name]][land if check.hist is not None else keep])
         if unit_factor is not None:
             out *= unit_factor
             if readers.b10_value is not None:  # the fill is given in output units
@@ -372,22 +399,31 @@ def _read_window(readers: _Readers, y0: int, y1: int, x0: int, x1: int) -> np.nd
 
 def _valid_pixels(
     readers: _Readers, out: np.ndarray, window: tuple[int, int, int, int], masked: dict[str, int]
-) -> np.ndarray:
-    """Pixels inside the AOI, finite in every layer and not of a masked SCL class; counts the rest."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels inside the AOI, finite in every layer and not of a masked SCL class, and those of them
+    not SCL water (for the reflectance statistics); counts the rest, and the pixels of the scene
+    (optical layers valid) that the DEM or the SCL leave uncovered."""
     y0, y1, x0, x1 = window
     keep = np.ones(out.shape[1:], bool)
     if readers.aoi is not None:
         keep = readers.aoi.inside(y0, y1, x0, x1)
         masked["outside_aoi"] += int((~keep).sum())
+    scene = keep & np.isfinite(out[: len(S2_LAYERS)]).all(axis=0)
+    masked["scene"] += int(scene.sum())
+    masked["dem_uncovered"] += int((scene & ~np.isfinite(out[BAND_INDEX["DEM"]])).sum())
     finite = np.isfinite(out).all(axis=0)
     masked["nodata"] += int((keep & ~finite).sum())
     keep &= finite
+    land = keep
     if readers.scl is not None:
         reader, bidx = readers.scl
-        cloudy = np.isin(reader.read(bidx, y0, y1, x0, x1, "SCL"), readers.scl_classes)
+        scl = reader.read(bidx, y0, y1, x0, x1, "SCL")
+        masked["scl_uncovered"] += int((scene & (scl == SCL_OUTSIDE)).sum())
+        cloudy = np.isin(scl, readers.scl_classes)
         masked["scl"] += int((keep & cloudy).sum())
         keep &= ~cloudy
-    return keep
+        land = keep & (scl != SCL_WATER)
+    return keep, land
 
 
 def _range_warnings(
@@ -423,6 +459,22 @@ def _range_warnings(
             "darker ones (water, shadow, forest). A missing BOA_ADD_OFFSET (-1000) would do this"
         )
     return warnings
+
+
+def _coverage_warnings(plan: SourcePlan, inputs: SceneInputs, masked: dict[str, int]) -> list[str]:
+    """A DEM or SCL leaving part of the scene uncovered: an error, or with ``allow_partial_dem`` a warning."""
+    found = []
+    for name, what in (("dem_uncovered", f"DEM ({plan.dem.origin if plan.dem else ''})"), ("scl_uncovered", "SCL")):
+        if masked[name]:
+            share = masked[name] / max(masked["scene"], 1)
+            found.append(f"the {what} does not cover {share:.2%} of the scene's valid area ({masked[name]} pixels)")
+    if found and not inputs.allow_partial_dem:
+        raise InputError(
+            f"{plan.root}: {'; '.join(found)}. Give DEM tiles (inputs.dem: a list, a glob or a STAC "
+            "ItemCollection) or an SCL that cover the scene, or --allow-partial-dem (inputs.allow_partial_dem: "
+            "true) to map the covered part only (the rest is no data)"
+        )
+    return [f"{msg}: those pixels are no data (allow_partial_dem)" for msg in found]
 
 
 def _scl_warnings(plan: SourcePlan, inputs: SceneInputs, masked: dict[str, int], n_total: int) -> list[str]:
@@ -469,6 +521,10 @@ def _ingest_record(
         "product_level": plan.product_level,
         "scl": {**plan.scl.describe(), "masked_classes": inputs.scl_mask} if plan.scl else None,
         "masked_pixels": masked,
+        "coverage": {
+            "dem_uncovered_share": masked["dem_uncovered"] / max(masked["scene"], 1),
+            "scl_uncovered_share": masked["scl_uncovered"] / max(masked["scene"], 1),
+        },
         "stats_physical_units": {k: c.summary() for k, c in checks.items()},
         "notes": plan.notes,
     }

@@ -112,9 +112,14 @@ class SceneInputs(StrictModel):
     reference: str = "B2"
     #: DEM (metres) and slope (degrees): a file path, or a STAC asset key. Without ``slope``,
     #: slope is computed from the DEM. Without ``dem``, a DEM file in the scene folder
-    #: (``*dem*``, ``*dtm*``, ``*elevation*``) or a ``dem`` asset is looked for.
-    dem: str | None = None
+    #: (``*dem*``, ``*dtm*``, ``*elevation*``) or a ``dem`` asset is looked for. ``dem`` may also
+    #: be DEM tiles (as Copernicus GLO-30 is published): a list of files, a glob, or a STAC
+    #: ItemCollection / item JSON of them, mosaicked window by window (``dem_sources.py``).
+    dem: str | list[str] | None = None
     slope: str | None = None
+    #: A DEM or SCL that leaves part of the valid scene uncovered is an error naming the
+    #: uncovered share; with this, a warning (and the share in the ingest record), those pixels nodata.
+    allow_partial_dem: bool = False
     #: Scene classification: path or asset key; None: the product's ``SCL`` (20 m) if any.
     scl: str | None = None
     use_scl: bool = True
@@ -173,6 +178,8 @@ class SceneInputs(StrictModel):
     def _check(self) -> SceneInputs:
         if self.aoi is not None and self.bbox is not None:
             raise ValueError("give either 'aoi' (a vector file) or 'bbox', not both")
+        if isinstance(self.dem, list) and not self.dem:
+            raise ValueError("dem: an empty list; give DEM files (tiles), a glob, or a STAC ItemCollection")
         if self.bbox is not None:
             minx, miny, maxx, maxy = self.bbox
             if not (minx < maxx and miny < maxy):
@@ -192,7 +199,7 @@ class SceneInputs(StrictModel):
 
         return self.model_copy(
             update={
-                "dem": fix(self.dem),
+                "dem": [v for v in map(fix, self.dem) if v] if isinstance(self.dem, list) else fix(self.dem),
                 "slope": fix(self.slope),
                 "scl": fix(self.scl),
                 "aoi": fix(self.aoi),

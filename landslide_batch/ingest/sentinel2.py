@@ -115,14 +115,18 @@ class LayerSource:
     path: str
     bidx: int = 1
     band: str | None = None  # product band (B05, SCL, ...) when known
-    scale: float | None = None  # declared DN -> value scale (STAC raster:bands)
+    scale: float | None = None  # declared DN -> value scale (STAC raster:bands, raster:scale)
     offset: float | None = None  # declared additive offset after scaling
+    scaling_from: str = ""  # which declaration gave scale and offset
     origin: str = ""  # how it was chosen, for the record
+    tiles: tuple[str, ...] = ()  # a DEM given as several tiles: all of them (``path`` is the first)
 
     def describe(self) -> dict:
-        d = {"path": self.path, "band_index": self.bidx, "from": self.origin}
+        d: dict = {"path": self.path, "band_index": self.bidx, "from": self.origin}
         if self.band:
             d["band"] = self.band
+        if len(self.tiles) > 1:
+            d["tiles"] = list(self.tiles)
         return d
 
 
@@ -356,7 +360,11 @@ def plan_folder(folder: Path, inputs: SceneInputs) -> SourcePlan:
     # Terrain and SCL.
     for attr, token in (("dem", "DEM"), ("slope", "SLOPE")):
         spec = getattr(inputs, attr)
-        if spec is not None:
+        if spec is not None and attr == "dem":
+            from .dem_sources import dem_source
+
+            plan.dem = dem_source(spec)
+        elif spec is not None:
             setattr(plan, attr, LayerSource(str(_resolve_file(spec, f"inputs.{attr}")), origin=f"inputs.{attr}"))
         elif token in found:
             path, _ = _pick(token, found[token])
@@ -383,13 +391,15 @@ def plan_stack(path: Path | str, inputs: SceneInputs) -> SourcePlan:
                 f"{path}: a single raster with 'inputs' must hold the {N_BANDS} L4S layers, "
                 f"found {ds.count} bands; for band files give a folder or a STAC item"
             )
+    from .dem_sources import dem_source
+
     plan = SourcePlan(kind="stack", root=str(path), default_scaling="none")
     for layer in S2_LAYERS:
         if layer in inputs.bands:
             raise InputError(f"inputs.bands cannot remap layer {layer} of a 14-band stack ({path})")
         plan.layers[layer] = LayerSource(str(path), bidx=BAND_INDEX[layer] + 1, origin="14-band stack")
     plan.dem = (
-        LayerSource(str(_resolve_file(inputs.dem, "inputs.dem")), origin="inputs.dem")
+        dem_source(inputs.dem)
         if inputs.dem
         else LayerSource(str(path), bidx=BAND_INDEX["DEM"] + 1, origin="14-band stack")
     )
@@ -459,9 +469,9 @@ def resolve_scaling(
                 f"inputs.reflectance.processing_baseline {cfg.processing_baseline}",
             )
         elif src.scale is not None:
-            mul[layer] = float(src.scale)
-            add[layer] = float(src.offset or 0.0)
-            how[layer] = f"STAC raster:bands scale {src.scale:g}, offset {src.offset or 0:g}"
+            off = float(src.offset or 0.0)
+            mul[layer], add[layer] = float(src.scale), off
+            how[layer] = f"DN * {src.scale:g} {'-' if off < 0 else '+'} {abs(off):g} from STAC {src.scaling_from}"
             continue
         elif src.band in plan.boa_add_offset:
             off, why = plan.boa_add_offset[src.band], "BOA_ADD_OFFSET in product metadata"

@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from functools import lru_cache
 
 import numpy as np
 from affine import Affine
 from rasterio.crs import CRS
+from rasterio.errors import RasterioError
+from rasterio.merge import merge
 from rasterio.warp import reproject, transform_bounds
 from rasterio.windows import Window
 
@@ -96,11 +99,13 @@ def horn_slope(dem: np.ndarray, dx_m: np.ndarray | float, dy_m: np.ndarray | flo
 
 
 class TerrainReader:
-    """Elevation (and slope, when ``compute_slope``) of a DEM file on windows of ``grid``."""
+    """Elevation (and slope, when ``compute_slope``) of a DEM on windows of ``grid``. The DEM is one
+    file or several tiles (``paths``), mosaicked per window on the first tile's pixel grid, so
+    slope is computed across tile seams as on one file."""
 
     def __init__(
         self,
-        path: str,
+        paths: str | Sequence[str],
         grid: Grid,
         *,
         bidx: int = 1,
@@ -109,8 +114,17 @@ class TerrainReader:
         what: str = "DEM",
         nodata: float | None = None,
     ):
-        self.ds = open_raster(path, what)
-        require_north_up(self.ds, what)
+        self.tiles: list = []
+        try:
+            for path in [paths] if isinstance(paths, str) else paths:
+                self.tiles.append(open_raster(path, what))
+                require_north_up(self.tiles[-1], what)
+            self.ds = self.tiles[0]
+            if crss := {str(t.crs) for t in self.tiles if t.crs != self.ds.crs}:
+                raise InputError(f"{what}: tiles in different CRSs ({self.ds.crs}, {sorted(crss)}); warp them to one")
+        except InputError:
+            self.close()
+            raise
         self.grid, self.bidx, self.compute_slope = grid, bidx, compute_slope
         self.resampling = RESAMPLING[resampling]
         self.what = what
@@ -118,7 +132,8 @@ class TerrainReader:
         self.same_crs = self.ds.crs == grid.crs
 
     def close(self) -> None:
-        self.ds.close()
+        for tile in self.tiles:
+            tile.close()
 
     def read(self, y0: int, y1: int, x0: int, x1: int) -> tuple[np.ndarray, np.ndarray | None]:
         """-> (elevation float32 (h, w), slope degrees float32 (h, w) or None); NaN where not covered."""
@@ -137,18 +152,12 @@ class TerrainReader:
         c_b, r_b = inv @ (bounds[2], bounds[1])
         ratio = max((c_b - c_a) / max(w, 1), (r_b - r_a) / max(h, 1), 1e-9)
         pad = 3 + 2 * math.ceil(ratio)  # Horn kernel + resampling kernel (wider when downsampling)
-        c0, r0 = max(math.floor(c_a) - pad, 0), max(math.floor(r_a) - pad, 0)
-        c1, r1 = min(math.ceil(c_b) + pad, self.ds.width), min(math.ceil(r_b) + pad, self.ds.height)
-        if c1 - c0 < 1 or r1 - r0 < 1:
+        cols, rows = (math.floor(c_a) - pad, math.ceil(c_b) + pad), (math.floor(r_a) - pad, math.ceil(r_b) + pad)
+        z, win_t = self._read_dem(cols, rows)
+        if z is None:
             return elev, slope  # the DEM does not reach this window
-        win = Window(c0, r0, c1 - c0, r1 - r0)
-        try:
-            z = self.ds.read(self.bidx, window=win, out_dtype="float64", masked=True).filled(np.nan)
-            if self.nodata is not None and not np.isnan(self.nodata):
-                z[z == self.nodata] = np.nan
-        except Exception as exc:
-            raise InputError(f"{self.what}: read failed in window {win} of {self.ds.name}: {exc}") from None
-        win_t = self.ds.window_transform(win)
+        if self.nodata is not None and not np.isnan(self.nodata):
+            z[z == self.nodata] = np.nan
         layers = [z.astype(np.float32)]
         if self.compute_slope:
             dx, dy = pixel_size_m(win_t, self.ds.crs, z.shape[0])
@@ -170,3 +179,29 @@ class TerrainReader:
         if slope is not None:
             slope[:] = dst[1]
         return elev, slope
+
+    def _read_dem(self, cols: tuple[int, int], rows: tuple[int, int]) -> tuple[np.ndarray | None, Affine]:
+        """Elevations (float64, NaN for no data) of columns/rows ``[c0, c1)``, ``[r0, r1)`` of the first
+        tile's pixel grid: a windowed read of one file (cut to it), or the tiles merged there."""
+        (c0, c1), (r0, r1) = cols, rows
+        if len(self.tiles) == 1:
+            c0, r0, c1, r1 = max(c0, 0), max(r0, 0), min(c1, self.ds.width), min(r1, self.ds.height)
+            if c1 - c0 < 1 or r1 - r0 < 1:
+                return None, self.ds.transform
+        win = Window(c0, r0, c1 - c0, r1 - r0)
+        try:
+            if len(self.tiles) == 1:
+                z = self.ds.read(self.bidx, window=win, out_dtype="float64", masked=True).filled(np.nan)
+                return z, self.ds.window_transform(win)
+            t = self.ds.transform
+            z, win_t = merge(
+                self.tiles,
+                bounds=self.ds.window_bounds(win),
+                res=(abs(t.a), abs(t.e)),
+                nodata=np.nan,
+                dtype="float64",
+                indexes=[self.bidx],
+            )
+        except RasterioError as exc:
+            raise InputError(f"{self.what}: read failed in window {win} of {self.ds.name}: {exc}") from None
+        return z[0], win_t

@@ -30,11 +30,11 @@ from shapely.geometry import box, mapping, shape
 from shapely.geometry.base import BaseGeometry
 from shapely.ops import unary_union
 
-from ..config import StrictModel, job_from_dict, load_yaml, rebase_path, validate_model
+from ..config import StacSearch, StrictModel, job_from_dict, load_yaml, rebase_path, validate_model
 from ..errors import ConfigError, LandslideBatchError
 from ..outputs.manifest import write_json_atomic
 from ..storage import is_uri, path_or_uri
-from .stac import SceneItem, find_scenes, to_wgs84, utc
+from .stac import ITEM_FILE, SceneItem, find_scenes, select_scenes, to_wgs84, utc, write_collection
 from .state import SchedulerState
 from .storage import check_uri, fetch
 from .submit import ClusterError, JobExistsError, JobSubmission, StacOptions, Submitter
@@ -98,7 +98,10 @@ class SubmitSettings(StrictModel):
 
 class ScheduleConfig(StrictModel):
     name: str = Field(pattern=r"^[A-Za-z0-9._-]+$")
-    catalog: str  # static STAC catalog: catalog.json path, http(s) URL or fsspec URI
+    catalog: str | None = None  # static STAC catalog: catalog.json path, http(s) URL or fsspec URI
+    #: or a STAC API searched each pass (url, collections, max_items) over the AOIs' bounds; the date
+    #: window and cloud limit are the schedule's (``event_date``, ``until``, ``max_cloud_cover``)
+    stac_search: StacSearch | None = None
     collection: str | None = None  # only items of this collection
     #: Asset key of the 14-band scene; null: the items have one asset per band (Sentinel-2 L2A),
     #: each item is ingested as a scene (bands resampled to 10 m, SCL clouds masked).
@@ -118,6 +121,15 @@ class ScheduleConfig(StrictModel):
         names = [a.name for a in self.aois]
         if len(set(names)) != len(names):
             raise ValueError(f"AOI names must be unique, found {names}")
+        if (self.catalog is None) == (self.stac_search is None):
+            raise ValueError("give exactly one of 'catalog' (a static STAC catalog) and 'stac_search' (a STAC API)")
+        if self.stac_search is not None and (
+            self.stac_search.datetime is not None or self.stac_search.max_cloud_cover is not None
+        ):
+            raise ValueError(
+                "stac_search: leave out datetime and max_cloud_cover: the schedule's event_date, until "
+                "and max_cloud_cover set them"
+            )
         if self.until is not None and utc(self.until) <= utc(self.event_date):
             raise ValueError("until must be after event_date")
         if found := sorted({"scene", "scenes", "aoi", "out"} & set(self.job)):
@@ -226,7 +238,8 @@ def load_schedule(path: str | Path) -> Schedule:
     path = Path(path).absolute()
     cfg = validate_model(ScheduleConfig, load_yaml(path), str(path))
     base = path.parent
-    cfg.catalog = _location(cfg.catalog, base, f"{path}: catalog", http_ok=True)  # pystac reads http(s)
+    if cfg.catalog is not None:
+        cfg.catalog = _location(cfg.catalog, base, f"{path}: catalog", http_ok=True)  # pystac reads http(s)
     if cfg.output.publish is not None:
         cfg.output.publish = _location(cfg.output.publish, base, f"{path}: output.publish")
     cfg.output.root = rebase_path(base, cfg.output.root)
@@ -240,25 +253,21 @@ def load_schedule(path: str | Path) -> Schedule:
     return Schedule(cfg, template, {a.name: a.wgs84() for a in cfg.aois}, config_hash)
 
 
-def run_pass(schedule: Schedule, submitter: Submitter, *, remote: bool = False) -> list[str]:
+def run_pass(
+    schedule: Schedule, submitter: Submitter, *, remote: bool = False, failed: list[str] | None = None
+) -> list[str]:
     """One pass: for each event with new items, run or submit its region job over all of its
     items; -> the ids of the jobs started. ``remote``: the submitter is a cluster, so the job's
     local paths are refused unless ``submit.shared_fs``.
 
     A job that fails here (a local run with a bad scene) is recorded as failed, its items stay
     new (the next pass tries again) and the pass goes on; an unreachable cluster stops the pass.
+    ``failed`` collects ``"<job id>: <error>"`` of each job that failed (``schedule --once`` exits
+    non-zero on any, so that cron sees it).
     """
     cfg = schedule.config
     with SchedulerState.open(schedule.state_path) as state:
-        scenes = find_scenes(
-            cfg.catalog,
-            asset=cfg.asset,
-            aois=schedule.aois,
-            start=utc(cfg.event_date),
-            end=utc(cfg.until) if cfg.until else None,
-            collection=cfg.collection,
-            max_cloud_cover=cfg.max_cloud_cover,
-        )
+        scenes = _find_scenes(schedule)
         started: list[str] = []
         for name in schedule.aois:
             items = [s for s in scenes if name in s.aois]
@@ -274,6 +283,8 @@ def run_pass(schedule: Schedule, submitter: Submitter, *, remote: bool = False) 
             outcome = _submit(submitter, job)
             if outcome == "started":
                 started.append(job.submission_id)
+            elif outcome.startswith("failed") and failed is not None:
+                failed.append(f"{job.submission_id}: {outcome.removeprefix('failed: ')}")
             state.record(
                 job.submission_id,
                 event,
@@ -296,8 +307,51 @@ def run_pass(schedule: Schedule, submitter: Submitter, *, remote: bool = False) 
                 job.submission_id,
                 outcome,
             )
-        log.info("pass over %s: %d item(s) in the window, %d job(s) started", cfg.catalog, len(scenes), len(started))
+        _gather_events(schedule)
+        source = cfg.catalog or (cfg.stac_search.url if cfg.stac_search else None)
+        log.info("pass over %s: %d item(s) in the window, %d job(s) started", source, len(scenes), len(started))
         return started
+
+
+def _find_scenes(schedule: Schedule) -> list[SceneItem]:
+    """The items of the schedule's window over its AOIs: from its static catalog, or from a search
+    of its STAC API over the AOIs' bounds (an item without a self link gets its API address)."""
+    import pystac
+
+    from ..region.stac_search import api_items
+
+    cfg = schedule.config
+    window: dict[str, Any] = {
+        "asset": cfg.asset,
+        "aois": schedule.aois,
+        "start": utc(cfg.event_date),
+        "end": utc(cfg.until) if cfg.until else None,
+        "collection": cfg.collection,
+        "max_cloud_cover": cfg.max_cloud_cover,
+    }
+    if cfg.stac_search is None:
+        assert cfg.catalog is not None  # ScheduleConfig: exactly one of catalog and stac_search
+        return find_scenes(cfg.catalog, **window)
+    end = window["end"].isoformat() if window["end"] else ".."
+    search = cfg.stac_search.model_copy(
+        update={"datetime": f"{window['start'].isoformat()}/{end}", "max_cloud_cover": cfg.max_cloud_cover}
+    )
+    items = []
+    for found in api_items(search, unary_union(list(schedule.aois.values())).bounds):
+        item = pystac.Item.from_dict(found)
+        if item.get_self_href() is None:
+            item.set_self_href(f"{search.url.rstrip('/')}/collections/{item.collection_id}/items/{item.id}")
+        items.append(item)
+    return select_scenes(items, **window)
+
+
+def _gather_events(schedule: Schedule) -> None:
+    """``ROOT/collection.json``: the event items written so far (a cluster's job writes its own
+    when it ends, so a later pass gathers it)."""
+    root = schedule.config.output.root
+    if any(Path(root).glob(f"*/{ITEM_FILE}")):
+        name = schedule.config.name
+        write_collection(root, name, f"Landslide maps of schedule {name}: one item per event (AOI)")
 
 
 def _submit(submitter: Submitter, job: JobSubmission) -> str:

@@ -58,7 +58,9 @@ def job_paths(spec: dict[str, Any]) -> Iterator[tuple[Key, str]]:
             yield (name, i), str(value)
     inputs = spec.get("inputs") or {}
     for key in INPUT_FILE_KEYS:
-        if inputs.get(key) is not None and looks_like_path(inputs[key]):
+        if isinstance(inputs.get(key), list):  # DEM tiles
+            yield from ((("inputs", key, i), str(v)) for i, v in enumerate(inputs[key]) if looks_like_path(v))
+        elif inputs.get(key) is not None and looks_like_path(inputs[key]):
             yield ("inputs", key), str(inputs[key])
     for layer, value in (inputs.get("bands") or {}).items():
         if looks_like_path(value):
