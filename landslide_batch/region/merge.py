@@ -20,15 +20,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zarr
-from affine import Affine
-from rasterio.features import geometry_mask
-from shapely.geometry import box, mapping
+from shapely.geometry import box
 
 from ..bands import BAND_INDEX, L4S_BANDS, RGB_BANDS
 from ..errors import InputError
 from ..ingest.scene import SCENE_FORMAT, SceneInfo, member_array
 from ..outputs.manifest import write_json_atomic
 from ..outputs.store import NODATA, SLOPE, create_store
+from ..progress import progress
 from .mosaic import (
     FEATHER_PX,
     Window,
@@ -40,12 +39,17 @@ from .mosaic import (
     shifted,
     source_pixels,
 )
+from .observed import FIRST_CLEAR, OBSERVED, aoi_inside, create_layers, date_code, observation_layers
 
 if TYPE_CHECKING:
     from .job import MappedScene
 
 #: Blocks merged at once: each holds its scenes' layers in float64 (~60 MB per scene and 1024² block).
 MERGE_THREADS = max(1, min(4, os.cpu_count() or 1))
+
+#: Bands the merge carries onto the region grid: RGB for the quicklook, and B8 which with B4 (red)
+#: gives the NDVI of the change-aware layers (``event.py``).
+MERGED_BANDS = (*RGB_BANDS, "B8")
 
 Reader = Callable[[Window], tuple[np.ndarray, np.ndarray]]
 
@@ -57,9 +61,10 @@ class MergeTarget:
     grid: SceneInfo
     aoi: Any  # shapely geometry in the region CRS
     out: zarr.Group  # the region's output store
-    region_scene: zarr.Group  # the region's scene store (RGB, slope, validity for the products)
+    region_scene: zarr.Group  # the region's scene store (RGB, slope, validity, observations for the products)
     readers: dict[str, Reader]
     has_slope: bool
+    dates: dict[str, int]  # each scene's date code (``observed.date_code``)
 
 
 def merge_region(scenes: list[MappedScene], grid: SceneInfo, aoi: Any, folder: Path, block: int, rhash: str) -> dict:
@@ -67,9 +72,9 @@ def merge_region(scenes: list[MappedScene], grid: SceneInfo, aoi: Any, folder: P
     of its marker is kept. -> block counts (total, computed, kept)."""
     has_slope = all(SLOPE in s.scene.info.band_names for s in scenes)
     out, region_scene, markers = _open_stores(folder, grid, block, rhash, has_slope)
-    target = MergeTarget(
-        grid, aoi, out, region_scene, {s.source.id: _scene_reader(s, has_slope) for s in scenes}, has_slope
-    )
+    readers = {s.source.id: _scene_reader(s, has_slope) for s in scenes}
+    dates = {s.source.id: date_code(s.source.date) for s in scenes}
+    target = MergeTarget(grid, aoi, out, region_scene, readers, has_slope, dates)
     blocks = list(_blocks(grid, block))
     todo = []
     for w in blocks:
@@ -79,7 +84,7 @@ def merge_region(scenes: list[MappedScene], grid: SceneInfo, aoi: Any, folder: P
         if not (marker.is_file() and marker.read_text() == sig):
             todo.append((w, touching, sig, marker))
     with ThreadPoolExecutor(MERGE_THREADS, "merge") as pool:
-        for _ in pool.map(lambda job: _merge_block(target, *job), todo):
+        for _ in progress(pool.map(lambda job: _merge_block(target, *job), todo), "merge", "block", len(todo)):
             pass  # results are written by each block; map() re-raises the first error
     region_scene.attrs["complete"] = True
     return {"total": len(blocks), "computed": len(todo), "kept": len(blocks) - len(todo)}
@@ -93,7 +98,7 @@ def _open_stores(
     folder.mkdir(parents=True, exist_ok=True)
     write_json_atomic(folder / "region.json", {"region_hash": rhash})
     store, scene_store, markers = folder / "probability.zarr", folder / "scene.zarr", folder / "blocks"
-    if not store.exists() or not scene_store.exists():
+    if not store.exists() or not scene_store.exists() or OBSERVED not in zarr.open_group(str(scene_store), mode="r"):
         shutil.rmtree(markers, ignore_errors=True)
         bands = grid.band_names if has_slope else tuple(b for b in grid.band_names if b != SLOPE)
         info = SceneInfo(grid.height, grid.width, bands, grid.crs_wkt, grid.transform, grid.chunk)
@@ -115,34 +120,36 @@ def _merge_block(t: MergeTarget, w: Window, touching: list[MappedScene], sig: st
     core = (slice(None), slice(FEATHER_PX, -FEATHER_PX), slice(FEATHER_PX, -FEATHER_PX))
     sampled = [sample_scene(t.readers[s.source.id], s.scene.info, t.grid, ext) for s in touching]
     found = [layers_valid for layers_valid in sampled if layers_valid is not None]
+    dates = [t.dates[s.source.id] for s, layers_valid in zip(touching, sampled) if layers_valid is not None]
     weights = overlap_weights([valid for _, valid in found], FEATHER_PX)
     contributions = [(weight, layers[core]) for weight, (layers, _) in zip(weights, found)]
-    values, covered = merge(contributions, w.shape, 5 + t.has_slope)
-    inside = geometry_mask(
-        [mapping(t.aoi)], out_shape=w.shape, invert=True, transform=t.grid.affine @ Affine.translation(w.x0, w.y0)
-    )
+    names = ([SLOPE] if t.has_slope else []) + list(MERGED_BANDS)
+    values, covered = merge(contributions, w.shape, 2 + len(names))
+    inside = aoi_inside(t.aoi, t.grid, w.y0, w.y1, w.x0, w.x1)
     ok = covered & inside
     rows, cols = slice(w.y0, w.y1), slice(w.x0, w.x1)
     out_path, scene_path = t.out.store_path, t.region_scene.store_path
     member_array(t.out, "probability", out_path)[rows, cols] = np.where(ok, values[0], NODATA).astype(np.float32)
     member_array(t.out, "uncertainty", out_path)[rows, cols] = np.where(ok, values[1], NODATA).astype(np.float32)
     bands = member_array(t.region_scene, "bands", scene_path)
-    names = ([SLOPE] if t.has_slope else []) + list(RGB_BANDS)
     for i, name in enumerate(names, 2):
         bands[BAND_INDEX[name], rows, cols] = np.where(ok, values[i], np.nan).astype(np.float32)
     member_array(t.region_scene, "valid", scene_path)[rows, cols] = ok.astype(np.uint8)
+    observed, first_clear = observation_layers([valid[core[1:]] for _, valid in found], dates, inside)
+    member_array(t.region_scene, OBSERVED, scene_path)[rows, cols] = observed
+    member_array(t.region_scene, FIRST_CLEAR, scene_path)[rows, cols] = first_clear
     marker.write_text(sig)
 
 
 def _scene_reader(s: MappedScene, has_slope: bool) -> Reader:
-    """(rows, cols window) -> (layers (C, h, w): probability, uncertainty, [slope], R, G, B; valid).
+    """(rows, cols window) -> (layers (C, h, w): probability, uncertainty, [slope], R, G, B, NIR; valid).
     The slope comes from the scene as ingested (the very values a scene's products keep)."""
     maps = zarr.open_group(str(s.map_store), mode="r")
     prob_layer = member_array(maps, "probability", s.map_store)
     spread_layer = member_array(maps, "uncertainty", s.map_store)
     bands = member_array(zarr.open_group(str(s.scene.path), mode="r"), "bands", s.scene.path)
     names = s.scene.info.band_names
-    picked = np.array(([names.index(SLOPE)] if has_slope else []) + [names.index(b) for b in RGB_BANDS])
+    picked = np.array(([names.index(SLOPE)] if has_slope else []) + [names.index(b) for b in MERGED_BANDS])
 
     def read(w: Window) -> tuple[np.ndarray, np.ndarray]:
         rows, cols = slice(w.y0, w.y1), slice(w.x0, w.x1)
@@ -183,8 +190,9 @@ def _window_bounds(grid: SceneInfo, w: Window) -> tuple[float, float, float, flo
 
 
 def _create_region_scene(path: Path, info: SceneInfo) -> None:
-    """A scene store on the region grid for the finish: all L4S layers declared, only RGB and
-    slope written (one chunk per layer: the others take no space), validity of the merge."""
+    """A scene store on the region grid for the finish: all L4S layers declared, only
+    ``MERGED_BANDS`` and slope written (one chunk per layer: the others take no space), validity
+    of the merge, and where the scenes observe it (``observed.py``)."""
     group = zarr.open_group(str(path), mode="w")
     c = info.chunk
     group.create_array(
@@ -198,6 +206,7 @@ def _create_region_scene(path: Path, info: SceneInfo) -> None:
     group.create_array(
         "valid", shape=(info.height, info.width), chunks=(c, c), dtype="uint8", fill_value=0, dimension_names=("y", "x")
     )
+    create_layers(group, info)
     group.attrs.update(
         {
             "format": SCENE_FORMAT,
