@@ -20,14 +20,14 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1] / PACKAGE
 LAYERS: tuple[frozenset[str], ...] = tuple(
     frozenset(names.split())
     for names in (
-        "errors bands schema hashing storage gdal_env locking metrics download synthetic fetch_data",
+        "errors bands schema hashing storage gdal_env locking metrics download synthetic fetch_data progress",
         "ingest plan",
         "models",
         "config",
         "infer",
         "outputs checks",
         "pipeline region",
-        "jobs app commands cli",
+        "jobs app commands cli api",
     )
 )
 #: Training uses landslide_batch, never the reverse (its folder ``training/`` installs as ``landslide_training``).

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..checks.results import result_warnings
+from ..checks.units import sample_scene, units_guard
 from ..config import EnsembleConfig, EnsembleMember
 from ..infer.predictor import EnsemblePredictor
 from .model_folders import ModelEntry
@@ -58,3 +60,35 @@ def predict(predictor: EnsemblePredictor, model: ModelEntry, patch: Patch) -> Pr
     )
     prob = np.where(patch.valid, prob[:h, :w], np.float32(np.nan)).astype(np.float32)
     return Prediction(model, prob, predictor.threshold)
+
+
+@dataclass(frozen=True)
+class _PatchScene:
+    """The reads the units guard makes of a scene store, served from a patch in memory."""
+
+    patch: Patch
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.patch.valid.shape
+
+    @property
+    def attrs(self) -> dict:
+        return {}  # nothing filled by an ingest rule: the patch is used as uploaded
+
+    def read(self, y0: int, y1: int, x0: int, x1: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.patch.bands[:, y0:y1, x0:x1], self.patch.valid[y0:y1, x0:x1]
+
+
+def units_warnings(patch: Patch, models: list[ModelEntry], accept: bool) -> list[str]:
+    """The CLI's units guard on the patch as uploaded (the page feeds it to the models as it is):
+    raises ``UnitsMismatchError`` for a patch in other units than a model's, unless ``accept``
+    (then a warning); -> the warnings."""
+    _, warnings = units_guard(sample_scene(_PatchScene(patch)), [m.card for m in models], accept)
+    return warnings
+
+
+def result_check(pred: Prediction, patch: Patch) -> list[str]:
+    """The CLI's check of a finished map on one prediction: an implausible landslide share."""
+    summary = {"valid_pixels": int(patch.valid.sum()), "landslide_pixels": int(pred.mask.sum())}
+    return result_warnings({**summary, "threshold": pred.threshold})

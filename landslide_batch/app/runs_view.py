@@ -131,8 +131,14 @@ class RunMap:
         return [layer.id for layer in self.layers]
 
     def deck(self) -> pdk.Deck:
-        """The layers over the basemap the server was started with (none offline)."""
-        return pdk.Deck(layers=self.layers, initial_view_state=view_state(self.bounds), **basemap())
+        """The layers over the basemap the server was started with (none offline); hovering a
+        polygon or footprint shows its ``hover`` line (see :func:`with_hover`)."""
+        return pdk.Deck(
+            layers=self.layers,
+            initial_view_state=view_state(self.bounds),
+            tooltip={"text": "{hover}"},
+            **basemap(),
+        )
 
 
 def run_map(folder: Path, outputs: dict[str, str], max_side: int = MAX_SIDE) -> RunMap | None:
@@ -156,7 +162,7 @@ def run_map(folder: Path, outputs: dict[str, str], max_side: int = MAX_SIDE) -> 
             pdk.Layer(
                 "GeoJsonLayer",
                 id="scenes",
-                data=read_vectors(files["scenes"], "scenes"),
+                data=with_hover(read_vectors(files["scenes"], "scenes"), _scene_hover),
                 stroked=True,
                 filled=False,
                 get_line_color=FOOTPRINT_COLOUR,
@@ -169,7 +175,7 @@ def run_map(folder: Path, outputs: dict[str, str], max_side: int = MAX_SIDE) -> 
             pdk.Layer(
                 "GeoJsonLayer",
                 id="landslides",
-                data=read_vectors(files["polygons"]),
+                data=with_hover(read_vectors(files["polygons"]), _landslide_hover),
                 stroked=True,
                 filled=True,
                 get_fill_color=POLYGON_COLOUR,
@@ -179,6 +185,94 @@ def run_map(folder: Path, outputs: dict[str, str], max_side: int = MAX_SIDE) -> 
             )
         )
     return RunMap(layers, picture.bounds)
+
+
+def with_hover(collection: dict[str, Any], line) -> dict[str, Any]:
+    """Each feature with ``hover``: ``line(properties)``, the text the map shows under the pointer
+    (on the feature, where deck.gl's tooltip looks, and in its properties)."""
+    for feature in collection["features"]:
+        text = line(feature.get("properties") or {})
+        feature["hover"] = text
+        feature.setdefault("properties", {})["hover"] = text
+    return collection
+
+
+def _landslide_hover(p: dict[str, Any]) -> str:
+    parts = [f"landslide {p.get('object_id', '')}"]
+    if p.get("area_m2") is not None:
+        parts.append(f"{p['area_m2']:,.0f} m²")
+    if p.get("mean_probability") is not None:
+        parts.append(f"mean probability {p['mean_probability']:.2f}")
+    if p.get("mean_slope_deg") is not None and math.isfinite(p["mean_slope_deg"]):
+        parts.append(f"mean slope {p['mean_slope_deg']:.0f}°")
+    return ", ".join(parts)
+
+
+def _scene_hover(p: dict[str, Any]) -> str:
+    return f"scene {p.get('scene_id', '')}" + (f", {p['date']}" if p.get("date") not in (None, "None") else "")
+
+
+def legend_png(names: list[str]) -> bytes:
+    """The map's legend as a PNG: the probability's colour bar (0 to 1), the polygons' fill and
+    the footprints' outline, for the layers in ``names``."""
+    from matplotlib import colormaps
+    from PIL import Image, ImageDraw, ImageFont
+
+    rows = [n for n in ("probability", "landslides", "scenes") if n in names]
+    img = Image.new("RGB", (360, 8 + 34 * len(rows)), "white")
+    draw, font = ImageDraw.Draw(img), ImageFont.load_default(size=12)
+    for i, name in enumerate(rows):
+        y = 8 + 34 * i
+        if name == "probability":
+            bar = colormaps["viridis"](np.linspace(0, 1, 200), bytes=True)[:, :3]
+            img.paste(Image.fromarray(np.repeat(bar[None], 12, axis=0)), (8, y))
+            for value in (0.0, 0.5, 1.0):
+                draw.text((8 + round(value * 199) - 6 * (value > 0), y + 13), f"{value:g}", fill="black", font=font)
+            draw.text((220, y), "probability", fill="black", font=font)
+        elif name == "landslides":
+            draw.rectangle((8, y, 40, y + 14), fill=tuple(POLYGON_COLOUR[:3]), outline=(120, 0, 0))
+            draw.text((50, y), "landslide polygons", fill="black", font=font)
+        else:
+            draw.rectangle((8, y, 40, y + 14), outline=tuple(FOOTPRINT_COLOUR[:3]), width=2)
+            draw.text((50, y), "scene footprints", fill="black", font=font)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def region_details(run: dict[str, Any]) -> list[tuple[str, str]]:
+    """(field, value) rows of a region run, as ``run_folders.run_details`` gives a single scene's:
+    provenance, the region grid, work done and time taken."""
+    from .run_folders import _fmt as fmt
+
+    region, t = run.get("region") or {}, run.get("timings") or {}
+    blocks, merged = run.get("blocks") or {}, run.get("merge_blocks") or {}
+    scenes, skipped = run.get("scenes") or [], run.get("skipped_scenes") or []
+    return [
+        ("Status", fmt(run.get("status"))),
+        ("Job hash", fmt(run.get("job_hash"))),
+        ("Started", fmt(run.get("started"))),
+        ("Finished", fmt(run.get("finished"))),
+        ("Scenes", f"{len(scenes)} mapped, {len(skipped)} skipped (no overlap with the AOI)"),
+        (
+            "Region grid",
+            f"{fmt(region.get('height'))} x {fmt(region.get('width'))} px at {fmt(region.get('resolution_m'))} m, "
+            f"EPSG:{fmt(region.get('epsg'))}",
+        ),
+        ("AOI", fmt(region.get("aoi"))),
+        (
+            "Blocks (over the scenes)",
+            ", ".join(
+                f"{k.replace('_', ' ')} {fmt(blocks.get(k))}"
+                for k in ("total", "computed", "skipped_nodata", "resumed")
+            ),
+        ),
+        ("Merge blocks", f"total {fmt(merged.get('total'))}, computed {fmt(merged.get('computed'))}"),
+        (
+            "Timings",
+            ", ".join(f"{k[:-2]} {fmt(t.get(k), ' s')}" for k in ("map_s", "merge_s", "finish_s", "total_s")),
+        ),
+    ]
 
 
 def scene_rows(run: dict[str, Any]) -> list[dict[str, Any]]:

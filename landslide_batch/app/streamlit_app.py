@@ -26,13 +26,14 @@ from landslide_batch.app import (
     runs_view,
     uploads,
 )
-from landslide_batch.errors import LandslideBatchError
+from landslide_batch.errors import LandslideBatchError, UnitsMismatchError
 from landslide_batch.infer.predictor import EnsemblePredictor
 from landslide_batch.metrics import confusion_counts, scores
 
 #: Models shown next to each other per row in all-models mode.
 COLUMNS = 4
 SCORES = {"precision": "Precision", "recall": "Recall", "f1": "F1", "iou": "IoU"}
+ACCEPT_UNITS = "Map it anyway: accept a units mismatch (as --accept-units-mismatch)"
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
@@ -177,17 +178,24 @@ def patch_mode() -> None:
     )
     # Predictions live in the session so reruns (other widgets) show them without recomputing.
     tta = st.checkbox("Test-time augmentation: average the 8 flips and rotations (8x the work)", key="tta")
-    key = (upload.file_id, tuple(str(m.path) for m in models), tta)
+    accept = st.checkbox(ACCEPT_UNITS, key="accept_units")
+    key = (upload.file_id, tuple(str(m.path) for m in models), tta, accept)
     if st.button("Run all models" if run_all else f"Run {models[0].label}", type="primary"):
         try:
             with st.spinner("Running…"):
+                warnings = inference.units_warnings(patch, models, accept)  # before any model runs, as the CLI
                 preds = [inference.predict(_predictor(str(m.path), m.stamp, tta), m, patch) for m in models]
         except LandslideBatchError as exc:
             st.error(str(exc))
+            if isinstance(exc, UnitsMismatchError):
+                st.info(f"Nothing was mapped. If the values are right, tick “{ACCEPT_UNITS}” and run again.")
             return
-        st.session_state["results"] = (key, preds)
+        warnings += [w for p in preds for w in inference.result_check(p, patch)]
+        st.session_state["results"] = (key, preds, warnings)
     stored = st.session_state.get("results")
     if stored and stored[0] == key:
+        for msg in stored[2]:
+            st.warning(msg)
         _show(patch, stored[1], truth, pictures.rgb_composite(patch))
 
 
@@ -217,6 +225,8 @@ def runs_mode() -> None:
     st.subheader(run_folders.run_label(root, folder) + (" — region" if run.get("kind") == "region" else ""))
     if run.get("status") != "complete":
         st.warning(f"Run status is {run.get('status')!r}, not 'complete': outputs may be missing or partial.")
+    for msg in run.get("warnings") or []:  # what the job warned of (run.json): a 99 % landslide map, say
+        st.warning(msg)
     for col, (label, value) in zip(st.columns(4), run_folders.run_headline(run)):
         col.metric(label, value)
     try:
@@ -228,8 +238,11 @@ def runs_mode() -> None:
         view = None
     if view is not None:
         st.pydeck_chart(view.deck(), height=560, key="run-map")
+        st.image(runs_view.legend_png(view.names), caption="Legend")
         st.caption(
-            "Map: " + ", ".join(runs_view.LAYER_LEGEND[n] for n in view.names) + ". Drag to pan, scroll to zoom."
+            "Map: "
+            + ", ".join(runs_view.LAYER_LEGEND[n] for n in view.names)
+            + ". Drag to pan, scroll to zoom, hover a polygon or footprint for its values."
         )
     scenes = runs_view.scene_rows(run)
     if scenes:
@@ -242,7 +255,8 @@ def runs_mode() -> None:
         left.image(str(quicklook), caption="Quicklook", width="stretch")
     else:
         left.info("No quicklook image in this run.")
-    fields, values = zip(*run_folders.run_details(run))
+    details = runs_view.region_details(run) if run.get("kind") == "region" else run_folders.run_details(run)
+    fields, values = zip(*details)
     right.table({"field": fields, "value": values})
     models = run_folders.run_models(run)
     if models:

@@ -47,6 +47,13 @@ def register(sub) -> None:
         help="where the study's files are (default: its Hugging Face "
         "repository); with a NAME and no CHECKPOINT, NAME's file there",
     )
+    i.add_argument(
+        "--hub",
+        metavar="REPO_ID",
+        help="download from this Hugging Face model repository (the study's: harshinde/Sims; its files "
+        "under models/) through huggingface_hub and its cache; HF_ENDPOINT names a mirror",
+    )
+    i.add_argument("--revision", default="main", help="with --hub: the branch, tag or commit (default main)")
     i.add_argument("--skip", action="append", default=[], metavar="NAME", help="with --all: leave NAME out (repeat)")
     i.add_argument("--sha256", help="expected sha256 of the checkpoint file")
     i.add_argument("--cache", type=Path, help="keep downloads here (resumable across runs); default: a temp dir")
@@ -91,7 +98,10 @@ def _import_model(args) -> int:
             if not args.overwrite and _imported(folder, name):
                 print(f"{name}: already imported in {folder}")
                 continue
-            import_model(name, study_url(base, name), folder, cache=args.cache, overwrite=args.overwrite)
+            if args.hub:
+                _from_hub(args, name, folder)
+            else:
+                import_model(name, study_url(base, name), folder, cache=args.cache, overwrite=args.overwrite)
             print(f"imported {name} -> {folder}")
         ens = args.out / "ensemble.yaml"
         ens.write_text(ensemble_yaml(names))
@@ -99,6 +109,12 @@ def _import_model(args) -> int:
         return 0
     if not args.name:
         raise ConfigError("give the study model's NAME and a CHECKPOINT file or URL, or --all")
+    if args.hub and (args.checkpoint or args.base_url):
+        raise ConfigError("--hub downloads NAME's checkpoint from the repository; give no CHECKPOINT or --base-url")
+    if args.hub:
+        card = _from_hub(args, args.name, args.out)
+        print(f"imported {args.name} ({card.arch}/{card.encoder}) from {card.source['url']} -> {args.out}")
+        return 0
     location = args.checkpoint or study_url(base, args.name)
     card = import_model(args.name, location, args.out, sha256=args.sha256, cache=args.cache, overwrite=args.overwrite)
     print(
@@ -106,6 +122,19 @@ def _import_model(args) -> int:
         f"(sha256 {card.source['sha256'][:12]}…)"
     )
     return 0
+
+
+def _from_hub(args, name: str, out: Path):
+    """``name``'s checkpoint from the ``--hub`` repository (checked against ``--sha256`` when
+    given; the hub's download checks the file against its ETag) -> the imported model's card."""
+    from ..download import file_digest
+    from ..models.hub import STUDY_FOLDER, hub_file
+    from ..models.study import import_checkpoint, study_model
+
+    path, url = hub_file(args.hub, f"{STUDY_FOLDER}/{study_model(name).file}", args.revision, args.cache)
+    if args.sha256 and (got := file_digest(path, "sha256")) != args.sha256.lower():
+        raise ModelError(f"{url}: sha256 {got} does not match the expected {args.sha256}")
+    return import_checkpoint(name, path, out, source=url, overwrite=args.overwrite)
 
 
 def _imported(folder: Path, name: str) -> bool:

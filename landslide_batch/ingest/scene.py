@@ -12,13 +12,14 @@ Reads are windowed: nothing here loads a whole scene.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import zarr
@@ -27,9 +28,14 @@ from rasterio.crs import CRS
 
 from ..bands import L4S_BANDS
 from ..errors import InputError
+from ..progress import progress
 from ..storage import path_or_uri
 
 SCENE_FORMAT = "landslide-batch-scene/1"
+#: The Sentinel-2 layers: a pixel holding the same "blank" value in all of them is no observation.
+OPTICAL = slice(0, 12)
+
+log = logging.getLogger(__name__)
 
 #: Set by a job whose ingest is no longer wanted (its models failed to load beside it): the
 #: scene writer of that ingest stops at its next window. See :func:`stoppable`.
@@ -49,6 +55,17 @@ def stoppable(stop: threading.Event | None) -> Iterator[None]:
         yield
     finally:
         _STOP.reset(token)
+
+
+@dataclass(frozen=True)
+class Blank:
+    """A value that marks a pixel as no-data when all 12 Sentinel-2 layers hold it, for sources
+    that do not say what no-data is: zero borders of a raster without a nodata tag, the fill
+    value a Zarr store gives its chunks never written. ``why`` says which, in the warning."""
+
+    value: float
+    why: str
+    fix: str
 
 
 @dataclass(frozen=True)
@@ -197,6 +214,7 @@ class SceneWriter:
         band_names=L4S_BANDS,
         chunk: int = 512,
         source: dict | None = None,
+        blank: Blank | None = None,
     ):
         if height < 1 or width < 1:
             raise InputError(f"{(source or {}).get('path', path)}: scene has zero size ({height}x{width} pixels)")
@@ -233,15 +251,16 @@ class SceneWriter:
         )
         self.chunk = chunk
         self.n_valid = 0
+        self.blank, self.n_blank = blank, 0
         self.band_names = tuple(band_names)
         self.band_has_values = np.zeros(len(band_names), bool)  # names the culprit when no pixel is valid
 
     def windows(self):
-        """Chunk-aligned windows (y0, y1, x0, x1) covering the scene."""
+        """Chunk-aligned windows (y0, y1, x0, x1) covering the scene, with a progress bar."""
         _, h, w = self.bands.shape
-        for y0 in range(0, h, self.chunk):
-            for x0 in range(0, w, self.chunk):
-                yield y0, min(y0 + self.chunk, h), x0, min(x0 + self.chunk, w)
+        c = self.chunk
+        found = [(y0, min(y0 + c, h), x0, min(x0 + c, w)) for y0 in range(0, h, c) for x0 in range(0, w, c)]
+        return progress(found, "ingest", "window")
 
     def write(self, y0: int, x0: int, bands: np.ndarray, nodata: float | None = None) -> None:
         """Write raw band values; pixels with a non-finite or ``nodata`` value in any band become invalid."""
@@ -252,6 +271,10 @@ class SceneWriter:
         usable = np.isfinite(bands)
         if nodata is not None and not np.isnan(nodata):
             usable &= bands != np.float32(nodata)
+        if self.blank is not None:
+            blank = (bands[OPTICAL] == np.float32(self.blank.value)).all(axis=0)
+            self.n_blank += int(blank.sum())
+            usable &= ~blank
         valid = usable.all(axis=0)
         self.band_has_values |= usable.any(axis=(1, 2))
         bands = np.where(valid[None], bands, np.float32(np.nan))
@@ -272,5 +295,19 @@ class SceneWriter:
                     else ""
                 )
             )
+        if self.n_blank:
+            self._warn_blank()
         self.group.attrs["complete"] = True
         return Scene(self.path)
+
+    def _warn_blank(self) -> None:
+        """Record (in ``attrs["warnings"]``, which run.json carries) and log the blank pixels."""
+        assert self.blank is not None
+        _, h, w = self.bands.shape
+        msg = (
+            f"{self.n_blank} pixels ({100 * self.n_blank / (h * w):.1f}% of the scene) hold {self.blank.value:g} in "
+            f"all 12 Sentinel-2 layers and {self.blank.why}: taken as no-data, not mapped. {self.blank.fix}"
+        )
+        log.warning("%s: %s", self.source_path, msg)
+        earlier = cast(list, self.group.attrs.get("warnings") or [])  # an assembled scene's, if any
+        self.group.attrs["warnings"] = [*earlier, msg]

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..ingest.scene import SceneInfo
 from .areas import pixel_areas
+from .metadata import BANDS
 from .polygons import ObjectCollector, write_polygons
 from .rasters import windows, write_cog
 
@@ -51,17 +52,35 @@ def min_object_pixels(info: SceneInfo, min_area_m2: float, min_pixels: int) -> i
 
 
 def write_mask_and_polygons(
-    source: ProbabilitySource, threshold: float, min_pixels: int, mask_dest: Path, polygons_dest: Path, scratch: Path
+    source: ProbabilitySource,
+    threshold: float,
+    min_pixels: int,
+    mask_dest: Path,
+    polygons_dest: Path,
+    scratch: Path,
+    *,
+    tags: dict[str, str] | None = None,
 ) -> dict:
-    """Write the mask COG and the polygons (format from ``polygons_dest``'s suffix); returns the
-    summary run.json records. The COG is written beside the polygons (GDAL runs without the GIL)."""
+    """Write the mask COG (with ``tags``, see :func:`.metadata.provenance_tags`) and the polygons
+    (format from ``polygons_dest``'s suffix); returns the summary run.json records. The COG is
+    written beside the polygons (GDAL runs without the GIL)."""
     info = source.info
 
     def mask_of(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         return mask_window(source.probability(y0, y1, x0, x1), threshold)
 
     with ThreadPoolExecutor(1, "mask") as pool:
-        mask_cog = pool.submit(write_cog, mask_dest, info, mask_of, dtype="uint8", nodata=MASK_NODATA, scratch=scratch)
+        mask_cog = pool.submit(
+            write_cog,
+            mask_dest,
+            info,
+            mask_of,
+            dtype="uint8",
+            nodata=MASK_NODATA,
+            scratch=scratch,
+            band=BANDS["mask"],
+            tags=tags,
+        )
         collector = ObjectCollector(info, min_pixels=min_pixels)
         valid_px = slide_px = 0
         areas, valid_m2, slide_m2 = pixel_areas(info), 0.0, 0.0

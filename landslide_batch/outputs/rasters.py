@@ -11,6 +11,7 @@ import rasterio.shutil
 from rasterio.windows import Window
 
 from ..ingest.scene import SceneInfo
+from .metadata import Band
 
 WINDOW = 1024
 
@@ -29,8 +30,11 @@ def write_cog(
     dtype: str,
     nodata: float,
     scratch: Path,
+    band: Band | None = None,
+    tags: dict[str, str] | None = None,
 ) -> None:
-    """``read(y0, y1, x0, x1)`` gives each window; GDAL's COG driver then adds overviews."""
+    """``read(y0, y1, x0, x1)`` gives each window; GDAL's COG driver then adds overviews.
+    ``band``: its description, unit and colour table; ``tags``: dataset metadata (provenance)."""
     profile = dict(
         driver="GTiff",
         height=info.height,
@@ -49,6 +53,7 @@ def write_cog(
     with rasterio.open(scratch, "w", **profile) as ds:
         for y0, y1, x0, x1 in windows(info):
             ds.write(read(y0, y1, x0, x1).astype(dtype), 1, window=Window(x0, y0, x1 - x0, y1 - y0))
+        _describe(ds, band, tags or {})
     predictor = 3 if np.dtype(dtype).kind == "f" else 2
     rasterio.shutil.copy(
         scratch,
@@ -63,3 +68,15 @@ def write_cog(
         BIGTIFF="IF_SAFER",
     )
     scratch.unlink()
+
+
+def _describe(ds, band: Band | None, tags: dict[str, str]) -> None:
+    """Band description, unit, colour table and tags, kept by the COG copy (in the TIFF itself)."""
+    ds.update_tags(**tags)
+    if band is None:
+        return
+    ds.set_band_description(1, band.description)
+    if band.units is not None:
+        ds.set_band_unit(1, band.units)
+    if band.colormap is not None:
+        ds.write_colormap(1, band.colormap)

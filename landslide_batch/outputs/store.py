@@ -2,9 +2,15 @@
 
 One chunk per block, so no two writers ever touch the same chunk. A block is finished
 when its marker file exists; markers are written after the block's data, so a crash
-between the two only costs recomputing that block. The store carries CF/rioxarray
-georeferencing (``spatial_ref`` with ``crs_wkt`` + ``GeoTransform``, 1-D ``x``/``y``) and
-consolidated metadata, so ``xarray.open_zarr`` opens it in one read and without a warning.
+between the two only costs recomputing that block.
+
+The store is CF-complete as rioxarray writes it (``write_crs``, ``write_transform``,
+``write_coordinate_system``, ``write_nodata(encoded=True)``): each layer has ``_FillValue``,
+``units``, ``long_name`` and ``grid_mapping``; ``x``/``y`` their axis attributes; ``spatial_ref`` the
+CF grid mapping (``grid_mapping_name`` ...) with ``crs_wkt`` and GDAL's ``GeoTransform``. The
+attributes are written here with zarr and pyproj (what rioxarray calls), not through xarray: that
+would add over a second of imports to every job. Consolidated metadata lets ``xarray.open_zarr``
+open it in one read and without a warning; nodata (-1) reads as NaN there, so statistics skip it.
 
 When the scene has a slope layer the store keeps it too (``slope``, degrees, filled by the
 job's finish): the polygons' ``mean_slope_deg`` can then be rebuilt from the store alone
@@ -13,8 +19,11 @@ job's finish): the polygons' ``mean_slope_deg`` can then be rebuilt from the sto
 
 from __future__ import annotations
 
+import base64
+import struct
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import zarr
@@ -28,6 +37,12 @@ from ..storage.durable import sync_path
 
 LAYERS = ("probability", "uncertainty")
 SLOPE = "slope"
+#: CF attributes of each layer (``units`` "1": a dimensionless fraction).
+LAYER_ATTRS: dict[str, dict[str, Any]] = {
+    "probability": {"long_name": "landslide probability", "units": "1", "valid_range": [0.0, 1.0]},
+    "uncertainty": {"long_name": "weighted standard deviation of the ensemble members' probabilities", "units": "1"},
+    SLOPE: {"long_name": "terrain slope", "units": "degree"},
+}
 
 
 def create_store(path: Where, info: SceneInfo, block: int, job_hash: str) -> None:
@@ -44,24 +59,50 @@ def create_store(path: Where, info: SceneInfo, block: int, job_hash: str) -> Non
             dimension_names=("y", "x"),
         )
         arr.attrs.update(
-            {"grid_mapping": "spatial_ref", "coordinates": "spatial_ref"}
-            | ({"nodata": NODATA} if name in LAYERS else {"units": "degree"})
+            LAYER_ATTRS[name]
+            | {"_FillValue": xarray_fill_value(fill), "grid_mapping": "spatial_ref", "coordinates": "spatial_ref"}
         )
     a = info.affine
-    xs = group.create_array("x", shape=(info.width,), dtype="float64", dimension_names=("x",))
+    x_attrs, y_attrs = _axis_attrs(info)
+    xs = group.create_array("x", shape=(info.width,), dtype="float64", dimension_names=("x",), attributes=x_attrs)
     xs[:] = a.c + a.a * (np.arange(info.width) + 0.5)
-    ys = group.create_array("y", shape=(info.height,), dtype="float64", dimension_names=("y",))
+    ys = group.create_array("y", shape=(info.height,), dtype="float64", dimension_names=("y",), attributes=y_attrs)
     ys[:] = a.f + a.e * (np.arange(info.height) + 0.5)
     ref = group.create_array("spatial_ref", shape=(), dtype="int32", fill_value=0)
-    ref.attrs.update(
-        {
-            "crs_wkt": info.crs_wkt or "",
-            "spatial_ref": info.crs_wkt or "",
-            "GeoTransform": " ".join(str(v) for v in (a.c, a.a, a.b, a.f, a.d, a.e)),
-        }
-    )
+    ref.attrs.update(grid_mapping_attrs(info))
     group.attrs.update({"job_hash": job_hash, "block": block})
     consolidate(path)
+
+
+def xarray_fill_value(value: float) -> str:
+    """``_FillValue`` of a float layer as xarray reads it from a Zarr v3 array's attributes (the
+    base64 of a little-endian float64: JSON has no NaN), so that it masks nodata as CF asks."""
+    return base64.standard_b64encode(struct.pack("<d", float(value))).decode()
+
+
+def grid_mapping_attrs(info: SceneInfo) -> dict:
+    """``spatial_ref``'s attributes as rioxarray's ``write_crs`` + ``write_transform`` write them:
+    pyproj's CF grid mapping (``grid_mapping_name`` ...), ``crs_wkt`` and GDAL's ``GeoTransform``."""
+    from pyproj import CRS
+
+    a = info.affine
+    cf = CRS.from_wkt(info.crs_wkt).to_cf() if info.crs_wkt else {}
+    return cf | {
+        "crs_wkt": info.crs_wkt or "",
+        "spatial_ref": info.crs_wkt or "",
+        "GeoTransform": " ".join(str(v) for v in (a.c, a.a, a.b, a.f, a.d, a.e)),
+    }
+
+
+def _axis_attrs(info: SceneInfo) -> tuple[dict, dict]:
+    """``x``/``y`` attributes as rioxarray's ``write_coordinate_system`` writes them (pyproj's CF
+    axes: projection_x_coordinate in metres, or longitude/latitude); pixel axes without a CRS."""
+    from pyproj import CRS
+
+    if not info.crs_wkt:
+        return {"long_name": "column (pixel centre)", "axis": "X"}, {"long_name": "row (pixel centre)", "axis": "Y"}
+    axes = {ax["axis"]: ax for ax in CRS.from_wkt(info.crs_wkt).cs_to_cf()}
+    return axes["X"], axes["Y"]
 
 
 def consolidate(path: Where) -> None:

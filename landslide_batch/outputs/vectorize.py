@@ -25,13 +25,15 @@ from pathlib import Path
 
 import zarr
 
+from ..checks.output import check_writable
 from ..errors import ConfigError, InputError, OutputLockedError
 from ..ingest.scene import SceneInfo, member_array
 from ..storage import Location, exclusive_location, location, storage_errors
 from .derive import ProbabilitySource, min_object_pixels, window_reader, write_mask_and_polygons
 from .manifest import read_manifest, write_json_atomic
+from .metadata import manifest_scenes, provenance_tags
 from .polygons import POLYGON_FILES
-from .publish import replace_products
+from .publish import product_names, replace_products
 from .store import SLOPE
 
 log = logging.getLogger(__name__)
@@ -66,6 +68,8 @@ def vectorize(out: str | Path | Location, settings: Derivation) -> dict:
     out = location(out)
     with storage_errors(out, "out"):  # first contact: a bad bucket, key or endpoint fails here
         _finished_manifest(out)  # before the lock: no lock is left where there is no job
+    if out.is_local:
+        check_writable(out.path)  # a read-only folder: one clear line, not the lock's OSError
 
     def busy():
         return OutputLockedError(f"{out} is being written (lock {out / '.lock'} is held); wait for it")
@@ -90,6 +94,7 @@ def _finished_manifest(out: Location) -> dict:
             f"{out} holds no finished job: expected a run.json with status 'complete' (written by "
             f"`landslide-batch run`), found {found}"
         )
+    product_names(out, manifest)  # every name it gives lies inside ``out``: nothing outside is replaced
     return manifest
 
 
@@ -115,6 +120,7 @@ def _rederive(out: Location, manifest: dict, settings: Derivation, work: Path) -
         work / products["mask"],
         work / products["polygons"],
         scratch=work / "mask.scratch.tif",
+        tags=provenance_tags(manifest["models"], manifest_scenes(manifest), threshold, manifest["job_hash"]),
     )
     derivation = {
         "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -151,7 +157,8 @@ def _rederive(out: Location, manifest: dict, settings: Derivation, work: Path) -
 
 
 def _store_source(store: Location, manifest: dict) -> ProbabilitySource:
-    """The map (and slope) of the job's ``probability.zarr``, on the grid its run.json records."""
+    """The map (and slope) of the job's ``probability.zarr``, on the grid its run.json records
+    (``scene`` for a single-scene job, ``region`` for a region job)."""
     try:
         with storage_errors(store, "probability store"):
             group = zarr.open_group(store=store.zarr_store(read_only=True), mode="r")
@@ -166,19 +173,18 @@ def _store_source(store: Location, manifest: dict) -> ProbabilitySource:
             f"{store} belongs to job {group.attrs.get('job_hash')}, its run.json to "
             f"{manifest.get('job_hash')}: the folder mixes two jobs; run the job again"
         )
-    scene = manifest["scene"]
+    grid = manifest["region"] if manifest.get("kind") == "region" else manifest["scene"]  # the map's grid
     has_slope = SLOPE in group
     info = SceneInfo(
-        height=scene["height"],
-        width=scene["width"],
+        height=grid["height"],
+        width=grid["width"],
         band_names=(SLOPE,) if has_slope else (),
-        crs_wkt=scene["crs"],
-        transform=tuple(scene["transform"]),
+        crs_wkt=grid["crs"],
+        transform=tuple(grid["transform"]),
         chunk=prob.chunks[0],
     )
     if prob.shape != (info.height, info.width):
         raise InputError(
-            f"{store}: probability is {prob.shape[0]}x{prob.shape[1]} px, run.json's scene "
-            f"{info.height}x{info.width} px"
+            f"{store}: probability is {prob.shape[0]}x{prob.shape[1]} px, run.json's grid {info.height}x{info.width} px"
         )
     return ProbabilitySource(info, window_reader(prob), window_reader(group[SLOPE]) if has_slope else None)
