@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import date
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -11,6 +12,7 @@ from pydantic import BeforeValidator, Field, ValidationError, field_validator, m
 from .errors import ConfigError
 from .ingest.inputs import SceneInputs
 from .models.ensemble_config import EnsembleConfig, EnsembleMember
+from .plan.limits import MAX_PIXELS
 from .schema import PathOrUri, StrictModel
 from .storage import is_uri, location, path_or_uri
 
@@ -26,6 +28,8 @@ class RaySettings(StrictModel):
     has no GPU at that moment: jobs for it say ``device: cuda``."""
 
     address: str | None = None  # None: join a running cluster if RAY_ADDRESS is set, else start locally
+    #: Seconds to wait for the head at ``address`` to accept a connection (infer/ray_connect.py).
+    connect_timeout_s: float = Field(30.0, gt=0, le=600, allow_inf_nan=False)
     #: Default: GPU actors, one per GPU in the cluster at the start (at least 1); CPU actors, 1.
     #: Actors that never fit the cluster only leave their resource demand behind: their stripes
     #: go to the actors that run.
@@ -56,6 +60,9 @@ class StacSearch(StrictModel):
     datetime: str | None = None  # RFC 3339 instant or interval, e.g. 2015-04-25/2015-06-30
     max_cloud_cover: float | None = Field(None, ge=0, le=100)  # eo:cloud_cover, percent
     max_items: int = Field(50, ge=1)
+    #: A DEM collection on the same API (e.g. ``cop-dem-glo-30``): its tiles over each scene's
+    #: footprint are that scene's ``inputs.dem``, mosaicked at ingest.
+    dem_collection: str | None = None
 
 
 def _as_list(v):
@@ -70,19 +77,35 @@ class JobConfig(StrictModel):
     scenes: Annotated[list[str] | None, BeforeValidator(_as_list)] = None
     aoi: PathOrUri | None = None  # the region: a vector file (GeoJSON, GeoPackage...) in any CRS
     crs: str | None = None  # the region grid's CRS; default: the UTM zone of the AOI's centroid
-    resolution: float = Field(10.0, gt=0)  # region grid pixel (m); scenes must have it
+    #: Pixel size (m) the models work at: every scene must have it (a region's grid has it).
+    resolution: float = Field(10.0, gt=0, allow_inf_nan=False)
     #: ``module:function`` signing STAC asset hrefs of a region's items (e.g. Planetary Computer's
     #: ``planetary_computer:sign``); default: hrefs are used as they are.
     href_signer: str | None = None
     #: A region's scenes from a STAC API search over the AOI (with or besides ``scenes``).
     stac_search: StacSearch | None = None
+    #: Pre-event reference of a region job (README, "Event maps"): scenes in the forms of
+    #: ``scenes``, mapped once by the same ensemble into ``OUT/pre_event``; the mask and polygons
+    #: then follow ``new_probability``.
+    pre_scenes: Annotated[list[str] | None, BeforeValidator(_as_list)] = None
+    #: ``auto``: the pre-event scene is picked from ``stac_search``'s API in the ``pre_event_days``
+    #: before ``event_date`` (region/pre_event.py has the rule); instead of ``pre_scenes``.
+    pre_event: Literal["auto"] | None = None
+    pre_event_days: int = Field(120, ge=1)
+    #: The event's date: pre-event scenes must be dated before it, post-event scenes on or after.
+    event_date: date | None = None
+    #: ``new_probability`` weighs by the NDVI loss since the pre-event map; false leaves it out.
+    change_ndvi: bool = True
     out: PathOrUri
     ensemble: PathOrUri | None = None
     models: list[PathOrUri] = Field(default_factory=list)
     tile: int = Field(128, ge=16)
-    overlap: float = Field(0.5, ge=0, lt=1)
+    overlap: float = Field(0.5, ge=0, lt=1, allow_inf_nan=False)
     blend: Literal["mean", "cosine", "gaussian"] = "gaussian"
     block: int = Field(1024, ge=16)
+    #: Largest grid (height x width px) a job may have: a larger one is refused before anything
+    #: runs (plan/limits.py), so a continent-sized AOI fails at once with the figure.
+    max_pixels: int = Field(MAX_PIXELS, ge=1)
     executor: Literal["local", "ray"] = "local"
     batch_size: int | None = Field(None, ge=1)  # tiles per forward pass; default 16 on CPU, 64 on a GPU
     device: str = "auto"
@@ -94,8 +117,8 @@ class JobConfig(StrictModel):
     #: Default: 1 on a GPU, where reading is a large share of a block's time; 0 on CPU, where it
     #: is ~2 % and the second window is the largest part of what memory grows by with the scene.
     prefetch: int | None = Field(None, ge=0, le=4)
-    threshold: float | None = Field(None, ge=0, le=1)
-    min_area_m2: float = Field(0.0, ge=0)
+    threshold: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
+    min_area_m2: float = Field(0.0, ge=0, allow_inf_nan=False)
     min_pixels: int = Field(4, ge=1)
     polygon_format: Literal["gpkg", "parquet", "fgb"] = "gpkg"  # GeoPackage, GeoParquet or FlatGeobuf
     nodata: float | None = None
@@ -132,6 +155,13 @@ class JobConfig(StrictModel):
             )
         if self.scenes is not None and self.aoi is None:
             raise ValueError("a region job ('scenes' / 'stac_search') needs 'aoi': the area its map covers")
+        if self.pre_scenes is not None and self.scenes is None:
+            raise ValueError("'pre_scenes' belong to region jobs: give 'scenes' (or 'stac_search') and 'aoi'")
+        if self.pre_event == "auto" and (self.pre_scenes or self.stac_search is None or self.event_date is None):
+            raise ValueError(
+                "pre_event: auto picks the pre-event scene from the job's stac_search before event_date: "
+                "give 'stac_search' and 'event_date', and no 'pre_scenes'"
+            )
         if self.scenes is None and (self.aoi is not None or self.crs is not None):
             raise ValueError(
                 "'aoi' and 'crs' belong to region jobs: give 'scenes' (or set inputs.aoi to clip one scene)"
@@ -216,10 +246,24 @@ def job_from_dict(data: dict, base: Path = Path("."), where: str = "job") -> Job
         setattr(cfg, field, rebase_path(base, getattr(cfg, field)))
     if cfg.scenes is not None:
         cfg.scenes = [str(rebase_path(base, s)) for s in cfg.scenes]
+    if cfg.pre_scenes is not None:
+        cfg.pre_scenes = [str(rebase_path(base, s)) for s in cfg.pre_scenes]
     cfg.models = [rebase_path(base, m) for m in cfg.models]
     if cfg.inputs is not None:
         cfg.inputs = cfg.inputs.rebase(base)
     return cfg
+
+
+def merge_deep(base: dict, overrides: dict) -> dict:
+    """``base`` with ``overrides`` laid over it key by key, nested mappings merged (``--num-actors``
+    sets ``ray.num_actors`` and keeps the file's ``ray.address``); None overrides nothing."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_deep(merged[key], value)
+        elif value is not None:
+            merged[key] = value
+    return merged
 
 
 def load_job(path: str | Path, overrides: dict | None = None) -> JobConfig:
@@ -228,8 +272,7 @@ def load_job(path: str | Path, overrides: dict | None = None) -> JobConfig:
     data = load_yaml(path)
     cfg = job_from_dict(data, path.parent, str(path))
     if overrides:
-        merged = cfg.model_dump()
-        merged.update({k: v for k, v in overrides.items() if v is not None})
+        merged = merge_deep(cfg.model_dump(), overrides)
         cfg = validate_model(JobConfig, merged, f"{path} with command-line overrides")
     return cfg
 

@@ -30,7 +30,9 @@ import numpy as np
 import zarr
 
 from .checks.output import disk_full_is_clear
+from .checks.pixels import require_resolution
 from .checks.preflight import model_b10_means, preflight
+from .checks.reflectance import reflectance_guard
 from .checks.results import result_warnings
 from .checks.units import sample_scene, units_guard
 from .config import JobConfig, ensemble_members
@@ -46,14 +48,16 @@ from .ingest.scene import member_array
 from .models.card import WEIGHTS_FILE, read_card
 from .outputs.derive import MASK_NODATA, ProbabilitySource, min_object_pixels, window_reader, write_mask_and_polygons
 from .outputs.manifest import package_versions, read_manifest, write_json_atomic
+from .outputs.metadata import BANDS, SIDECARS, provenance_tags, write_sidecars
 from .outputs.polygons import POLYGON_FILES
-from .outputs.publish import move_all
+from .outputs.publish import move_all, product_names
 from .outputs.publish_remote import publish_to_object_store
 from .outputs.quicklook import write_quicklook
 from .outputs.rasters import write_cog
 from .outputs.store import NODATA, SLOPE, BlockStore, create_store
 from .outputs.summary import assumed_pixel_m, describe_mapped
 from .plan.tiling import Block, TileGrid, plan_blocks, tile_uses
+from .progress import progress
 from .storage import Location, exclusive_location, location, require_exists, storage_errors
 
 log = logging.getLogger(__name__)
@@ -66,6 +70,7 @@ OUTPUTS = {  # the polygons' name follows the job's polygon_format: see outputs_
     "polygons": POLYGON_FILES["gpkg"],
     "quicklook": "quicklook.png",
     "zarr": "probability.zarr",
+    **SIDECARS,  # QGIS styles, the mask's category names
 }
 __all__ = ["MASK_NODATA", "OUTPUTS", "IngestedScene", "job_hash", "outputs_for", "run_job"]
 
@@ -75,21 +80,26 @@ def outputs_for(polygon_format: str) -> dict[str, str]:
     return {**OUTPUTS, "polygons": POLYGON_FILES[polygon_format]}
 
 
-def job_hash(cfg: JobConfig, scene_sha: str, model_shas: list[str], device: str) -> str:
-    """Identity of a job's result: inputs, models, the device type (``cpu`` / ``cuda``) with its
-    arithmetic, and every setting that changes the map."""
-    key = {
-        "scene": scene_sha,
+def map_identity(cfg: JobConfig, model_shas: list[str], device: str) -> dict:
+    """What makes two maps of the same input the same map: the models, the device type (``cpu`` /
+    ``cuda``) with its arithmetic, and every setting that changes the map. Scene jobs and region
+    jobs both hash it (:func:`job_hash`, ``region.job.region_hash``)."""
+    return {
         "models": model_shas,
         "weights": [m.weight for m in ensemble_members(cfg).members],
         "device": device,
-        "precision": PRECISION[device],
+        "precision": PRECISION.get(device, "the device's"),
         **cfg.model_dump(
             mode="json",
             include={"tile", "overlap", "blend", "block", "threshold", "min_area_m2", "min_pixels", "nodata", "inputs"},
         ),
         **({"tta": True} if cfg.tta else {}),  # only when set: earlier jobs keep their hashes
     }
+
+
+def job_hash(cfg: JobConfig, scene_sha: str, model_shas: list[str], device: str) -> str:
+    """Identity of a scene job's result: its scene and :func:`map_identity`."""
+    key = {"scene": scene_sha, **map_identity(cfg, model_shas, device)}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -253,8 +263,7 @@ def _run_locked(
         _join_ray(cfg, session, work)
         scene, ingest_s = _unless_models_fail(scene_ingest, prep.models, stop)
         store_path = _output_store(work, scene, cfg.block, jhash)
-        # Before any block is predicted: a scene in other units than the models' refuses (exit 2).
-        unit_checks, warnings = units_guard(sample_scene(scene), cards, cfg.accept_units_mismatch)
+        checks, warnings = _scene_checks(cfg, scene, cards)  # before any block is predicted
         store = BlockStore(store_path, work / "blocks")
         plan = _plan(cfg, scene, store)
         rows, pool = _start_inference(cfg, session, scene, plan, spec, store, prep.models, pool)
@@ -268,7 +277,8 @@ def _run_locked(
         # The products are written while the Ray session closes (a second or more of waiting on
         # Ray's processes); finishing needs nothing from Ray.
         t_finish = time.perf_counter()
-        finishing = background.submit(_finish, cfg, scene, store_path, stage, threshold, outputs)
+        tags = _product_tags(cards, model_shas, _scene_input(cfg, scene, scene_sha), threshold, jhash)
+        finishing = background.submit(_finish, cfg, scene, store_path, stage, threshold, outputs, tags)
     summary, finish_s = finishing.result(), time.perf_counter() - t_finish
     warnings = _logged_warnings(warnings, summary, threshold)
     manifest = {
@@ -278,12 +288,12 @@ def _run_locked(
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "timings": _timings(entered, t0, prep, ingest_s=ingest_s, prepare_s=t_plan - t0, infer_s=infer_s)
         | {"finish_s": finish_s, "forward_s": round(tally.forward_s, 3)},
-        "inputs": {"scene": {"path": str(cfg.scene), "sha256": scene_sha}},
+        "inputs": {"scene": _scene_input(cfg, scene, scene_sha)},
         "warnings": [*scene.attrs.get("warnings", []), *warnings],
-        "checks": {"units": [v.record() for v in unit_checks]},
+        "checks": checks,
         **_manifest_body(cfg, members, cards, model_shas, scene, device, plan, tally),
         **({"actors": actors} if actors is not None else {}),
-        "summary": {**summary, "threshold": threshold},
+        "summary": _summary(summary, threshold),
         "outputs": outputs,
     }
     return _publish_job(manifest, t0, stage, store_path, out, work)
@@ -292,6 +302,25 @@ def _run_locked(
 def decision_threshold(cfg: JobConfig, members, cards: list) -> float:
     """The job's threshold, else the one its members' cards decide on together."""
     return cfg.threshold if cfg.threshold is not None else members.decision_threshold([c.threshold for c in cards])
+
+
+def _scene_checks(cfg: JobConfig, scene: Scene, cards: list) -> tuple[dict, list[str]]:
+    """A scene in other units than the models', or whose reflectance is off by an offset (applied
+    twice, or missed), refuses (exit 2); -> (the checks for ``run.json``, warnings)."""
+    unit_checks, warnings = units_guard(sample_scene(scene), cards, cfg.accept_units_mismatch)
+    reflectance, offset_warnings = reflectance_guard(scene, cfg.accept_units_mismatch, str(cfg.scene))
+    checks = {
+        "units": [v.record() for v in unit_checks],
+        "reflectance": reflectance,  # how each band became reflectance, and the offset verdict
+        "coverage": scene.attrs.get("ingest", {}).get("coverage"),  # of the DEM and SCL
+    }
+    return checks, warnings + offset_warnings
+
+
+def _summary(summary: dict, threshold: float) -> dict:
+    """``run.json``'s summary: the map's, its threshold, and (with products) whether it is implausible."""
+    out = {**summary, "threshold": threshold}
+    return out | ({"implausible": bool(result_warnings(out))} if summary else {})
 
 
 def _logged_warnings(warnings: list[str], summary: dict, threshold: float) -> list[str]:
@@ -373,8 +402,9 @@ def _finished_before(out: Location, jhash: str, overwrite: bool, outputs: dict[s
     """The manifest of this very job when ``out`` holds its finished result (nothing to do), else
     None; ConfigError for another job's result unless overwriting, which first invalidates it."""
     previous = read_manifest(out)
+    old_outputs = product_names(out, previous) if previous is not None else {}  # all inside ``out``
     if previous is not None and not overwrite:
-        missing = [f for f in previous.get("outputs", outputs).values() if not (out / f).exists()]
+        missing = [f for f in (old_outputs or outputs).values() if not (out / f).exists()]
         if previous.get("job_hash") == jhash and missing:
             raise ConfigError(
                 f"{out} holds this job's run.json but {', '.join(missing)} is missing; "
@@ -394,7 +424,7 @@ def _finished_before(out: Location, jhash: str, overwrite: bool, outputs: dict[s
         )
     if previous is not None:  # overwriting: from now on nothing may vouch for the folder's old products
         (out / "run.json").rm()
-        old_polygons = previous.get("outputs", {}).get("polygons")
+        old_polygons = old_outputs.get("polygons")
         # another format's file (or one this job does not write) would outlive the job it came from
         if old_polygons and old_polygons != outputs.get("polygons"):
             (out / old_polygons).rm()
@@ -493,7 +523,7 @@ def _tally_blocks(
     calling ``on_block`` with each block once written."""
     tally = _Tally()
     by_key = {b.key: b for b in todo}
-    for i, row in enumerate(rows, 1):
+    for i, row in enumerate(progress(rows, "infer", "block", total=len(todo)), 1):
         tally.forward += row["forward_passes"]
         tally.forward_s += row["forward_s"]
         tally.tiles += row["tiles"]
@@ -509,6 +539,25 @@ def _tally_blocks(
     return tally
 
 
+def model_records(members, cards: list, model_shas: list[str]) -> list[dict]:
+    """run.json's ``models``: each member's folder, card (name, architecture, features, whether
+    trained, threshold), weight and weights hash; a region job records them the same way."""
+    return [
+        {
+            "path": str(m.model),
+            "name": c.name,
+            "arch": c.arch,
+            "encoder": c.encoder,
+            "features": c.features,
+            "weight": m.weight,
+            "trained": c.trained,
+            "threshold": c.threshold,
+            "sha256": sha,
+        }
+        for m, c, sha in zip(members.members, cards, model_shas)
+    ]
+
+
 def _manifest_body(
     cfg: JobConfig, members, cards: list, model_shas: list[str], scene: Scene, device: str, plan: _Plan, tally: _Tally
 ) -> dict:
@@ -516,20 +565,7 @@ def _manifest_body(
     info, grid = scene.info, plan.grid
     return {
         "config": cfg.model_dump(mode="json"),
-        "models": [
-            {
-                "path": str(m.model),
-                "name": c.name,
-                "arch": c.arch,
-                "encoder": c.encoder,
-                "features": c.features,
-                "weight": m.weight,
-                "trained": c.trained,
-                "threshold": c.threshold,
-                "sha256": sha,
-            }
-            for m, c, sha in zip(members.members, cards, model_shas)
-        ],
+        "models": model_records(members, cards, model_shas),
         "versions": package_versions(),
         "scene": {
             "height": info.height,
@@ -623,7 +659,8 @@ def _ingest_scene(
     """Ingest (or resume) the scene store in ``work`` (created if need be: a fresh job ingests
     before claiming it), unless it is ``ingested`` already (``b10_means``: the models' B10 means,
     for ``inputs.b10: model_mean``; ``stop``: ends the ingest, see ``ingest_job``);
-    -> (scene, ingest seconds)."""
+    -> (scene, ingest seconds). A scene at another pixel size than the models' is refused here
+    (a region's scenes were checked as it ingested them)."""
     t_ingest = time.perf_counter()
     if ingested is not None:
         return ingested.scene, 0.0
@@ -637,6 +674,7 @@ def _ingest_scene(
         b10_means=b10_means,
         stop=stop,
     )
+    require_resolution(_scene_source(cfg), scene.info, cfg.resolution)
     return scene, time.perf_counter() - t_ingest
 
 
@@ -653,12 +691,32 @@ def _output_store(work: Location, scene: Scene, block: int, jhash: str) -> Locat
     return store_path
 
 
+def _scene_input(cfg: JobConfig, scene: Scene, scene_sha: str) -> dict:
+    """run.json's ``inputs.scene``: the source, its hash, and its acquisition date (ISO) when the
+    ingest found one (a Sentinel-2 product or STAC item; None for a plain GeoTIFF)."""
+    return {"path": str(cfg.scene), "sha256": scene_sha, "acquired": scene.attrs.get("ingest", {}).get("acquired")}
+
+
+def _product_tags(cards: list, model_shas: list[str], scene: dict, threshold: float, jhash: str) -> dict[str, str]:
+    """The rasters' provenance tags; ``scene``: :func:`_scene_input`."""
+    models = [{"name": c.name, "sha256": sha} for c, sha in zip(cards, model_shas)]
+    record = {"source": scene["path"], "sha256": scene["sha256"], "date": scene["acquired"]}
+    return provenance_tags(models, [record], threshold, jhash)
+
+
 def _finish(
-    cfg: JobConfig, scene: Scene, store_path: Path | Location, work: Path, threshold: float, outputs: dict[str, str]
+    cfg: JobConfig,
+    scene: Scene,
+    store_path: Path | Location,
+    work: Path,
+    threshold: float,
+    outputs: dict[str, str],
+    tags: dict[str, str],
 ) -> dict:
     """Write the products (all but the store) into ``work/final`` window by window; returns the
     summary. The mask and polygons come from the step ``vectorize`` repeats later, and the
-    scene's slope goes into the store as that step reads it, for ``vectorize`` to read there."""
+    scene's slope goes into the store as that step reads it, for ``vectorize`` to read there.
+    ``tags``: the rasters' provenance (:func:`.outputs.metadata.provenance_tags`)."""
     info = scene.info
     final = work / "final"
     shutil.rmtree(final, ignore_errors=True)
@@ -677,6 +735,8 @@ def _finish(
                 dtype="float32",
                 nodata=NODATA,
                 scratch=work / f"{key}.scratch.tif",
+                band=BANDS[key],
+                tags=tags,
             )
 
     kept = (
@@ -693,7 +753,7 @@ def _finish(
     with ThreadPoolExecutor(2, "rasters") as pool:
         rasters = pool.submit(write_rasters)
         bands = zarr.open_group(str(scene.path), mode="r")["bands"]
-        quicklook = pool.submit(write_quicklook, final / outputs["quicklook"], bands, prob, threshold)
+        quicklook = pool.submit(write_quicklook, final / outputs["quicklook"], bands, prob, threshold, info)
         source = ProbabilitySource(info, window_reader(prob), slope_kept if SLOPE in info.band_names else None)
         summary = write_mask_and_polygons(
             source,
@@ -702,7 +762,9 @@ def _finish(
             final / outputs["mask"],
             final / outputs["polygons"],
             scratch=work / "mask.scratch.tif",
+            tags=tags,
         )
+        write_sidecars(final, outputs)
         quicklook.result()
         rasters.result()
     return {

@@ -12,7 +12,7 @@ from datetime import timedelta
 import pytest
 import rasterio
 import yaml
-from maps import assert_same_map
+from maps import KERNEL_ATOL, assert_same_map
 from test_jobs import EVENT, FakeCluster, write_catalog
 from test_region import SETTINGS, _job, region  # noqa: F401  (region: the fixture)
 
@@ -92,13 +92,16 @@ def test_two_passes_update_the_event_map_with_the_new_scene_only(region, tmp_pat
         "s2-a.json",
         "s2-b.json",
     ]
+    collection = json.loads((tmp_path / "events" / "collection.json").read_text())  # the pass gathers the events
+    assert collection["type"] == "Collection" and collection["id"] == schedule.config.name
+    assert [link["href"] for link in collection["links"] if link["rel"] == "item"] == [f"./{event}/item.json"]
 
     # The event's map is the map of one fresh region job over both scenes.
     run_job(job_from_dict(_job(d, model, "fresh-event", ["A.tif", "B.tif"])))
     with rasterio.open(out / "probability.tif") as got, rasterio.open(d / "fresh-event" / "probability.tif") as ref:
         assert (got.crs, got.transform, got.shape) == (ref.crs, ref.transform, ref.shape)
         event_map, fresh = got.read(1), ref.read(1)
-    assert_same_map(event_map, fresh, atol=1e-6)
+    assert_same_map(event_map, fresh, atol=KERNEL_ATOL)
 
 
 def test_cluster_submission_of_an_event_follows_the_shared_fs_rule(region, tmp_path, capsys):  # noqa: F811

@@ -29,39 +29,63 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from rasterio.crs import CRS
 from rasterio.warp import transform_bounds
-from shapely.geometry import box
+from shapely.geometry import box, shape
 
+from ..checks.output import check_free_space, check_inputs_outside, check_out_folder, disk_full_is_clear
+from ..checks.pixels import off_resolution
 from ..checks.preflight import model_b10_means, read_models, resolve_inputs_units
+from ..checks.reflectance import reflectance_guard
+from ..checks.results import result_warnings
 from ..config import EnsembleConfig, JobConfig, ensemble_members
 from ..errors import ConfigError, InputError, OutputLockedError
 from ..gdal_env import bounded_gdal_cache
 from ..hashing import sha256_tree
+from ..infer.executors import job_device
 from ..ingest import ModelB10, Scene, ingest_job
 from ..ingest.aoi import aoi_in_crs, load_aoi
 from ..ingest.inputs import SceneInputs
 from ..ingest.scene import SceneInfo
 from ..models.card import WEIGHTS_FILE, ModelCard, read_card
+from ..outputs.derive import min_object_pixels
 from ..outputs.manifest import package_versions, read_manifest, write_json_atomic
+from ..outputs.metadata import provenance_tags
+from ..outputs.publish import product_names
 from ..pipeline import (
     IngestedScene,
     _finish,
     _publish,
     decision_threshold,
+    map_identity,
+    model_records,
     outputs_for,
     predictor_spec,
     run_job,
     scene_chunk,
 )
+from ..plan.limits import check_work
 from ..storage import exclusive_location, location, storage_errors
+from .event import (
+    NDVI_LOSS_FULL,
+    PRE_EVENT,
+    change_source,
+    check_pre_event,
+    pre_event_config,
+    write_change_layers,
+    write_change_mask_and_polygons,
+)
+from .event import OUTPUTS as EVENT_OUTPUTS
 from .grid import region_grid, target_crs
 from .merge import merge_region
 from .mosaic import FEATHER_PX
+from .observed import OUTPUTS as OBSERVATION_OUTPUTS
+from .observed import write_observation_products
+from .pre_event import pick_pre_event
 from .progress import RegionProgress
 from .scenes import SceneSource, find_scenes, load_signer
-from .stac_search import search_items
+from .stac_search import dem_items, search_items
+from .timeliness import stamp_time_to_map
 
 if TYPE_CHECKING:
     from ..infer.actor_pool import ActorPool
@@ -71,8 +95,6 @@ log = logging.getLogger(__name__)
 SCENES_FILE = "scenes.gpkg"
 #: Scenes mapped at once on Ray: one predicted, the next prepared and queued behind it.
 SCENES_IN_FLIGHT = 2
-#: Relative tolerance on a scene's pixel size against the region's resolution.
-RESOLUTION_TOLERANCE = 0.01
 MERGE_RULE = (
     f"weighted mean; weight = validity (nearest) x min(d, {FEATHER_PX}) / {FEATHER_PX}, d = distance in "
     "region pixels to the scene's nearest invalid or absent pixel; layers sampled bilinearly from "
@@ -116,15 +138,26 @@ def run_region(cfg: JobConfig, *, overwrite: bool = False) -> dict:
     out = location(cfg.out)
     if not out.is_local:
         raise ConfigError(f"out {cfg.out}: region jobs write to a local folder (object storage: not yet)")
+    check_out_folder(out.path)
+    check_inputs_outside(out.path, _local_inputs(cfg))
     out.makedirs()
     busy = OutputLockedError(
         f"{out} is being written by another job (lock {out / '.lock'} is held); "
         "wait for it or choose another output folder"
     )
     with ExitStack() as held:
+        held.enter_context(disk_full_is_clear(out.path))  # a full disk: exit 4, as for one scene
         held.enter_context(exclusive_location(out / ".lock", lambda: busy))
         held.enter_context(bounded_gdal_cache())
         return _run_region_locked(cfg, out.path, overwrite)
+
+
+def _local_inputs(cfg: JobConfig) -> list[tuple[str, Path]]:
+    """The job's inputs on this machine's disk, by what they are (scene entries may be globs)."""
+    named = [("AOI", cfg.aoi), ("ensemble file", cfg.ensemble)]
+    named += [("model", m.model) for m in ensemble_members(cfg).members]
+    named += [("scene", s) for s in cfg.scenes or []] + [("pre-event scene", s) for s in cfg.pre_scenes or []]
+    return [(what, location(p).path) for what, p in named if p is not None and location(p).is_local]
 
 
 @dataclass(frozen=True)
@@ -147,6 +180,10 @@ def _run_region_locked(cfg: JobConfig, out: Path, overwrite: bool) -> dict:
     t0 = time.perf_counter()
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     r = _setup_region(cfg)
+    if overwrite or not (out / "run.json").is_file():  # the region's own stores and products, up front
+        check_free_space(out, r.grid.height, r.grid.width)
+    # The pre-event map first (kept in OUT/pre_event: found finished on later passes), then this one's models.
+    pre, picked = _pre_event_map(cfg, r, out, overwrite)
     previous = _previous_result(out, r.rhash, overwrite)
     region_dir = out / ".work" / "region"
     _discard_unless(region_dir, r.rhash, overwrite)
@@ -155,7 +192,7 @@ def _run_region_locked(cfg: JobConfig, out: Path, overwrite: bool) -> dict:
         pool, models = _start_models(r.cfg, session)
         b10_means = model_b10_means(r.members, r.cards)
         scenes, skipped = _prepare_scenes(r.cfg, out / ".work", r.aoi, r.crs, b10_means, models)
-        signature = _signature(scenes)
+        signature = _signature(scenes) + _pre_event_signature(cfg, r, pre, scenes)
         if not overwrite and previous is not None and _holds(out, previous, signature):
             log.info("%s already holds this region's map over these %d scene(s): nothing to do", out, len(scenes))
             return {**previous, "blocks": {**previous["blocks"], "computed": 0, "resumed": previous["blocks"]["total"]}}
@@ -170,7 +207,7 @@ def _run_region_locked(cfg: JobConfig, out: Path, overwrite: bool) -> dict:
 
     t_finish = time.perf_counter()
     stage = region_dir / "stage"
-    threshold, summary = _write_region_products(r, scenes, region_dir, stage)
+    threshold, summary = _write_region_products(r, scenes, region_dir, stage, out / PRE_EVENT if pre else None)
     timings["finish_s"] = time.perf_counter() - t_finish
 
     manifest = {
@@ -187,12 +224,62 @@ def _run_region_locked(cfg: JobConfig, out: Path, overwrite: bool) -> dict:
         "merge_blocks": merge_blocks,
         "summary": {**summary, "threshold": threshold},
         "outputs": r.outputs,
+        **({"event": _event_record(cfg, pre, picked)} if pre else {}),
     }
+    manifest["time_to_map"] = stamp_time_to_map(manifest["scenes"], previous, manifest["finished"])
+    _flag_implausible(manifest)
     _publish_region(manifest, region_dir, stage, out)
     log.info(
         "region finished: %s (%d scene(s), %d landslide objects)", out / "run.json", len(scenes), summary["objects"]
     )
     return manifest
+
+
+def _pre_event_signature(cfg: JobConfig, r: RegionSetup, pre: dict | None, scenes: list[MappedScene]) -> str:
+    """The pre-event map's part of the scenes' signature ("" without one; with the change rule's
+    setting, which changes the products but not the merge), once it is checked against the
+    region grid and ``event_date`` (``event.check_pre_event``)."""
+    if pre is None:
+        return ""
+    check_pre_event(pre, r.grid, cfg.event_date, [s.source.date for s in scenes])
+    return f"+{pre['scenes_signature']}" + ("" if cfg.change_ndvi else "-ndvi")
+
+
+def _pre_event_map(cfg: JobConfig, r: RegionSetup, out: Path, overwrite: bool) -> tuple[dict | None, dict | None]:
+    """The pre-event region map (None without ``pre_scenes`` or ``pre_event``), and with
+    ``pre_event: auto`` the record of how its scene was picked (``pre_event.py``)."""
+    picked = None
+    if cfg.pre_event == "auto":
+        bbox = transform_bounds(r.crs, "EPSG:4326", *r.aoi.bounds)
+        sign = load_signer(cfg.href_signer)
+        items, picked = pick_pre_event(cfg, r.aoi, r.crs, bbox, out / ".work", sign)
+        cfg = cfg.model_copy(update={"pre_scenes": [items]})
+    if not cfg.pre_scenes:
+        return None, None
+    return run_region(pre_event_config(cfg, out), overwrite=overwrite), picked
+
+
+def _event_record(cfg: JobConfig, pre: dict, picked: dict | None) -> dict:
+    """``run.json``'s ``event``: the event date, the pre-event map (and how ``pre_event: auto``
+    picked it), the change rule."""
+    rule = "p_post x (1 - p_pre)" + (f" x clip(-dNDVI / {NDVI_LOSS_FULL}, 0, 1)" if cfg.change_ndvi else "")
+    return {
+        "event_date": cfg.event_date.isoformat() if cfg.event_date else None,
+        "pre_event": {"folder": PRE_EVENT, "scenes": pre["scenes"], "scenes_signature": pre["scenes_signature"]},
+        **({"pre_event_auto": picked} if picked else {}),
+        "new_probability_rule": rule,
+        "change_ndvi": cfg.change_ndvi,
+    }
+
+
+def _flag_implausible(manifest: dict) -> None:
+    """A region map mostly classified as landslide is flagged as a single scene's is: a warning
+    (logged, in ``run.json``) and ``summary.implausible`` (which the STAC item carries)."""
+    flags = result_warnings(manifest["summary"])
+    for msg in flags:
+        log.warning("%s", msg)
+    manifest["warnings"] = [*manifest["warnings"], *flags]
+    manifest["summary"]["implausible"] = bool(flags)
 
 
 def _setup_region(cfg: JobConfig) -> RegionSetup:
@@ -202,13 +289,19 @@ def _setup_region(cfg: JobConfig) -> RegionSetup:
     aoi = aoi_in_crs(geom, aoi_crs, crs)
     grid = region_grid(aoi, crs, cfg.resolution, scene_chunk(cfg.block))
     members = ensemble_members(cfg)
+    n = len(members.members)  # before anything runs: a continent-sized AOI fails here, with its figure
+    check_work(
+        grid.height, grid.width, tile=cfg.tile, stride=cfg.stride, block=cfg.block, members=n, max_pixels=cfg.max_pixels
+    )
     cards = [read_card(m.model) for m in members.members]
     model_shas = [
         c.weights_sha256 or sha256_tree(location(m.model) / WEIGHTS_FILE) for m, c in zip(members.members, cards)
     ]
     cfg = resolve_inputs_units(cfg, cards)  # as a single-scene job does before its ingest
-    rhash = region_hash(cfg, grid, aoi, model_shas)
-    outputs = {**outputs_for(cfg.polygon_format), "scenes": SCENES_FILE}
+    rhash = region_hash(cfg, grid, aoi, model_shas, _identity_device(cfg))
+    outputs = {**outputs_for(cfg.polygon_format), "scenes": SCENES_FILE, **OBSERVATION_OUTPUTS}
+    if cfg.pre_scenes or cfg.pre_event:
+        outputs |= EVENT_OUTPUTS
     return RegionSetup(cfg, grid, aoi, crs, aoi_text, members, cards, model_shas, rhash, outputs)
 
 
@@ -216,6 +309,8 @@ def _previous_result(out: Path, rhash: str, overwrite: bool) -> dict | None:
     """The manifest in ``out`` when it is this region's (over whichever scenes); another job's
     result is refused (ConfigError) unless overwriting, which invalidates it first."""
     previous = read_manifest(location(out))
+    if previous is not None:
+        product_names(location(out), previous)  # every product it names lies inside ``out``
     if previous is not None and previous.get("region_hash") != rhash:
         if not overwrite:
             raise ConfigError(
@@ -235,14 +330,29 @@ def _holds(out: Path, previous: dict, signature: str) -> bool:
 
 
 def _write_region_products(
-    r: RegionSetup, scenes: list[MappedScene], region_dir: Path, stage: Path
+    r: RegionSetup, scenes: list[MappedScene], region_dir: Path, stage: Path, pre_dir: Path | None
 ) -> tuple[float, dict]:
-    """The region's products and scene footprints into ``stage/final``; -> (threshold, summary)."""
+    """The region's products and scene footprints into ``stage/final``; -> (threshold, summary).
+    With a pre-event map in ``pre_dir``: the change layers too, and the mask and polygons of
+    ``new_probability`` in place of those of the probability (``event.py``)."""
     cfg = r.cfg
     threshold = decision_threshold(cfg, r.members, r.cards)
     stage.mkdir(exist_ok=True)
     scene = Scene(region_dir / "scene.zarr")
-    summary = _finish(cfg, scene, region_dir / "probability.zarr", stage, threshold, r.outputs)
+    models = [{"name": c.name, "sha256": sha} for c, sha in zip(r.cards, r.model_shas)]
+    scene_records = [{"source": s.source.origin, "sha256": s.sha256, "date": s.source.date} for s in scenes]
+    tags = provenance_tags(models, scene_records, threshold, r.rhash)
+    summary = _finish(cfg, scene, region_dir / "probability.zarr", stage, threshold, r.outputs, tags)
+    scratch = stage / "observed.scratch.tif"
+    summary |= write_observation_products(region_dir / "scene.zarr", r.grid, stage / "final", scratch)
+    if pre_dir is not None:
+        change = change_source(region_dir, pre_dir, r.grid, cfg.change_ndvi)
+        write_change_layers(change, stage / "final", scratch)
+        min_pixels = min_object_pixels(r.grid, cfg.min_area_m2, cfg.min_pixels)
+        mask, polygons = (stage / "final" / r.outputs[k] for k in ("mask", "polygons"))
+        mask.unlink()
+        polygons.unlink()
+        summary |= write_change_mask_and_polygons(change, threshold, min_pixels, mask, polygons, scratch)
     write_footprints(stage / "final" / SCENES_FILE, scenes, r.crs)
     return threshold, summary
 
@@ -253,10 +363,7 @@ def _region_record(r: RegionSetup, scenes: list[MappedScene], actors: list[dict]
     per_scene = [s.result["blocks"] for s in scenes]
     return {
         "config": cfg.model_dump(mode="json"),
-        "models": [
-            {"path": str(m.model), "name": c.name, "weight": m.weight, "threshold": c.threshold, "sha256": sha}
-            for m, c, sha in zip(r.members.members, r.cards, r.model_shas)
-        ],
+        "models": model_records(r.members, r.cards, r.model_shas),
         # times the models were loaded: once locally, once per actor (warm across scenes) on Ray
         "models_loaded": 1 if actors is None else sum(a["models_loaded"] for a in actors),
         **({"actors": actors} if actors is not None else {}),
@@ -292,29 +399,24 @@ def _publish_region(manifest: dict, region_dir: Path, stage: Path, out: Path) ->
     shutil.rmtree(stage, ignore_errors=True)
 
 
-def region_hash(cfg: JobConfig, grid: SceneInfo, aoi, model_shas: list[str]) -> str:
-    """Identity of a region's map except its scenes (which may grow): grid, AOI, models, settings."""
+def _identity_device(cfg: JobConfig) -> str:
+    """The device part of a region's identity, known before Ray starts: ``auto`` on Ray without
+    GPUs per actor is what the cluster offers at run time (each scene's job hash records which)."""
+    if cfg.executor == "ray" and cfg.device == "auto" and not cfg.ray.gpus_per_actor:
+        return "auto"
+    return job_device(cfg.device, cfg.executor, cfg.ray)
+
+
+def region_hash(cfg: JobConfig, grid: SceneInfo, aoi, model_shas: list[str], device: str) -> str:
+    """Identity of a region's map except its scenes (which may grow): a scene job's identity
+    (models, device, every map setting: ``pipeline.map_identity``) plus the grid, the AOI and the
+    merge's settings."""
     key = {
+        **map_identity(cfg, model_shas, device),
         "grid": [grid.crs_wkt, list(grid.transform), grid.height, grid.width],
         "aoi": aoi.wkt,
-        "models": model_shas,
-        "weights": [m.weight for m in ensemble_members(cfg).members],
         "feather_px": FEATHER_PX,
-        "block": cfg.block,
-        **cfg.model_dump(
-            mode="json",
-            include={
-                "tile",
-                "overlap",
-                "blend",
-                "threshold",
-                "min_area_m2",
-                "min_pixels",
-                "nodata",
-                "inputs",
-                "resolution",
-            },
-        ),
+        "resolution": cfg.resolution,
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -342,7 +444,8 @@ def _prepare_scenes(
         entries.append(
             search_items(cfg.stac_search, transform_bounds(crs, "EPSG:4326", *aoi.bounds), work / "stac_search.json")
         )
-    sources = find_scenes(entries, work / "items", load_signer(cfg.href_signer))
+    sign = load_signer(cfg.href_signer)
+    sources = find_scenes(entries, work / "items", sign)
     scenes, skipped = [], []
     for src in sources:
         if models.done() and models.exception() is not None:
@@ -363,10 +466,11 @@ def _prepare_scenes(
             folder / "scene.zarr",
             chunk=scene_chunk(cfg.block),
             nodata=cfg.nodata,
-            inputs=cfg.inputs,
+            inputs=_scene_inputs(cfg, src, folder, sign),
             b10_means=b10_means,
         )
         footprint = _check_scene(src.origin, scene.info, cfg.resolution, crs)
+        reflectance_guard(scene, cfg.accept_units_mismatch, src.origin)  # refused before any scene is mapped
         if not footprint.intersects(aoi):
             log.warning("scene %s does not overlap the AOI: skipped", src.origin)
             skipped.append({"source": src.origin, "reason": "does not overlap the AOI"})
@@ -381,10 +485,31 @@ def _prepare_scenes(
     return scenes, skipped
 
 
+def _scene_inputs(cfg: JobConfig, src: SceneSource, folder: Path, sign) -> SceneInputs | None:
+    """The job's ``inputs``; with ``stac_search.dem_collection``, its ``dem`` the collection's tiles
+    over the scene's footprint (the STAC item's ``bbox``), found on the scenes' API."""
+    search = cfg.stac_search
+    if search is None or search.dem_collection is None:
+        return cfg.inputs
+    item = json.loads(Path(src.source).read_text()) if src.source.endswith(".json") else {}
+    bbox = item.get("bbox") or (shape(item["geometry"]).bounds if item.get("geometry") else None)
+    if bbox is None:
+        raise InputError(
+            f"scene {src.origin}: stac_search.dem_collection finds DEM tiles over a STAC item's footprint, "
+            "and this scene is not a STAC item with a bbox or geometry; set inputs.dem for it"
+        )
+    west, south, east, north = bbox if len(bbox) == 4 else (bbox[0], bbox[1], bbox[3], bbox[4])  # 2D or 3D
+    dem = dem_items(search, (west, south, east, north), folder / "dem-items.json", sign)
+    return (cfg.inputs or SceneInputs()).model_copy(update={"dem": dem})
+
+
 def _ingest_record(cfg: JobConfig, source: str, sha: str, b10_means: list[ModelB10]) -> dict:
     """What a scene's store is ingested from and with (``source.json``): a change rebuilds it."""
     inputs = cfg.inputs.model_dump(mode="json") if cfg.inputs is not None else None
-    ingest = {"chunk": scene_chunk(cfg.block), "nodata": cfg.nodata, "inputs": inputs, "b10_means": b10_means}
+    ingest: dict[str, Any] = {"chunk": scene_chunk(cfg.block), "nodata": cfg.nodata, "inputs": inputs}
+    ingest["b10_means"] = b10_means
+    if cfg.stac_search is not None and cfg.stac_search.dem_collection is not None:
+        ingest["dem_collection"] = cfg.stac_search.dem_collection
     return json.loads(json.dumps({"source": str(source), "sha256": sha, "ingest": ingest}))
 
 
@@ -395,15 +520,13 @@ def _check_scene(source: str, info: SceneInfo, resolution: float, crs: CRS):
             f"scene {source} has no CRS: a region job places each scene by its CRS; give a "
             "georeferenced raster (an L4S .h5 patch has none)"
         )
-    a = info.affine
-    unit = info.crs.linear_units_factor[1] if info.crs.is_projected else None
-    sizes = None if unit is None else (np.hypot(a.a, a.d) * unit, np.hypot(a.b, a.e) * unit)
-    if sizes is None or any(abs(s - resolution) > RESOLUTION_TOLERANCE * resolution for s in sizes):
-        found = f"{sizes[0]:g} x {sizes[1]:g} m" if sizes is not None else f"degrees ({info.crs.to_string()})"
+    found = off_resolution(info, resolution)
+    if found is not None:
         raise InputError(
             f"scene {source}: pixels of {found}, the region maps at {resolution:g} m; the models "
             f"work at {resolution:g} m, so resample the scene first (mixed resolutions are refused)"
         )
+    a = info.affine
     x0, y0 = a @ (0, 0)
     x1, y1 = a @ (info.width, info.height)
     return aoi_in_crs(box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)), info.crs, crs)
@@ -514,9 +637,12 @@ def _provenance(s: MappedScene) -> dict:
         "crs": s.crs.to_string(),
         "date": s.source.date,
         "cloud_cover": s.source.cloud_cover,
+        "catalog_created": s.source.properties.get("created"),
+        "catalog_published": s.source.properties.get("published"),
         "footprint_bounds": [round(v, 3) for v in s.footprint.bounds],
         "blocks": s.result["blocks"],
         "forward_passes": s.result["tiles"]["forward_passes"],
+        "checks": s.result.get("checks", {}),
     }
 
 
