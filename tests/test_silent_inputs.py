@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_bad_inputs_2 import flags, run_cli
 
 from landslide_batch.bands import BAND_INDEX, L4S_BANDS
-from landslide_batch.cli import main
 from landslide_batch.ingest.units import scale_from_physical, typical_values
 from landslide_batch.models.card import CARD_FILE
 from landslide_batch.pipeline import OUTPUTS
@@ -23,16 +23,6 @@ from landslide_batch.synthetic import write_geotiff
 
 UTM = "EPSG:32645"
 ORIGIN = (500000.0, 3100000.0)
-
-
-def run_cli(capsys, *args) -> tuple[int, str, str]:
-    code = main(["run", *map(str, args)])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def flags(scene, model, out, *extra):
-    return ["--scene", scene, "--model", model, "--out", out, "--block", 128, *extra]
 
 
 def manifest(out: Path) -> dict:
