@@ -10,6 +10,7 @@ import json
 import re
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -440,3 +441,61 @@ def test_the_head_may_launch_workers_with_their_profile_from_the_ssm_ami(launche
         {head["IamInstanceProfile"]["Name"], *(w["IamInstanceProfile"]["Name"] for w in workers)}
     )
     subprocess.run(["bash", "-n", str(iam / "create-profiles.sh")], check=True)
+
+
+# --- Deployable as written: placeholders in one place, pods that can write, requests that fit -----
+
+sys.path.insert(0, str(CLUSTER))
+import fill  # noqa: E402  (cluster/fill.py)
+
+#: Allocatable CPU and GiB of the node types the worker pods are sized for (arithmetic in
+#: raycluster.yaml), and what their daemon sets take (GPU device plugin, logging, CNI).
+NODE_TYPES = {"GKE g2-standard-8": (7.91, 28.3), "EKS g5.2xlarge": (7.91, 30.4)}
+DAEMON_SETS = (0.5, 1.5)
+OBJECT_STORAGE_SECRET = {"secretRef": {"name": "landslide-batch-object-storage", "optional": True}}
+
+
+def test_every_placeholder_is_listed_in_one_place_and_filled_by_one_command(tmp_path):
+    known = fill.placeholders()
+    seen = set()
+    for path in fill.manifests():
+        marks = dict(fill.marked_lines(path))
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            holds = {key for key, value in known.items() if value in line.split("#")[0]}
+            if number in marks:
+                assert marks[number] in known and marks[number] in holds, f"{path.name}:{number}"
+                seen.add(marks[number])
+            else:  # a placeholder value on an unmarked line would survive fill.py
+                assert not holds, f"{path.name}:{number} holds {holds} without a PLACEHOLDER mark"
+    assert seen == set(known)
+    values = {key: f"filled-{key}" for key in known}
+    assert fill.main([str(tmp_path), *(f"{k}={v}" for k, v in values.items())]) == 0
+    for path in fill.manifests():
+        text = (tmp_path / path.name).read_text()
+        assert not any(value in text for value in known.values()), path.name
+        list(yaml.safe_load_all(text))  # still YAML
+    assert fill.main([str(tmp_path / "partial"), "image=x"]) == 2  # every key or nothing
+
+
+def test_worker_requests_fit_the_documented_node_types():
+    text = (CLUSTER / "raycluster.yaml").read_text()
+    groups = docs("raycluster.yaml")["RayCluster"]["spec"]["workerGroupSpecs"]
+    for group in groups:
+        requests = group["template"]["spec"]["containers"][0]["resources"]["requests"]
+        cpu, memory = float(requests["cpu"]), float(requests["memory"].removesuffix("Gi"))
+        for node, (node_cpu, node_gib) in NODE_TYPES.items():
+            assert node.split()[1] in text, f"raycluster.yaml does not show the arithmetic for {node}"
+            assert cpu + DAEMON_SETS[0] <= node_cpu and memory + DAEMON_SETS[1] <= node_gib, node
+
+
+def test_pods_can_write_a_root_owned_volume_and_take_credentials_from_one_secret():
+    spec = docs("raycluster.yaml")["RayCluster"]["spec"]
+    head = spec["headGroupSpec"]["template"]["spec"]
+    (init,) = head["initContainers"]
+    uid, gid = IMAGE_USER["runAsUser"], IMAGE_USER["runAsGroup"]
+    assert init["securityContext"]["runAsUser"] == 0 and f"chown {uid}:{gid} /data" in " ".join(init["command"])
+    assert init["volumeMounts"] == [{"name": "data", "mountPath": "/data"}]
+    cron = docs("cronjob.yaml")["CronJob"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    pods = [head, *(g["template"]["spec"] for g in spec["workerGroupSpecs"]), cron]
+    for pod in pods:
+        assert pod["containers"][0]["envFrom"] == [OBJECT_STORAGE_SECRET]
