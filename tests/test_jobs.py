@@ -493,8 +493,10 @@ def test_submit_region_job_to_local_ray_head(tmp_path, scene_tif, tiny_model, ra
         )
     )
 
+    secret = os.urandom(16).hex()  # object-storage credentials of this shell, handed to the job on request
+    credentials = {"AWS_ACCESS_KEY_ID": "ls-test-key", "AWS_SECRET_ACCESS_KEY": secret, "AWS_REGION": "eu-west-3"}
     submitted = _cli(
-        env,
+        {**env, **credentials},
         "submit",
         str(job),
         "--address",
@@ -503,11 +505,14 @@ def test_submit_region_job_to_local_ray_head(tmp_path, scene_tif, tiny_model, ra
         "ls-test-region",
         "--env",
         "OMP_NUM_THREADS=1",
+        "--forward-credentials",
         "--stac-item",
         "--shared-fs",
     )
     assert submitted.returncode == 0, submitted.stderr
     assert submitted.stdout.split() == ["ls-test-region"]
+    assert "forwarding AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION" in submitted.stderr
+    assert secret not in submitted.stdout + submitted.stderr
 
     status = _cli(env, "status", "ls-test-region", "--address", address, "--wait", "--timeout", "240", timeout=260)
     logs = _cli(env, "logs", "ls-test-region", "--address", address).stdout
@@ -519,6 +524,13 @@ def test_submit_region_job_to_local_ray_head(tmp_path, scene_tif, tiny_model, ra
         assert (prob.shape, prob.crs, prob.transform) == (src.shape, src.crs, src.transform)
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "complete" and run["config"]["executor"] == "ray"
+    assert secret not in (out / "run.json").read_text() + logs
+    # The job's runtime environment, which Ray gives its driver and every actor it starts (read in a
+    # process of its own: Ray's client takes the head's token from the environment it starts with).
+    ask = "import json, sys; from ray.job_submission import JobSubmissionClient as C; "
+    ask += "print(json.dumps(C(sys.argv[1]).get_job_info('ls-test-region').runtime_env))"
+    info = subprocess.run([sys.executable, "-c", ask, address], env=env, capture_output=True, text=True, check=True)
+    assert json.loads(info.stdout)["env_vars"] == {**credentials, "OMP_NUM_THREADS": "1"}
     assert pystac.Item.from_file(str(out / "item.json")).assets["probability"].get_absolute_href() == str(
         out / "probability.tif"
     )

@@ -25,6 +25,13 @@ def register(sub) -> None:
     s.add_argument("--submission-id", help="job id (default: Ray picks one); the cluster refuses an id it knows")
     s.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="job environment variable (repeat)")
     s.add_argument(
+        "--forward-credentials",
+        action="store_true",
+        help="hand this shell's object-storage variables (AWS_*, GOOGLE_APPLICATION_CREDENTIALS, AZURE_STORAGE_*) "
+        "to the job's driver and actors through Ray's runtime environment; never printed nor written to run.json "
+        "(Ray's job info on the cluster does hold them)",
+    )
+    s.add_argument(
         "--ship-code",
         action="store_true",
         help="upload this landslide_batch package over the cluster's installed one (pure-Python changes)",
@@ -118,7 +125,14 @@ def _submit(args) -> int:
     from ..jobs.submit import JobSubmission, RaySubmitter, StacOptions, prepare_job
     from ..jobs.upload import cluster_locations
 
-    submitter = RaySubmitter(args.address, env=_env(args.env), ship_code=args.ship_code)
+    env = _env(args.env)
+    if args.forward_credentials:
+        from ..storage import credential_env
+
+        forwarded = credential_env()
+        print(f"forwarding {', '.join(forwarded) or 'no credential variable (none is set)'}", file=sys.stderr)
+        env = {**forwarded, **env}  # an explicit --env wins
+    submitter = RaySubmitter(args.address, env=env, ship_code=args.ship_code)
     stac = StacOptions(publish_to=args.publish) if args.stac_item or args.publish else None
     spec = prepare_job(args.job)
     if args.upload_to:

@@ -41,7 +41,7 @@ Credentials: one set, the standard variables. s3fs / botocore read ``AWS_ENDPOIN
 default: using such a location says which package to install).
 """
 
-from .credentials import gdal_options, storage_env
+from .credentials import credential_env, gdal_options, storage_env
 from .lease import exclusive_location
 from .location import Location, Where, is_uri, location, path_or_uri, require_exists, storage_errors
 
@@ -55,5 +55,6 @@ __all__ = [
     "path_or_uri",
     "require_exists",
     "storage_env",
+    "credential_env",
     "storage_errors",
 ]

@@ -36,6 +36,25 @@ _RENAMED = {
 }
 
 
+#: Every variable through which fsspec's drivers and GDAL find object-storage credentials,
+#: regions and endpoints: what ``submit --forward-credentials`` hands to a job's workers.
+CREDENTIAL_VARIABLES = (
+    *_SAME_NAME,
+    *_RENAMED,
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "STORAGE_EMULATOR_HOST",
+)
+
+
+def credential_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The :data:`CREDENTIAL_VARIABLES` set in ``environ`` (default: this process's)."""
+    env = os.environ if environ is None else environ
+    return {name: env[name] for name in dict.fromkeys(CREDENTIAL_VARIABLES) if env.get(name)}
+
+
 def _s3_endpoint(environ: Mapping[str, str]) -> str | None:
     """botocore's precedence: the S3-specific variable, then the global one."""
     return environ.get("AWS_ENDPOINT_URL_S3") or environ.get("AWS_ENDPOINT_URL")
