@@ -31,6 +31,7 @@ COMMAND_MODULES = (
     "landslide_batch.commands.jobs",
     "landslide_batch.commands.data",
     "landslide_batch.commands.compare",
+    "landslide_batch.commands.completion",
 )
 
 

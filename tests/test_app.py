@@ -181,15 +181,26 @@ def test_single_model_on_a_patch_with_ground_truth(monkeypatch, models_dir, l4s_
     captions = [c for img in at.image for c in img.captions]
     assert captions == [
         "RGB (B4, B3, B2)",
+        "Ground truth (cyan) on RGB",  # the uploaded mask, drawn
         f"Mask (threshold {0.5:.2f})",
         "Overlay on RGB",
         "Probability (viridis, 0 → 1)",
     ]
     at.run()  # a rerun (any other widget) shows the stored result without pressing Run again
-    assert len(at.image) == 4
+    assert len(at.image) == 5
 
 
-def test_all_models_side_by_side(monkeypatch, models_dir, l4s_pair):
+def test_all_models_side_by_side_with_their_ensemble(monkeypatch, models_dir, l4s_pair):
+    from streamlit.testing.v1 import app_test as app_test_module
+
+    stores = []
+
+    class RecordingStorage(app_test_module.MemoryMediaFileStorage):  # where the downloads' bytes live
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            stores.append(self)
+
+    monkeypatch.setattr(app_test_module, "MemoryMediaFileStorage", RecordingStorage)
     image, mask = l4s_pair
     at = _page(monkeypatch, models_dir)
     at.checkbox(key="run_all").check().run()
@@ -199,12 +210,30 @@ def test_all_models_side_by_side(monkeypatch, models_dir, l4s_pair):
     assert at.button[0].label == "Run all models"
     at.button[0].click().run()
     assert not at.exception and not at.main.error
+    models = model_folders.find_models(models_dir)[0]
     table = at.dataframe[0].value
-    assert sorted(table["model"]) == sorted(m.label for m in model_folders.find_models(models_dir)[0])
+    assert table["model"].tolist() == [m.label for m in models] + ["Ensemble (mean of 2 models)"]
     assert table[["precision", "recall", "f1", "iou"]].apply(lambda c: c.between(0, 1)).all().all()
-    assert len(at.image) == 1 + 2 * 3  # the RGB once, then mask, overlay, probability per model
-    assert len(at.get("download_button")) == 2 * 2
-    assert _texts(at).count(":red[UNTRAINED]") == 2
+    assert len(at.image) == 2 + 3 * 3  # RGB and truth once, then mask, overlay, probability per map
+    assert len(at.get("download_button")) == 3 * 2
+    assert _texts(at).count(":red[UNTRAINED]") == 3  # an ensemble of untrained models is untrained
+
+    files = [stores[-1].get_file(b.proto.url.rsplit("/", 1)[-1]) for b in at.get("download_button")]
+
+    def downloaded(name: str) -> np.ndarray:
+        (content,) = [f.content for f in files if f.filename == name]
+        return np.load(io.BytesIO(content))
+
+    shown = {m.path.name: downloaded(f"image_7_{m.path.name}_probability.npy") for m in models}
+    ensemble = downloaded("image_7_ensemble_probability.npy")
+    a, b = shown.values()
+    assert np.abs(a - b).max() > 0.01, "two different members"
+    np.testing.assert_allclose(ensemble, (a + b) / 2, atol=1e-6)  # the job's ensemble: the members' mean
+    patch = uploads.load_patch(image.name, image.read_bytes())
+    job = inference.predict(inference.load_predictor(*(m.path for m in models)), models, patch)
+    np.testing.assert_array_equal(ensemble, job.probability)  # through the one EnsemblePredictor
+    assert job.threshold == np.mean([m.card.threshold for m in models])
+    np.testing.assert_array_equal(downloaded("image_7_ensemble_mask.npy"), ensemble >= job.threshold)
 
 
 @pytest.mark.parametrize(
@@ -334,12 +363,26 @@ def _picture(layer: dict) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(data))).convert("RGBA"))
 
 
+def _with_scale_bar(layers: list[str]) -> list[str]:
+    return [*layers, "scale-bar", "scale-label"]
+
+
+@pytest.mark.parametrize(
+    "metres, length, label",
+    [(0.7, 0.5, "0.5 m"), (12, 10, "10 m"), (999, 500, "500 m"), (4999, 2000, "2 km"), (5000, 5000, "5 km")],
+)
+def test_scale_bar_lengths_are_round(metres, length, label):
+    from landslide_batch.app import map_scale
+
+    assert map_scale.round_length(metres) == length and map_scale.label(length) == label
+
+
 def test_region_run_on_an_interactive_map(monkeypatch, runs_dir):
     """Probability, polygons and footprints on one deck.gl map, in EPSG:4326, no basemap offline.
     The picture is checked pixel by pixel against the COG sampled independently (pyproj to the
     run's UTM grid, nearest pixel)."""
     from matplotlib import colormaps
-    from pyproj import Transformer
+    from pyproj import Geod, Transformer
 
     monkeypatch.delenv(BASEMAP_ENV, raising=False)
     at = _page(monkeypatch, runs_dir=runs_dir)
@@ -347,13 +390,13 @@ def test_region_run_on_an_interactive_map(monkeypatch, runs_dir):
     assert not at.exception and not at.main.error
     assert at.selectbox(key="run").value == runs_dir / "gorkha"
     deck = _deck(at)
-    assert [layer["id"] for layer in deck["layers"]] == ["probability", "scenes", "landslides"]
+    assert [layer["id"] for layer in deck["layers"]] == _with_scale_bar(["probability", "scenes", "landslides"])
     assert deck["mapStyle"] == "__MAP_STYLE__" and "mapProvider" not in deck  # no basemap, nothing fetched
     assert "cartocdn" not in at.get("deck_gl_json_chart")[0].proto.json
     assert deck["views"][0]["controller"] is True  # pan and zoom
     manifest = json.loads((runs_dir / "gorkha" / "run.json").read_text())
 
-    bitmap, scenes, polygons = deck["layers"]
+    bitmap, scenes, polygons, bar, label = deck["layers"]
     west, south, east, north = bitmap["bounds"]
     assert west < 83.99 and east > 84.024 and south < 27.994 and north > 28.008  # covers the AOI
     assert west < deck["initialViewState"]["longitude"] < east and south < deck["initialViewState"]["latitude"] < north
@@ -384,13 +427,27 @@ def test_region_run_on_an_interactive_map(monkeypatch, runs_dir):
     assert at.dataframe[0].value["scene"].tolist() == [s["id"] for s in manifest["scenes"]]
     assert at.dataframe[0].value["CRS"].tolist() == ["EPSG:32644", "EPSG:32645"]
 
+    # The scale bar: its length on the ground (the ellipsoid's, measured by pyproj) is what its
+    # label and the caption under the map say, a round length about a quarter of the map wide.
+    (text,) = label["data"]
+    line, *ticks = (p["path"] for p in bar["data"])
+    (lon0, lat0), (lon1, lat1) = line
+    metres = Geod(ellps="WGS84").inv(lon0, lat0, lon1, lat1)[2]
+    value, unit = text["text"].split()
+    said = float(value) * {"m": 1, "km": 1000}[unit]
+    assert abs(metres - said) < 1e-3 * said, (metres, text)
+    assert west < lon0 < lon1 < east and south < lat0 < north and lat0 == lat1
+    assert 0.1 < (lon1 - lon0) / (east - west) <= 0.25
+    assert [t[0][0] for t in ticks] == [lon0, lon1]  # the ends ticked
+    assert f"the black scale bar is {text['text']} on the ground" in _texts(at)
+
 
 def test_single_scene_run_on_the_same_map(monkeypatch, runs_dir):
     at = _page(monkeypatch, runs_dir=runs_dir)
     at.radio(key="mode").set_value("Runs").run()
     at.selectbox(key="run").set_value(runs_dir / "single_b").run()
     assert not at.exception and not at.main.error
-    assert [layer["id"] for layer in _deck(at)["layers"]] == ["probability", "landslides"]
+    assert [layer["id"] for layer in _deck(at)["layers"]] == _with_scale_bar(["probability", "landslides"])
     assert not at.dataframe  # no scenes table for one scene
 
 
@@ -436,3 +493,14 @@ def test_uploads_over_the_cap_are_refused(monkeypatch, models_dir, tmp_path):
     at.run()
     assert not at.exception and "over the upload limit of 1 MB" in at.main.error[0].value
     assert not at.button
+
+
+def test_ground_truth_is_drawn_cyan_over_exactly_its_landslide_pixels():
+    from landslide_batch.app import pictures
+
+    rgb = np.full((4, 5, 3), 100, np.uint8)
+    truth = np.zeros((4, 5), bool)
+    truth[1:3, 2:4] = True
+    drawn = pictures.overlay(rgb, truth, colour=pictures.TRUTH)
+    assert (drawn[~truth] == 100).all()
+    assert (drawn[truth] == np.round(0.45 * 100 + 0.55 * np.array(pictures.TRUTH))).all()

@@ -1,5 +1,7 @@
 """End to end in a real browser: ``landslide-batch app`` serves, headless Chromium uploads and runs,
-and shows a region run on the deck.gl map.
+and shows a region run on the deck.gl map; the app keeps the CLI's safeguards (a patch in the
+wrong units is refused, run.json's warnings shown) and explains what it shows (models trained,
+a legend and a scale bar under and on the map).
 
 Needs Debian's ``chromium`` and ``chromium-driver``. The screenshot goes to
 ``$LANDSLIDE_BATCH_ARTIFACTS`` (default ``tests/artifacts/``, which ignores itself in git).
@@ -8,6 +10,7 @@ Needs Debian's ``chromium`` and ``chromium-driver``. The screenshot goes to
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import socket
@@ -23,9 +26,11 @@ import numpy as np
 import pytest
 from PIL import Image
 from test_app import runs_dir  # noqa: F401  (a real region run, made by the region job)
+from test_app_explain import models_dir as trained_models_dir  # noqa: F401  (a model trained on scene_arrays)
+from test_app_explain import runs_dir as warned_runs_dir  # noqa: F401  (a region run with warnings)
 from test_region import region  # noqa: F401
 
-from landslide_batch.synthetic import synthetic_scene, write_l4s_patch
+from landslide_batch.synthetic import synthetic_scene, write_geotiff, write_l4s_patch
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -127,6 +132,20 @@ def runs_server(tmp_path, runs_dir):  # noqa: F811
 
 
 @pytest.fixture
+def trained_server(tmp_path, trained_models_dir):  # noqa: F811
+    """The app serving a model whose card says trained, with its training statistics."""
+    with _serving(tmp_path, "--models-dir", str(trained_models_dir)) as url:
+        yield url
+
+
+@pytest.fixture
+def warned_runs_server(tmp_path, warned_runs_dir):  # noqa: F811
+    """The app serving a region run of a trained model whose run.json carries warnings."""
+    with _serving(tmp_path, "--runs-dir", str(warned_runs_dir)) as url:
+        yield url
+
+
+@pytest.fixture
 def browser(tmp_path):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -175,6 +194,7 @@ def test_upload_a_patch_and_run_one_model(server, browser, tmp_path, tiny_model)
     assert "UNTRAINED" in body and "Architecture: Unet" in body
     for caption in (
         "RGB (B4, B3, B2)",
+        "Ground truth (cyan) on RGB",
         "Mask (threshold 0.50)",
         "Probability (viridis, 0 → 1)",
         "Precision",
@@ -182,7 +202,12 @@ def test_upload_a_patch_and_run_one_model(server, browser, tmp_path, tiny_model)
         "F1",
     ):
         assert caption in body
-    assert len(browser.find_elements(By.CSS_SELECTOR, "[data-testid=stImage] img")) == 4
+    images = browser.find_elements(By.CSS_SELECTOR, "[data-testid=stImage]")
+    assert len(images) == 5
+    (truth,) = [e for e in images if e.text.strip() == "Ground truth (cyan) on RGB"]
+    shown = _element_pixels(truth.find_element(By.TAG_NAME, "img")).astype(int)
+    cyan = (shown[..., 1] - shown[..., 0] > 80) & (shown[..., 2] - shown[..., 0] > 80)
+    assert abs(cyan.mean() - labels.mean()) < 0.03, (cyan.mean(), labels.mean())  # the mask drawn, no more
     assert "probability .npy" in body and "Traceback" not in body
     assert shot.stat().st_size > 10_000
 
@@ -194,6 +219,11 @@ def _map_pixels(browser, canvas) -> np.ndarray:
     r = canvas.rect
     top, left = round(r["y"] * scale), round(r["x"] * scale)
     return shot[top : top + round(r["height"] * scale), left : left + round(r["width"] * scale)]
+
+
+def _element_pixels(element) -> np.ndarray:
+    """An element's on-screen pixels, RGB (WebDriver scrolls it into view first)."""
+    return np.asarray(Image.open(io.BytesIO(element.screenshot_as_png)).convert("RGB"))
 
 
 def _near(pixels: np.ndarray, colour: tuple[int, int, int], tol: int = 40) -> np.ndarray:
@@ -236,3 +266,92 @@ def test_region_run_on_the_map(runs_server, browser):
 
     ActionChains(browser).scroll_from_origin(ScrollOrigin.from_element(canvas), 0, -600).perform()
     wait.until(lambda d: coloured() > before + 0.05)  # zoomed in: the map fills more of the canvas
+
+
+def _body(browser) -> str:
+    from selenium.webdriver.common.by import By
+
+    return browser.find_element(By.TAG_NAME, "body").text
+
+
+def _images_loaded(browser) -> bool:
+    from selenium.webdriver.common.by import By
+
+    imgs = browser.find_elements(By.CSS_SELECTOR, "[data-testid=stImage] img")
+    return bool(imgs) and all(img.get_property("naturalWidth") > 0 for img in imgs)
+
+
+def test_patch_in_the_wrong_units_is_refused_then_flagged(trained_server, browser, tmp_path, scene_arrays):
+    """Digital numbers (reflectance x 10000) for a model trained on reflectance: the page maps
+    nothing and says how to go on; accepting the mismatch maps it under a warning."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    path = write_geotiff(tmp_path / "patch_dn.tif", scene_arrays[0][:, :128, :128] * 10000)
+    wait = WebDriverWait(browser, WAIT_S)
+    browser.get(trained_server)
+    wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, ".st-key-patch input[type=file]"))).send_keys(str(path))
+    wait.until(lambda d: "128 x 128 px, 100% valid" in _body(d))
+    run = "//button[.//p[starts-with(text(), 'Run unet_trained')]]"
+    wait.until(ec.element_to_be_clickable((By.XPATH, run))).click()
+    wait.until(lambda d: "not in the units the model was trained on" in _body(d))
+    shot = _artifacts() / "app_units_refused.png"
+    browser.save_screenshot(str(shot))
+    body = _body(browser)
+    assert "Nothing was mapped" in body and "Map it anyway" in body and "Traceback" not in body
+    assert not browser.find_elements(By.CSS_SELECTOR, "[data-testid=stImage] img"), "nothing mapped"
+
+    wait.until(ec.element_to_be_clickable((By.XPATH, "//label[.//p[starts-with(text(), 'Map it anyway')]]"))).click()
+    wait.until(ec.element_to_be_clickable((By.XPATH, run))).click()
+    wait.until(lambda d: "units mismatch accepted" in _body(d) and _images_loaded(d))
+    browser.save_screenshot(str(_artifacts() / "app_units_accepted.png"))
+    body = _body(browser)
+    assert "not in the units the model was trained on" not in body and "Overlay on RGB" in body
+    assert len(browser.find_elements(By.CSS_SELECTOR, "[data-testid=stImage] img")) == 4
+
+
+def test_region_run_shows_warnings_trained_models_and_a_legend(warned_runs_server, browser, warned_runs_dir):  # noqa: F811
+    from matplotlib import colormaps
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from landslide_batch.app.runs_view import POLYGON_COLOUR
+
+    run = json.loads((warned_runs_dir / "valley" / "run.json").read_text())
+    assert run["warnings"] and [m["trained"] for m in run["models"]] == [True]
+    wait = WebDriverWait(browser, WAIT_S)
+    browser.get(warned_runs_server)
+    wait.until(ec.element_to_be_clickable((By.XPATH, "//label[.//p[text()='Runs']]"))).click()
+    wait.until(ec.visibility_of_element_located((By.CSS_SELECTOR, ".stDeckGlJsonChart canvas")))
+    wait.until(lambda d: "Models" in _body(d) and _images_loaded(d))
+    time.sleep(1)  # deck.gl draws a frame after the picture decodes
+    shot = _artifacts() / "region_explained.png"
+    browser.save_screenshot(str(shot))
+    body = _body(browser)
+    assert "Traceback" not in body and "UNTRAINED" not in body
+    canvas = browser.find_element(By.CSS_SELECTOR, ".stDeckGlJsonChart canvas")  # before anything scrolls
+    assert _near(_map_pixels(browser, canvas), (0, 0, 0), 30).sum() > 100, "the scale bar, black on the map"
+    assert "the black scale bar is 500 m on the ground" in body  # a quarter of the 3.3 km region, rounded down
+    alerts = [a.text for a in browser.find_elements(By.CSS_SELECTOR, "[data-testid=stAlert]")]
+    for warning in run["warnings"]:
+        assert any(a.startswith(warning.split(":")[0]) and warning[-20:] in a for a in alerts), (warning, alerts)
+
+    (models,) = [
+        t for t in browser.find_elements(By.CSS_SELECTOR, "[data-testid=stTable] table") if "trained" in t.text
+    ]
+    header, *rows = [
+        [c.text for c in tr.find_elements(By.CSS_SELECTOR, "th, td")] for tr in models.find_elements(By.TAG_NAME, "tr")
+    ]
+    (row,) = [dict(zip(header, r)) for r in rows]
+    assert row["trained"] == "yes" and row["arch"] == "Unet", (header, rows)
+    models.screenshot(str(_artifacts() / "region_models.png"))
+
+    (legend,) = [
+        e for e in browser.find_elements(By.CSS_SELECTOR, "[data-testid=stImage]") if e.text.strip() == "Legend"
+    ]
+    pixels = _element_pixels(legend.find_element(By.TAG_NAME, "img"))
+    yellow = tuple(int(v) for v in colormaps["viridis"](1.0, bytes=True)[:3])
+    assert _near(pixels, yellow, 20).sum() > 10, "the colour bar's high end"
+    assert _near(pixels, tuple(POLYGON_COLOUR[:3]), 20).sum() > 100, "the polygons' swatch"

@@ -1,8 +1,9 @@
-"""Mapping an uploaded patch with one model, through the one ``EnsemblePredictor`` a region job
-uses (an ensemble of one member), never a copy of it."""
+"""Mapping an uploaded patch with one model or an ensemble, through the one ``EnsemblePredictor``
+a region job uses (one model is an ensemble of one member), never a copy of it."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,10 +20,11 @@ from .uploads import Patch
 TILE, STRIDE = 128, 64
 
 
-def load_predictor(model: Path, tta: bool = False) -> EnsemblePredictor:
-    """One model as a one-member ensemble: the same inference path as a region job."""
+def load_predictor(*models: Path, tta: bool = False) -> EnsemblePredictor:
+    """The models as one equally weighted ensemble, as ``run --model A --model B`` builds it (one
+    model: an ensemble of one member): the same inference path as a region job."""
     return EnsemblePredictor(
-        EnsembleConfig(members=[EnsembleMember(model=model)]),
+        EnsembleConfig(members=[EnsembleMember(model=m) for m in models]),
         tile=TILE,
         stride=STRIDE,
         blend="gaussian",
@@ -33,7 +35,7 @@ def load_predictor(model: Path, tta: bool = False) -> EnsemblePredictor:
 
 @dataclass
 class Prediction:
-    model: ModelEntry
+    models: tuple[ModelEntry, ...]  # one model, or an ensemble's members
     probability: np.ndarray  # float32 (H, W), NaN where the input is invalid
     threshold: float
 
@@ -42,14 +44,28 @@ class Prediction:
         """bool (H, W); invalid pixels are never landslide."""
         return np.nan_to_num(self.probability, nan=-1.0) >= self.threshold
 
+    @property
+    def label(self) -> str:
+        return self.models[0].label if len(self.models) == 1 else f"Ensemble (mean of {len(self.models)} models)"
+
+    @property
+    def stem(self) -> str:
+        """What its downloads are named after."""
+        return self.models[0].path.name if len(self.models) == 1 else "ensemble"
+
+    @property
+    def trained(self) -> bool:
+        return all(m.card.trained for m in self.models)
+
 
 def padded_size(n: int, tile: int = TILE, stride: int = STRIDE) -> int:
     """Smallest ``tile + k * stride >= n``: the window sizes the predictor covers exactly."""
     return tile + max(0, -(-(n - tile) // stride)) * stride
 
 
-def predict(predictor: EnsemblePredictor, model: ModelEntry, patch: Patch) -> Prediction:
-    """Reflect-pad the patch up to a size the tile grid covers, predict, crop back."""
+def predict(predictor: EnsemblePredictor, models: ModelEntry | Sequence[ModelEntry], patch: Patch) -> Prediction:
+    """Reflect-pad the patch up to a size the tile grid covers, predict, crop back.
+    ``models``: what ``predictor`` was loaded with (:func:`load_predictor`), in its order."""
     h, w = patch.valid.shape
     pad = (
         (0, padded_size(h, predictor.tile, predictor.stride) - h),
@@ -59,7 +75,7 @@ def predict(predictor: EnsemblePredictor, model: ModelEntry, patch: Patch) -> Pr
         np.pad(patch.bands, ((0, 0), *pad), mode="reflect"), np.pad(patch.valid, pad, mode="reflect")
     )
     prob = np.where(patch.valid, prob[:h, :w], np.float32(np.nan)).astype(np.float32)
-    return Prediction(model, prob, predictor.threshold)
+    return Prediction((models,) if isinstance(models, ModelEntry) else tuple(models), prob, predictor.threshold)
 
 
 @dataclass(frozen=True)

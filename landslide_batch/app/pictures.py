@@ -17,10 +17,16 @@ def rgb_composite(patch: Patch) -> np.ndarray:
     return (out * 255).round().astype(np.uint8)
 
 
-def overlay(rgb: np.ndarray, mask: np.ndarray, alpha: float = 0.55) -> np.ndarray:
-    """Landslide pixels tinted red over the RGB composite."""
+#: Tints of landslide pixels over the RGB composite: a model's (red) and the ground truth's (cyan).
+PREDICTED, TRUTH = (255, 0, 0), (0, 255, 255)
+
+
+def overlay(
+    rgb: np.ndarray, mask: np.ndarray, alpha: float = 0.55, colour: tuple[int, int, int] = PREDICTED
+) -> np.ndarray:
+    """Landslide pixels tinted ``colour`` over the RGB composite."""
     out = rgb.astype(np.float32)
-    out[mask] = (1 - alpha) * out[mask] + alpha * np.array([255.0, 0.0, 0.0])
+    out[mask] = (1 - alpha) * out[mask] + alpha * np.array(colour, dtype=np.float32)
     return out.round().astype(np.uint8)
 
 

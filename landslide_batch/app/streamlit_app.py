@@ -20,6 +20,7 @@ from landslide_batch.app import (
     MODELS_ENV,
     downloads,
     inference,
+    map_scale,
     model_folders,
     pictures,
     run_folders,
@@ -37,9 +38,15 @@ ACCEPT_UNITS = "Map it anyway: accept a units mismatch (as --accept-units-mismat
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
-def _predictor(path: str, stamp: tuple[int, int], tta: bool = False) -> EnsemblePredictor:
-    """Models load once per server; ``stamp`` (file times) reloads a folder that changed."""
-    return inference.load_predictor(Path(path), tta=tta)
+def _predictor(paths: tuple[str, ...], stamps: tuple[tuple[int, int], ...], tta: bool = False) -> EnsemblePredictor:
+    """Models load once per server; ``stamps`` (file times) reload a folder that changed."""
+    return inference.load_predictor(*map(Path, paths), tta=tta)
+
+
+def _predict(models: list[model_folders.ModelEntry], patch: uploads.Patch, tta: bool) -> inference.Prediction:
+    """The models' ensemble (one model: itself) on the patch, as ``run --model ...`` maps it."""
+    predictor = _predictor(tuple(str(m.path) for m in models), tuple(m.stamp for m in models), tta)
+    return inference.predict(predictor, models, patch)
 
 
 def _card(where, model: model_folders.ModelEntry) -> None:
@@ -80,7 +87,7 @@ def _choose_models() -> tuple[list[model_folders.ModelEntry], bool]:
 
 
 def _downloads(where, pred: inference.Prediction, patch: uploads.Patch) -> None:
-    stem = f"{Path(patch.name).stem}_{pred.model.path.name}"
+    stem = f"{Path(patch.name).stem}_{pred.stem}"
     mask = pred.mask.astype(np.uint8)
     files = [
         ("probability .npy", f"{stem}_probability.npy", downloads.npy_bytes(pred.probability)),
@@ -102,6 +109,10 @@ def _downloads(where, pred: inference.Prediction, patch: uploads.Patch) -> None:
 
 
 def _show(patch: uploads.Patch, preds: list[inference.Prediction], truth: np.ndarray | None, rgb: np.ndarray) -> None:
+    inputs = [(rgb, "RGB (B4, B3, B2)")]
+    if truth is not None:
+        inputs.append((pictures.overlay(rgb, truth, colour=pictures.TRUTH), "Ground truth (cyan) on RGB"))
+
     def panels(pred: inference.Prediction) -> list[tuple[np.ndarray, str]]:
         return [
             (pred.mask.astype(np.uint8) * 255, f"Mask (threshold {pred.threshold:.2f})"),
@@ -115,7 +126,7 @@ def _show(patch: uploads.Patch, preds: list[inference.Prediction], truth: np.nda
             c = confusion_counts(pred.mask, truth, patch.valid)
             rows.append(
                 {
-                    "model": pred.model.label,
+                    "model": pred.label,
                     **{k: round(v, 4) for k, v in scores(c).items()},
                     "tp": c.tp,
                     "fp": c.fp,
@@ -124,21 +135,22 @@ def _show(patch: uploads.Patch, preds: list[inference.Prediction], truth: np.nda
             )
     if len(preds) == 1:
         pred = preds[0]
-        st.subheader(pred.model.label + ("" if pred.model.card.trained else " — UNTRAINED"))
-        cols = st.columns(4)
-        for col, (img, caption) in zip(cols, [(rgb, "RGB (B4, B3, B2)"), *panels(pred)]):
+        st.subheader(pred.label + ("" if pred.trained else " — UNTRAINED"))
+        shown = [*inputs, *panels(pred)]
+        for col, (img, caption) in zip(st.columns(len(shown)), shown):
             col.image(pictures.enlarge(img), caption=caption, width="stretch")
         if rows:
             for col, (key, label) in zip(st.columns(4), SCORES.items()):
                 col.metric(label, f"{rows[0][key]:.3f}")
         _downloads(st.container(horizontal=True), pred, patch)
         return
-    st.image(pictures.enlarge(rgb, 256), caption="RGB (B4, B3, B2)")
+    for col, (img, caption) in zip(st.columns(COLUMNS), inputs):
+        col.image(pictures.enlarge(img), caption=caption, width="stretch")
     if rows:
         st.dataframe(rows, hide_index=True)
     for start in range(0, len(preds), COLUMNS):
         for col, pred in zip(st.columns(COLUMNS), preds[start : start + COLUMNS]):
-            col.markdown(f"**{pred.model.label}**" + ("" if pred.model.card.trained else "  \n:red[UNTRAINED]"))
+            col.markdown(f"**{pred.label}**" + ("" if pred.trained else "  \n:red[UNTRAINED]"))
             for img, caption in panels(pred):
                 col.image(pictures.enlarge(img), caption=caption, width="stretch")
             _downloads(col, pred, patch)
@@ -184,13 +196,17 @@ def patch_mode() -> None:
         try:
             with st.spinner("Running…"):
                 warnings = inference.units_warnings(patch, models, accept)  # before any model runs, as the CLI
-                preds = [inference.predict(_predictor(str(m.path), m.stamp, tta), m, patch) for m in models]
+                preds = [_predict([m], patch, tta) for m in models]
+                if len(models) > 1:  # and their ensemble, the mean of the members as a job maps it
+                    preds.append(_predict(models, patch, tta))
         except LandslideBatchError as exc:
             st.error(str(exc))
             if isinstance(exc, UnitsMismatchError):
                 st.info(f"Nothing was mapped. If the values are right, tick “{ACCEPT_UNITS}” and run again.")
             return
-        warnings += [w for p in preds for w in inference.result_check(p, patch)]
+        warnings += [
+            f"{p.label}: {w}" if len(preds) > 1 else w for p in preds for w in inference.result_check(p, patch)
+        ]
         st.session_state["results"] = (key, preds, warnings)
     stored = st.session_state.get("results")
     if stored and stored[0] == key:
@@ -237,12 +253,16 @@ def runs_mode() -> None:
         st.error(str(exc))
         view = None
     if view is not None:
-        st.pydeck_chart(view.deck(), height=560, key="run-map")
+        deck = view.deck()
+        scale, length = map_scale.scale_bar(view.bounds)
+        deck.layers = [*deck.layers, *scale]  # a new list: the cached view's own is left as it is
+        st.pydeck_chart(deck, height=560, key="run-map")
         st.image(runs_view.legend_png(view.names), caption="Legend")
         st.caption(
             "Map: "
             + ", ".join(runs_view.LAYER_LEGEND[n] for n in view.names)
-            + ". Drag to pan, scroll to zoom, hover a polygon or footprint for its values."
+            + f"; the black scale bar is {map_scale.label(length)} on the ground."
+            + " Drag to pan, scroll to zoom, hover a polygon or footprint for its values."
         )
     scenes = runs_view.scene_rows(run)
     if scenes:
