@@ -11,46 +11,7 @@ from ..errors import ConfigError, LandslideBatchError
 
 
 def register(sub) -> None:
-    s = sub.add_parser(
-        "submit",
-        help="submit a region job to a Ray cluster (Job Submission API)",
-        description="Validate a job YAML here and run it on a Ray cluster as "
-        "`landslide-batch run job.yaml --executor ray`. The job names object-store "
-        "URIs the cluster can read; paths of this machine are refused, unless "
-        "--upload-to uploads them first or --shared-fs says every node mounts them "
-        "at the same place. Prints the job id.",
-    )
-    s.add_argument("job", type=Path, help="job YAML")
-    _address(s)
-    s.add_argument("--submission-id", help="job id (default: Ray picks one); the cluster refuses an id it knows")
-    s.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="job environment variable (repeat)")
-    s.add_argument(
-        "--forward-credentials",
-        action="store_true",
-        help="hand this shell's object-storage variables (AWS_*, GOOGLE_APPLICATION_CREDENTIALS, AZURE_STORAGE_*) "
-        "to the job's driver and actors through Ray's runtime environment; never printed nor written to run.json "
-        "(Ray's job info on the cluster does hold them)",
-    )
-    s.add_argument(
-        "--ship-code",
-        action="store_true",
-        help="upload this landslide_batch package over the cluster's installed one (pure-Python changes)",
-    )
-    s.add_argument("--stac-item", action="store_true", help="write OUT/item.json after the run")
-    s.add_argument("--publish", metavar="URI", help="also copy outputs + item.json to this path or fsspec URI")
-    s.add_argument(
-        "--upload-to",
-        metavar="URI",
-        help="upload the job's local inputs (scene, models, ensemble, DEM, ...) to cluster storage, "
-        "content-addressed as URI/sha256/<hash>/<name> (sent once), and submit their URIs",
-    )
-    s.add_argument(
-        "--shared-fs",
-        action="store_true",
-        help="the job's paths are on storage every node mounts at the same path: submit them as they are",
-    )
-    _wait(s)
-    s.set_defaults(func=_submit)
+    _register_submit(sub)
 
     st = sub.add_parser("status", help="status of a submitted job")
     st.add_argument("job_id")
@@ -93,6 +54,49 @@ def register(sub) -> None:
     )
     si.add_argument("--publish", metavar="URI", help="copy outputs + item.json to this path or fsspec URI")
     si.set_defaults(func=_stac_item)
+
+
+def _register_submit(sub) -> None:
+    s = sub.add_parser(
+        "submit",
+        help="submit a region job to a Ray cluster (Job Submission API)",
+        description="Validate a job YAML here and run it on a Ray cluster as "
+        "`landslide-batch run job.yaml --executor ray`. The job names object-store "
+        "URIs the cluster can read; paths of this machine are refused, unless "
+        "--upload-to uploads them first or --shared-fs says every node mounts them "
+        "at the same place. Prints the job id.",
+    )
+    s.add_argument("job", type=Path, help="job YAML")
+    _address(s)
+    s.add_argument("--submission-id", help="job id (default: Ray picks one); the cluster refuses an id it knows")
+    s.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="job environment variable (repeat)")
+    s.add_argument(
+        "--forward-credentials",
+        action="store_true",
+        help="hand this shell's object-storage variables (AWS_*, GOOGLE_APPLICATION_CREDENTIALS, AZURE_STORAGE_*) "
+        "to the job's driver and actors through Ray's runtime environment; never printed nor written to run.json "
+        "(Ray's job info on the cluster does hold them)",
+    )
+    s.add_argument(
+        "--ship-code",
+        action="store_true",
+        help="upload this landslide_batch package over the cluster's installed one (pure-Python changes)",
+    )
+    s.add_argument("--stac-item", action="store_true", help="write OUT/item.json after the run")
+    s.add_argument("--publish", metavar="URI", help="also copy outputs + item.json to this path or fsspec URI")
+    s.add_argument(
+        "--upload-to",
+        metavar="URI",
+        help="upload the job's local inputs (scene, models, ensemble, DEM, ...) to cluster storage, "
+        "content-addressed as URI/sha256/<hash>/<name> (sent once), and submit their URIs",
+    )
+    s.add_argument(
+        "--shared-fs",
+        action="store_true",
+        help="the job's paths are on storage every node mounts at the same path: submit them as they are",
+    )
+    _wait(s)
+    s.set_defaults(func=_submit)
 
 
 def _address(p) -> None:
