@@ -10,6 +10,7 @@ and angular units other than degrees have no areas (None).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -64,7 +65,7 @@ def _pixel_areas(height: int, crs_wkt: str | None, transform: tuple[float, ...])
     return PixelAreas(rows)
 
 
-def object_areas_m2(info: SceneInfo, geoms: list, pixels: list[int]) -> np.ndarray:
+def object_areas_m2(info: SceneInfo, geoms: Sequence | np.ndarray, pixels: Sequence[int] | np.ndarray) -> np.ndarray:
     """Area (m²) of each object: pixels x pixel area on a projected grid, the geodesic area of
     its polygon on a geographic one; NaN where areas are unknown."""
     areas = pixel_areas(info)

@@ -94,7 +94,7 @@ def write_mask_and_polygons(
                 slide_m2 += areas.of_mask(y0, m == 1)
             slope = source.slope(y0, y1, x0, x1) if source.slope is not None else None
             collector.add_window(y0, x0, m == 1, prob, slope)
-        n_objects = write_polygons(polygons_dest, info, collector.objects(), min_pixels, source.slope is not None)
+        n_objects = write_polygons(polygons_dest, info, collector.table(), min_pixels, source.slope is not None)
         mask_cog.result()
     return {
         "valid_pixels": valid_px,
