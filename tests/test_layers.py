@@ -1,4 +1,6 @@
-"""Layers import one way: no module of ``landslide_batch`` imports from a layer above its own.
+"""Layers import one way: no module of ``landslide_batch`` imports from a layer above its own,
+no two modules import each other (directly or round a longer cycle), and no module imports a
+private name (``_x``) from another module.
 
 The walker parses every module with ``ast`` (no import side effects), so lazy imports inside
 functions and ``TYPE_CHECKING`` blocks count, and relative imports are resolved to the top-level
@@ -25,8 +27,10 @@ LAYERS: tuple[frozenset[str], ...] = tuple(
         "models",
         "config",
         "infer",
-        "outputs checks",
-        "pipeline region",
+        "outputs checks resolved",
+        "scene_job",
+        "region",
+        "pipeline",
         "jobs app commands cli api",
     )
 )
@@ -119,6 +123,76 @@ def layer_violations(
     return problems
 
 
+def _modules(package_dir: Path) -> dict[str, Path]:
+    """Every module of the package by dotted name (a package by its ``__init__``)."""
+    return {module_name(path, package_dir.parent): path for path in sorted(package_dir.rglob("*.py"))}
+
+
+def _imported_module(target: str, modules: dict[str, Path]) -> tuple[str, str | None] | None:
+    """-> (the package's module that ``target`` names or holds, the attribute imported from it or
+    None); None for a target outside the package."""
+    if target in modules:
+        return target, None
+    owner, _, name = target.rpartition(".")
+    return (owner, name) if owner in modules else None
+
+
+def private_imports(package_dir: Path) -> list[str]:
+    """One message per private name (``_x``, not a dunder) imported from another module: a
+    module's private names are its own, free to change without a look elsewhere. A private
+    submodule (``pkg/_x.py``) may be imported within its own package."""
+    modules, problems = _modules(package_dir), []
+    for module, path in modules.items():
+        for imp in imports_of(path, package_dir.parent):
+            found = _imported_module(imp.target, modules)
+            name = imp.target.rpartition(".")[2]
+            if found is None or not name.startswith("_") or name.startswith("__") or found[0] == module:
+                continue
+            own_package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+            if found[1] is None and found[0].rpartition(".")[0] == own_package:
+                continue  # a private submodule of the importer's own package
+            problems.append(f"{module}:{imp.line} imports {imp.target}: a private name of another module")
+    return problems
+
+
+def import_cycles(package_dir: Path) -> list[list[str]]:
+    """The package's import cycles: each a sorted list of modules that reach one another through
+    imports at any depth (lazy and ``TYPE_CHECKING`` ones too), found as strongly connected
+    components (Tarjan). ``from pkg import name`` counts as importing ``pkg``."""
+    modules = _modules(package_dir)
+    edges: dict[str, set[str]] = {m: set() for m in modules}
+    for module, path in modules.items():
+        for imp in imports_of(path, package_dir.parent):
+            found = _imported_module(imp.target, modules)
+            if found is not None and found[0] != module:
+                edges[module].add(found[0])
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(edges[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while (w := stack.pop()) != v:
+                component.append(w)
+            if component:
+                cycles.append(sorted([v, *component]))
+
+    for v in sorted(modules):
+        if v not in index:
+            visit(v)
+    return sorted(cycles)
+
+
 def unassigned(package_dir: Path, layers: tuple[frozenset[str], ...] = LAYERS) -> set[str]:
     return {name for name in top_level_members(package_dir) if layer_of(name, layers) is None}
 
@@ -133,6 +207,16 @@ def test_every_top_level_module_is_placed_in_a_layer():
 def test_no_module_imports_from_a_layer_above_its_own():
     problems = layer_violations(PACKAGE_DIR)
     assert not problems, "upward imports:\n" + "\n".join(problems)
+
+
+def test_no_import_cycle_between_modules():
+    cycles = import_cycles(PACKAGE_DIR)
+    assert not cycles, "modules that import each other:\n" + "\n".join(" <-> ".join(c) for c in cycles)
+
+
+def test_no_module_imports_a_private_name_of_another():
+    problems = private_imports(PACKAGE_DIR)
+    assert not problems, "private imports:\n" + "\n".join(problems)
 
 
 def _write(root: Path, relative: str, text: str) -> None:
@@ -175,3 +259,30 @@ def test_walker_finds_planted_upward_imports_lazy_relative_and_absolute(planted)
 def test_walker_flags_a_module_not_placed_in_any_layer(planted):
     _write(planted, "newcomer.py", "")
     assert unassigned(planted, LOW_MID_TOP) == {"newcomer"}
+
+
+def test_walker_finds_planted_cycles_direct_lazy_and_longer(planted):
+    # planted: pkg.low lazily imports pkg.mid, pkg.mid.inner and pkg.top, which reach pkg.low again
+    assert import_cycles(planted) == [["pkg.low", "pkg.mid", "pkg.mid.inner", "pkg.top"]]
+    clean = planted.parent / "clean"
+    _write(clean, "__init__.py", "")
+    _write(clean, "a.py", "from .b import f\n")
+    _write(clean, "b.py", "from .c import g\n")
+    _write(clean, "c.py", "import math\n")
+    assert import_cycles(clean) == []
+    _write(clean, "c.py", "def later():\n    from .a import h\n")  # a -> b -> c -> a, lazily
+    assert import_cycles(clean) == [["clean.a", "clean.b", "clean.c"]]
+
+
+def test_walker_finds_planted_private_imports(planted):
+    _write(planted, "mid/helpers.py", "def _hidden():\n    pass\n")
+    _write(planted, "mid/_inner_impl.py", "")
+    _write(planted, "mid/user.py", "from .helpers import _hidden\nfrom . import _inner_impl\n")
+    _write(
+        planted, "top.py", "from .mid.helpers import _hidden\nfrom .mid import _inner_impl\nfrom .low import __doc__\n"
+    )
+    assert private_imports(planted) == [
+        "pkg.mid.user:1 imports pkg.mid.helpers._hidden: a private name of another module",
+        "pkg.top:1 imports pkg.mid.helpers._hidden: a private name of another module",
+        "pkg.top:2 imports pkg.mid._inner_impl: a private name of another module",
+    ]

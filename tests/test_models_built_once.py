@@ -70,7 +70,7 @@ def test_a_fresh_job_ingests_its_scene_while_hashing_it(tmp_path, scene_tif, var
     """With nothing to resume in ``out``, the ingest starts before the scene's hash is known (both
     read the scene: once from disk, not one after the other); the job's work is still claimed
     under its hash, and the map is the same as a job that hashed first (a rerun resumes nothing)."""
-    import landslide_batch.pipeline as pipeline
+    import landslide_batch.scene_job as pipeline  # the scene job's own module
 
     written, hashed_while_writing = threading.Event(), []
     write, sha256_tree = SceneWriter.write, pipeline.sha256_tree

@@ -200,12 +200,12 @@ def _counting(monkeypatch, module, name: str) -> list[str]:
 
 
 def test_adding_a_scene_maps_only_it_and_merges_only_where_it_lies(region, monkeypatch):
-    import landslide_batch.pipeline as pipeline
     import landslide_batch.region.job as region_job
+    import landslide_batch.scene_job as scene_job
 
     d, model = region
     region_ingests = _counting(monkeypatch, region_job, "ingest_job")
-    scene_job_ingests = _counting(monkeypatch, pipeline, "ingest_job")
+    scene_job_ingests = _counting(monkeypatch, scene_job, "ingest_job")
     first = run_job(job_from_dict(_job(d, model, "grow", ["A.tif", "B.tif"])))
     # Each scene is ingested once, by the region; its job maps that store (no copy, no products:
     # the region writes those of the merged map), and its run.json lists what it keeps.
@@ -636,6 +636,7 @@ def test_a_model_failing_beside_the_ingest_stops_the_region_before_its_next_scen
 def test_a_region_run_again_with_a_setting_that_changes_the_map_is_mapped_again(region, monkeypatch):
     """The region's identity is a scene job's (models, device and precision, every map setting,
     TTA included) plus its grid, AOI and merge: changing any of them maps the region again."""
+    from landslide_batch.checks.preflight import resolve_job
     from landslide_batch.region import job as region_job
 
     d, model = region
@@ -647,9 +648,9 @@ def test_a_region_run_again_with_a_setting_that_changes_the_map_is_mapped_again(
     tta = run_job(job_from_dict(_job(d, model, "settings", ["C.tif"], tta=True)), overwrite=True)
     assert tta["blocks"]["computed"] == tta["blocks"]["total"] and tta["region_hash"] != first["region_hash"]
     cfg = job_from_dict(_job(d, model, "settings", ["C.tif"]))
-    setup = region_job._setup_region(cfg)
+    setup = region_job._setup_region(resolve_job(cfg))
     hashes = {
-        device: region_job.region_hash(cfg, setup.grid, setup.aoi, setup.model_shas, device)
+        device: region_job.region_hash(setup.job.on_device(device), setup.grid, setup.aoi)
         for device in ("cpu", "cuda", "auto")
     }
     assert hashes["cpu"] == first["region_hash"] and len(set(hashes.values())) == 3

@@ -1,10 +1,10 @@
 """Checks before a job writes anything: the output folder, free space, every model folder, units.
 
-``preflight`` runs first in ``run_job``. It fails in seconds on what would otherwise fail after
-a long ingest (a model folder without weights, weights that do not match their card's hash) or leave a
-traceback (``--out`` naming a file or the scene, a full disk), and it resolves
-``inputs.units: auto`` from the models' cards, so that ingest writes the units the models were
-trained in where the conversion is known.
+``resolve_job`` runs first in ``run_job``: it reads every model once and fails in seconds on what
+would otherwise fail after a long ingest (a model folder without weights, weights that do not
+match their card's hash), and it resolves ``inputs.units: auto`` from the models' cards, so that
+ingest writes the units the models were trained in where the conversion is known. ``preflight``
+then refuses what would leave a traceback (``--out`` naming a file or the scene, a full disk).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from ..models.card import ModelCard, ModelFiles, read_model_files
 from ..outputs.manifest import read_manifest
 from ..outputs.publish import product_names
 from ..plan.limits import check_work
+from ..resolved import ResolvedJob
 from ..storage import location
 from .output import ZARR_MARKERS, check_free_space, check_inputs_outside, check_out_path
 
@@ -30,33 +31,39 @@ log = logging.getLogger(__name__)
 _INPUTS_FOR = {card: inputs for inputs, card in INPUTS_UNITS.items()}
 
 
-def preflight(cfg: JobConfig, overwrite: bool) -> tuple[JobConfig, tuple[ModelFiles, ...]]:
-    """Check ``out``, free space and every model folder's files; -> (``cfg`` with ``inputs.units``
-    resolved, the members' files as read and checked: card, weights present, hash). Nothing here
-    imports torch: the job builds the models from these files beside hashing and ingest (over a
-    second of imports beside work that mostly runs without the GIL), and a model that does not
-    load then stops the ingest at its next window."""
+def resolve_job(cfg: JobConfig) -> ResolvedJob:
+    """The job's ensemble parsed and every member's files read once (card, weights present, hash:
+    ModelError otherwise), ``inputs.units: auto`` resolved from the cards. Nothing here imports
+    torch: a scene job builds the models from these files beside hashing and ingest (over a second
+    of imports beside work that mostly runs without the GIL). The device stays the configured one
+    until the executor's session answers ``auto`` (``ResolvedJob.on_device``)."""
+    members = ensemble_members(cfg)
+    files = read_models(members)
+    return ResolvedJob(resolve_inputs_units(cfg, [f.card for f in files]), members, files, cfg.device)
+
+
+def preflight(job: ResolvedJob, overwrite: bool) -> None:
+    """Check a scene job's ``out``, its scene's size and the free space before anything is written
+    (the models were read and checked when the job was resolved)."""
+    cfg = job.cfg
     if cfg.scene is None:
-        raise ConfigError("preflight checks a one-scene job, and this job has no 'scene'")
+        raise ConfigError("preflight checks a scene job, and this job has no 'scene'")
     out = location(cfg.out)
     scene = location(cfg.scene)
     if out.is_local and scene.is_local:
         check_out_path(out.path, scene.path)
     if out.is_local and (previous := read_manifest(out)) is not None:
         product_names(out, previous)  # a manifest naming files outside ``out``: refused before any work
-    members = ensemble_members(cfg)
     shape = scene_shape(scene.path) if scene.is_local else None
     if shape is not None:  # tiles, block memory, pixels: refused at once, not after an ingest
-        n = len(members.members)
+        n = len(job.members.members)
         check_work(*shape, tile=cfg.tile, stride=cfg.stride, block=cfg.block, members=n, max_pixels=cfg.max_pixels)
     if out.is_local:
-        inputs = [("scene", scene), *(("model", location(m.model)) for m in members.members)]
+        inputs = [("scene", scene), *(("model", location(m.model)) for m in job.members.members)]
         inputs += [("ensemble file", location(cfg.ensemble))] if cfg.ensemble else []
         check_inputs_outside(out.path, [(what, loc.path) for what, loc in inputs if loc.is_local])
-    files = read_models(members)
     if out.is_local and shape is not None and (overwrite or not (out.path / "run.json").is_file()):
         check_free_space(out.path, *shape)
-    return resolve_inputs_units(cfg, [f.card for f in files]), files
 
 
 def read_models(ensemble: EnsembleConfig) -> tuple[ModelFiles, ...]:

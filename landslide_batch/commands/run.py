@@ -65,8 +65,9 @@ def device(value: str) -> str:
 def register(sub) -> None:
     p = sub.add_parser(
         "run",
-        help="map landslides over a scene (a region job)",
-        description="Run a region job: ingest -> tiles -> ensemble -> blended maps. "
+        help="map landslides over a scene (a scene job) or an area of several scenes (a region job)",
+        description="Run a scene job (one --scene) or a region job (several, with --aoi): "
+        "ingest -> tiles -> ensemble -> blended maps. "
         "Flags override the job YAML; without a YAML, --scene, --out and "
         "--model/--ensemble are required. Re-running resumes.",
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .stages import PredictBlock, PredictorSpec, ReadBlock, Row
@@ -18,11 +19,27 @@ if TYPE_CHECKING:
     from ray import ObjectRef
 
     from ..plan.tiling import TileGrid
-    from .executors import ActorPlan
     from .predictor import EnsemblePredictor, FloatArray
     from .stripes import Tile
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ActorPlan:
+    """What the predictor actors of a Ray job ask of the cluster."""
+
+    actors: int
+    device: str  # "cuda" | "cpu"
+    num_gpus: float
+    num_cpus: float
+    threads: int  # torch CPU threads per actor
+    read_ahead: int  # blocks read ahead of each actor by Ray tasks (0: the actor reads its own)
+
+    def describe(self) -> str:
+        gpus = f"{self.num_gpus:g} GPU, " if self.num_gpus else ""
+        reads = f"; {self.read_ahead} block(s) read ahead by Ray tasks" if self.read_ahead else ""
+        return f"{gpus}{self.num_cpus:g} CPU, {self.threads} torch thread(s) each{reads}"
 
 
 def task_attempt() -> int:

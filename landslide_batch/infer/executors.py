@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from ..config import RaySettings
 from ..errors import LandslideBatchError
 from ..plan.tiling import Block, TileGrid
-from .actor_pool import ActorPool
+from .actor_pool import ActorPlan, ActorPool
 from .device import device_type
 from .ray_connect import require_reachable
 from .stages import BlockWriter, PredictBlock, PredictorSpec, ReadBlock, Row, WriteBlock
@@ -131,23 +131,6 @@ def shutdown_ray() -> None:
 
     gc.collect()
     ray.shutdown()
-
-
-@dataclass(frozen=True)
-class ActorPlan:
-    """What the predictor actors of a Ray job ask of the cluster."""
-
-    actors: int
-    device: str  # "cuda" | "cpu"
-    num_gpus: float
-    num_cpus: float
-    threads: int  # torch CPU threads per actor
-    read_ahead: int  # blocks read ahead of each actor by Ray tasks (0: the actor reads its own)
-
-    def describe(self) -> str:
-        gpus = f"{self.num_gpus:g} GPU, " if self.num_gpus else ""
-        reads = f"; {self.read_ahead} block(s) read ahead by Ray tasks" if self.read_ahead else ""
-        return f"{gpus}{self.num_cpus:g} CPU, {self.threads} torch thread(s) each{reads}"
 
 
 def ray_device(device: str, settings: RaySettings, cluster_gpus: float) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..errors import InputError
 from ..storage import is_uri, location, storage_errors
-from .sentinel2 import LayerSource
+from .layer_source import LayerSource
 
 _GLOB_CHARS = set("*?[")
 #: Asset keys of a DEM item's elevation raster, when no single asset has role ``data``.

@@ -26,6 +26,7 @@ import numpy as np
 from ..errors import InputError
 from ..storage import is_uri, location, storage_errors
 from .inputs import S2_LAYERS, ReflectanceScaling, SceneInputs, looks_like_path
+from .layer_source import LayerSource
 
 log = logging.getLogger(__name__)
 
@@ -106,28 +107,6 @@ def canonical_band(token: str) -> str | None:
         return None
     num = m.group(1).upper()
     return "B8A" if num == "8A" else f"B{int(num):02d}"
-
-
-@dataclass
-class LayerSource:
-    """One raster band that feeds one layer."""
-
-    path: str
-    bidx: int = 1
-    band: str | None = None  # product band (B05, SCL, ...) when known
-    scale: float | None = None  # declared DN -> value scale (STAC raster:bands, raster:scale)
-    offset: float | None = None  # declared additive offset after scaling
-    scaling_from: str = ""  # which declaration gave scale and offset
-    origin: str = ""  # how it was chosen, for the record
-    tiles: tuple[str, ...] = ()  # a DEM given as several tiles: all of them (``path`` is the first)
-
-    def describe(self) -> dict:
-        d: dict = {"path": self.path, "band_index": self.bidx, "from": self.origin}
-        if self.band:
-            d["band"] = self.band
-        if len(self.tiles) > 1:
-            d["tiles"] = list(self.tiles)
-        return d
 
 
 @dataclass

@@ -161,6 +161,7 @@ class ModelFiles:
     folder: str
     card: ModelCard
     weights: bytes
+    sha256: str  # of ``weights``: the model's identity in a job's hash, so nothing hashes the file again
 
 
 def read_model_files(folder: str | Path) -> ModelFiles:
@@ -178,7 +179,7 @@ def read_model_files(folder: str | Path) -> ModelFiles:
             f"{weights}: sha256 {digest[:12]}… does not match the card's {card.weights_sha256[:12]}…; "
             "the weights were changed or truncated"
         )
-    return ModelFiles(str(folder), card, data)
+    return ModelFiles(str(folder), card, data, digest)
 
 
 def load_model_folder(folder: str | Path | ModelFiles, device: str = "cpu"):

@@ -34,7 +34,7 @@ from .derive import MASK_NODATA
 from .inventory import read_inventory
 from .publish import move_all, product_names
 from .rasters import windows
-from .vectorize import _finished_manifest
+from .vectorize import finished_manifest
 
 OBSERVED = "observed.tif"
 REPORT_FILES = ("compare.gpkg", "compare.md", "compare.json")  # compare.json last: it vouches for the others
@@ -48,7 +48,7 @@ def compare_job(out: str | Path, inventory: str | Path, min_iou: float = DEFAULT
     where = location(out)
     if not where.is_local:
         raise ConfigError(f"{out}: compare reads a local output folder (object storage: not yet)")
-    manifest = _finished_manifest(where)
+    manifest = finished_manifest(where)
     names = product_names(where, manifest)
     folder = where.path
     grid = _grid(folder / names["mask"])

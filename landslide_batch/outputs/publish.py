@@ -10,6 +10,7 @@ from ..errors import InputError
 from ..storage import Location
 from ..storage.contained import contained
 from ..storage.durable import durable_replace
+from .publish_remote import publish_to_object_store
 
 
 def product_names(out: Location, manifest: dict) -> dict[str, str]:
@@ -79,3 +80,16 @@ def replace_products(out: Location, new: Path, names: list[str], replaced: list[
     for n in set(replaced) - set(names):
         (out / n).rm()
     staging.rm()
+
+
+def publish_products(final: Path, store_path: Location, out: Location, outputs: dict[str, str]) -> None:
+    """Move the products into ``out``: the store after the files (until then it stays next to its
+    block markers, so a failure costs no block), ``run.json`` last. A failure part-way moves back
+    what was moved: no product lies under its final name without the run.json that vouches for it.
+    On object storage: uploaded under temporary keys and copied into place, see ``publish_remote``."""
+    if out.is_remote:
+        publish_to_object_store(final, store_path, out, outputs)
+        return
+    moves = [(final / name, out.path / name) for key, name in outputs.items() if key != "zarr"]
+    moves += [(store_path.path, out.path / outputs["zarr"]), (final / "run.json", out.path / "run.json")]
+    move_all(moves)

@@ -17,7 +17,7 @@ def assumed_pixel_m(source_kind: str | None, pixel_area_m2: float | None) -> flo
 
 
 def describe_mapped(summary: dict) -> str:
-    """One line for logs and the ``run`` command from a run summary (``pipeline._finish``)."""
+    """One line for logs and the ``run`` command from a run summary (``outputs.products.write_products``)."""
     slide, valid = summary["landslide_pixels"], summary["valid_pixels"]
     if summary.get("area_mapped_km2") is not None:
         return (

@@ -67,7 +67,7 @@ def vectorize(out: str | Path | Location, settings: Derivation) -> dict:
     settings.check()
     out = location(out)
     with storage_errors(out, "out"):  # first contact: a bad bucket, key or endpoint fails here
-        _finished_manifest(out)  # before the lock: no lock is left where there is no job
+        finished_manifest(out)  # before the lock: no lock is left where there is no job
     if out.is_local:
         check_writable(out.path)  # a read-only folder: one clear line, not the lock's OSError
 
@@ -81,12 +81,12 @@ def vectorize(out: str | Path | Location, settings: Derivation) -> dict:
         shutil.rmtree(work, ignore_errors=True)  # what an interrupted vectorize left
         work.mkdir()
         try:
-            return _rederive(out, _finished_manifest(out), settings, work)
+            return _rederive(out, finished_manifest(out), settings, work)
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def _finished_manifest(out: Location) -> dict:
+def finished_manifest(out: Location) -> dict:
     manifest = read_manifest(out)
     if manifest is None or manifest.get("status") != "complete":
         found = "no run.json" if manifest is None else f"run.json with status {manifest.get('status')!r}"

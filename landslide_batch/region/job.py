@@ -1,11 +1,11 @@
-"""A region job: every scene mapped by the single-scene pipeline, then merged onto one grid.
+"""A region job: every scene mapped by a scene job, then merged onto one grid.
 
-Layout of ``OUT``: the region's products as a single-scene job writes them, plus
+Layout of ``OUT``: the region's products as a scene job writes them, plus
 ``scenes.gpkg`` (footprints), and ``.work/`` kept after the job as the cache that makes adding
 a scene cheap:
 
 - ``.work/scenes/<id>/scene.zarr``: the scene as ingested; ``.work/scenes/<id>/map/``: its own
-  finished probability map (a single-scene job's output folder, resumed block by block: the
+  finished probability map (a scene job's output folder, resumed block by block: the
   store and ``run.json`` only, no products, and no second copy of the scene);
 - ``.work/region/``: the merged region (output store, a scene store holding the merged RGB and
   slope for the quicklook and polygons, one marker per merged block naming the scenes in it).
@@ -23,7 +23,7 @@ import shutil
 import time
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from contextlib import ExitStack
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
@@ -35,11 +35,11 @@ from shapely.geometry import box, shape
 
 from ..checks.output import check_free_space, check_inputs_outside, check_out_folder, disk_full_is_clear
 from ..checks.pixels import off_resolution
-from ..checks.preflight import model_b10_means, read_models, resolve_inputs_units
+from ..checks.preflight import model_b10_means, resolve_inputs_units, resolve_job
 from ..checks.reflectance import reflectance_guard
 from ..checks.results import result_warnings
-from ..config import EnsembleConfig, JobConfig, ensemble_members
-from ..errors import ConfigError, InputError, OutputLockedError
+from ..config import EnsembleConfig, JobConfig
+from ..errors import ConfigError, InputError
 from ..gdal_env import bounded_gdal_cache
 from ..hashing import sha256_tree
 from ..infer.executors import job_device
@@ -47,25 +47,16 @@ from ..ingest import ModelB10, Scene, ingest_job
 from ..ingest.aoi import aoi_in_crs, load_aoi
 from ..ingest.inputs import SceneInputs
 from ..ingest.scene import SceneInfo
-from ..models.card import WEIGHTS_FILE, ModelCard, read_card
 from ..outputs.derive import min_object_pixels
-from ..outputs.manifest import package_versions, read_manifest, write_json_atomic
+from ..outputs.folder import output_lock, previous_result
+from ..outputs.manifest import package_versions, write_json_atomic
 from ..outputs.metadata import provenance_tags
-from ..outputs.publish import product_names
-from ..pipeline import (
-    IngestedScene,
-    _finish,
-    _publish,
-    decision_threshold,
-    map_identity,
-    model_records,
-    outputs_for,
-    predictor_spec,
-    run_job,
-    scene_chunk,
-)
+from ..outputs.products import outputs_for, write_products
+from ..outputs.publish import publish_products
 from ..plan.limits import check_work
-from ..storage import exclusive_location, location, storage_errors
+from ..resolved import ResolvedJob, identity_hash
+from ..scene_job import IngestedScene, run_scene_job, scene_chunk
+from ..storage import location, storage_errors
 from .event import (
     NDVI_LOSS_FULL,
     PRE_EVENT,
@@ -77,6 +68,7 @@ from .event import (
 )
 from .event import OUTPUTS as EVENT_OUTPUTS
 from .grid import region_grid, target_crs
+from .mapped import MappedScene
 from .merge import merge_region
 from .mosaic import FEATHER_PX
 from .observed import OUTPUTS as OBSERVATION_OUTPUTS
@@ -102,60 +94,32 @@ MERGE_RULE = (
 )
 
 
-@dataclass
-class MappedScene:
-    """A scene of the region once ingested and checked (and, later, mapped)."""
-
-    source: SceneSource
-    folder: Path
-    sha256: str
-    scene: Scene
-    footprint: Any  # shapely polygon in the region CRS
-    ingest_id: str  # the source's hash and the ingest settings: the scene's identity in its job hash
-    manifest: dict | None = None
-
-    @property
-    def map_store(self) -> Path:
-        return self.folder / "map" / "probability.zarr"
-
-    @property
-    def result(self) -> dict[str, Any]:
-        """The scene's run manifest, once it is mapped."""
-        if self.manifest is None:
-            raise RuntimeError(f"scene {self.source.id} is not mapped yet")
-        return self.manifest
-
-    @property
-    def crs(self) -> CRS:
-        """The scene's CRS: a region refuses a scene without one when it is prepared."""
-        if self.scene.info.crs is None:
-            raise InputError(f"scene {self.source.origin} has no CRS")
-        return self.scene.info.crs
-
-
 def run_region(cfg: JobConfig, *, overwrite: bool = False) -> dict:
     """Run (or resume, or extend with new scenes) a region job; returns its manifest (``OUT/run.json``)."""
+    return _run_region(resolve_job(cfg), overwrite)
+
+
+def _run_region(job: ResolvedJob, overwrite: bool) -> dict:
+    """A region job whose models were read once (``preflight.resolve_job``): its scenes' jobs and
+    its pre-event map take them from ``job``."""
+    cfg = job.cfg
     out = location(cfg.out)
     if not out.is_local:
         raise ConfigError(f"out {cfg.out}: region jobs write to a local folder (object storage: not yet)")
     check_out_folder(out.path)
-    check_inputs_outside(out.path, _local_inputs(cfg))
+    check_inputs_outside(out.path, _local_inputs(cfg, job.members))
     out.makedirs()
-    busy = OutputLockedError(
-        f"{out} is being written by another job (lock {out / '.lock'} is held); "
-        "wait for it or choose another output folder"
-    )
     with ExitStack() as held:
         held.enter_context(disk_full_is_clear(out.path))  # a full disk: exit 4, as for one scene
-        held.enter_context(exclusive_location(out / ".lock", lambda: busy))
+        held.enter_context(output_lock(out))
         held.enter_context(bounded_gdal_cache())
-        return _run_region_locked(cfg, out.path, overwrite)
+        return _run_region_locked(job, out.path, overwrite)
 
 
-def _local_inputs(cfg: JobConfig) -> list[tuple[str, Path]]:
+def _local_inputs(cfg: JobConfig, members: EnsembleConfig) -> list[tuple[str, Path]]:
     """The job's inputs on this machine's disk, by what they are (scene entries may be globs)."""
     named = [("AOI", cfg.aoi), ("ensemble file", cfg.ensemble)]
-    named += [("model", m.model) for m in ensemble_members(cfg).members]
+    named += [("model", m.model) for m in members.members]
     named += [("scene", s) for s in cfg.scenes or []] + [("pre-event scene", s) for s in cfg.pre_scenes or []]
     return [(what, location(p).path) for what, p in named if p is not None and location(p).is_local]
 
@@ -164,33 +128,35 @@ def _local_inputs(cfg: JobConfig) -> list[tuple[str, Path]]:
 class RegionSetup:
     """What a region job is, before any scene is read: its grid, AOI, models and identity."""
 
-    cfg: JobConfig  # with the inputs' units resolved from the model cards
+    job: ResolvedJob  # with the inputs' units resolved from the model cards
     grid: SceneInfo
     aoi: Any  # shapely geometry in the region CRS
     crs: CRS
     aoi_text: str
-    members: EnsembleConfig
-    cards: list[ModelCard]
-    model_shas: list[str]
     rhash: str
     outputs: dict[str, str]
 
+    @property
+    def cfg(self) -> JobConfig:
+        return self.job.cfg
 
-def _run_region_locked(cfg: JobConfig, out: Path, overwrite: bool) -> dict:
+
+def _run_region_locked(job: ResolvedJob, out: Path, overwrite: bool) -> dict:
     t0 = time.perf_counter()
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    r = _setup_region(cfg)
+    r = _setup_region(job)
+    cfg = r.cfg
     if overwrite or not (out / "run.json").is_file():  # the region's own stores and products, up front
         check_free_space(out, r.grid.height, r.grid.width)
     # The pre-event map first (kept in OUT/pre_event: found finished on later passes), then this one's models.
     pre, picked = _pre_event_map(cfg, r, out, overwrite)
-    previous = _previous_result(out, r.rhash, overwrite)
+    previous = previous_result(location(out), r.rhash, overwrite, "region job")[0]
     region_dir = out / ".work" / "region"
     _discard_unless(region_dir, r.rhash, overwrite)
     with ExitStack() as session:
         # The models load (locally) or are checked and the actors start (Ray) while the scenes are ingested.
-        pool, models = _start_models(r.cfg, session)
-        b10_means = model_b10_means(r.members, r.cards)
+        pool, models = _start_models(r.job, session)
+        b10_means = model_b10_means(r.job.members, r.job.cards)
         scenes, skipped = _prepare_scenes(r.cfg, out / ".work", r.aoi, r.crs, b10_means, models)
         signature = _signature(scenes) + _pre_event_signature(cfg, r, pre, scenes)
         if not overwrite and previous is not None and _holds(out, previous, signature):
@@ -198,7 +164,7 @@ def _run_region_locked(cfg: JobConfig, out: Path, overwrite: bool) -> dict:
             return {**previous, "blocks": {**previous["blocks"], "computed": 0, "resumed": previous["blocks"]["total"]}}
         t_map = time.perf_counter()
         ready = models.result()  # the local predictor, or (Ray) the checked spec; raises the models' error
-        actors = _map_scenes(r.cfg, scenes, overwrite, pool, ready if pool is None else None)
+        actors = _map_scenes(r.job, scenes, overwrite, pool, ready if pool is None else None)
     timings = {"map_s": time.perf_counter() - t_map}
 
     t_merge = time.perf_counter()
@@ -256,7 +222,7 @@ def _pre_event_map(cfg: JobConfig, r: RegionSetup, out: Path, overwrite: bool) -
         cfg = cfg.model_copy(update={"pre_scenes": [items]})
     if not cfg.pre_scenes:
         return None, None
-    return run_region(pre_event_config(cfg, out), overwrite=overwrite), picked
+    return _run_region(r.job.with_config(pre_event_config(cfg, out)), overwrite), picked
 
 
 def _event_record(cfg: JobConfig, pre: dict, picked: dict | None) -> dict:
@@ -282,44 +248,23 @@ def _flag_implausible(manifest: dict) -> None:
     manifest["summary"]["implausible"] = bool(flags)
 
 
-def _setup_region(cfg: JobConfig) -> RegionSetup:
+def _setup_region(job: ResolvedJob) -> RegionSetup:
     """The region grid over the AOI (in the target CRS), the models, and the job's identity."""
+    cfg = resolve_inputs_units(job.cfg, job.cards)  # a pre-event map's settings come unresolved
+    job = job.with_config(cfg).on_device(_identity_device(cfg))
     geom, aoi_crs, aoi_text = load_aoi(SceneInputs(aoi=str(cfg.aoi)))
     crs = target_crs(geom, aoi_crs, cfg.crs)
     aoi = aoi_in_crs(geom, aoi_crs, crs)
     grid = region_grid(aoi, crs, cfg.resolution, scene_chunk(cfg.block))
-    members = ensemble_members(cfg)
-    n = len(members.members)  # before anything runs: a continent-sized AOI fails here, with its figure
+    n = len(job.members.members)  # before anything runs: a continent-sized AOI fails here, with its figure
     check_work(
         grid.height, grid.width, tile=cfg.tile, stride=cfg.stride, block=cfg.block, members=n, max_pixels=cfg.max_pixels
     )
-    cards = [read_card(m.model) for m in members.members]
-    model_shas = [
-        c.weights_sha256 or sha256_tree(location(m.model) / WEIGHTS_FILE) for m, c in zip(members.members, cards)
-    ]
-    cfg = resolve_inputs_units(cfg, cards)  # as a single-scene job does before its ingest
-    rhash = region_hash(cfg, grid, aoi, model_shas, _identity_device(cfg))
+    rhash = region_hash(job, grid, aoi)
     outputs = {**outputs_for(cfg.polygon_format), "scenes": SCENES_FILE, **OBSERVATION_OUTPUTS}
     if cfg.pre_scenes or cfg.pre_event:
         outputs |= EVENT_OUTPUTS
-    return RegionSetup(cfg, grid, aoi, crs, aoi_text, members, cards, model_shas, rhash, outputs)
-
-
-def _previous_result(out: Path, rhash: str, overwrite: bool) -> dict | None:
-    """The manifest in ``out`` when it is this region's (over whichever scenes); another job's
-    result is refused (ConfigError) unless overwriting, which invalidates it first."""
-    previous = read_manifest(location(out))
-    if previous is not None:
-        product_names(location(out), previous)  # every product it names lies inside ``out``
-    if previous is not None and previous.get("region_hash") != rhash:
-        if not overwrite:
-            raise ConfigError(
-                f"{out} holds the result of a different job (hash {previous.get('job_hash')}, this "
-                f"region job {rhash}); use another output folder or --overwrite"
-            )
-        (out / "run.json").unlink()
-        return None
-    return previous
+    return RegionSetup(job, grid, aoi, crs, aoi_text, rhash, outputs)
 
 
 def _holds(out: Path, previous: dict, signature: str) -> bool:
@@ -336,13 +281,13 @@ def _write_region_products(
     With a pre-event map in ``pre_dir``: the change layers too, and the mask and polygons of
     ``new_probability`` in place of those of the probability (``event.py``)."""
     cfg = r.cfg
-    threshold = decision_threshold(cfg, r.members, r.cards)
+    threshold = r.job.threshold()
     stage.mkdir(exist_ok=True)
     scene = Scene(region_dir / "scene.zarr")
-    models = [{"name": c.name, "sha256": sha} for c, sha in zip(r.cards, r.model_shas)]
+    models = [{"name": c.name, "sha256": sha} for c, sha in zip(r.job.cards, r.job.model_shas)]
     scene_records = [{"source": s.source.origin, "sha256": s.sha256, "date": s.source.date} for s in scenes]
     tags = provenance_tags(models, scene_records, threshold, r.rhash)
-    summary = _finish(cfg, scene, region_dir / "probability.zarr", stage, threshold, r.outputs, tags)
+    summary = write_products(cfg, scene, region_dir / "probability.zarr", stage, threshold, r.outputs, tags)
     scratch = stage / "observed.scratch.tif"
     summary |= write_observation_products(region_dir / "scene.zarr", r.grid, stage / "final", scratch)
     if pre_dir is not None:
@@ -363,7 +308,7 @@ def _region_record(r: RegionSetup, scenes: list[MappedScene], actors: list[dict]
     per_scene = [s.result["blocks"] for s in scenes]
     return {
         "config": cfg.model_dump(mode="json"),
-        "models": model_records(r.members, r.cards, r.model_shas),
+        "models": r.job.model_records(),
         # times the models were loaded: once locally, once per actor (warm across scenes) on Ray
         "models_loaded": 1 if actors is None else sum(a["models_loaded"] for a in actors),
         **({"actors": actors} if actors is not None else {}),
@@ -395,7 +340,7 @@ def _publish_region(manifest: dict, region_dir: Path, stage: Path, out: Path) ->
     shutil.copytree(region_dir / "probability.zarr", store_copy)
     if (out / "run.json").exists():  # from now on nothing vouches for the previous products
         (out / "run.json").unlink()
-    _publish(stage / "final", location(store_copy), location(out), outputs)
+    publish_products(stage / "final", location(store_copy), location(out), outputs)
     shutil.rmtree(stage, ignore_errors=True)
 
 
@@ -407,18 +352,18 @@ def _identity_device(cfg: JobConfig) -> str:
     return job_device(cfg.device, cfg.executor, cfg.ray)
 
 
-def region_hash(cfg: JobConfig, grid: SceneInfo, aoi, model_shas: list[str], device: str) -> str:
+def region_hash(job: ResolvedJob, grid: SceneInfo, aoi) -> str:
     """Identity of a region's map except its scenes (which may grow): a scene job's identity
-    (models, device, every map setting: ``pipeline.map_identity``) plus the grid, the AOI and the
+    (models, device, every map setting: ``ResolvedJob.identity``) plus the grid, the AOI and the
     merge's settings."""
     key = {
-        **map_identity(cfg, model_shas, device),
+        **job.identity(),
         "grid": [grid.crs_wkt, list(grid.transform), grid.height, grid.width],
         "aoi": aoi.wkt,
         "feather_px": FEATHER_PX,
-        "resolution": cfg.resolution,
+        "resolution": job.cfg.resolution,
     }
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return identity_hash(key)
 
 
 def _discard_unless(folder: Path, rhash: str, overwrite: bool) -> None:
@@ -536,13 +481,12 @@ def _signature(scenes: list[MappedScene]) -> str:
     return hashlib.sha256(json.dumps(sorted((s.source.id, s.sha256) for s in scenes)).encode()).hexdigest()[:16]
 
 
-def _start_models(cfg: JobConfig, session: ExitStack) -> tuple[ActorPool | None, Future]:
+def _start_models(job: ResolvedJob, session: ExitStack) -> tuple[ActorPool | None, Future]:
     """Start what predicts every scene, in the background of the scenes' ingest: locally the
     predictor (a future of it); on Ray, join the cluster and start one pool of predictor actors,
     which load their models at once, while the driver builds each model once as a check (a
     future of the checked spec). -> (the pool or None, the future); closed with ``session``."""
-    members = ensemble_members(cfg)
-    spec = replace(predictor_spec(cfg, members), model_files=read_models(members))
+    cfg, spec = job.cfg, job.predictor_spec()
     background = session.enter_context(ThreadPoolExecutor(1, "models"))
     if cfg.executor == "local":
         return None, background.submit(spec.build)
@@ -555,23 +499,24 @@ def _start_models(cfg: JobConfig, session: ExitStack) -> tuple[ActorPool | None,
 
 
 def _map_scenes(
-    cfg: JobConfig, scenes: list[MappedScene], overwrite: bool, pool: ActorPool | None, predictor: object
+    job: ResolvedJob, scenes: list[MappedScene], overwrite: bool, pool: ActorPool | None, predictor: object
 ) -> list[dict] | None:
-    """Each scene through the single-scene pipeline into its folder, with the models loaded once.
+    """Each scene through its scene job into its folder, with the models loaded once.
     Local: one scene after the other, all predicted by ``predictor``. Ray: all predicted by
     ``pool``'s warm actors, two scenes in flight (``_map_side_by_side``); -> each actor's
     ``{actor, node, models_loaded}`` (None locally)."""
+    cfg = job.cfg
     progress = RegionProgress([(s.scene.info.height, s.scene.info.width) for s in scenes], cfg.block, cfg.resolution)
     if pool is None:
         for i in range(len(scenes)):
-            _map_scene(cfg, scenes, i, overwrite, progress, predictor=predictor)
+            _map_scene(job, scenes, i, overwrite, progress, predictor=predictor)
         return None
-    _map_side_by_side(cfg, scenes, overwrite, progress, pool)
+    _map_side_by_side(job, scenes, overwrite, progress, pool)
     return pool.loads()
 
 
 def _map_side_by_side(
-    cfg: JobConfig, scenes: list[MappedScene], overwrite: bool, progress: RegionProgress, pool: ActorPool
+    job: ResolvedJob, scenes: list[MappedScene], overwrite: bool, progress: RegionProgress, pool: ActorPool
 ) -> None:
     """Ray: each scene in a thread, ``SCENES_IN_FLIGHT`` at a time. While one scene's blocks are
     predicted the next one is prepared (hashed, planned) and waits for its turn on the pool
@@ -580,7 +525,7 @@ def _map_side_by_side(
     is predicted. The first error stops the scenes not started yet and is raised."""
     with ThreadPoolExecutor(SCENES_IN_FLIGHT, "scene") as threads:
         futures = [
-            threads.submit(_map_scene, cfg, scenes, i, overwrite, progress, pool=pool) for i in range(len(scenes))
+            threads.submit(_map_scene, job, scenes, i, overwrite, progress, pool=pool) for i in range(len(scenes))
         ]
         done, _ = wait(futures, return_when=FIRST_EXCEPTION)
         failed = next((f for f in futures if f in done and f.exception() is not None), None)
@@ -591,7 +536,7 @@ def _map_side_by_side(
 
 
 def _map_scene(
-    cfg: JobConfig,
+    job: ResolvedJob,
     scenes: list[MappedScene],
     i: int,
     overwrite: bool,
@@ -599,11 +544,11 @@ def _map_scene(
     predictor: object = None,
     pool: ActorPool | None = None,
 ) -> None:
-    """Scene ``i`` through the single-scene pipeline into its folder, from the store the region
+    """Scene ``i`` through its scene job into its folder, from the store the region
     ingested and without products of its own; its manifest goes to ``.manifest``."""
     s = scenes[i]
     log.info("region: scene %d/%d %s", i + 1, len(scenes), s.source.origin)
-    scene_cfg = cfg.model_copy(
+    scene_cfg = job.cfg.model_copy(
         update={
             "scene": s.folder / "scene.zarr",
             "out": s.folder / "map",
@@ -614,8 +559,8 @@ def _map_scene(
         }
     )
     try:
-        s.manifest = run_job(
-            scene_cfg,
+        s.manifest = run_scene_job(
+            job.with_config(scene_cfg),  # the region's models, read once
             overwrite=overwrite,
             predictor=predictor,
             pool=pool,

@@ -42,7 +42,7 @@ from .mosaic import (
 from .observed import FIRST_CLEAR, OBSERVED, aoi_inside, create_layers, date_code, observation_layers
 
 if TYPE_CHECKING:
-    from .job import MappedScene
+    from .mapped import MappedScene
 
 #: Blocks merged at once: each holds its scenes' layers in float64 (~60 MB per scene and 1024² block).
 MERGE_THREADS = max(1, min(4, os.cpu_count() or 1))
