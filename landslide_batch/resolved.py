@@ -106,7 +106,7 @@ class ResolvedJob:
 def map_identity(cfg: JobConfig, members: EnsembleConfig, model_shas: list[str], device: str) -> dict:
     """What makes two maps of the same input the same map: the models, the device type (``cpu`` /
     ``cuda``) with its arithmetic, and every setting that changes the map. Scene jobs and region
-    jobs both hash it (``pipeline.job_hash``, ``region.job.region_hash``)."""
+    jobs both hash it (``scene_job.job_hash``, ``region.job.region_hash``)."""
     return {
         "models": model_shas,
         "weights": [m.weight for m in members.members],

@@ -22,7 +22,7 @@ from pathlib import Path
 
 #: The mask's classes: value -> (name, colour in the GeoTIFF's table and the quicklook's legend).
 MASK_CLASSES = {0: ("no landslide", (235, 235, 235)), 1: ("landslide", (220, 30, 30))}
-#: Products written beside the rasters: output key -> file name (``pipeline.OUTPUTS``).
+#: Products written beside the rasters: output key -> file name (``outputs.products.OUTPUTS``).
 SIDECARS = {
     "probability_style": "probability.qml",
     "uncertainty_style": "uncertainty.qml",
