@@ -15,6 +15,7 @@ import importlib.metadata as md
 import json
 import subprocess
 import sys
+import sysconfig
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
@@ -75,8 +76,11 @@ def stamp(lock: Path) -> None:
 
 
 def installed() -> dict[str, Version]:
-    """Distributions in the running interpreter's environment, by canonical name."""
-    return {canonicalize_name(d.metadata["Name"]): Version(d.version) for d in md.distributions()}
+    """Distributions installed in the running interpreter's environment (its site-packages, as
+    `pip list` sees them: not folders a package adds to sys.path, such as Ray's vendored
+    thirdparty_files), by canonical name."""
+    site = dict.fromkeys(sysconfig.get_paths()[key] for key in ("purelib", "platlib"))
+    return {canonicalize_name(d.metadata["Name"]): Version(d.version) for d in md.distributions(path=list(site))}
 
 
 def same_release(locked: Version, found: Version, name: str) -> bool:
