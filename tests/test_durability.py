@@ -10,6 +10,7 @@ import pytest
 import zarr
 from maps import job
 
+from landslide_batch.outputs.store import LAYERS
 from landslide_batch.pipeline import OUTPUTS, run_job
 from landslide_batch.storage.durable import durable_replace
 
@@ -48,12 +49,12 @@ def test_job_syncs_block_data_before_markers_and_products_before_run_json(tmp_pa
     manifest = run_job(job(scene_tif, out, tiny_model))
     work, markers = out / ".work", out / ".work" / "blocks"
 
-    # Each block: its two chunks (probability, uncertainty) synced, then its marker's entry.
+    # Each block: its chunks (one per layer: probability, uncertainty, agreement) synced, then its marker's entry.
     final = work / "final"
     first_publish = next(i for i, p in enumerate(synced) if final in p.parents)
     events = ["marker" if p == markers else "chunk" for p in synced[:first_publish] if p == markers or is_chunk(p)]
     assert manifest["blocks"]["skipped_nodata"] == 0 and manifest["blocks"]["computed"] == manifest["blocks"]["total"]
-    assert events == ["chunk", "chunk", "marker"] * manifest["blocks"]["total"]
+    assert events == (["chunk"] * len(LAYERS) + ["marker"]) * manifest["blocks"]["total"]
     store = zarr.open_group(str(out / OUTPUTS["zarr"]), mode="r")
     assert store["probability"].nchunks_initialized == manifest["blocks"]["total"]
 

@@ -204,6 +204,35 @@ def test_clouds_leave_a_scar_unobserved_until_a_clear_pass_shows_it(tmp_path, nd
     }
 
 
+def test_snow_is_not_a_clear_observation(tmp_path, ndvi_model):
+    """SCL snow (11) over a scar counts as cloud does by default: ``observed`` 0 there and no
+    polygon there (the ground is not seen), while the rest of the pass observes and maps."""
+    origin = _utm_origin()
+    catalog = _catalog(tmp_path / "catalog", world(OLD_SCARS + NEW_SCARS), origin, PASSES[1:])
+    with rasterio.open(tmp_path / "catalog" / PASSES[1][0] / "SCL.tif", "r+") as ds:
+        scl = ds.read(1)
+        scl[CLOUD_SCL] = 11
+        ds.write(scl, 1)
+    out = tmp_path / "out"
+    run_job(
+        job_from_dict(
+            {
+                "scenes": str(catalog),
+                "aoi": str(_aoi(tmp_path / "aoi.geojson", origin)),
+                "models": [str(ndvi_model)],
+                "out": str(out),
+                **SETTINGS,
+            }
+        )
+    )
+    observed = _read(out / "observed.tif", origin)
+    r, c, h, w = CLOUD_SCAR
+    assert (observed[r : r + h, c : c + w] == 0).all() and (observed[5:15, 5:15] == 1).all()
+    polygons = gpd.read_file(out / "landslides.gpkg")
+    assert not polygons.intersects(_pixel_box(origin, CLOUD_SCAR)).any()
+    assert polygons.intersects(_pixel_box(origin, NEW_SCARS[1])).any()
+
+
 def _second_pass(tmp_path: Path, post: np.ndarray, origin) -> list[dict]:
     """The clear second pass's item, its files beside the first's."""
     return json.loads(_catalog(tmp_path / "catalog", post, origin, PASSES[1:]).read_text())["features"]
@@ -217,6 +246,7 @@ POLYGON_COLUMNS = [
     "max_probability",
     "mean_slope_deg",
     "status",
+    "member_agreement",
     "uncertainty",
     "mean_dndvi",
     "first_observed",
@@ -258,6 +288,7 @@ def test_change_aware_polygons_find_new_scars_not_old_ones(tmp_path, ndvi_model)
     # new scars: bare soil after vegetation, seen clearly on the post-event pass, sure
     assert (new["mean_dndvi"] < -0.4).all() and (new["first_observed"] == "2024-05-02").all()
     assert (new["confidence"] == "high").all() and (new["max_probability"] >= new["mean_probability"]).all()
+    assert (new["member_agreement"] == 1).all()  # one member: a new object's pixels are all above its threshold
     old_boxes = [_pixel_box(origin, s) for s in OLD_SCARS]
     assert all(polygons[polygons["status"] == "pre-existing"].intersects(b).any() for b in old_boxes)
     # the model maps old scars as landslide too: the post-event map alone would call them all
@@ -291,6 +322,34 @@ def test_change_aware_polygons_find_new_scars_not_old_ones(tmp_path, ndvi_model)
     seen = mask != 255
     tp = (mask == 1) & truth & seen
     assert result["pixels"]["all"]["iou"] == pytest.approx(tp.sum() / (((mask == 1) | truth) & seen).sum())
+    _vectorize_follows_new_probability(out, polygons)
+
+
+def _vectorize_follows_new_probability(out: Path, polygons) -> None:
+    """``vectorize`` on an event map: at the job's threshold the same polygons and statuses; at 0.9
+    (above new_probability on the new scars, ~0.86, below both maps on the old ones) no new object
+    and the old ones still pre-existing. Without the working stores, or through the library without
+    the event rule, a clear refusal."""
+    import shutil
+
+    from landslide_batch.cli import main
+    from landslide_batch.errors import InputError
+    from landslide_batch.outputs.vectorize import Derivation, vectorize
+
+    assert main(["vectorize", str(out), "--threshold", "0.5"]) == 0
+    again = gpd.read_file(out / "landslides.gpkg")
+    assert sorted(again["status"]) == sorted(polygons["status"])
+    assert again.geometry.union_all().symmetric_difference(polygons.geometry.union_all()).area == 0
+    assert main(["vectorize", str(out), "--threshold", "0.9"]) == 0
+    high = gpd.read_file(out / "landslides.gpkg")
+    assert list(high.columns) == [*POLYGON_COLUMNS, "geometry"]
+    assert (high["status"] == "pre-existing").sum() == len(OLD_SCARS) and (high["status"] == "new").sum() == 0
+    assert json.loads((out / "run.json").read_text())["summary"]["objects"] == 0
+    with pytest.raises(InputError, match="event map"):
+        vectorize(out, Derivation(threshold=0.5))
+    shutil.rmtree(out / "pre_event" / ".work")
+    assert main(["vectorize", str(out), "--threshold", "0.5"]) == 2
+    assert (gpd.read_file(out / "landslides.gpkg")["status"] == "new").sum() == 0  # nothing half-written
 
 
 def test_the_same_scene_before_and_after_shows_nothing_new(tmp_path, ndvi_model):
@@ -375,7 +434,9 @@ def test_change_aware_columns_read_back_alike_in_every_format(tmp_path, fmt):
     mask[2:6, 1:7] = True  # one object across the window edge at column 4
     prob = np.linspace(0.7, 1.0, 64).reshape(8, 8)  # over the object: mean 0.85
     first = np.where(np.arange(8) < 4, 20240507.0, 20240502.0)[None].repeat(8, 0)
+    agreement = np.where(np.arange(8) < 3, 0.5, 1.0)[None].repeat(8, 0)  # over the object: 2 of 6 columns at 0.5
     extra = {"uncertainty": np.full((8, 8), 0.05), "dndvi": np.full((8, 8), -0.5), "first_clear": first}
+    extra["agreement"] = agreement
     for x0 in (0, 4):
         w = (slice(None), slice(x0, x0 + 4))
         collector.add_window(0, x0, mask[w], prob[w], None, {k: v[w] for k, v in extra.items()})
@@ -389,6 +450,34 @@ def test_change_aware_columns_read_back_alike_in_every_format(tmp_path, fmt):
     assert (row["status"], row["first_observed"], row["confidence"]) == ("new", "2024-05-02", "high")
     assert row["mean_dndvi"] == pytest.approx(-0.5) and row["uncertainty"] == pytest.approx(0.05)
     assert row["mean_probability"] == pytest.approx(prob[mask].mean())
+    assert row["member_agreement"] == pytest.approx(agreement[mask].mean()) and agreement[mask].mean() < 1
+
+
+def test_member_agreement_is_the_weighted_share_of_members_above_their_own_threshold(tmp_path, ndvi_model):
+    """Two copies of the NDVI model, one with its card's threshold at 0.999 (above what it gives bare
+    soil, ~0.98), weighted 3 : 1: on the scars only the first agrees (0.75), on vegetation neither
+    (0); equal, pixel by pixel, to the members' own maps thresholded here."""
+    from landslide_batch.config import EnsembleConfig, EnsembleMember
+    from landslide_batch.infer.predictor import EnsemblePredictor
+    from landslide_batch.models.card import load_model_folder, save_model_folder
+
+    model, card = load_model_folder(ndvi_model)
+    strict = tmp_path / "strict"
+    save_model_folder(model, card.model_copy(update={"threshold": 0.999}), strict)
+    bands = world(NEW_SCARS)[:, :96, :128]
+    valid = np.isfinite(bands).all(0)
+    members = [EnsembleMember(model=ndvi_model, weight=3.0), EnsembleMember(model=strict, weight=1.0)]
+
+    def predictor(chosen):
+        return EnsemblePredictor(EnsembleConfig(members=chosen), tile=64, stride=32, device="cpu")
+
+    prob, _, agreement = predictor(members).predict_maps(bands, valid)
+    alone = [predictor([m]).predict_window(bands, valid)[0] for m in members]
+    expected = (3.0 * (alone[0] >= 0.5) + 1.0 * (alone[1] >= 0.999)) / 4.0
+    np.testing.assert_array_equal(agreement, expected.astype(np.float32))
+    r, c, h, w = NEW_SCARS[0]
+    assert (agreement[r + 2 : r + h - 2, c + 2 : c + w - 2] == 0.75).all() and (agreement[:10, :10] == 0).all()
+    assert prob.shape == agreement.shape
 
 
 def test_pre_event_auto_picks_the_most_recent_of_the_clearest_items(tmp_path, ndvi_model):

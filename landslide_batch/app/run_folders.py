@@ -60,7 +60,7 @@ def read_run(folder: Path) -> dict[str, Any]:
     return run
 
 
-def _fmt(value: Any, unit: str = "") -> str:
+def fmt(value: Any, unit: str = "") -> str:
     if value is None:
         return "—"
     if isinstance(value, float):
@@ -72,10 +72,10 @@ def run_headline(run: dict[str, Any]) -> list[tuple[str, str]]:
     """The four numbers a map's reader wants first."""
     s = run.get("summary") or {}
     return [
-        ("Landslide area", _fmt(s.get("landslide_area_km2"), " km²")),
-        ("Objects", _fmt(s.get("objects"))),
-        ("Area mapped", _fmt(s.get("area_mapped_km2"), " km²")),
-        ("Threshold", _fmt(s.get("threshold"))),
+        ("Landslide area", fmt(s.get("landslide_area_km2"), " km²")),
+        ("Objects", fmt(s.get("objects"))),
+        ("Area mapped", fmt(s.get("area_mapped_km2"), " km²")),
+        ("Threshold", fmt(s.get("threshold"))),
     ]
 
 
@@ -84,23 +84,23 @@ def run_details(run: dict[str, Any]) -> list[tuple[str, str]]:
     scene = (run.get("inputs") or {}).get("scene") or {}
     t, tiles, blocks = run.get("timings") or {}, run.get("tiles") or {}, run.get("blocks") or {}
     return [
-        ("Status", _fmt(run.get("status"))),
-        ("Job hash", _fmt(run.get("job_hash"))),
-        ("Started", _fmt(run.get("started"))),
-        ("Finished", _fmt(run.get("finished"))),
-        ("Scene", _fmt(scene.get("path"))),
-        ("Scene sha256", _fmt(scene.get("sha256"))),
-        ("Tiles", f"grid {_fmt(tiles.get('grid'))}, forward passes {_fmt(tiles.get('forward_passes'))}"),
+        ("Status", fmt(run.get("status"))),
+        ("Job hash", fmt(run.get("job_hash"))),
+        ("Started", fmt(run.get("started"))),
+        ("Finished", fmt(run.get("finished"))),
+        ("Scene", fmt(scene.get("path"))),
+        ("Scene sha256", fmt(scene.get("sha256"))),
+        ("Tiles", f"grid {fmt(tiles.get('grid'))}, forward passes {fmt(tiles.get('forward_passes'))}"),
         (
             "Blocks",
             ", ".join(
-                f"{k.replace('_', ' ')} {_fmt(blocks.get(k))}"
+                f"{k.replace('_', ' ')} {fmt(blocks.get(k))}"
                 for k in ("total", "computed", "skipped_nodata", "resumed")
             ),
         ),
         (
             "Timings",
-            ", ".join(f"{k[:-2]} {_fmt(t.get(k), ' s')}" for k in ("ingest_s", "infer_s", "finish_s", "total_s")),
+            ", ".join(f"{k[:-2]} {fmt(t.get(k), ' s')}" for k in ("ingest_s", "infer_s", "finish_s", "total_s")),
         ),
     ]
 
@@ -108,12 +108,12 @@ def run_details(run: dict[str, Any]) -> list[tuple[str, str]]:
 def run_models(run: dict[str, Any]) -> list[dict[str, str]]:
     return [
         {
-            "name": _fmt(m.get("name")),
-            "arch": _fmt(m.get("arch")),
-            "encoder": _fmt(m.get("encoder")),
-            "weight": _fmt(m.get("weight")),
+            "name": fmt(m.get("name")),
+            "arch": fmt(m.get("arch")),
+            "encoder": fmt(m.get("encoder")),
+            "weight": fmt(m.get("weight")),
             "trained": "yes" if m.get("trained") else "UNTRAINED",
-            "path": _fmt(m.get("path")),
+            "path": fmt(m.get("path")),
         }
         for m in run.get("models") or []
     ]

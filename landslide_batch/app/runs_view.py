@@ -21,21 +21,21 @@ from typing import Any
 import numpy as np
 import pydeck as pdk
 import rasterio
-from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.warp import calculate_default_transform, reproject
 
-from ..errors import InputError
 from . import BASEMAP_ENV
+from .event_view import event_layers
+from .map_data import MAX_SIDE, WGS84, read_vectors, with_hover
 
-#: Longest side, in pixels, of the probability picture sent to the browser.
-MAX_SIDE = 1024
-WGS84 = CRS.from_epsg(4326)
 #: What each map layer shows, for the caption under the map.
 LAYER_LEGEND = {
     "probability": "probability (viridis, 0 → 1)",
     "scenes": "scene footprints (blue outlines)",
     "landslides": "landslide polygons (red)",
+    "unobserved": "not observed clearly by any post-event pass (grey)",
+    "new": "new landslides since the event (red)",
+    "pre-existing": "landslides already there before the event (amber)",
 }
 POLYGON_COLOUR = [230, 25, 25, 140]
 FOOTPRINT_COLOUR = [30, 90, 230, 255]
@@ -95,24 +95,6 @@ def probability_picture(path: Path, max_side: int = MAX_SIDE) -> ProbabilityPict
     return ProbabilityPicture(buf.getvalue(), (west, south, east, north), (dh, dw))
 
 
-def read_vectors(path: Path, layer: str | None = None) -> dict[str, Any]:
-    """A polygon file (GeoPackage, FlatGeobuf or GeoParquet) as a GeoJSON dict in EPSG:4326."""
-    import geopandas as gpd
-    from pyogrio.errors import DataLayerError, DataSourceError
-
-    try:
-        gdf = gpd.read_parquet(path) if path.suffix == ".parquet" else gpd.read_file(path, layer=layer)
-    except (OSError, ValueError, DataSourceError, DataLayerError) as exc:  # ValueError: pyarrow's too
-        raise InputError(f"{path.name}: cannot read as polygons: {exc}") from exc
-    if gdf.crs is None:
-        raise InputError(f"{path.name}: polygons have no CRS, so they cannot be placed on the map")
-    gdf = gdf.to_crs(WGS84)
-    for col in gdf.columns.drop(gdf.geometry.name):  # dates and objects do not go through JSON as they are
-        if gdf[col].dtype == object or str(gdf[col].dtype).startswith("datetime"):
-            gdf[col] = gdf[col].astype(str)
-    return gdf.__geo_interface__
-
-
 def view_state(bounds: tuple[float, float, float, float], width_px: int = 900) -> pdk.ViewState:
     """Centre on ``bounds`` at the web-mercator zoom that fits their width into ``width_px``."""
     west, south, east, north = bounds
@@ -170,7 +152,9 @@ def run_map(folder: Path, outputs: dict[str, str], max_side: int = MAX_SIDE) -> 
                 pickable=True,
             )
         )
-    if "polygons" in files:
+    event, by_status = event_layers(files, max_side)  # unobserved area; an event map's polygons by status
+    layers += event
+    if "polygons" in files and not by_status:
         layers.append(
             pdk.Layer(
                 "GeoJsonLayer",
@@ -185,16 +169,6 @@ def run_map(folder: Path, outputs: dict[str, str], max_side: int = MAX_SIDE) -> 
             )
         )
     return RunMap(layers, picture.bounds)
-
-
-def with_hover(collection: dict[str, Any], line) -> dict[str, Any]:
-    """Each feature with ``hover``: ``line(properties)``, the text the map shows under the pointer
-    (on the feature, where deck.gl's tooltip looks, and in its properties)."""
-    for feature in collection["features"]:
-        text = line(feature.get("properties") or {})
-        feature["hover"] = text
-        feature.setdefault("properties", {})["hover"] = text
-    return collection
 
 
 def _landslide_hover(p: dict[str, Any]) -> str:
@@ -243,7 +217,7 @@ def legend_png(names: list[str]) -> bytes:
 def region_details(run: dict[str, Any]) -> list[tuple[str, str]]:
     """(field, value) rows of a region run, as ``run_folders.run_details`` gives a single scene's:
     provenance, the region grid, work done and time taken."""
-    from .run_folders import _fmt as fmt
+    from .run_folders import fmt
 
     region, t = run.get("region") or {}, run.get("timings") or {}
     blocks, merged = run.get("blocks") or {}, run.get("merge_blocks") or {}

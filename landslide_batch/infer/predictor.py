@@ -193,6 +193,20 @@ class EnsemblePredictor:
         ``H`` and ``W`` must be ``tile + k * stride``: the window is covered exactly by tiles.
         ``first_tile`` is the global grid index of the window's first tile, used with ``reuse``.
         """
+        prob, spread, _ = self.predict_maps(bands, valid, first_tile=first_tile, reuse=reuse)
+        return prob, spread
+
+    @torch.inference_mode()
+    def predict_maps(
+        self,
+        bands: npt.NDArray[np.floating],
+        valid: npt.NDArray[np.bool_],
+        *,
+        first_tile: Tile = (0, 0),
+        reuse: TileReuse | None = None,
+    ) -> tuple[FloatArray, FloatArray, FloatArray]:
+        """``predict_window``'s maps and the members' agreement: the share of the members (weighted
+        as in the mean) whose own blended probability is at or above their own card's threshold."""
         t, s = self.tile, self.stride
         h, w = valid.shape
         if (h - t) % s or (w - t) % s or h < t or w < t:
@@ -208,7 +222,10 @@ class EnsemblePredictor:
         stack = torch.stack(maps)
         mean = (weights * stack).sum(0) / weights.sum()
         spread = ((weights * (stack - mean) ** 2).sum(0) / weights.sum()).sqrt()
-        return mean.cpu().numpy(), spread.cpu().numpy()
+        thresholds = torch.tensor([m.card.threshold for m in self.ensemble.members], device=self.device)
+        above = (stack >= thresholds[:, None, None]).float()
+        agreement = torch.where(mean.isnan(), mean, (weights * above).sum(0) / weights.sum())
+        return mean.cpu().numpy(), spread.cpu().numpy(), agreement.cpu().numpy()
 
     def _to_device(self, bands: npt.NDArray[np.floating]) -> torch.Tensor:
         x = torch.from_numpy(np.ascontiguousarray(bands, dtype=np.float32))

@@ -34,7 +34,13 @@ class BlockWriter(Protocol):
     """Where predicted blocks go: the job's output store (``outputs.store.BlockStore``), which this
     layer does not know."""
 
-    def write(self, block: Block, prob: npt.NDArray[np.float32], spread: npt.NDArray[np.float32]) -> None: ...
+    def write(
+        self,
+        block: Block,
+        prob: npt.NDArray[np.float32],
+        spread: npt.NDArray[np.float32],
+        agreement: npt.NDArray[np.float32],
+    ) -> None: ...
 
 
 def block_of(row: Row) -> Block:
@@ -148,7 +154,7 @@ class PredictBlock:
         task = row["task"]
         before, before_s = self.predictor.forward_passes, self.predictor.forward_s
         self.reuse.begin(task.seq, task.keep, task.share, row.get("imports"))
-        prob, spread = self.predictor.predict_window(
+        prob, spread, agreement = self.predictor.predict_maps(
             row["bands"], row["valid"], first_tile=(block.ty0, block.tx0), reuse=self.reuse
         )
         exports = self.reuse.end()
@@ -158,6 +164,7 @@ class PredictBlock:
         out = {k: v for k, v in row.items() if k not in ("bands", "valid", "imports")}
         out["prob"] = np.where(valid, prob[core], NODATA).astype(np.float32)
         out["spread"] = np.where(valid, spread[core], NODATA).astype(np.float32)
+        out["agreement"] = np.where(valid, agreement[core], NODATA).astype(np.float32)
         out["forward_passes"] = self.predictor.forward_passes - before
         out["forward_s"] = self.predictor.forward_s - before_s
         out["exports"], out["kept_tiles"] = exports, len(self.reuse.kept)
@@ -169,7 +176,7 @@ class WriteBlock:
         self.store = store
 
     def __call__(self, row: Row) -> Row:
-        self.store.write(block_of(row), row["prob"], row["spread"])
+        self.store.write(block_of(row), row["prob"], row["spread"], row["agreement"])
         return {
             "key": row["key"],
             "forward_passes": int(row["forward_passes"]),

@@ -24,8 +24,10 @@ from ..schema import StrictModel
 S2_LAYERS: tuple[str, ...] = ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B9", "B10", "B11", "B12")
 
 #: Default SCL classes masked out: 0 no data, 1 saturated/defective, 3 cloud shadow,
-#: 8 cloud medium probability, 9 cloud high probability, 10 thin cirrus.
-DEFAULT_SCL_MASK: tuple[int, ...] = (0, 1, 3, 8, 9, 10)
+#: 8 cloud medium probability, 9 cloud high probability, 10 thin cirrus, 11 snow or ice. Snow
+#: hides the ground as cloud does: a pixel under it is not seen (a region's ``observed.tif``
+#: counts it as not clear, and the merge takes a clear pass there), not a pixel without landslide.
+DEFAULT_SCL_MASK: tuple[int, ...] = (0, 1, 3, 8, 9, 10, 11)
 
 #: Per-layer divisors of the Landslide4Sense .h5 patches, as stated by the dataset's authors
 #: (github.com/iarai/Landslide4Sense-2022 issues #2 and #4): "the 14 bands are simply divided

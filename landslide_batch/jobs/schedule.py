@@ -9,6 +9,14 @@ last. The state file records the items each job included, so a pass with no new 
 nothing; the submission id hashes the event and its items, so a cluster that still knows it
 refuses a duplicate even if the state file was lost. Scenes added to the catalog late, with an
 acquisition time before others, are picked up too.
+
+With ``pre_scenes`` or ``pre_event: auto``, each event's job is change-aware (README, "Event
+maps"): ``pre_scenes`` are given to every event; ``auto`` picks, on the event's first job, the
+clearest recent item of the catalog (or API) over the AOI in the ``pre_event_days`` before the
+event day (``region.pre_event``'s rule) and keeps the pick in ``<event>.pre_event.json``, so every
+later job has the same pre-event scenes and finds their map (``OUT/pre_event``) made. After each
+pass ``summary.json`` (beside the events' AOI files) gives, per event, the objects, the AOI share
+observed and the time to map, and the median time to map over all events' scenes.
 """
 
 from __future__ import annotations
@@ -21,7 +29,8 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from statistics import median
+from typing import Any, Literal
 
 import pyproj
 from pydantic import Field, model_validator
@@ -31,10 +40,10 @@ from shapely.geometry.base import BaseGeometry
 from shapely.ops import unary_union
 
 from ..config import StacSearch, StrictModel, job_from_dict, load_yaml, rebase_path, validate_model
-from ..errors import ConfigError, LandslideBatchError
+from ..errors import ConfigError, InputError, LandslideBatchError
 from ..outputs.manifest import write_json_atomic
 from ..storage import is_uri, path_or_uri
-from .stac import ITEM_FILE, SceneItem, find_scenes, select_scenes, to_wgs84, utc, write_collection
+from .stac import ITEM_FILE, SceneItem, catalog_items, select_scenes, to_wgs84, utc, write_collection
 from .state import SchedulerState
 from .storage import check_uri, fetch
 from .submit import ClusterError, JobExistsError, JobSubmission, StacOptions, Submitter
@@ -115,6 +124,11 @@ class ScheduleConfig(StrictModel):
     output: OutputSettings
     submit: SubmitSettings | None = None  # None: run jobs in this process
     state: Path | None = None  # default ROOT/_scheduler/<name>.json
+    #: The events' pre-event reference (module docstring): scenes in the forms of a region job's
+    #: ``scenes`` (relative to this file), or ``auto`` over the ``pre_event_days`` before event_date.
+    pre_scenes: list[str] | None = None
+    pre_event: Literal["auto"] | None = None
+    pre_event_days: int = Field(120, ge=1)
 
     @model_validator(mode="after")
     def _check(self) -> ScheduleConfig:
@@ -137,7 +151,22 @@ class ScheduleConfig(StrictModel):
                 f"job: leave out scene, scenes, aoi and out (found {', '.join(found)}): the "
                 "scheduler sets them for each event"
             )
+        if found := sorted(EVENT_KEYS & set(self.job)):
+            raise ValueError(
+                f"job: leave out {', '.join(found)}: give pre_scenes or pre_event at the top of the "
+                "schedule, which sets them (and event_date) for each event"
+            )
+        if self.pre_scenes is not None and self.pre_event is not None:
+            raise ValueError("give pre_scenes or pre_event: auto, not both")
         return self
+
+    @property
+    def change_aware(self) -> bool:
+        return self.pre_scenes is not None or self.pre_event is not None
+
+
+#: Job keys the schedule sets for each event when it has a pre-event reference.
+EVENT_KEYS = {"pre_scenes", "pre_event", "pre_event_days", "event_date"}
 
 
 def _slug(text: str) -> str:
@@ -212,6 +241,7 @@ class Schedule:
                 "scenes": [self.scene_path(s) for s in scenes],
                 "aoi": str(aoi_file),
                 "out": str(out.root / event),
+                **self.event_keys(aoi_name),
             },
             submission_id=job_id(event, ids),
             stac=StacOptions(
@@ -222,6 +252,56 @@ class Schedule:
             ),
             metadata={"schedule": self.config.name, "event": aoi_name, "items": ",".join(ids)},
         )
+
+    def event_keys(self, aoi_name: str) -> dict[str, Any]:
+        """The event's pre-event scenes and event day for its job (none without a pre-event reference)."""
+        cfg = self.config
+        if not cfg.change_aware:
+            return {}
+        day = utc(cfg.event_date).date().isoformat()
+        if cfg.pre_scenes is not None:
+            return {"pre_scenes": cfg.pre_scenes, "event_date": day}
+        record = self.events_dir / f"{self.event(aoi_name)}.pre_event.json"
+        if not record.is_file():  # the event's first job: pick once, keep the pick
+            write_json_atomic(record, self._pick_pre_event(aoi_name))
+        return {"pre_scenes": json.loads(record.read_text())["scenes"], "event_date": day}
+
+    def _pick_pre_event(self, aoi_name: str) -> dict[str, Any]:
+        """``pre_event: auto`` for one event: the candidates over its AOI in the window, the rule's pick."""
+        from rasterio.crs import CRS
+
+        from ..ingest.inputs import DEFAULT_SCL_MASK
+        from ..region.pre_event import rank
+        from ..region.scenes import load_signer
+
+        cfg = self.config
+        day = utc(cfg.event_date).replace(hour=0, minute=0, second=0, microsecond=0)
+        start, end = day - timedelta(days=cfg.pre_event_days), day - timedelta(microseconds=1)
+        aois = {aoi_name: self.aois[aoi_name]}
+        items = {i.id: i for i in _window_items(self, start, end, aois)}
+        found = select_scenes(
+            items.values(),
+            asset=cfg.asset,
+            aois=aois,
+            start=start,
+            end=end,
+            collection=cfg.collection,
+            max_cloud_cover=cfg.max_cloud_cover,
+        )
+        window = f"{start.isoformat()}/{end.isoformat()}"
+        if not found:
+            raise InputError(
+                f"pre_event: auto: no item over AOI {aoi_name!r} in {window} "
+                f"(the {cfg.pre_event_days} days before event_date)"
+            )
+        dicts = []
+        for scene in found:
+            items[scene.id].make_asset_hrefs_absolute()
+            dicts.append(items[scene.id].to_dict())
+        scl_mask = (self.job.get("inputs") or {}).get("scl_mask") or list(DEFAULT_SCL_MASK)
+        sign = load_signer(self.job.get("href_signer"))
+        chosen, record = rank(dicts, self.aois[aoi_name], CRS.from_epsg(4326), scl_mask, sign)
+        return {"window": window, **record, "scenes": [self.scene_path(found[chosen])]}
 
 
 def _location(value: str, base: Path, where: str, *, http_ok: bool = False) -> str:
@@ -247,9 +327,14 @@ def load_schedule(path: str | Path) -> Schedule:
     cfg.state = rebase_path(base, cfg.state)
     for aoi in cfg.aois:
         aoi.geojson = rebase_path(base, aoi.geojson)
+    if cfg.pre_scenes is not None:
+        cfg.pre_scenes = [_location(s, base, f"{path}: pre_scenes", http_ok=True) for s in cfg.pre_scenes]
     job = job_from_dict({**cfg.job, "scenes": ["scene"], "aoi": "aoi.geojson", "out": "out"}, base, f"{path}: job")
     template = job.model_dump(mode="json", exclude={"scene", "scenes", "aoi", "out"})
-    config_hash = hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:16]
+    # a pre-event reference makes other maps: other events (schedules without one keep their ids)
+    reference = {k: getattr(cfg, k) for k in ("pre_scenes", "pre_event", "pre_event_days")} if cfg.change_aware else {}
+    identity = {**template, **reference}
+    config_hash = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
     return Schedule(cfg, template, {a.name: a.wgs84() for a in cfg.aois}, config_hash)
 
 
@@ -308,41 +393,76 @@ def run_pass(
                 outcome,
             )
         _gather_events(schedule)
+        schedule.events_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(schedule.events_dir / "summary.json", event_summary(schedule))
         source = cfg.catalog or (cfg.stac_search.url if cfg.stac_search else None)
         log.info("pass over %s: %d item(s) in the window, %d job(s) started", source, len(scenes), len(started))
         return started
 
 
 def _find_scenes(schedule: Schedule) -> list[SceneItem]:
-    """The items of the schedule's window over its AOIs: from its static catalog, or from a search
-    of its STAC API over the AOIs' bounds (an item without a self link gets its API address)."""
+    """The items of the schedule's window over its AOIs (see ``_window_items``)."""
+    cfg = schedule.config
+    start, end = utc(cfg.event_date), utc(cfg.until) if cfg.until else None
+    return select_scenes(
+        _window_items(schedule, start, end, schedule.aois),
+        asset=cfg.asset,
+        aois=schedule.aois,
+        start=start,
+        end=end,
+        collection=cfg.collection,
+        max_cloud_cover=cfg.max_cloud_cover,
+    )
+
+
+def _window_items(schedule: Schedule, start: datetime, end: datetime | None, aois: dict[str, BaseGeometry]):
+    """The schedule's static catalog's items (all: ``select_scenes`` filters them), or its STAC API's
+    over the AOIs' bounds from ``start`` to ``end`` (an item without a self link gets its API address)."""
     import pystac
 
     from ..region.stac_search import api_items
 
     cfg = schedule.config
-    window: dict[str, Any] = {
-        "asset": cfg.asset,
-        "aois": schedule.aois,
-        "start": utc(cfg.event_date),
-        "end": utc(cfg.until) if cfg.until else None,
-        "collection": cfg.collection,
-        "max_cloud_cover": cfg.max_cloud_cover,
-    }
     if cfg.stac_search is None:
         assert cfg.catalog is not None  # ScheduleConfig: exactly one of catalog and stac_search
-        return find_scenes(cfg.catalog, **window)
-    end = window["end"].isoformat() if window["end"] else ".."
+        return catalog_items(cfg.catalog)
     search = cfg.stac_search.model_copy(
-        update={"datetime": f"{window['start'].isoformat()}/{end}", "max_cloud_cover": cfg.max_cloud_cover}
+        update={
+            "datetime": f"{start.isoformat()}/{end.isoformat() if end else '..'}",
+            "max_cloud_cover": cfg.max_cloud_cover,
+        }
     )
     items = []
-    for found in api_items(search, unary_union(list(schedule.aois.values())).bounds):
+    for found in api_items(search, unary_union(list(aois.values())).bounds):
         item = pystac.Item.from_dict(found)
         if item.get_self_href() is None:
             item.set_self_href(f"{search.url.rstrip('/')}/collections/{item.collection_id}/items/{item.id}")
         items.append(item)
-    return select_scenes(items, **window)
+    return items
+
+
+def event_summary(schedule: Schedule) -> dict[str, Any]:
+    """Per event mapped so far (its ``run.json``): AOI, objects, AOI share observed, time to map;
+    and the median time to map over every event's scenes (``region.timeliness``)."""
+    events: dict[str, Any] = {}
+    times: list[float] = []
+    for name in schedule.aois:
+        event = schedule.event(name)
+        manifest = Path(schedule.config.output.root) / event / "run.json"
+        if not manifest.is_file():
+            continue
+        run = json.loads(manifest.read_text())
+        summary = run.get("summary", {})
+        times += [s["time_to_map_s"] for s in run.get("scenes", []) if s.get("time_to_map_s") is not None]
+        events[event] = {
+            "aoi": name,
+            "finished": run.get("finished"),
+            "scenes": len(run.get("scenes", [])),
+            "objects": summary.get("objects"),
+            "observed_share": summary.get("observed_share"),
+            "time_to_map": run.get("time_to_map"),
+        }
+    return {"events": events, "time_to_map": {"scenes": len(times), "median_s": median(times) if times else None}}
 
 
 def _gather_events(schedule: Schedule) -> None:

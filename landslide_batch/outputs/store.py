@@ -35,12 +35,19 @@ from ..plan.tiling import Block
 from ..storage import Where, location, path_or_uri
 from ..storage.durable import sync_path
 
-LAYERS = ("probability", "uncertainty")
+#: ``agreement``: the share of the members at or above their own threshold (``predict_maps``),
+#: kept for the change-aware polygons' ``member_agreement``.
+LAYERS = ("probability", "uncertainty", "agreement")
 SLOPE = "slope"
 #: CF attributes of each layer (``units`` "1": a dimensionless fraction).
 LAYER_ATTRS: dict[str, dict[str, Any]] = {
     "probability": {"long_name": "landslide probability", "units": "1", "valid_range": [0.0, 1.0]},
     "uncertainty": {"long_name": "weighted standard deviation of the ensemble members' probabilities", "units": "1"},
+    "agreement": {
+        "long_name": "weighted share of the ensemble members at or above their own threshold",
+        "units": "1",
+        "valid_range": [0.0, 1.0],
+    },
     SLOPE: {"long_name": "terrain slope", "units": "degree"},
 }
 
@@ -135,9 +142,9 @@ class BlockStore:
         """Keys of the finished blocks, in one listing (one request on object storage)."""
         return {n[: -len(".done")] for n in self._markers.ls_names() if n.endswith(".done")}
 
-    def write(self, block: Block, prob: np.ndarray, spread: np.ndarray) -> None:
-        self.group["probability"][block.y0 : block.y1, block.x0 : block.x1] = prob
-        self.group["uncertainty"][block.y0 : block.y1, block.x0 : block.x1] = spread
+    def write(self, block: Block, prob: np.ndarray, spread: np.ndarray, agreement: np.ndarray) -> None:
+        for name, values in zip(LAYERS, (prob, spread, agreement)):
+            self.group[name][block.y0 : block.y1, block.x0 : block.x1] = values
         self._sync_chunks(block)
         self.mark_done(block)
 

@@ -16,7 +16,8 @@ The mask then follows ``new_probability`` (``>=`` the threshold), and the polygo
 ``status``: ``new`` for the mask's objects, ``pre-existing`` for objects both maps show
 (``p_post`` and ``p_pre`` at or above the threshold) that are not new, and, per object, beside
 ``area_m2``, ``mean_slope_deg``, ``mean_probability`` and ``max_probability`` (of the
-post-event map): ``uncertainty`` (mean ensemble spread), ``mean_dndvi``, ``first_observed``
+post-event map): ``member_agreement`` (mean over its pixels of the weighted share of members at
+or above their own threshold), ``uncertainty`` (mean ensemble spread), ``mean_dndvi``, ``first_observed``
 (the first clear post-event view of any of its pixels, ``YYYY-MM-DD``) and ``confidence``:
 ``high`` when the mean probability is >= 0.8, the spread <= 0.1 and (a new object, with the
 NDVI term) NDVI dropped by ``NDVI_LOSS_FULL`` or more; ``low`` when the mean probability is
@@ -40,6 +41,7 @@ from ..outputs.derive import MASK_NODATA, WindowReader, mask_window, window_read
 from ..outputs.polygons import ObjectCollector, write_polygons
 from ..outputs.rasters import windows, write_cog
 from ..outputs.store import NODATA, SLOPE
+from ..storage import Location
 from .observed import FIRST_CLEAR, NO_DATE
 
 PRE_EVENT = "pre_event"  # folder in OUT holding the pre-event region map
@@ -51,7 +53,7 @@ OUTPUTS = {
 }
 NEW, PRE_EXISTING = "new", "pre-existing"
 #: Per-object statistics the change-aware polygons add (``ObjectCollector.reductions``).
-OBJECT_LAYERS = {"uncertainty": "sum", "dndvi": "sum", "first_clear": "min"}
+OBJECT_LAYERS = {"agreement": "sum", "uncertainty": "sum", "dndvi": "sum", "first_clear": "min"}
 #: ``confidence``: high needs all of these, low any of the ``LOW_`` ones (module docstring).
 HIGH_PROBABILITY, HIGH_UNCERTAINTY = 0.8, 0.1
 LOW_PROBABILITY, LOW_UNCERTAINTY = 0.6, 0.2
@@ -119,6 +121,7 @@ class ChangeSource:
     ndvi_pre: WindowReader
     slope: WindowReader | None
     uncertainty: WindowReader  # the post-event ensemble spread
+    agreement: WindowReader  # the post-event share of members at or above their threshold
     first_clear: WindowReader  # ``observed.FIRST_CLEAR`` of the post-event scenes
     use_ndvi: bool
 
@@ -144,6 +147,7 @@ def change_source(region_dir: Path, pre_dir: Path, info: SceneInfo, use_ndvi: bo
         _ndvi_reader(pre_region / "scene.zarr"),
         window_reader(post[SLOPE]) if SLOPE in post else None,
         window_reader(member_array(post, "uncertainty", region_dir / "probability.zarr")),
+        window_reader(member_array(post, "agreement", region_dir / "probability.zarr")),
         window_reader(member_array(region, FIRST_CLEAR, region_dir / "scene.zarr")),
         use_ndvi,
     )
@@ -191,7 +195,8 @@ def write_change_mask_and_polygons(
         is_new = mask_window(src.new(*w), threshold) == 1
         slope = src.slope(*w) if src.slope is not None else None
         first = src.first_clear(*w).astype(np.float64)
-        extra = {"uncertainty": src.uncertainty(*w), "dndvi": src.dndvi(*w), "first_clear": first}
+        extra = {"agreement": src.agreement(*w), "uncertainty": src.uncertainty(*w), "dndvi": src.dndvi(*w)}
+        extra["first_clear"] = first
         extra["first_clear"][first == NO_DATE] = np.inf  # no dated clear view: never the first
         new.add_window(y0, x0, is_new, p_post, slope, extra)
         old.add_window(y0, x0, (p_post >= threshold) & (p_pre >= threshold) & ~is_new, p_post, slope, extra)
@@ -211,6 +216,38 @@ def write_change_mask_and_polygons(
     }
 
 
+def rederive_event(
+    out: Location,
+    manifest: dict,
+    info: SceneInfo,
+    threshold: float,
+    min_pixels: int,
+    mask_dest: Path,
+    polygons_dest: Path,
+    scratch: Path,
+) -> dict:
+    """``vectorize`` on an event map in ``out``: its mask and polygons from ``new_probability`` again,
+    with their status, from the working stores the job keeps (``OUT/.work/region`` and the pre-event
+    map's); InputError when they are gone or belong to another job."""
+    region_dir = out.path / ".work" / "region" if out.is_local else None
+    pre_dir = out.path / PRE_EVENT if out.is_local else None
+    stores = [] if region_dir is None or pre_dir is None else [region_dir, pre_dir / ".work" / "region"]
+    missing = [str(p) for d in stores for p in (d / "probability.zarr", d / "scene.zarr") if not p.exists()]
+    if region_dir is None or pre_dir is None or missing:
+        raise InputError(
+            f"{out} is an event map: its mask and polygons follow new_probability, rebuilt from the job's working "
+            f"stores (OUT/.work/region and OUT/{PRE_EVENT}/.work/region), and "
+            f"{', '.join(missing) if missing else 'a folder on object storage has none'}: run the job again"
+        )
+    found = zarr.open_group(str(region_dir / "probability.zarr"), mode="r").attrs.get("job_hash")
+    if found != manifest.get("job_hash"):
+        raise InputError(
+            f"{region_dir} belongs to job {found}, {out}'s run.json to {manifest.get('job_hash')}: run the job again"
+        )
+    src = change_source(region_dir, pre_dir, info, manifest["event"]["change_ndvi"])
+    return write_change_mask_and_polygons(src, threshold, min_pixels, mask_dest, polygons_dest, scratch)
+
+
 def object_columns(objects: list, status: list[str], use_ndvi: bool) -> dict[str, list]:
     """The change-aware polygons' own columns, one value per object (module docstring)."""
     mean_p = [o.prob_sum / o.pixels for o in objects]
@@ -219,6 +256,7 @@ def object_columns(objects: list, status: list[str], use_ndvi: bool) -> dict[str
     first = [o.extra["first_clear"] for o in objects]
     return {
         "status": status,
+        "member_agreement": [o.extra["agreement"] / o.pixels for o in objects],
         "uncertainty": spread,
         "mean_dndvi": dndvi,
         "first_observed": [None if not np.isfinite(d) else _iso_day(int(d)) for d in first],

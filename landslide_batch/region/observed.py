@@ -3,7 +3,8 @@
 A scene observes a region pixel clearly where it is valid there (nearest neighbour, as the
 merge samples validity): inside the AOI, finite in every band and not of a masked SCL class
 (``inputs.scl_mask``, by default no data 0, saturated 1, cloud shadow 3, clouds 8 and 9,
-cirrus 10; add snow, 11, to count snow as not clear). So a pixel under cloud on every pass has
+cirrus 10 and snow 11; one validity for the map and this record, so that the merge takes the
+clear pass where another is snowy). So a pixel under cloud or snow on every pass has
 no valid scene, no probability and no polygon, and ``observed`` 0 tells it apart from a pixel
 seen clearly with no landslide. The merge already weights only valid pixels: where a pass is
 cloudy, the clear passes make the map.

@@ -45,6 +45,16 @@ def pick_pre_event(cfg: JobConfig, aoi, crs: CRS, bbox_4326, work: Path, sign: H
             f"in {window} (the {cfg.pre_event_days} days before event_date)"
         )
     scl_mask = cfg.inputs.scl_mask if cfg.inputs is not None else list(DEFAULT_SCL_MASK)
+    chosen, record = rank(items, aoi, crs, scl_mask, sign)
+    dest = work / PICKED
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(json.dumps({"type": "FeatureCollection", "features": [items[chosen]]}))
+    return str(dest), {"window": window, **record}
+
+
+def rank(items: list[dict], aoi, crs: CRS, scl_mask: list[int], sign: HrefSigner) -> tuple[int, dict]:
+    """The rule over candidate items (STAC dicts): -> (index of the pick, the record of the choice:
+    the candidates with their clear shares, the margin, the pick)."""
     shares = [clear_share(item, aoi, crs, scl_mask, sign) for item in items]
     chosen = choose(items, shares)
     candidates = [
@@ -52,11 +62,7 @@ def pick_pre_event(cfg: JobConfig, aoi, crs: CRS, bbox_4326, work: Path, sign: H
         for i, s in zip(items, shares)
     ]
     log.info("pre_event: auto picked %s among %d candidate(s)", items[chosen].get("id"), len(items))
-    dest = work / PICKED
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text(json.dumps({"type": "FeatureCollection", "features": [items[chosen]]}))
-    picked = items[chosen].get("id")
-    return str(dest), {"window": window, "clear_margin": CLEAR_MARGIN, "candidates": candidates, "picked": picked}
+    return chosen, {"clear_margin": CLEAR_MARGIN, "candidates": candidates, "picked": items[chosen].get("id")}
 
 
 def choose(items: list[dict], shares: list[float]) -> int:
