@@ -393,6 +393,7 @@ COMMANDS: dict[str, tuple[list[str], bool]] = {
     "cut-patches": (["cut-patches", "{bad}", "{bad}", "--out", "{tmp}/patches"], False),
     "reproduce": (["reproduce", "--data", "{bad}", "--out", "{tmp}/repro", "--quick"], True),
     "demo": (["demo", "--out", "{bad}"], True),
+    "completion": (["completion", "{bad}"], False),  # its input is a shell's name: a path is none
 }
 NO_INPUT = {"zoo"}  # takes none
 #: Their input is only a folder to write in: an empty one is a good input (the demo then runs for
