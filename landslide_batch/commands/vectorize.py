@@ -28,8 +28,10 @@ def register(sub) -> None:
 
 def _vectorize(args) -> int:
     from ..outputs.vectorize import Derivation, vectorize  # geospatial stack only: no torch, no Ray
+    from ..region.event import rederive_event  # an event map's mask and polygons follow new_probability
 
-    manifest = vectorize(args.out, Derivation(args.threshold, args.min_area_m2, args.polygon_format))
+    settings = Derivation(args.threshold, args.min_area_m2, args.polygon_format)
+    manifest = vectorize(args.out, settings, rederive_event)
     s = manifest["summary"]
     print(
         f"{args.out}: {manifest['outputs']['mask']} and {manifest['outputs']['polygons']} rebuilt at threshold "

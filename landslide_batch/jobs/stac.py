@@ -111,31 +111,13 @@ def _item_time(item: pystac.Item) -> datetime | None:
     return utc(dt) if dt else None
 
 
-def find_scenes(
-    catalog: str,
-    *,
-    asset: str | None,
-    aois: dict[str, BaseGeometry],
-    start: datetime,
-    end: datetime | None = None,
-    collection: str | None = None,
-    max_cloud_cover: float | None = None,
-) -> list[SceneItem]:
-    """Items of a static ``catalog`` at or after ``start`` (and up to ``end``) intersecting any AOI,
-    oldest first; see :func:`select_scenes`."""
+def catalog_items(catalog: str) -> Iterable[pystac.Item]:
+    """Every item of a static ``catalog`` (InputError when it cannot be read)."""
     try:
         root = pystac.Catalog.from_file(catalog, stac_io=FsspecStacIO())
     except (OSError, ValueError, pystac.STACError) as exc:
         raise InputError(f"cannot read STAC catalog {catalog}: {exc}") from None
-    return select_scenes(
-        root.get_items(recursive=True),
-        asset=asset,
-        aois=aois,
-        start=start,
-        end=end,
-        collection=collection,
-        max_cloud_cover=max_cloud_cover,
-    )
+    return root.get_items(recursive=True)
 
 
 def select_scenes(

@@ -7,6 +7,9 @@ window by window. No model is loaded: nothing here imports torch.
 Replacement: the new products are written in ``OUT/.vectorize`` (a local temporary folder when
 ``OUT`` is on object storage), then swapped in with ``run.json`` last, all or nothing
 (:func:`.publish.replace_products`).
+An event map (``run.json`` with ``event``: a region job with a pre-event reference) has its mask
+and polygons from ``new_probability``, with a ``status``, which ``probability.zarr`` alone cannot
+give: they are rebuilt by ``rederive_event`` (``region.event``, handed in by the command), else refused.
 ``run.json`` then describes the products in the folder (``summary`` with ``threshold`` and
 ``min_area_m2``, ``outputs`` naming the polygons' file) and its ``derivations`` list records each
 re-derivation (parameters, what it replaced, when) beside the job's own ``config``.
@@ -18,6 +21,7 @@ import logging
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -40,6 +44,10 @@ log = logging.getLogger(__name__)
 
 WORK = ".vectorize"  # new products and the replaced ones, while they are swapped
 
+#: An event map's mask and polygons: (out, run.json, grid, threshold, min pixels, mask, polygons,
+#: scratch) -> the summary's figures (``region.event.rederive_event``).
+EventProducts = Callable[[Location, dict, SceneInfo, float, int, Path, Path, Path], dict]
+
 
 @dataclass(frozen=True)
 class Derivation:
@@ -61,13 +69,19 @@ class Derivation:
             )
 
 
-def vectorize(out: str | Path | Location, settings: Derivation) -> dict:
+def vectorize(out: str | Path | Location, settings: Derivation, event_products: EventProducts | None = None) -> dict:
     """Rebuild ``mask.tif`` and the polygons of the finished job in ``out`` (a folder or an
-    object-store prefix); returns the new run.json."""
+    object-store prefix); returns the new run.json. An event map needs ``event_products``."""
     settings.check()
     out = location(out)
     with storage_errors(out, "out"):  # first contact: a bad bucket, key or endpoint fails here
-        finished_manifest(out)  # before the lock: no lock is left where there is no job
+        manifest = finished_manifest(out)  # before the lock: no lock is left where there is no job
+    if "event" in manifest and event_products is None:
+        raise InputError(
+            f"{out} is an event map: its mask and polygons follow new_probability, with a status, which "
+            "probability.zarr alone does not give; hand in region.event.rederive_event as `landslide-batch "
+            "vectorize` does"
+        )
     if out.is_local:
         check_writable(out.path)  # a read-only folder: one clear line, not the lock's OSError
 
@@ -81,7 +95,7 @@ def vectorize(out: str | Path | Location, settings: Derivation) -> dict:
         shutil.rmtree(work, ignore_errors=True)  # what an interrupted vectorize left
         work.mkdir()
         try:
-            return _rederive(out, finished_manifest(out), settings, work)
+            return _rederive(out, finished_manifest(out), settings, work, event_products)
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
@@ -98,7 +112,9 @@ def finished_manifest(out: Location) -> dict:
     return manifest
 
 
-def _rederive(out: Location, manifest: dict, settings: Derivation, work: Path) -> dict:
+def _rederive(
+    out: Location, manifest: dict, settings: Derivation, work: Path, event_products: EventProducts | None
+) -> dict:
     """Write the new products into ``work``, swap them in; -> the new run.json."""
     t0 = time.perf_counter()
     outputs, summary = manifest["outputs"], manifest["summary"]
@@ -113,15 +129,12 @@ def _rederive(out: Location, manifest: dict, settings: Derivation, work: Path) -
     min_pixels = min_object_pixels(source.info, min_area, manifest["config"]["min_pixels"])
 
     products = {"mask": outputs["mask"], "polygons": POLYGON_FILES[fmt]}
-    new_summary = write_mask_and_polygons(
-        source,
-        threshold,
-        min_pixels,
-        work / products["mask"],
-        work / products["polygons"],
-        scratch=work / "mask.scratch.tif",
-        tags=provenance_tags(manifest["models"], manifest_scenes(manifest), threshold, manifest["job_hash"]),
-    )
+    mask, polygons, scratch = work / products["mask"], work / products["polygons"], work / "mask.scratch.tif"
+    if "event" in manifest and event_products is not None:
+        new_summary = event_products(out, manifest, source.info, threshold, min_pixels, mask, polygons, scratch)
+    else:
+        tags = provenance_tags(manifest["models"], manifest_scenes(manifest), threshold, manifest["job_hash"])
+        new_summary = write_mask_and_polygons(source, threshold, min_pixels, mask, polygons, scratch, tags=tags)
     derivation = {
         "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "threshold": threshold,

@@ -26,7 +26,7 @@ from ..bands import BAND_INDEX, L4S_BANDS, RGB_BANDS
 from ..errors import InputError
 from ..ingest.scene import SCENE_FORMAT, SceneInfo, member_array
 from ..outputs.manifest import write_json_atomic
-from ..outputs.store import NODATA, SLOPE, create_store
+from ..outputs.store import LAYERS, NODATA, SLOPE, create_store
 from ..progress import progress
 from .mosaic import (
     FEATHER_PX,
@@ -98,7 +98,11 @@ def _open_stores(
     folder.mkdir(parents=True, exist_ok=True)
     write_json_atomic(folder / "region.json", {"region_hash": rhash})
     store, scene_store, markers = folder / "probability.zarr", folder / "scene.zarr", folder / "blocks"
-    if not store.exists() or not scene_store.exists() or OBSERVED not in zarr.open_group(str(scene_store), mode="r"):
+
+    def lacks(path: Path, name: str) -> bool:  # a store of an older layout lacks a layer
+        return not path.exists() or name not in zarr.open_group(str(path), mode="r")
+
+    if lacks(scene_store, OBSERVED) or lacks(store, LAYERS[-1]):
         shutil.rmtree(markers, ignore_errors=True)
         bands = grid.band_names if has_slope else tuple(b for b in grid.band_names if b != SLOPE)
         info = SceneInfo(grid.height, grid.width, bands, grid.crs_wkt, grid.transform, grid.chunk)
@@ -124,15 +128,15 @@ def _merge_block(t: MergeTarget, w: Window, touching: list[MappedScene], sig: st
     weights = overlap_weights([valid for _, valid in found], FEATHER_PX)
     contributions = [(weight, layers[core]) for weight, (layers, _) in zip(weights, found)]
     names = ([SLOPE] if t.has_slope else []) + list(MERGED_BANDS)
-    values, covered = merge(contributions, w.shape, 2 + len(names))
+    values, covered = merge(contributions, w.shape, len(LAYERS) + len(names))
     inside = aoi_inside(t.aoi, t.grid, w.y0, w.y1, w.x0, w.x1)
     ok = covered & inside
     rows, cols = slice(w.y0, w.y1), slice(w.x0, w.x1)
     out_path, scene_path = t.out.store_path, t.region_scene.store_path
-    member_array(t.out, "probability", out_path)[rows, cols] = np.where(ok, values[0], NODATA).astype(np.float32)
-    member_array(t.out, "uncertainty", out_path)[rows, cols] = np.where(ok, values[1], NODATA).astype(np.float32)
+    for i, layer in enumerate(LAYERS):  # probability, spread and agreement: blended alike
+        member_array(t.out, layer, out_path)[rows, cols] = np.where(ok, values[i], NODATA).astype(np.float32)
     bands = member_array(t.region_scene, "bands", scene_path)
-    for i, name in enumerate(names, 2):
+    for i, name in enumerate(names, len(LAYERS)):
         bands[BAND_INDEX[name], rows, cols] = np.where(ok, values[i], np.nan).astype(np.float32)
     member_array(t.region_scene, "valid", scene_path)[rows, cols] = ok.astype(np.uint8)
     observed, first_clear = observation_layers([valid[core[1:]] for _, valid in found], dates, inside)
@@ -142,11 +146,10 @@ def _merge_block(t: MergeTarget, w: Window, touching: list[MappedScene], sig: st
 
 
 def _scene_reader(s: MappedScene, has_slope: bool) -> Reader:
-    """(rows, cols window) -> (layers (C, h, w): probability, uncertainty, [slope], R, G, B, NIR; valid).
+    """(rows, cols window) -> (layers (C, h, w): the map's ``LAYERS``, [slope], R, G, B, NIR; valid).
     The slope comes from the scene as ingested (the very values a scene's products keep)."""
     maps = zarr.open_group(str(s.map_store), mode="r")
-    prob_layer = member_array(maps, "probability", s.map_store)
-    spread_layer = member_array(maps, "uncertainty", s.map_store)
+    prob_layer, *other_layers = (member_array(maps, name, s.map_store) for name in LAYERS)
     bands = member_array(zarr.open_group(str(s.scene.path), mode="r"), "bands", s.scene.path)
     names = s.scene.info.band_names
     picked = np.array(([names.index(SLOPE)] if has_slope else []) + [names.index(b) for b in MERGED_BANDS])
@@ -155,7 +158,7 @@ def _scene_reader(s: MappedScene, has_slope: bool) -> Reader:
         rows, cols = slice(w.y0, w.y1), slice(w.x0, w.x1)
         prob = np.asarray(prob_layer[rows, cols])
         picked_bands = np.asarray(bands.get_orthogonal_selection((picked, rows, cols)))
-        layers = [prob, np.asarray(spread_layer[rows, cols]), *picked_bands]
+        layers = [prob, *(np.asarray(a[rows, cols]) for a in other_layers), *picked_bands]
         return np.stack(layers).astype(np.float64), prob >= 0
 
     return read
