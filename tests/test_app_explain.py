@@ -18,15 +18,13 @@ import pytest
 from conftest import make_varying_model
 from PIL import Image
 from streamlit.testing.v1 import AppTest
+from test_app import _page
 from test_region import _job, region  # noqa: F401  (the region fixture: two scenes, two UTM zones)
 
-from landslide_batch.app import MODELS_ENV, PAGE, RUNS_ENV
 from landslide_batch.config import job_from_dict
 from landslide_batch.models.card import load_model_folder, save_model_folder
 from landslide_batch.pipeline import run_job
 from landslide_batch.synthetic import write_geotiff
-
-TIMEOUT = 120
 
 
 def _trained(src: Path, out: Path, bands: np.ndarray) -> Path:
@@ -43,14 +41,6 @@ def models_dir(tmp_path_factory, tiny_model, scene_arrays) -> Path:
     root = tmp_path_factory.mktemp("trained-models")
     _trained(tiny_model, root / "unet_trained", scene_arrays[0])
     return root
-
-
-def _page(monkeypatch, models_dir: Path | None = None, runs_dir: Path | None = None) -> AppTest:
-    if models_dir is not None:
-        monkeypatch.setenv(MODELS_ENV, str(models_dir))
-    if runs_dir is not None:
-        monkeypatch.setenv(RUNS_ENV, str(runs_dir))
-    return AppTest.from_file(str(PAGE), default_timeout=TIMEOUT).run()
 
 
 def _upload(at: AppTest, tmp_path: Path, bands: np.ndarray) -> None:

@@ -7,20 +7,17 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler
 
 import pytest
 import yaml
-from loopback_http import serving
+from test_stac_search import CONFORMS, FILTER, QUERY, stac_api
 
 from landslide_batch.errors import ConfigError
 from landslide_batch.jobs.schedule import load_schedule, run_pass
 from landslide_batch.jobs.submit import JobSubmission
 
 EVENT = datetime(2015, 4, 25, tzinfo=timezone.utc)
-BASE = ["https://api.stacspec.org/v1.0.0/core", "https://api.stacspec.org/v1.0.0/item-search"]
-QUERY = "https://api.stacspec.org/v1.0.0/item-search#query"
-FILTER = "https://api.stacspec.org/v1.0.0/item-search#filter"
+BASE = CONFORMS[:2]
 AOI = [84.30, 28.10, 84.32, 28.12]
 
 
@@ -40,54 +37,6 @@ def _item(name: str, day: int, cloud: float) -> dict:
 
 
 ITEMS = [_item("S2A_clear", 2, 5.0), _item("S2B_cloudy", 3, 80.0), _item("S2A_before", -10, 0.0)]
-
-
-def _matches(item: dict, body: dict) -> bool:
-    when = datetime.fromisoformat(item["properties"]["datetime"])
-    start, _, end = body["datetime"].partition("/")
-    if when < datetime.fromisoformat(start) or (end != ".." and when > datetime.fromisoformat(end)):
-        return False
-    cloud = item["properties"]["eo:cloud_cover"]
-    if "query" in body and cloud > body["query"]["eo:cloud_cover"]["lte"]:
-        return False
-    if "filter" in body:
-        assert body["filter"]["op"] == "<=" and body["filter"]["args"][0] == {"property": "eo:cloud_cover"}
-        return cloud <= body["filter"]["args"][1]
-    return True
-
-
-def stac_api(conforms: list[str], searches: list[dict]):
-    class Api(BaseHTTPRequestHandler):
-        def log_message(self, *args) -> None:
-            pass
-
-        def _send(self, status: int, data: dict) -> None:
-            body = json.dumps(data).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def do_GET(self) -> None:
-            root = f"http://127.0.0.1:{self.server.server_port}/"
-            links = [
-                {"rel": "self", "href": root},
-                {"rel": "root", "href": root},
-                {"rel": "search", "href": root + "search", "method": "POST", "type": "application/geo+json"},
-            ]
-            landing = {"type": "Catalog", "id": "api", "description": "loopback", "stac_version": "1.0.0"}
-            self._send(200, {**landing, "conformsTo": conforms, "links": links})
-
-        def do_POST(self) -> None:
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            searches.append(body)
-            if "query" in body and QUERY not in conforms or "filter" in body and FILTER not in conforms:
-                self._send(400, {"code": "BadRequest", "description": "unsupported search parameter"})
-                return
-            self._send(200, {"type": "FeatureCollection", "features": [i for i in ITEMS if _matches(i, body)]})
-
-    return serving(Api)
 
 
 class Recorder:
@@ -122,9 +71,9 @@ def _schedule(tmp_path, api: str, model) -> str:
     ids=["query-extension", "cql2-filter-only", "neither"],
 )
 def test_scheduler_over_a_stac_api_keeps_the_cloud_limit(tmp_path, tiny_model, conforms, sent):
-    searches: list[dict] = []
-    with stac_api(conforms, searches) as url:
-        schedule = load_schedule(_schedule(tmp_path, url + "/", tiny_model))
+    with stac_api(ITEMS, conforms) as (api, searches):
+        url = api.rstrip("/")
+        schedule = load_schedule(_schedule(tmp_path, api, tiny_model))
         runner = Recorder()
         assert len(run_pass(schedule, runner)) == 1
     (job,) = runner.jobs

@@ -39,21 +39,29 @@ def _matches(item: dict, body: dict) -> bool:
         if end not in ("", "..") and when > datetime.fromisoformat(end.replace("Z", "+00:00")):
             return False
     limit = body.get("query", {}).get("eo:cloud_cover", {}).get("lte")
+    if "filter" in body:  # the one CQL2 expression the project sends: eo:cloud_cover <= limit
+        assert body["filter"]["op"] == "<=" and body["filter"]["args"][0] == {"property": "eo:cloud_cover"}
+        limit = body["filter"]["args"][1]
     return limit is None or props["eo:cloud_cover"] <= limit
 
 
+QUERY, FILTER = CONFORMS[2], "https://api.stacspec.org/v1.0.0/item-search#filter"
+
+
 @contextmanager
-def stac_api(items: list[dict]):
-    """-> (root URL, the search bodies received)."""
+def stac_api(items: list[dict], conforms: list[str] = CONFORMS):
+    """A loopback STAC API over ``items`` whose landing page offers ``conforms``; a search with a
+    ``query`` or a ``filter`` it does not offer is answered HTTP 400, as real APIs do.
+    -> (root URL, the search bodies received)."""
     searches: list[dict] = []
 
     class Api(BaseHTTPRequestHandler):
         def log_message(self, *args) -> None:
             pass
 
-        def _json(self, data: dict) -> None:
+        def _json(self, data: dict, status: int = 200) -> None:
             body = json.dumps(data).encode()
-            self.send_response(200)
+            self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -67,7 +75,7 @@ def stac_api(items: list[dict]):
                     "id": "test-api",
                     "description": "loopback STAC API",
                     "stac_version": "1.0.0",
-                    "conformsTo": CONFORMS,
+                    "conformsTo": conforms,
                     "links": [
                         {"rel": "self", "href": root},
                         {"rel": "root", "href": root},
@@ -79,6 +87,9 @@ def stac_api(items: list[dict]):
         def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             searches.append(body)
+            if "query" in body and QUERY not in conforms or "filter" in body and FILTER not in conforms:
+                self._json({"code": "BadRequest", "description": "unsupported search parameter"}, 400)
+                return
             self._json({"type": "FeatureCollection", "features": [i for i in items if _matches(i, body)], "links": []})
 
     with serving(Api) as url:
