@@ -96,6 +96,16 @@ models (`landslide-batch import-model --all`), or fetch Landslide4Sense (`landsl
 fetch-data l4s`), train (configs/train/*.yaml) and evaluate with `landslide-batch evaluate`.""")
 
 
+def _quiet_local_ray() -> None:
+    """Start the local Ray the training joins without forwarding its workers' logs: the demo prints
+    its own steps and result, not Ray Train's raw, colour-coded reports (a worker's error still
+    reaches the driver as the training's exception)."""
+    import ray
+
+    if not ray.is_initialized() and not os.environ.get("RAY_ADDRESS"):
+        ray.init(log_to_driver=False)
+
+
 def run_demo(
     out: Path,
     *,
@@ -128,6 +138,7 @@ def run_demo(
         num_workers=1,
         cpus_per_worker=os.cpu_count() or 1,
     )
+    _quiet_local_ray()
     card = train(cfg, overwrite=True)
     t_train = time.perf_counter()
 
