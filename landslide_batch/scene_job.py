@@ -39,7 +39,7 @@ from .infer.shared_disk import require_shared_folder
 from .infer.stages import PredictorSpec
 from .ingest import ModelB10, Scene, ingest_job
 from .outputs.folder import output_lock, previous_result
-from .outputs.manifest import package_versions, write_json_atomic
+from .outputs.manifest import SCENE_JOB, package_versions, write_json_atomic
 from .outputs.metadata import provenance_tags
 from .outputs.products import OUTPUTS, outputs_for, write_products
 from .outputs.publish import publish_products
@@ -223,6 +223,7 @@ def _run_locked(
     warnings = _logged_warnings(warnings, summary, threshold)
     manifest = {
         "status": "complete",
+        "kind": SCENE_JOB,
         "job_hash": jhash,
         "started": started,
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -93,7 +93,7 @@ def runs_dir(region, tiny_model, tmp_path_factory):  # noqa: F811
 
 def test_region_run_shows_warnings_trained_models_details_and_a_legend(monkeypatch, runs_dir):
     run = json.loads((runs_dir / "valley" / "run.json").read_text())
-    assert run["kind"] == "region" and run["warnings"]
+    assert run["kind"] == "region job" and run["warnings"]
     at = _page(monkeypatch, runs_dir=runs_dir)
     at.radio(key="mode").set_value("Runs").run()
     assert not at.exception and not at.main.error

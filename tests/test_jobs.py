@@ -263,7 +263,7 @@ def test_scheduler_runs_locally_and_describes_outputs(tmp_path, scenes, tiny_mod
         np.testing.assert_allclose(item.properties["proj:bbox"], bounds)
         assert box(*item.bbox).buffer(1e-6).contains(footprint.intersection(schedule.aois[name]))
         run = json.loads((out / "run.json").read_text())
-        assert [s["source"] for s in run["scenes"]] == [str(scene["tif"])] and run["kind"] == "region"
+        assert [s["source"] for s in run["scenes"]] == [str(scene["tif"])] and run["kind"] == "region job"
         assert item.properties["landslide:objects"] == run["summary"]["objects"]
         published = pystac.Item.from_file(str(tmp_path / "published" / event / "item.json"))
         assert Path(published.assets["probability"].get_absolute_href()).is_file()

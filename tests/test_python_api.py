@@ -62,6 +62,6 @@ def test_map_region_over_two_utm_zones(region, tmp_path):  # noqa: F811
     result = landslide_batch.map_region(
         [d / "A.tif", d / "B.tif"], d / "aoi.geojson", model, tmp_path / "r", **settings
     )
-    assert result.manifest["kind"] == "region" and len(result.manifest["scenes"]) == 2
+    assert result.manifest["kind"] == "region job" and len(result.manifest["scenes"]) == 2
     assert result.dataset.rio.crs.to_epsg() == 32645 and result.dataset.probability.notnull().any()
     assert landslide_batch.open_result(tmp_path / "r").manifest == result.manifest

@@ -52,7 +52,7 @@ def single(tmp_path_factory, scene_arrays, varying_model):
 def _set_dates(out, dates: list[str | None]) -> None:
     """What the ingest records for dated scenes (a Sentinel-2 product or STAC item)."""
     run = json.loads((out / "run.json").read_text())
-    if run.get("kind") == "region":
+    if run["kind"] == "region job":
         for s, d in zip(run["scenes"], dates, strict=True):
             s["date"] = d
     else:

@@ -47,7 +47,7 @@ def test_vectorize_on_a_region_equals_a_fresh_region_job(region, tmp_path, capsy
     assert polygons.crs.to_epsg() == 32645
 
     run = json.loads((out / "run.json").read_text())
-    assert run["kind"] == "region" and run["summary"]["objects"] == fresh["summary"]["objects"] == len(polygons)
+    assert run["kind"] == "region job" and run["summary"]["objects"] == fresh["summary"]["objects"] == len(polygons)
     assert run["summary"]["threshold"] == T and run["summary"]["min_area_m2"] == A
     assert run["outputs"]["scenes"] == "scenes.gpkg" and run["outputs"]["polygons"] == "landslides.parquet"
     assert not (out / "landslides.gpkg").exists()

@@ -30,6 +30,7 @@ from landslide_batch.app import (
 from landslide_batch.errors import LandslideBatchError, UnitsMismatchError
 from landslide_batch.infer.predictor import EnsemblePredictor
 from landslide_batch.metrics import confusion_counts, scores
+from landslide_batch.outputs.manifest import REGION_JOB, job_kind
 
 #: Models shown next to each other per row in all-models mode.
 COLUMNS = 4
@@ -235,10 +236,11 @@ def runs_mode() -> None:
     folder = st.sidebar.selectbox("Run", runs, format_func=lambda p: run_folders.run_label(root, p), key="run")
     try:
         run = run_folders.read_run(folder)
+        region = job_kind(run) == REGION_JOB
     except LandslideBatchError as exc:
         st.error(str(exc))
         return
-    st.subheader(run_folders.run_label(root, folder) + (" — region" if run.get("kind") == "region" else ""))
+    st.subheader(run_folders.run_label(root, folder) + (" — region job" if region else ""))
     if run.get("status") != "complete":
         st.warning(f"Run status is {run.get('status')!r}, not 'complete': outputs may be missing or partial.")
     for msg in run.get("warnings") or []:  # what the job warned of (run.json): a 99 % landslide map, say
@@ -275,7 +277,7 @@ def runs_mode() -> None:
         left.image(str(quicklook), caption="Quicklook", width="stretch")
     else:
         left.info("No quicklook image in this run.")
-    details = runs_view.region_details(run) if run.get("kind") == "region" else run_folders.run_details(run)
+    details = runs_view.region_details(run) if region else run_folders.run_details(run)
     fields, values = zip(*details)
     right.table({"field": fields, "value": values})
     models = run_folders.run_models(run)

@@ -1,7 +1,7 @@
 """The pixel-size check: models map at the pixel size they were trained at (10 m for L4S).
 
 A scene at 30 m or 3 m pixels is mapped by 10 m models without a word otherwise: the objects
-they see are three times too small or too large. Region jobs and one-scene jobs refuse such a
+they see are three times too small or too large. Region jobs and scene jobs refuse such a
 scene alike, before any block is predicted (resample it first; the job's ``resolution`` names
 the pixel size the models work at).
 """
@@ -31,7 +31,7 @@ def off_resolution(info: SceneInfo, resolution: float) -> str | None:
 
 
 def require_resolution(source: object, info: SceneInfo, resolution: float) -> None:
-    """A one-scene job's check: InputError for a projected scene whose pixels are not
+    """A scene job's check: InputError for a projected scene whose pixels are not
     ``resolution`` metres. A scene without a CRS (an L4S patch) or on a geographic grid has no
     pixel size in metres to compare and passes (run.json's ``assumed_pixel_m`` says so)."""
     if info.crs is None or not info.crs.is_projected:

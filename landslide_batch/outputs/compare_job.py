@@ -31,10 +31,10 @@ from ..storage import location
 from . import compare as score
 from .compare import DEFAULT_MIN_IOU
 from .derive import MASK_NODATA
+from .folder import finished_result
 from .inventory import read_inventory
-from .publish import move_all, product_names
+from .publish import move_all
 from .rasters import windows
-from .vectorize import finished_manifest
 
 OBSERVED = "observed.tif"
 REPORT_FILES = ("compare.gpkg", "compare.md", "compare.json")  # compare.json last: it vouches for the others
@@ -48,8 +48,7 @@ def compare_job(out: str | Path, inventory: str | Path, min_iou: float = DEFAULT
     where = location(out)
     if not where.is_local:
         raise ConfigError(f"{out}: compare reads a local output folder (object storage: not yet)")
-    manifest = finished_manifest(where)
-    names = product_names(where, manifest)
+    names = finished_result(where)[1]
     folder = where.path
     grid = _grid(folder / names["mask"])
     mapped = _mapped_objects(folder / names["polygons"])

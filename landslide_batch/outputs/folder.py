@@ -1,14 +1,15 @@
 """The output folder's protocol, one for scene jobs and region jobs, local or on object storage:
 the lock (a file lock locally, a lease object on object storage), and the result already there:
 this job's (found finished), or another job's (refused unless overwriting, which first removes
-the ``run.json`` that vouched for it). Products are published by ``publish.publish_products``,
+the ``run.json`` that vouched for it); for commands that work on a finished job (``vectorize``,
+``compare``), that job's result. Products are published by ``publish.publish_products``,
 ``run.json`` last."""
 
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
 
-from ..errors import ConfigError, OutputLockedError
+from ..errors import ConfigError, InputError, OutputLockedError
 from ..storage import Location, exclusive_location
 from .manifest import read_manifest
 from .publish import product_names
@@ -44,3 +45,16 @@ def previous_result(out: Location, jhash: str, overwrite: bool, kind: str) -> tu
         )
     (out / "run.json").rm()
     return None, names
+
+
+def finished_result(out: Location) -> tuple[dict, dict[str, str]]:
+    """-> (the ``run.json`` of the finished job in ``out``, the products it names, each inside
+    ``out``) for a command that works on it; InputError where ``out`` holds no finished job."""
+    manifest = read_manifest(out)
+    if manifest is None or manifest.get("status") != "complete":
+        found = "no run.json" if manifest is None else f"run.json with status {manifest.get('status')!r}"
+        raise InputError(
+            f"{out} holds no finished job: expected a run.json with status 'complete' (written by "
+            f"`landslide-batch run`), found {found}"
+        )
+    return manifest, product_names(out, manifest)  # every name inside ``out``: nothing outside is replaced

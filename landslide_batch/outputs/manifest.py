@@ -22,6 +22,21 @@ PACKAGES = (
     "h5py",
 )
 
+#: ``run.json``'s ``kind``: which job wrote the folder.
+SCENE_JOB, REGION_JOB = "scene job", "region job"
+#: Every ``kind`` a run.json has held: folders written before both kinds were named say
+#: ``region`` for a region job and nothing for a scene job.
+_KINDS = {SCENE_JOB: SCENE_JOB, REGION_JOB: REGION_JOB, "region": REGION_JOB, None: SCENE_JOB}
+
+
+def job_kind(manifest: dict) -> str:
+    """``scene job`` or ``region job``: which job wrote the run.json ``manifest``, older folders'
+    included. The one reader of ``kind``: InputError for a kind no version has written."""
+    kind = manifest.get("kind")
+    if not isinstance(kind, str | None) or kind not in _KINDS:
+        raise InputError(f"run.json's kind is {kind!r}; expected {SCENE_JOB!r} or {REGION_JOB!r}")
+    return _KINDS[kind]
+
 
 def package_versions() -> dict[str, str]:
     out = {"python": platform.python_version()}

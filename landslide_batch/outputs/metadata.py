@@ -20,6 +20,8 @@ from importlib.metadata import PackageNotFoundError, version
 from importlib.resources import files
 from pathlib import Path
 
+from .manifest import REGION_JOB, job_kind
+
 #: The mask's classes: value -> (name, colour in the GeoTIFF's table and the quicklook's legend).
 MASK_CLASSES = {0: ("no landslide", (235, 235, 235)), 1: ("landslide", (220, 30, 30))}
 #: Products written beside the rasters: output key -> file name (``outputs.products.OUTPUTS``).
@@ -82,9 +84,9 @@ def provenance_tags(
 
 def manifest_scenes(manifest: dict) -> list[dict]:
     """The scenes a finished job mapped, ``{source, sha256, date}`` each, from its ``run.json``:
-    a region's ``scenes`` list, or a single-scene job's ``inputs.scene`` (date: its acquisition,
+    a region job's ``scenes`` list, or a scene job's ``inputs.scene`` (date: its acquisition,
     ISO, or None where unknown)."""
-    if manifest.get("kind") == "region":
+    if job_kind(manifest) == REGION_JOB:
         return [{"source": s["source"], "sha256": s["sha256"], "date": s.get("date")} for s in manifest["scenes"]]
     scene = manifest.get("inputs", {}).get("scene", {})
     return [{"source": scene.get("path"), "sha256": scene.get("sha256"), "date": scene.get("acquired")}]

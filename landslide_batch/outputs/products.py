@@ -43,17 +43,17 @@ def write_products(
     cfg: JobConfig,
     scene: Scene,
     store_path: Path | Location,
-    work: Path,
+    stage: Path,
     threshold: float,
     outputs: dict[str, str],
     tags: dict[str, str],
 ) -> dict:
-    """Write the products (all but the store) into ``work/final`` window by window; returns the
+    """Write the products (all but the store) into ``stage/final`` window by window; returns the
     summary. The mask and polygons come from the step ``vectorize`` repeats later, and the
     scene's slope goes into the store as that step reads it, for ``vectorize`` to read there.
     ``tags``: the rasters' provenance (:func:`.outputs.metadata.provenance_tags`)."""
     info = scene.info
-    final = work / "final"
+    final = stage / "final"
     shutil.rmtree(final, ignore_errors=True)
     final.mkdir()
     if "mask" not in outputs:  # the probability store alone (a region's scene: ``products=False``): no summary
@@ -69,7 +69,7 @@ def write_products(
                 window_reader(group[key]),
                 dtype="float32",
                 nodata=NODATA,
-                scratch=work / f"{key}.scratch.tif",
+                scratch=stage / f"{key}.scratch.tif",
                 band=BANDS[key],
                 tags=tags,
             )
@@ -96,7 +96,7 @@ def write_products(
             min_object_pixels(info, cfg.min_area_m2, cfg.min_pixels),
             final / outputs["mask"],
             final / outputs["polygons"],
-            scratch=work / "mask.scratch.tif",
+            scratch=stage / "mask.scratch.tif",
             tags=tags,
         )
         write_sidecars(final, outputs)

@@ -30,19 +30,20 @@ from pathlib import Path
 import zarr
 
 from ..checks.output import check_writable
-from ..errors import ConfigError, InputError, OutputLockedError
+from ..errors import ConfigError, InputError
 from ..ingest.scene import SceneInfo, member_array
-from ..storage import Location, exclusive_location, location, storage_errors
+from ..storage import Location, location, storage_errors
 from .derive import ProbabilitySource, min_object_pixels, window_reader, write_mask_and_polygons
-from .manifest import read_manifest, write_json_atomic
+from .folder import finished_result, output_lock
+from .manifest import REGION_JOB, job_kind, write_json_atomic
 from .metadata import manifest_scenes, provenance_tags
 from .polygons import POLYGON_FILES
-from .publish import product_names, replace_products
+from .publish import replace_products
 from .store import SLOPE
 
 log = logging.getLogger(__name__)
 
-WORK = ".vectorize"  # new products and the replaced ones, while they are swapped
+STAGE = ".vectorize"  # new products and the replaced ones, while they are swapped
 
 #: An event map's mask and polygons: (out, run.json, grid, threshold, min pixels, mask, polygons,
 #: scratch) -> the summary's figures (``region.event.rederive_event``).
@@ -75,7 +76,7 @@ def vectorize(out: str | Path | Location, settings: Derivation, event_products: 
     settings.check()
     out = location(out)
     with storage_errors(out, "out"):  # first contact: a bad bucket, key or endpoint fails here
-        manifest = finished_manifest(out)  # before the lock: no lock is left where there is no job
+        manifest = finished_result(out)[0]  # before the lock: no lock is left where there is no job
     if "event" in manifest and event_products is None:
         raise InputError(
             f"{out} is an event map: its mask and polygons follow new_probability, with a status, which "
@@ -84,38 +85,22 @@ def vectorize(out: str | Path | Location, settings: Derivation, event_products: 
         )
     if out.is_local:
         check_writable(out.path)  # a read-only folder: one clear line, not the lock's OSError
-
-    def busy():
-        return OutputLockedError(f"{out} is being written (lock {out / '.lock'} is held); wait for it")
-
     with ExitStack() as held:
-        held.enter_context(exclusive_location(out / ".lock", busy))
+        held.enter_context(output_lock(out))  # the lock a job holds: neither runs while the other writes
         # Locally inside OUT, so that products move in by rename; else a local temporary folder.
-        work = (out.path if out.is_local else Path(held.enter_context(tempfile.TemporaryDirectory()))) / WORK
-        shutil.rmtree(work, ignore_errors=True)  # what an interrupted vectorize left
-        work.mkdir()
+        stage = (out.path if out.is_local else Path(held.enter_context(tempfile.TemporaryDirectory()))) / STAGE
+        shutil.rmtree(stage, ignore_errors=True)  # what an interrupted vectorize left
+        stage.mkdir()
         try:
-            return _rederive(out, finished_manifest(out), settings, work, event_products)
+            return _rederive(out, finished_result(out)[0], settings, stage, event_products)
         finally:
-            shutil.rmtree(work, ignore_errors=True)
-
-
-def finished_manifest(out: Location) -> dict:
-    manifest = read_manifest(out)
-    if manifest is None or manifest.get("status") != "complete":
-        found = "no run.json" if manifest is None else f"run.json with status {manifest.get('status')!r}"
-        raise InputError(
-            f"{out} holds no finished job: expected a run.json with status 'complete' (written by "
-            f"`landslide-batch run`), found {found}"
-        )
-    product_names(out, manifest)  # every name it gives lies inside ``out``: nothing outside is replaced
-    return manifest
+            shutil.rmtree(stage, ignore_errors=True)
 
 
 def _rederive(
-    out: Location, manifest: dict, settings: Derivation, work: Path, event_products: EventProducts | None
+    out: Location, manifest: dict, settings: Derivation, stage: Path, event_products: EventProducts | None
 ) -> dict:
-    """Write the new products into ``work``, swap them in; -> the new run.json."""
+    """Write the new products into ``stage``, swap them in; -> the new run.json."""
     t0 = time.perf_counter()
     outputs, summary = manifest["outputs"], manifest["summary"]
     threshold = summary["threshold"] if settings.threshold is None else settings.threshold
@@ -129,7 +114,7 @@ def _rederive(
     min_pixels = min_object_pixels(source.info, min_area, manifest["config"]["min_pixels"])
 
     products = {"mask": outputs["mask"], "polygons": POLYGON_FILES[fmt]}
-    mask, polygons, scratch = work / products["mask"], work / products["polygons"], work / "mask.scratch.tif"
+    mask, polygons, scratch = stage / products["mask"], stage / products["polygons"], stage / "mask.scratch.tif"
     if "event" in manifest and event_products is not None:
         new_summary = event_products(out, manifest, source.info, threshold, min_pixels, mask, polygons, scratch)
     else:
@@ -154,8 +139,8 @@ def _rederive(
         "outputs": {**outputs, "polygons": products["polygons"]},
         "derivations": [*manifest.get("derivations", []), derivation],
     }
-    write_json_atomic(work / "run.json", updated)
-    replace_products(out, work, list(products.values()), [outputs["mask"], outputs["polygons"]])
+    write_json_atomic(stage / "run.json", updated)
+    replace_products(out, stage, list(products.values()), [outputs["mask"], outputs["polygons"]])
     log.info(
         "%s: %s and %s rebuilt at threshold %s, min area %s m² (%d px): %d landslide objects",
         out,
@@ -171,7 +156,7 @@ def _rederive(
 
 def _store_source(store: Location, manifest: dict) -> ProbabilitySource:
     """The map (and slope) of the job's ``probability.zarr``, on the grid its run.json records
-    (``scene`` for a single-scene job, ``region`` for a region job)."""
+    (``scene`` for a scene job, ``region`` for a region job)."""
     try:
         with storage_errors(store, "probability store"):
             group = zarr.open_group(store=store.zarr_store(read_only=True), mode="r")
@@ -186,7 +171,7 @@ def _store_source(store: Location, manifest: dict) -> ProbabilitySource:
             f"{store} belongs to job {group.attrs.get('job_hash')}, its run.json to "
             f"{manifest.get('job_hash')}: the folder mixes two jobs; run the job again"
         )
-    grid = manifest["region"] if manifest.get("kind") == "region" else manifest["scene"]  # the map's grid
+    grid = manifest["region"] if job_kind(manifest) == REGION_JOB else manifest["scene"]  # the map's grid
     has_slope = SLOPE in group
     info = SceneInfo(
         height=grid["height"],

@@ -49,7 +49,7 @@ from ..ingest.inputs import SceneInputs
 from ..ingest.scene import SceneInfo
 from ..outputs.derive import min_object_pixels
 from ..outputs.folder import output_lock, previous_result
-from ..outputs.manifest import package_versions, write_json_atomic
+from ..outputs.manifest import REGION_JOB, package_versions, write_json_atomic
 from ..outputs.metadata import provenance_tags
 from ..outputs.products import outputs_for, write_products
 from ..outputs.publish import publish_products
@@ -178,7 +178,7 @@ def _run_region_locked(job: ResolvedJob, out: Path, overwrite: bool) -> dict:
 
     manifest = {
         "status": "complete",
-        "kind": "region",
+        "kind": REGION_JOB,
         "job_hash": r.rhash,
         "region_hash": r.rhash,
         "scenes_signature": signature,
