@@ -7,13 +7,15 @@ from __future__ import annotations
 def register(sub) -> None:
     p = sub.add_parser(
         "vectorize",
-        help="re-threshold and re-polygonise a finished job (no inference)",
-        description="Rebuild mask.tif and the landslide polygons of a finished job from its "
+        help="re-threshold and re-polygonise a finished scene job or region job (no inference)",
+        description="Rebuild mask.tif and the landslide polygons of a finished scene job or region job from its "
         "probability.zarr, window by window, as the job does. Settings not given keep "
         "those of the folder's current products. run.json records each re-derivation.",
     )
     p.add_argument(
-        "out", metavar="OUT", help="output folder of a finished job: a path or an s3://, gs://, az:// prefix"
+        "out",
+        metavar="OUT",
+        help="output folder of a finished scene job or region job: a path or an s3://, gs://, az:// prefix",
     )
     p.add_argument("--threshold", type=float, help="mask threshold in [0, 1]")
     p.add_argument("--min-area-m2", type=float, help="smallest landslide polygon kept, in m²")
