@@ -14,6 +14,7 @@ import pytest
 from pyproj import Transformer
 from test_vectorize import snapshot
 
+from landslide_batch.cli import main as cli_main
 from landslide_batch.config import job_from_dict
 from landslide_batch.errors import InputError, OutputLockedError
 from landslide_batch.outputs.folder import output_lock
@@ -88,7 +89,7 @@ def test_a_kind_no_version_wrote_is_refused_by_name(kind):
         job_kind({"status": "complete", "kind": kind})
 
 
-def test_vectorize_while_a_job_holds_the_folder_is_refused_as_a_second_job_is(finished, scene_tif, tiny_model):
+def test_vectorize_while_a_job_holds_the_folder_is_refused_as_a_second_job_is(finished, scene_tif, tiny_model, capsys):
     out = finished[SCENE_JOB]  # a finished job: vectorize would rebuild it, the job find it finished
     before = snapshot(out)
     names = sorted(p.name for p in out.iterdir())
@@ -98,7 +99,9 @@ def test_vectorize_while_a_job_holds_the_folder_is_refused_as_a_second_job_is(fi
             run_job(second)
         with pytest.raises(OutputLockedError) as by_vectorize:
             vectorize(out, Derivation(threshold=0.7))
+        assert cli_main(["vectorize", str(out), "--threshold", "0.7"]) == 3  # docs/reliability.md: busy
     assert str(by_vectorize.value) == str(by_job.value)
+    assert capsys.readouterr().err.strip().endswith(str(by_job.value))
     assert f"{out} is being written by another job" in str(by_job.value)
     assert snapshot(out) == before and sorted(p.name for p in out.iterdir()) == names, "nothing touched"
     # The lock released, vectorize runs.
