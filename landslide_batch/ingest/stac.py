@@ -16,6 +16,7 @@ scale, no offset), the asset's ``raster:bands`` / STAC 1.1 ``bands`` / asset-lev
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,8 +173,13 @@ class _ItemAssets:
     def read(cls, item_path: Path | str) -> _ItemAssets:
         import pystac
 
+        where = location(item_path)
         try:
-            item = pystac.Item.from_file(str(item_path))
+            if where.is_remote and where.writable:  # pystac reads files and http(s) itself, not object stores
+                item = pystac.Item.from_dict(json.loads(where.read_text()))
+                item.set_self_href(where.uri)
+            else:
+                item = pystac.Item.from_file(str(item_path))
         except Exception as exc:
             raise InputError(f"{item_path}: not a readable STAC item ({type(exc).__name__}: {exc})") from None
         assets = dict(item.assets)

@@ -82,14 +82,26 @@ def replace_products(out: Location, new: Path, names: list[str], replaced: list[
     staging.rm()
 
 
-def publish_products(final: Path, store_path: Location, out: Location, outputs: dict[str, str]) -> None:
-    """Move the products into ``out``: the store after the files (until then it stays next to its
-    block markers, so a failure costs no block), ``run.json`` last. A failure part-way moves back
-    what was moved: no product lies under its final name without the run.json that vouches for it.
-    On object storage: uploaded under temporary keys and copied into place, see ``publish_remote``."""
+def publish_products(
+    final: Path, store_path: Location, out: Location, outputs: dict[str, str], *, keep_store: bool = False
+) -> None:
+    """Move the products of a scene or region job into ``out``: the store after the files (until
+    then it stays next to its block markers, so a failure costs no block), ``run.json`` last. A
+    failure part-way moves back what was moved: no product lies under its final name without the
+    run.json that vouches for it. A previous ``run.json`` in ``out`` goes first (a region adding
+    scenes replaces its products): from then on nothing vouches for the products it named.
+    ``keep_store``: ``store_path`` stays where it is and a copy is published (a region's merge
+    keeps its store for the next pass). On object storage: uploaded under temporary keys and
+    copied into place (the store is always copied there), see ``publish_remote``."""
+    (out / "run.json").rm()
     if out.is_remote:
         publish_to_object_store(final, store_path, out, outputs)
         return
+    store = store_path.path
+    if keep_store:
+        store = final / outputs["zarr"]
+        shutil.rmtree(store, ignore_errors=True)
+        shutil.copytree(store_path.path, store)
     moves = [(final / name, out.path / name) for key, name in outputs.items() if key != "zarr"]
-    moves += [(store_path.path, out.path / outputs["zarr"]), (final / "run.json", out.path / "run.json")]
+    moves += [(store, out.path / outputs["zarr"]), (final / "run.json", out.path / "run.json")]
     move_all(moves)

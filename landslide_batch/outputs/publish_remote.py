@@ -35,3 +35,4 @@ def publish_to_object_store(final: Path, store: Location, out: Location, outputs
         for target in reversed(placed):
             target.rm()
         raise
+    staged.rm()  # a region keeps OUT/.work for its next pass: not the copies of its products

@@ -41,7 +41,7 @@ from ..outputs.derive import MASK_NODATA, WindowReader, mask_window, window_read
 from ..outputs.polygons import ObjectCollector, write_polygons
 from ..outputs.rasters import windows, write_cog
 from ..outputs.store import NODATA, SLOPE
-from ..storage import Location
+from ..storage import Location, path_or_uri
 from .observed import FIRST_CLEAR, NO_DATE
 
 PRE_EVENT = "pre_event"  # folder in OUT holding the pre-event region map
@@ -59,7 +59,7 @@ HIGH_PROBABILITY, HIGH_UNCERTAINTY = 0.8, 0.1
 LOW_PROBABILITY, LOW_UNCERTAINTY = 0.6, 0.2
 
 
-def pre_event_config(cfg: JobConfig, out: Path) -> JobConfig:
+def pre_event_config(cfg: JobConfig, out: Location) -> JobConfig:
     """The pre-event region job: ``cfg`` over ``pre_scenes``, into ``out/pre_event``."""
     return cfg.model_copy(
         update={
@@ -67,7 +67,7 @@ def pre_event_config(cfg: JobConfig, out: Path) -> JobConfig:
             "pre_scenes": None,
             "pre_event": None,
             "stac_search": None,
-            "out": out / PRE_EVENT,
+            "out": path_or_uri((out / PRE_EVENT).uri),
         }
     )
 
@@ -133,7 +133,7 @@ class ChangeSource:
         return new_probability(self.p_post(*w), self.p_pre(*w), self.dndvi(*w), self.use_ndvi)
 
 
-def change_source(region_dir: Path, pre_dir: Path, info: SceneInfo, use_ndvi: bool) -> ChangeSource:
+def change_source(region_dir: Location, pre_dir: Location, info: SceneInfo, use_ndvi: bool) -> ChangeSource:
     """The post-event merge in ``region_dir``, the pre-event one in ``pre_dir``'s ``.work/region``."""
     pre_region = pre_dir / ".work" / "region"
     post = zarr.open_group(str(region_dir / "probability.zarr"), mode="r")
@@ -153,7 +153,7 @@ def change_source(region_dir: Path, pre_dir: Path, info: SceneInfo, use_ndvi: bo
     )
 
 
-def _ndvi_reader(store: Path) -> WindowReader:
+def _ndvi_reader(store: Location) -> WindowReader:
     """NDVI of a merged region scene store (NaN where the merge has no valid scene)."""
     bands = member_array(zarr.open_group(str(store), mode="r"), "bands", store)
 
@@ -229,15 +229,14 @@ def rederive_event(
     """``vectorize`` on an event map in ``out``: its mask and polygons from ``new_probability`` again,
     with their status, from the working stores the job keeps (``OUT/.work/region`` and the pre-event
     map's); InputError when they are gone or belong to another job."""
-    region_dir = out.path / ".work" / "region" if out.is_local else None
-    pre_dir = out.path / PRE_EVENT if out.is_local else None
-    stores = [] if region_dir is None or pre_dir is None else [region_dir, pre_dir / ".work" / "region"]
+    region_dir, pre_dir = out / ".work" / "region", out / PRE_EVENT
+    stores = [region_dir, pre_dir / ".work" / "region"]
     missing = [str(p) for d in stores for p in (d / "probability.zarr", d / "scene.zarr") if not p.exists()]
-    if region_dir is None or pre_dir is None or missing:
+    if missing:
         raise InputError(
             f"{out} is an event map: its mask and polygons follow new_probability, rebuilt from the job's working "
-            f"stores (OUT/.work/region and OUT/{PRE_EVENT}/.work/region), and "
-            f"{', '.join(missing) if missing else 'a folder on object storage has none'}: run the job again"
+            f"stores (OUT/.work/region and OUT/{PRE_EVENT}/.work/region), and {', '.join(missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} gone: run the job again"
         )
     found = zarr.open_group(str(region_dir / "probability.zarr"), mode="r").attrs.get("job_hash")
     if found != manifest.get("job_hash"):

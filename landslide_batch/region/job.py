@@ -12,6 +12,11 @@ a scene cheap:
 
 A block of the region is merged again only when the scenes touching it change, so adding a
 scene maps that scene and merges the blocks it touches; the products are then written again.
+
+``OUT`` may be on object storage (``s3://``, ``gs://``, ``az://``): then all of ``.work`` is there
+too (the scene stores and maps, which Ray actors on any node read and write, and the merge
+state and merged stores, kept between passes as locally), the lock is a lease object, and the
+products are written in a local temporary folder and published by ``publish_products``.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import hashlib
 import json
 import logging
 import shutil
+import tempfile
 import time
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from contextlib import ExitStack
@@ -39,7 +45,7 @@ from ..checks.preflight import model_b10_means, resolve_inputs_units, resolve_jo
 from ..checks.reflectance import reflectance_guard
 from ..checks.results import result_warnings
 from ..config import EnsembleConfig, JobConfig
-from ..errors import ConfigError, InputError
+from ..errors import InputError
 from ..gdal_env import bounded_gdal_cache
 from ..hashing import sha256_tree
 from ..infer.executors import job_device
@@ -56,7 +62,7 @@ from ..outputs.publish import publish_products
 from ..plan.limits import check_work
 from ..resolved import ResolvedJob, identity_hash
 from ..scene_job import IngestedScene, run_scene_job, scene_chunk
-from ..storage import location, storage_errors
+from ..storage import Location, location, path_or_uri, storage_errors
 from .event import (
     NDVI_LOSS_FULL,
     PRE_EVENT,
@@ -104,16 +110,25 @@ def _run_region(job: ResolvedJob, overwrite: bool) -> dict:
     its pre-event map take them from ``job``."""
     cfg = job.cfg
     out = location(cfg.out)
-    if not out.is_local:
-        raise ConfigError(f"out {cfg.out}: region jobs write to a local folder (object storage: not yet)")
-    check_out_folder(out.path)
-    check_inputs_outside(out.path, _local_inputs(cfg, job.members))
-    out.makedirs()
+    out.require_writable("out")
+    if out.is_local:
+        check_out_folder(out.path)
+        check_inputs_outside(out.path, _local_inputs(cfg, job.members))
     with ExitStack() as held:
-        held.enter_context(disk_full_is_clear(out.path))  # a full disk: exit 4, as for one scene
-        held.enter_context(output_lock(out))
+        if out.is_local:
+            held.enter_context(disk_full_is_clear(out.path))  # a full disk: exit 4, as for one scene
+        with storage_errors(out, "out"):  # first contact with `out`: a bad bucket, key or endpoint fails here
+            out.makedirs()
+            held.enter_context(output_lock(out))
         held.enter_context(bounded_gdal_cache())
-        return _run_region_locked(job, out.path, overwrite)
+        # Products are written here, then published: locally inside OUT (moved in by rename), else a
+        # local temporary folder.
+        where = (
+            out.path / ".work" / "region"
+            if out.is_local
+            else Path(held.enter_context(tempfile.TemporaryDirectory(prefix="landslide-region-")))
+        )
+        return _run_region_locked(job, out, overwrite, where / "stage")
 
 
 def _local_inputs(cfg: JobConfig, members: EnsembleConfig) -> list[tuple[str, Path]]:
@@ -141,16 +156,17 @@ class RegionSetup:
         return self.job.cfg
 
 
-def _run_region_locked(job: ResolvedJob, out: Path, overwrite: bool) -> dict:
+def _run_region_locked(job: ResolvedJob, out: Location, overwrite: bool, stage: Path) -> dict:
+    """``stage``: the local folder the products are written into before they are published."""
     t0 = time.perf_counter()
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     r = _setup_region(job)
     cfg = r.cfg
-    if overwrite or not (out / "run.json").is_file():  # the region's own stores and products, up front
-        check_free_space(out, r.grid.height, r.grid.width)
+    if out.is_local and (overwrite or not (out / "run.json").is_file()):  # the region's stores and products
+        check_free_space(out.path, r.grid.height, r.grid.width)
     # The pre-event map first (kept in OUT/pre_event: found finished on later passes), then this one's models.
     pre, picked = _pre_event_map(cfg, r, out, overwrite)
-    previous = previous_result(location(out), r.rhash, overwrite, "region job")[0]
+    previous = previous_result(out, r.rhash, overwrite, "region job")[0]
     region_dir = out / ".work" / "region"
     _discard_unless(region_dir, r.rhash, overwrite)
     with ExitStack() as session:
@@ -172,7 +188,6 @@ def _run_region_locked(job: ResolvedJob, out: Path, overwrite: bool) -> dict:
     timings["merge_s"] = time.perf_counter() - t_merge
 
     t_finish = time.perf_counter()
-    stage = region_dir / "stage"
     threshold, summary = _write_region_products(r, scenes, region_dir, stage, out / PRE_EVENT if pre else None)
     timings["finish_s"] = time.perf_counter() - t_finish
 
@@ -194,7 +209,10 @@ def _run_region_locked(job: ResolvedJob, out: Path, overwrite: bool) -> dict:
     }
     manifest["time_to_map"] = stamp_time_to_map(manifest["scenes"], previous, manifest["finished"])
     _flag_implausible(manifest)
-    _publish_region(manifest, region_dir, stage, out)
+    write_json_atomic(stage / "final" / "run.json", manifest)
+    # The merge keeps its own store for the next scene: a copy is published.
+    publish_products(stage / "final", region_dir / "probability.zarr", out, r.outputs, keep_store=True)
+    shutil.rmtree(stage, ignore_errors=True)
     log.info(
         "region finished: %s (%d scene(s), %d landslide objects)", out / "run.json", len(scenes), summary["objects"]
     )
@@ -211,7 +229,7 @@ def _pre_event_signature(cfg: JobConfig, r: RegionSetup, pre: dict | None, scene
     return f"+{pre['scenes_signature']}" + ("" if cfg.change_ndvi else "-ndvi")
 
 
-def _pre_event_map(cfg: JobConfig, r: RegionSetup, out: Path, overwrite: bool) -> tuple[dict | None, dict | None]:
+def _pre_event_map(cfg: JobConfig, r: RegionSetup, out: Location, overwrite: bool) -> tuple[dict | None, dict | None]:
     """The pre-event region map (None without ``pre_scenes`` or ``pre_event``), and with
     ``pre_event: auto`` the record of how its scene was picked (``pre_event.py``)."""
     picked = None
@@ -267,7 +285,7 @@ def _setup_region(job: ResolvedJob) -> RegionSetup:
     return RegionSetup(job, grid, aoi, crs, aoi_text, rhash, outputs)
 
 
-def _holds(out: Path, previous: dict, signature: str) -> bool:
+def _holds(out: Location, previous: dict, signature: str) -> bool:
     """Whether ``out`` holds the finished map of this region over exactly these scenes."""
     return previous.get("scenes_signature") == signature and all(
         (out / name).exists() for name in previous.get("outputs", {}).values()
@@ -275,15 +293,15 @@ def _holds(out: Path, previous: dict, signature: str) -> bool:
 
 
 def _write_region_products(
-    r: RegionSetup, scenes: list[MappedScene], region_dir: Path, stage: Path, pre_dir: Path | None
+    r: RegionSetup, scenes: list[MappedScene], region_dir: Location, stage: Path, pre_dir: Location | None
 ) -> tuple[float, dict]:
     """The region's products and scene footprints into ``stage/final``; -> (threshold, summary).
     With a pre-event map in ``pre_dir``: the change layers too, and the mask and polygons of
     ``new_probability`` in place of those of the probability (``event.py``)."""
     cfg = r.cfg
     threshold = r.job.threshold()
-    stage.mkdir(exist_ok=True)
-    scene = Scene(region_dir / "scene.zarr")
+    stage.mkdir(parents=True, exist_ok=True)
+    scene = Scene(str(region_dir / "scene.zarr"))
     models = [{"name": c.name, "sha256": sha} for c, sha in zip(r.job.cards, r.job.model_shas)]
     scene_records = [{"source": s.source.origin, "sha256": s.sha256, "date": s.source.date} for s in scenes]
     tags = provenance_tags(models, scene_records, threshold, r.rhash)
@@ -331,19 +349,6 @@ def _region_record(r: RegionSetup, scenes: list[MappedScene], actors: list[dict]
     }
 
 
-def _publish_region(manifest: dict, region_dir: Path, stage: Path, out: Path) -> None:
-    """``run.json`` beside the products, a copy of the merged store (the merge keeps its own for
-    the next scene), all moved into ``out``; the previous ``run.json`` goes first."""
-    outputs = manifest["outputs"]
-    write_json_atomic(stage / "final" / "run.json", manifest)
-    store_copy = stage / "final" / outputs["zarr"]
-    shutil.copytree(region_dir / "probability.zarr", store_copy)
-    if (out / "run.json").exists():  # from now on nothing vouches for the previous products
-        (out / "run.json").unlink()
-    publish_products(stage / "final", location(store_copy), location(out), outputs)
-    shutil.rmtree(stage, ignore_errors=True)
-
-
 def _identity_device(cfg: JobConfig) -> str:
     """The device part of a region's identity, known before Ray starts: ``auto`` on Ray without
     GPUs per actor is what the cluster offers at run time (each scene's job hash records which)."""
@@ -366,7 +371,7 @@ def region_hash(job: ResolvedJob, grid: SceneInfo, aoi) -> str:
     return identity_hash(key)
 
 
-def _discard_unless(folder: Path, rhash: str, overwrite: bool) -> None:
+def _discard_unless(folder: Location, rhash: str, overwrite: bool) -> None:
     """Remove ``folder`` (the merge state) unless it belongs to the region ``rhash`` and is not
     being overwritten (``--overwrite`` merges every block again, as it maps every scene again)."""
     state = folder / "region.json"
@@ -374,11 +379,11 @@ def _discard_unless(folder: Path, rhash: str, overwrite: bool) -> None:
         overwrite or not state.is_file() or json.loads(state.read_text()).get("region_hash") != rhash
     ):
         log.info("discarding the merge state in %s (%s)", folder, "overwrite" if overwrite else "another region job")
-        shutil.rmtree(folder)
+        folder.rm()
 
 
 def _prepare_scenes(
-    cfg: JobConfig, work: Path, aoi, crs: CRS, b10_means: list[ModelB10], models: Future
+    cfg: JobConfig, work: Location, aoi, crs: CRS, b10_means: list[ModelB10], models: Future
 ) -> tuple[list[MappedScene], list[dict]]:
     """Find, ingest and check every scene (``b10_means``: the models' B10 means, for
     ``inputs.b10: model_mean``); scenes missing the AOI are skipped with a warning.
@@ -403,8 +408,8 @@ def _prepare_scenes(
         sha = src.sha256 or sha256_tree(src.source)
         state, record = folder / "source.json", _ingest_record(cfg, src.source, sha, b10_means)
         if folder.exists() and (not state.is_file() or json.loads(state.read_text()) != record):
-            shutil.rmtree(folder)  # the source or how it is ingested changed: its store and map are stale
-        folder.mkdir(parents=True, exist_ok=True)
+            folder.rm()  # the source or how it is ingested changed: its store and map are stale
+        folder.makedirs()
         write_json_atomic(state, record)
         scene = ingest_job(
             src.source,
@@ -419,7 +424,7 @@ def _prepare_scenes(
         if not footprint.intersects(aoi):
             log.warning("scene %s does not overlap the AOI: skipped", src.origin)
             skipped.append({"source": src.origin, "reason": "does not overlap the AOI"})
-            shutil.rmtree(folder)
+            folder.rm()
             continue
         ingest_id = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
         scenes.append(MappedScene(src, folder, sha, scene, footprint, ingest_id))
@@ -430,13 +435,13 @@ def _prepare_scenes(
     return scenes, skipped
 
 
-def _scene_inputs(cfg: JobConfig, src: SceneSource, folder: Path, sign) -> SceneInputs | None:
+def _scene_inputs(cfg: JobConfig, src: SceneSource, folder: Location, sign) -> SceneInputs | None:
     """The job's ``inputs``; with ``stac_search.dem_collection``, its ``dem`` the collection's tiles
     over the scene's footprint (the STAC item's ``bbox``), found on the scenes' API."""
     search = cfg.stac_search
     if search is None or search.dem_collection is None:
         return cfg.inputs
-    item = json.loads(Path(src.source).read_text()) if src.source.endswith(".json") else {}
+    item = json.loads(location(src.source).read_text()) if src.source.endswith(".json") else {}
     bbox = item.get("bbox") or (shape(item["geometry"]).bounds if item.get("geometry") else None)
     if bbox is None:
         raise InputError(
@@ -550,8 +555,8 @@ def _map_scene(
     log.info("region: scene %d/%d %s", i + 1, len(scenes), s.source.origin)
     scene_cfg = job.cfg.model_copy(
         update={
-            "scene": s.folder / "scene.zarr",
-            "out": s.folder / "map",
+            "scene": path_or_uri((s.folder / "scene.zarr").uri),  # a config value: a Path, or the URI
+            "out": path_or_uri((s.folder / "map").uri),
             "scenes": None,
             "aoi": None,
             "crs": None,

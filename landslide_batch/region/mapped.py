@@ -4,13 +4,13 @@ and (once mapped) its scene job's manifest. The merge reads it; ``region.job`` m
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from rasterio.crs import CRS
 
 from ..errors import InputError
 from ..ingest import Scene
+from ..storage import Location
 from .scenes import SceneSource
 
 
@@ -19,7 +19,7 @@ class MappedScene:
     """A scene of the region once ingested and checked (and, later, mapped)."""
 
     source: SceneSource
-    folder: Path
+    folder: Location  # OUT/.work/scenes/<id>, local or on object storage
     sha256: str
     scene: Scene
     footprint: Any  # shapely polygon in the region CRS
@@ -27,7 +27,7 @@ class MappedScene:
     manifest: dict | None = None
 
     @property
-    def map_store(self) -> Path:
+    def map_store(self) -> Location:
         return self.folder / "map" / "probability.zarr"
 
     @property

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -28,6 +26,7 @@ from ..ingest.scene import SCENE_FORMAT, SceneInfo, member_array
 from ..outputs.manifest import write_json_atomic
 from ..outputs.store import LAYERS, NODATA, SLOPE, create_store
 from ..progress import progress
+from ..storage import Location
 from .mosaic import (
     FEATHER_PX,
     Window,
@@ -67,9 +66,12 @@ class MergeTarget:
     dates: dict[str, int]  # each scene's date code (``observed.date_code``)
 
 
-def merge_region(scenes: list[MappedScene], grid: SceneInfo, aoi: Any, folder: Path, block: int, rhash: str) -> dict:
-    """Merge the scenes' maps onto the region grid, block by block; a block whose scenes are those
-    of its marker is kept. -> block counts (total, computed, kept)."""
+def merge_region(
+    scenes: list[MappedScene], grid: SceneInfo, aoi: Any, folder: Location, block: int, rhash: str
+) -> dict:
+    """Merge the scenes' maps onto the region grid, block by block, into ``folder`` (local or on
+    object storage); a block whose scenes are those of its marker is kept. -> block counts
+    (total, computed, kept)."""
     has_slope = all(SLOPE in s.scene.info.band_names for s in scenes)
     out, region_scene, markers = _open_stores(folder, grid, block, rhash, has_slope)
     readers = {s.source.id: _scene_reader(s, has_slope) for s in scenes}
@@ -91,24 +93,24 @@ def merge_region(scenes: list[MappedScene], grid: SceneInfo, aoi: Any, folder: P
 
 
 def _open_stores(
-    folder: Path, grid: SceneInfo, block: int, rhash: str, has_slope: bool
-) -> tuple[zarr.Group, zarr.Group, Path]:
+    folder: Location, grid: SceneInfo, block: int, rhash: str, has_slope: bool
+) -> tuple[zarr.Group, zarr.Group, Location]:
     """The merge's stores, created on the first merge (markers without their store are dropped);
     -> (output store, region scene store, markers folder)."""
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.makedirs()
     write_json_atomic(folder / "region.json", {"region_hash": rhash})
     store, scene_store, markers = folder / "probability.zarr", folder / "scene.zarr", folder / "blocks"
 
-    def lacks(path: Path, name: str) -> bool:  # a store of an older layout lacks a layer
+    def lacks(path: Location, name: str) -> bool:  # a store of an older layout lacks a layer
         return not path.exists() or name not in zarr.open_group(str(path), mode="r")
 
     if lacks(scene_store, OBSERVED) or lacks(store, LAYERS[-1]):
-        shutil.rmtree(markers, ignore_errors=True)
+        markers.rm()
         bands = grid.band_names if has_slope else tuple(b for b in grid.band_names if b != SLOPE)
         info = SceneInfo(grid.height, grid.width, bands, grid.crs_wkt, grid.transform, grid.chunk)
         create_store(store, info, block, rhash)
         _create_region_scene(scene_store, info)
-    markers.mkdir(exist_ok=True)
+    markers.makedirs()
     return zarr.open_group(str(store), mode="r+"), zarr.open_group(str(scene_store), mode="r+"), markers
 
 
@@ -118,7 +120,7 @@ def _touching(scenes: list[MappedScene], grid: SceneInfo, w: Window) -> list[Map
     return [s for s in scenes if s.footprint.intersects(box_w)]
 
 
-def _merge_block(t: MergeTarget, w: Window, touching: list[MappedScene], sig: str, marker: Path) -> None:
+def _merge_block(t: MergeTarget, w: Window, touching: list[MappedScene], sig: str, marker: Location) -> None:
     """Merge one region block from the scenes touching it and write it; its marker last."""
     ext = w.grown(FEATHER_PX)
     core = (slice(None), slice(FEATHER_PX, -FEATHER_PX), slice(FEATHER_PX, -FEATHER_PX))
@@ -192,7 +194,7 @@ def _window_bounds(grid: SceneInfo, w: Window) -> tuple[float, float, float, flo
     return min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)
 
 
-def _create_region_scene(path: Path, info: SceneInfo) -> None:
+def _create_region_scene(path: Location, info: SceneInfo) -> None:
     """A scene store on the region grid for the finish: all L4S layers declared, only
     ``MERGED_BANDS`` and slope written (one chunk per layer: the others take no space), validity
     of the merge, and where the scenes observe it (``observed.py``)."""

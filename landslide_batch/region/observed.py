@@ -30,6 +30,7 @@ from shapely.geometry import mapping
 from ..ingest.scene import SceneInfo, member_array
 from ..outputs.derive import window_reader
 from ..outputs.rasters import windows, write_cog
+from ..storage import Location
 
 OBSERVED = "observed"
 FIRST_CLEAR = "first_clear"
@@ -79,7 +80,7 @@ def aoi_inside(aoi, grid: SceneInfo, y0: int, y1: int, x0: int, x1: int) -> np.n
     return geometry_mask([mapping(aoi)], out_shape=(y1 - y0, x1 - x0), invert=True, transform=transform)
 
 
-def write_observation_products(store: Path, grid: SceneInfo, dest: Path, scratch: Path) -> dict:
+def write_observation_products(store: Location, grid: SceneInfo, dest: Path, scratch: Path) -> dict:
     """``observed.tif`` and ``first_clear.tif`` from the merge's region scene store ``store`` into
     ``dest``; -> the summary's figures: AOI pixels, those observed, the share observed, km² unobserved."""
     group = zarr.open_group(str(store), mode="r")

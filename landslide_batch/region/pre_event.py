@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 from datetime import timedelta
-from pathlib import Path
 
 import numpy as np
 from rasterio.crs import CRS
@@ -23,6 +22,7 @@ from ..config import JobConfig
 from ..errors import InputError
 from ..ingest.aoi import aoi_in_crs
 from ..ingest.inputs import DEFAULT_SCL_MASK
+from ..storage import Location
 from .scenes import HrefSigner
 from .stac_search import api_items
 
@@ -33,7 +33,7 @@ SCL_ASSETS = ("scl", "SCL")
 PICKED = "pre_event_auto.json"  # in OUT/.work: the picked item, as an ItemCollection
 
 
-def pick_pre_event(cfg: JobConfig, aoi, crs: CRS, bbox_4326, work: Path, sign: HrefSigner) -> tuple[str, dict]:
+def pick_pre_event(cfg: JobConfig, aoi, crs: CRS, bbox_4326, work: Location, sign: HrefSigner) -> tuple[str, dict]:
     """-> (an ItemCollection file holding the picked item, the record of the choice for run.json)."""
     assert cfg.stac_search is not None and cfg.event_date is not None  # JobConfig checks both
     first = cfg.event_date - timedelta(days=cfg.pre_event_days)
@@ -47,7 +47,7 @@ def pick_pre_event(cfg: JobConfig, aoi, crs: CRS, bbox_4326, work: Path, sign: H
     scl_mask = cfg.inputs.scl_mask if cfg.inputs is not None else list(DEFAULT_SCL_MASK)
     chosen, record = rank(items, aoi, crs, scl_mask, sign)
     dest = work / PICKED
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.parent.makedirs()
     dest.write_text(json.dumps({"type": "FeatureCollection", "features": [items[chosen]]}))
     return str(dest), {"window": window, **record}
 

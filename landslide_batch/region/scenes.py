@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError, InputError
-from ..storage import is_uri, location, storage_errors
+from ..storage import Location, Where, is_uri, location, storage_errors
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def scene_id(name: str, source: str) -> str:
     return f"{stem}-{hashlib.sha256(source.encode()).hexdigest()[:8]}"
 
 
-def find_scenes(entries: list[str], items_dir: Path, sign: HrefSigner = no_signing) -> list[SceneSource]:
+def find_scenes(entries: list[str], items_dir: Where, sign: HrefSigner = no_signing) -> list[SceneSource]:
     """``entries`` (paths, URIs, local globs, STAC items and ItemCollections) -> the scenes, in
     order, each once. STAC items are written to ``items_dir`` for ingest, their asset hrefs made
     absolute and passed through ``sign``."""
@@ -88,7 +88,7 @@ def find_scenes(entries: list[str], items_dir: Path, sign: HrefSigner = no_signi
                 )
             sources = [SceneSource(scene_id(m, m), m, origin=m) for m in matches]
         elif entry.lower().endswith(".json"):
-            sources = _stac_items(entry, items_dir, sign)
+            sources = _stac_items(entry, location(items_dir), sign)
         else:
             sources = [SceneSource(scene_id(location(entry).name, entry), entry, origin=entry)]
         for s in sources:
@@ -114,7 +114,7 @@ def _read_json(src: str) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def _stac_items(src: str, items_dir: Path, sign: HrefSigner) -> list[SceneSource]:
+def _stac_items(src: str, items_dir: Location, sign: HrefSigner) -> list[SceneSource]:
     """The items of a STAC item or ItemCollection file, each written as an item JSON whose asset
     hrefs are absolute (relative ones resolved against ``src``) and signed."""
     data = _read_json(src) or {}
@@ -125,7 +125,7 @@ def _stac_items(src: str, items_dir: Path, sign: HrefSigner) -> list[SceneSource
     else:
         raise InputError(f"{src}: expected a STAC item or ItemCollection, found type {data.get('type')!r}")
     base = location(src).parent
-    items_dir.mkdir(parents=True, exist_ok=True)
+    items_dir.makedirs()
     out = []
     for i, item in enumerate(items):
         if not isinstance(item, dict) or item.get("type") != "Feature" or not item.get("assets"):
@@ -143,7 +143,7 @@ def _stac_items(src: str, items_dir: Path, sign: HrefSigner) -> list[SceneSource
         path.write_text(json.dumps(item))
         out.append(
             SceneSource(
-                path.stem,
+                Path(path.name).stem,
                 str(path),
                 dict(item.get("properties") or {}),
                 origin=f"{src}#{item_id}",

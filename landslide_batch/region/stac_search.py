@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 from typing import Any
 
 from ..config import StacSearch
 from ..errors import InputError
+from ..storage import Where, location
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def api_items(search: StacSearch, bbox_4326: tuple[float, float, float, float]) 
     return items
 
 
-def search_items(search: StacSearch, bbox_4326: tuple[float, float, float, float], dest: Path) -> str:
+def search_items(search: StacSearch, bbox_4326: tuple[float, float, float, float], dest: Where) -> str:
     """Run ``search`` over ``bbox_4326`` (the AOI's bounds); write the items to ``dest`` as an
     ItemCollection; -> its path. No item, or an API that cannot be reached, is an InputError."""
     items = api_items(search, bbox_4326)
@@ -77,12 +77,10 @@ def search_items(search: StacSearch, bbox_4326: tuple[float, float, float, float
             + (f" in {search.datetime}" if search.datetime else "")
             + (f" with cloud cover <= {search.max_cloud_cover} %" if search.max_cloud_cover is not None else "")
         )
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text(json.dumps({"type": "FeatureCollection", "features": items}))
-    return str(dest)
+    return _write_items(items, dest)
 
 
-def dem_items(search: StacSearch, bbox_4326: tuple[float, float, float, float], dest: Path, sign) -> str:
+def dem_items(search: StacSearch, bbox_4326: tuple[float, float, float, float], dest: Where, sign) -> str:
     """The tiles of ``search.dem_collection`` over ``bbox_4326`` (a scene's footprint), asset hrefs
     passed through ``sign``, written to ``dest`` as an ItemCollection (an ``inputs.dem``); -> its path."""
     assert search.dem_collection is not None
@@ -98,6 +96,12 @@ def dem_items(search: StacSearch, bbox_4326: tuple[float, float, float, float], 
     for item in items:
         for asset in item.get("assets", {}).values():
             asset["href"] = sign(asset["href"])
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text(json.dumps({"type": "FeatureCollection", "features": items}))
-    return str(dest)
+    return _write_items(items, dest)
+
+
+def _write_items(items: list[dict], dest: Where) -> str:
+    """``items`` as an ItemCollection file at ``dest`` (a local path or on object storage); -> where."""
+    where = location(dest)
+    where.parent.makedirs()
+    where.write_text(json.dumps({"type": "FeatureCollection", "features": items}))
+    return str(where)
