@@ -70,15 +70,73 @@ def _as_list(v):
     return [v] if isinstance(v, (str, Path)) else v
 
 
-class JobConfig(StrictModel):
+class MapSettings(StrictModel):
+    """What a map is made of, the same for a scene job and a region job: the models, the pixel
+    size, how the grid is cut into tiles and blocks and blended, the inputs' settings, and the
+    products' threshold, minimum object and format. (``resolved.map_identity`` hashes those that
+    change the map.)"""
+
+    ensemble: PathOrUri | None = None
+    models: list[PathOrUri] = Field(default_factory=list)
+    #: Pixel size (m) the models work at: every scene must have it (a region's grid has it).
+    resolution: float = Field(10.0, gt=0, allow_inf_nan=False)
+    tile: int = Field(128, ge=16)
+    overlap: float = Field(0.5, ge=0, lt=1, allow_inf_nan=False)
+    blend: Literal["mean", "cosine", "gaussian"] = "gaussian"
+    block: int = Field(1024, ge=16)
+    #: Test-time augmentation: every tile also predicted flipped and rotated by 90-degree steps
+    #: (8 views), probabilities averaged; 8x the model work.
+    tta: bool = False
+    threshold: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
+    min_area_m2: float = Field(0.0, ge=0, allow_inf_nan=False)
+    min_pixels: int = Field(4, ge=1)
+    polygon_format: Literal["gpkg", "parquet", "fgb"] = "gpkg"  # GeoPackage, GeoParquet or FlatGeobuf
+    nodata: float | None = None
+    inputs: SceneInputs | None = None  # band files / STAC item / DEM / AOI settings, see docs/inputs.md
+    #: Map a scene whose values are off by orders of magnitude from the models' training data
+    #: (checks/units.py refuses it otherwise); recorded as a warning in run.json.
+    accept_units_mismatch: bool = False
+
+    @property
+    def stride(self) -> int:
+        return self.tile - int(round(self.tile * self.overlap))
+
+
+class ExecutionSettings(StrictModel):
+    """Where and how fast a job runs, the same for a scene job and a region job: none of it
+    changes the map but the device's arithmetic (cpu / cuda), which the job's identity records."""
+
+    executor: Literal["local", "ray"] = "local"
+    batch_size: int | None = Field(None, ge=1)  # tiles per forward pass; default 16 on CPU, 64 on a GPU
+    device: str = "auto"
+    threads: int | None = Field(None, ge=1)
+    #: Blocks read ahead of the model by the local executor (memory: one block window each).
+    #: Default: 1 on a GPU, where reading is a large share of a block's time; 0 on CPU, where it
+    #: is ~2 % and the second window is the largest part of what memory grows by with the scene.
+    prefetch: int | None = Field(None, ge=0, le=4)
+    #: Largest grid (height x width px) a job may have: a larger one is refused before anything
+    #: runs (plan/limits.py), so a continent-sized AOI fails at once with the figure.
+    max_pixels: int = Field(MAX_PIXELS, ge=1)
+    ray: RaySettings = Field(default_factory=RaySettings)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v != "auto" and not (v == "cpu" or v.startswith("cuda")):
+            raise ValueError(f"device must be auto, cpu or cuda[:N], found {v!r}")
+        return v
+
+
+class JobConfig(MapSettings, ExecutionSettings):
+    """A scene job (``scene``) or a region job (``scenes`` / ``stac_search`` with ``aoi``): what
+    it maps and where its map goes, with the map and execution settings both kinds share."""
+
     scene: PathOrUri | None = None  # one scene; or `scenes` + `aoi` for a region job
     #: A region job (README, "Region jobs"): scenes (paths / URIs, local globs, STAC
     #: ItemCollection files) mapped one by one and merged onto one grid covering ``aoi``.
     scenes: Annotated[list[str] | None, BeforeValidator(_as_list)] = None
     aoi: PathOrUri | None = None  # the region: a vector file (GeoJSON, GeoPackage...) in any CRS
     crs: str | None = None  # the region grid's CRS; default: the UTM zone of the AOI's centroid
-    #: Pixel size (m) the models work at: every scene must have it (a region's grid has it).
-    resolution: float = Field(10.0, gt=0, allow_inf_nan=False)
     #: ``module:function`` signing STAC asset hrefs of a region's items (e.g. Planetary Computer's
     #: ``planetary_computer:sign``); default: hrefs are used as they are.
     href_signer: str | None = None
@@ -97,43 +155,6 @@ class JobConfig(StrictModel):
     #: ``new_probability`` weighs by the NDVI loss since the pre-event map; false leaves it out.
     change_ndvi: bool = True
     out: PathOrUri
-    ensemble: PathOrUri | None = None
-    models: list[PathOrUri] = Field(default_factory=list)
-    tile: int = Field(128, ge=16)
-    overlap: float = Field(0.5, ge=0, lt=1, allow_inf_nan=False)
-    blend: Literal["mean", "cosine", "gaussian"] = "gaussian"
-    block: int = Field(1024, ge=16)
-    #: Largest grid (height x width px) a job may have: a larger one is refused before anything
-    #: runs (plan/limits.py), so a continent-sized AOI fails at once with the figure.
-    max_pixels: int = Field(MAX_PIXELS, ge=1)
-    executor: Literal["local", "ray"] = "local"
-    batch_size: int | None = Field(None, ge=1)  # tiles per forward pass; default 16 on CPU, 64 on a GPU
-    device: str = "auto"
-    threads: int | None = Field(None, ge=1)
-    #: Test-time augmentation: every tile also predicted flipped and rotated by 90-degree steps
-    #: (8 views), probabilities averaged; 8x the model work.
-    tta: bool = False
-    #: Blocks read ahead of the model by the local executor (memory: one block window each).
-    #: Default: 1 on a GPU, where reading is a large share of a block's time; 0 on CPU, where it
-    #: is ~2 % and the second window is the largest part of what memory grows by with the scene.
-    prefetch: int | None = Field(None, ge=0, le=4)
-    threshold: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
-    min_area_m2: float = Field(0.0, ge=0, allow_inf_nan=False)
-    min_pixels: int = Field(4, ge=1)
-    polygon_format: Literal["gpkg", "parquet", "fgb"] = "gpkg"  # GeoPackage, GeoParquet or FlatGeobuf
-    nodata: float | None = None
-    inputs: SceneInputs | None = None  # band files / STAC item / DEM / AOI settings, see docs/inputs.md
-    #: Map a scene whose values are off by orders of magnitude from the models' training data
-    #: (checks/units.py refuses it otherwise); recorded as a warning in run.json.
-    accept_units_mismatch: bool = False
-    ray: RaySettings = Field(default_factory=RaySettings)
-
-    @field_validator("device")
-    @classmethod
-    def _device(cls, v: str) -> str:
-        if v != "auto" and not (v == "cpu" or v.startswith("cuda")):
-            raise ValueError(f"device must be auto, cpu or cuda[:N], found {v!r}")
-        return v
 
     @field_validator("out")
     @classmethod
@@ -179,10 +200,6 @@ class JobConfig(StrictModel):
         if self.device == "cpu" and self.ray.gpus_per_actor:
             raise ValueError(f"ray.gpus_per_actor ({self.ray.gpus_per_actor}) asks for GPUs but device is cpu")
         return self
-
-    @property
-    def stride(self) -> int:
-        return self.tile - int(round(self.tile * self.overlap))
 
 
 def load_yaml(path: Path) -> dict:

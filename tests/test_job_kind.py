@@ -15,13 +15,14 @@ from pyproj import Transformer
 from test_vectorize import snapshot
 
 from landslide_batch.cli import main as cli_main
-from landslide_batch.config import job_from_dict
+from landslide_batch.config import ExecutionSettings, MapSettings, job_from_dict
 from landslide_batch.errors import InputError, OutputLockedError
 from landslide_batch.outputs.folder import output_lock
 from landslide_batch.outputs.manifest import REGION_JOB, SCENE_JOB, job_kind, read_manifest
 from landslide_batch.outputs.metadata import manifest_scenes
 from landslide_batch.outputs.vectorize import Derivation, vectorize
 from landslide_batch.pipeline import run_job
+from landslide_batch.resolved import MAP_SETTINGS
 from landslide_batch.storage import location
 from landslide_batch.synthetic import write_geotiff
 
@@ -81,6 +82,20 @@ def test_each_job_says_its_kind_and_older_folders_are_read_alike(finished, scene
         # vectorize reads the map's grid by the kind (a region job's ``region``, a scene job's ``scene``)
         rebuilt = vectorize(finished[kind], Derivation(threshold=0.7))
         assert rebuilt["summary"]["threshold"] == 0.7 and rebuilt.get("kind") == old
+
+
+def test_a_region_maps_its_scenes_as_scene_jobs_with_its_map_and_execution_settings(jobs):
+    """The two kinds share MapSettings and ExecutionSettings: each scene of a region job is a scene
+    job with the region's (but ``inputs``, which the region's own ingest applied), and the job's
+    identity hashes map settings only."""
+    region = read_manifest(jobs[REGION_JOB])
+    (scene_folder,) = (jobs[REGION_JOB] / ".work" / "scenes").glob("*/map")
+    scene = read_manifest(scene_folder)
+    assert region is not None and scene is not None and job_kind(scene) == SCENE_JOB
+    shared = (set(MapSettings.model_fields) | set(ExecutionSettings.model_fields)) - {"inputs"}
+    assert {k: scene["config"][k] for k in shared} == {k: region["config"][k] for k in shared}
+    assert region["config"]["tile"] == SETTINGS["tile"] != MapSettings.model_fields["tile"].default
+    assert MAP_SETTINGS <= set(MapSettings.model_fields)
 
 
 @pytest.mark.parametrize("kind", ["region job ", "tile", 3, ["region"]])
