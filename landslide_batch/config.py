@@ -31,9 +31,16 @@ class RaySettings(StrictModel):
     #: Seconds to wait for the head at ``address`` to accept a connection (infer/ray_connect.py).
     connect_timeout_s: float = Field(30.0, gt=0, le=600, allow_inf_nan=False)
     #: Default: GPU actors, one per GPU in the cluster at the start (at least 1); CPU actors, 1.
+    #: ``auto``: the actors follow the work, min(work, ``max_actors``), where the work is a scene
+    #: job's stripes (its block rows, or columns) and a region job's scenes x the blocks of its
+    #: grid (its AOI), counted before any scene is read (scenes from a STAC search: not known
+    #: yet, so ``max_actors``). An autoscaling cluster then grows to that many GPU nodes for a
+    #: large region and back to zero after it (the actors end with the job).
     #: Actors that never fit the cluster only leave their resource demand behind: their stripes
     #: go to the actors that run.
-    num_actors: int | None = Field(None, ge=1)
+    num_actors: Annotated[int, Field(ge=1)] | Literal["auto"] | None = None
+    #: The most actors ``num_actors: auto`` asks for: the GPU nodes a job may grow the cluster to.
+    max_actors: int = Field(8, ge=1)
     #: GPUs each GPU actor reserves (default 1: actors never share a GPU); a fraction (0.5, 0.25)
     #: lets that many actors share one GPU.
     gpus_per_actor: float | None = Field(None, gt=0)

@@ -34,7 +34,16 @@ from .config import JobConfig, ensemble_members
 from .errors import ConfigError
 from .gdal_env import bounded_gdal_cache
 from .hashing import sha256_tree
-from .infer.executors import StageContext, actor_pool, device_session, job_device, ray_session, run_local, run_ray
+from .infer.executors import (
+    StageContext,
+    actor_pool,
+    device_session,
+    job_device,
+    ray_session,
+    run_local,
+    run_ray,
+    scene_work,
+)
 from .infer.shared_disk import require_shared_folder
 from .infer.stages import PredictorSpec
 from .ingest import ModelB10, Scene, ingest_job
@@ -432,7 +441,7 @@ def _start_inference(
     # through Ray's object store, so no actor reads a model path.
     checked = models.result()
     if pool is None:
-        pool = session.enter_context(actor_pool(checked.shipped(), cfg.ray))
+        pool = session.enter_context(actor_pool(checked.shipped(), cfg.ray, work=scene_work(plan.todo)))
     return run_ray(plan.todo, ctx, pool), pool
 
 

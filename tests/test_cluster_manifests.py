@@ -129,6 +129,9 @@ def test_rayjob_runs_a_region_job_on_the_cluster():
     run, *rest = commands(job["spec"]["entrypoint"])
     assert run[:2] == ["landslide-batch", "run"] and run[run.index("--executor") + 1] == "ray"
     assert run[run.index("--device") + 1] == "cuda"  # GPUs asked for before the autoscaler adds a GPU node
+    # Actors follow the work, up to as many GPU nodes as the cluster may grow to (one GPU each).
+    assert run[run.index("--num-actors") + 1] == "auto"
+    assert int(run[run.index("--max-actors") + 1]) == gpu_group(cluster)["maxReplicas"]
     paths = [run[run.index(flag) + 1] for flag in ("--scene", "--ensemble", "--out")]
     assert all(p.startswith("/data/") for p in paths)
     assert rest == [["landslide-batch", "stac-item", paths[2]]]
@@ -157,6 +160,32 @@ def test_cronjob_runs_the_scheduler_against_the_cluster(tmp_path):
     assert schedule.config.submit.address == f"http://{cluster['metadata']['name']}-head-svc:8265"
     assert str(schedule.config.output.root).startswith("/data/") and schedule.config.catalog.startswith("/data/")
     assert schedule.config.job["device"] == "cuda"
+    assert schedule.config.job["ray"] == {"num_actors": "auto", "max_actors": gpu_group(cluster)["maxReplicas"]}
+
+
+def gpu_group(cluster: dict) -> dict:
+    """The RayCluster's one GPU worker group (one GPU per pod)."""
+    (group,) = (
+        g
+        for g in cluster["spec"]["workerGroupSpecs"]
+        if g["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu")
+    )
+    assert int(group["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"]) == 1
+    return group
+
+
+def test_the_shipped_job_configs_scale_their_actors_with_the_work(launcher):
+    """The example job and schedule say ``num_actors: auto`` with a ceiling of the launcher's GPU
+    workers, so an autoscaling cluster grows with the region (one GPU per actor and worker)."""
+    from landslide_batch.config import load_job
+
+    gpu_workers = launcher["available_node_types"]["gpu_worker"]
+    assert gpu_workers["resources"] == {"GPU": 1}
+    job = load_job(ROOT / "configs" / "job_example.yaml")
+    schedule_job = yaml.safe_load((ROOT / "configs" / "schedule_example.yaml").read_text())["job"]
+    for ray_settings in (job.ray.model_dump(), schedule_job["ray"]):
+        assert ray_settings["num_actors"] == "auto"
+        assert ray_settings["max_actors"] == gpu_workers["max_workers"]
 
 
 # --- Checked by their owners' rules -------------------------------------------------------------------

@@ -12,7 +12,8 @@ import rasterio
 from scipy import ndimage
 
 from landslide_batch.ingest.scene import SceneInfo
-from landslide_batch.outputs.polygons import POLYGON_FILES, ObjectCollector, write_polygons
+from landslide_batch.outputs import polygons
+from landslide_batch.outputs.polygons import POLYGON_FILES, ObjectCollector, stream_polygons, write_polygons
 
 SIDE, WINDOW, MIN_PIXELS = 100, 32, 3
 LAYERS = {"spread": "sum", "first": "min"}
@@ -34,16 +35,28 @@ def crossing_map() -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     return prob, mask, extra
 
 
-def collect(window: int) -> tuple[SceneInfo, ObjectCollector]:
-    prob, mask, extra = crossing_map()
+def grid(window: int) -> SceneInfo:
     crs = rasterio.crs.CRS.from_epsg(32645).to_wkt()
-    info = SceneInfo(SIDE, SIDE, ("slope",), crs, (10.0, 0.0, 500000.0, 0.0, -10.0, 3100000.0), window)
+    return SceneInfo(SIDE, SIDE, ("slope",), crs, (10.0, 0.0, 500000.0, 0.0, -10.0, 3100000.0), window)
+
+
+def windows_of(collector: ObjectCollector, window: int, maps=None, order=None):
+    """Add the map's windows (row by row, or in ``order``), yielding after each one."""
+    prob, mask, extra = maps or crossing_map()
+    side = len(prob)
+    slope = np.linspace(0, 40, side * side).reshape(side, side)
+    places = [(y0, x0) for y0 in range(0, side, window) for x0 in range(0, side, window)]
+    for y0, x0 in order(places) if order else places:
+        w = (slice(y0, y0 + window), slice(x0, x0 + window))
+        collector.add_window(y0, x0, mask[w], prob[w], slope[w], {k: v[w] for k, v in extra.items()})
+        yield
+
+
+def collect(window: int, order=None) -> tuple[SceneInfo, ObjectCollector]:
+    info = grid(window)
     collector = ObjectCollector(info, min_pixels=MIN_PIXELS, reductions=LAYERS)
-    slope = np.linspace(0, 40, SIDE * SIDE).reshape(SIDE, SIDE)
-    for y0 in range(0, SIDE, window):
-        for x0 in range(0, SIDE, window):
-            w = (slice(y0, y0 + window), slice(x0, x0 + window))
-            collector.add_window(y0, x0, mask[w], prob[w], slope[w], {k: v[w] for k, v in extra.items()})
+    for _ in windows_of(collector, window, order=order):
+        pass
     return info, collector
 
 
@@ -64,7 +77,7 @@ def test_windows_give_the_objects_of_one_window():
     _, whole = collect(SIDE)
     got, want = by_place(windowed.objects()), by_place(whole.objects())
     assert len(got) == len(want) >= 10
-    assert sum(p.on_edge for p in windowed.pieces) > len(got)  # many pieces were merged
+    assert windowed.kept > whole.kept  # many pieces were joined
     for g, w in zip(got, want):
         assert g.geom.geom_type == "Polygon" and g.geom.is_valid
         assert g.geom.equals(w.geom) and g.geom.area == w.geom.area
@@ -84,23 +97,107 @@ def test_windows_give_the_objects_of_one_window():
     assert a is not b and a.pixels == b.pixels == 3  # corner to corner: two objects
 
 
+def test_windows_added_in_any_order_give_the_same_objects():
+    """Groups are finished when no window still to come borders them, whatever the order."""
+    _, whole = collect(SIDE)
+    want = by_place(whole.objects())
+    for order in (lambda p: p[::-1], lambda p: sorted(p, key=lambda yx: (yx[1], yx[0]))):
+        _, windowed = collect(WINDOW, order)
+        got = by_place(windowed.objects())
+        assert [o.pixels for o in got] == [o.pixels for o in want]
+        assert all(g.geom.equals(w.geom) and g.prob_max == w.prob_max for g, w in zip(got, want))
+
+
+def read_table(dest):
+    """A written polygon file, rows in a fixed order (representative point), ids checked."""
+    table = gpd.read_parquet(dest) if dest.suffix == ".parquet" else gpd.read_file(dest)
+    assert sorted(table.object_id) == list(range(1, len(table) + 1))
+    point = table.geometry.representative_point()
+    return table.iloc[np.lexsort(np.array([point.x, point.y]))].reset_index(drop=True)
+
+
 @pytest.mark.parametrize("fmt", sorted(POLYGON_FILES))
-def test_written_polygons_do_not_depend_on_the_windows(tmp_path, fmt):
-    written = []
-    for window in (WINDOW, SIDE):
-        info, collector = collect(window)
-        dest = tmp_path / f"{window}" / POLYGON_FILES[fmt]
-        dest.parent.mkdir()
-        n = write_polygons(dest, info, collector.table(), MIN_PIXELS, True)
-        table = gpd.read_parquet(dest) if fmt == "parquet" else gpd.read_file(dest)
-        assert len(table) == n
-        order = np.lexsort(np.array([table.geometry.representative_point().x, table.geometry.representative_point().y]))
-        written.append(table.iloc[order].reset_index(drop=True))
-    windowed, whole = written
-    assert len(windowed) == len(whole) > 10 and (windowed.pixels >= MIN_PIXELS).all()
+def test_polygons_written_window_by_window_equal_a_one_window_build(tmp_path, fmt, monkeypatch):
+    """The windowed build streams its finished objects to the file in several batches (row groups);
+    the one-window build writes its table at once: the same file, rows in another order."""
+    monkeypatch.setattr(polygons, "BATCH_ROWS", 4)
+    info = grid(WINDOW)
+    collector = ObjectCollector(info, min_pixels=MIN_PIXELS, reductions=LAYERS)
+    parts = (collector.pop_finished() for _ in windows_of(collector, WINDOW))
+    streamed = tmp_path / "windows" / POLYGON_FILES[fmt]
+    streamed.parent.mkdir()
+    n = stream_polygons(streamed, info, parts, MIN_PIXELS, True)
+    assert collector.held == 0 and collector.table().pixels.size == 0  # everything went to the file
+    info_whole, whole = collect(SIDE)
+    one = tmp_path / "one" / POLYGON_FILES[fmt]
+    one.parent.mkdir()
+    assert write_polygons(one, info_whole, whole.table(), MIN_PIXELS, True) == n
+    windowed, reference = read_table(streamed), read_table(one)
+    assert len(windowed) == len(reference) == n > 10 and (windowed.pixels >= MIN_PIXELS).all()
+    assert windowed.crs == reference.crs == "EPSG:32645"
     for column in ("pixels", "area_m2", "mean_probability", "max_probability", "mean_slope_deg"):
-        np.testing.assert_allclose(windowed[column], whole[column], rtol=1e-9)
-    assert windowed.geometry.geom_equals(whole.geometry).all()
+        np.testing.assert_allclose(windowed[column], reference[column], rtol=1e-9)
+    assert windowed.geometry.geom_equals(reference.geometry).all()
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        assert pq.ParquetFile(streamed).num_row_groups > 2  # written as the windows came
+        geo = pq.read_schema(streamed).metadata[b"geo"]
+        assert b'"Polygon"' in geo and b'"bbox"' in geo
+
+
+def speckled_map(side: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Many small objects all over the map, a few cut by window borders."""
+    rng = np.random.default_rng(11)
+    prob = ndimage.gaussian_filter(rng.random((side, side)), 1.0).astype(np.float32)
+    prob = (prob - prob.min()) / np.ptp(prob)
+    extra = {"spread": rng.random((side, side)), "first": np.zeros((side, side))}
+    return prob, prob >= 0.6, extra
+
+
+def test_objects_held_at_once_are_bounded_by_the_edge_pieces_of_the_open_borders(tmp_path):
+    """Streaming, the collector holds the pieces along the borders still open (the last two rows
+    of windows, the most) and one window's finished objects, not the map's objects; counted by
+    the collector itself, checked against the pieces each window has along its borders."""
+    side = 256
+    maps = speckled_map(side)
+    info = SceneInfo(side, side, ("slope",), grid(WINDOW).crs_wkt, (10.0, 0.0, 0.0, 0.0, -10.0, 0.0), WINDOW)
+    streaming, holding = (ObjectCollector(info, min_pixels=MIN_PIXELS, reductions=LAYERS) for _ in range(2))
+    parts = (streaming.pop_finished() for _ in windows_of(streaming, WINDOW, maps))
+    n = stream_polygons(tmp_path / "p.gpkg", info, parts, MIN_PIXELS, True)
+    for _ in windows_of(holding, WINDOW, maps):
+        pass
+    edge, whole = [], []  # per window: pieces touching its borders, and whole objects kept
+    for y0 in range(0, side, WINDOW):
+        for x0 in range(0, side, WINDOW):
+            labels, k = ndimage.label(maps[1][y0 : y0 + WINDOW, x0 : x0 + WINDOW])
+            on_border = np.unique(np.r_[labels[0], labels[-1], labels[:, 0], labels[:, -1]])
+            sizes = np.bincount(labels.ravel(), minlength=k + 1)
+            edge.append(len(on_border[on_border > 0]))
+            whole.append(int(((sizes >= MIN_PIXELS)[1:] & ~np.isin(np.arange(1, k + 1), on_border)).sum()))
+    per_row = side // WINDOW
+    rows = [sum(edge[r * per_row : (r + 1) * per_row]) for r in range(per_row)]
+    bound = max(a + b for a, b in zip(rows, rows[1:])) + max(whole)
+    assert n == len(holding.table().take(holding.table().pixels >= MIN_PIXELS)) > 500
+    assert streaming.peak_held <= bound < n / 4  # here: 47 <= 180 of 934 objects
+    assert holding.peak_held >= n  # without popping, every object stays held
+    assert streaming.kept == holding.kept
+
+
+@pytest.mark.parametrize("fmt", sorted(POLYGON_FILES))
+def test_a_failure_while_streaming_leaves_no_file_and_keeps_its_cause(tmp_path, fmt, monkeypatch):
+    monkeypatch.setattr(polygons, "BATCH_ROWS", 2)
+    info, collector = collect(WINDOW)
+    table = collector.table()
+
+    def parts():
+        yield table.take(np.arange(5))
+        raise OSError(28, "No space left on device")
+
+    dest = tmp_path / POLYGON_FILES[fmt]
+    with pytest.raises(OSError, match="No space left"):
+        stream_polygons(dest, info, parts(), MIN_PIXELS, True)
+    assert not dest.exists()
 
 
 def test_a_window_of_specks_only_keeps_nothing():
@@ -110,4 +207,4 @@ def test_a_window_of_specks_only_keeps_nothing():
     mask = np.zeros((8, 8), bool)
     mask[2, 2] = mask[5, 5] = True
     collector.add_window(0, 0, mask, np.full((8, 8), 0.9), None)
-    assert collector.pieces == [] and collector.objects() == []
+    assert collector.kept == 0 and collector.objects() == []

@@ -12,6 +12,12 @@ from ..config import JobConfig, job_from_dict, load_job, validate_model
 from ..errors import ConfigError
 from ..ingest.inputs import SceneInputs
 
+
+def num_actors(value: str) -> int | str:
+    """``--num-actors``: a whole number or ``auto`` (argparse names this function in its error)."""
+    return value if value == "auto" else int(value)
+
+
 FLAGS = {  # flag -> (JobConfig field, type, help)
     "--aoi": (
         "aoi",
@@ -44,7 +50,13 @@ FLAGS = {  # flag -> (JobConfig field, type, help)
         "region job: the event's date (YYYY-MM-DD); pre-event scenes are dated before it, the others on or after",
     ),
     "--ray-address": (None, str, "Ray cluster address (default: RAY_ADDRESS or a local Ray)"),
-    "--num-actors": (None, int, "predictor actors on Ray (default: one per GPU, else 1)"),
+    "--num-actors": (
+        None,
+        num_actors,
+        "predictor actors on Ray: a number, or auto: as many as the work, up to --max-actors "
+        "(default: one per GPU, else 1)",
+    ),
+    "--max-actors": (None, int, "the most actors --num-actors auto asks for (default 8)"),
 }
 
 
@@ -148,7 +160,8 @@ def _overrides(args) -> dict:
         out.update(models=args.models, ensemble=None)
     elif args.ensemble:
         out["models"] = []
-    ray = {k: v for k, v in (("address", args.ray_address), ("num_actors", args.num_actors)) if v is not None}
+    given = (("address", args.ray_address), ("num_actors", args.num_actors), ("max_actors", args.max_actors))
+    ray = {k: v for k, v in given if v is not None}
     return {k: v for k, v in out.items() if v is not None or k == "ensemble" and args.models} | (
         {"ray": ray} if ray else {}
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import os
 from collections import Counter, deque
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..config import RaySettings
+from ..config import JobConfig, RaySettings
 from ..errors import LandslideBatchError
 from ..plan.tiling import Block, TileGrid
 from .actor_pool import ActorPlan, ActorPool
@@ -141,18 +142,39 @@ def ray_device(device: str, settings: RaySettings, cluster_gpus: float) -> str:
     return "cuda" if device.startswith("cuda") else "cpu"
 
 
+def scene_work(blocks: list[Block]) -> int:
+    """A scene job's work for ``num_actors: auto``: the stripes its blocks make (one per actor)."""
+    return len(split_stripes(blocks, len(blocks)))
+
+
+def region_work(cfg: JobConfig, height: int, width: int) -> int:
+    """A region job's work for ``num_actors: auto``, before any scene is read: the scenes listed
+    x the blocks of its ``height`` x ``width`` grid; scenes from a STAC search are not known yet,
+    so then as many actors as ``max_actors`` allows."""
+    if cfg.stac_search is not None:
+        return cfg.ray.max_actors
+    return len(cfg.scenes or []) * math.ceil(height / cfg.block) * math.ceil(width / cfg.block)
+
+
+def _actor_count(settings: RaySettings, work: int, default: int) -> int:
+    if settings.num_actors == "auto":
+        return max(1, min(work, settings.max_actors))
+    return settings.num_actors or default
+
+
 def plan_actors(
-    settings: RaySettings, device: str, threads: int | None, cluster_gpus: float, node_cpus: list[int]
+    settings: RaySettings, device: str, threads: int | None, cluster_gpus: float, node_cpus: list[int], work: int
 ) -> ActorPlan:
     """Resources per actor from the job's settings; the cluster's GPUs count only for ``auto``
-    and the default number of GPU actors, its nodes' CPUs only for the default CPU share."""
+    and the default number of GPU actors, its nodes' CPUs only for the default CPU share;
+    ``work`` (``scene_work``, ``region_work``) only for ``num_actors: auto``."""
     if ray_device(device, settings, cluster_gpus) == "cuda":
         gpus = settings.gpus_per_actor or 1
-        actors = settings.num_actors or max(1, int(cluster_gpus // gpus))
+        actors = _actor_count(settings, work, max(1, int(cluster_gpus // gpus)))
         cpus = settings.cpus_per_actor or 1
         read_ahead = 2 if settings.read_tasks is None else settings.read_tasks
         return ActorPlan(actors, "cuda", gpus, cpus, threads or max(1, int(cpus)), read_ahead)
-    actors = settings.num_actors or 1
+    actors = _actor_count(settings, work, 1)
     biggest = max(node_cpus + [1])  # an actor reserves the cores its torch threads use, so it fits a node
     cpus = settings.cpus_per_actor or min(threads or max(1, biggest // actors), biggest)
     return ActorPlan(actors, "cpu", 0, cpus, threads or max(1, int(cpus)), settings.read_tasks or 0)
@@ -179,9 +201,10 @@ def device_session(device: str, executor: str, settings: RaySettings) -> Abstrac
     return nullcontext()
 
 
-def actor_pool(spec: PredictorSpec, settings: RaySettings, *, shared: bool = False) -> ActorPool:
+def actor_pool(spec: PredictorSpec, settings: RaySettings, *, work: int, shared: bool = False) -> ActorPool:
     """A pool of predictor actors for ``spec`` (a shipped spec), sized and placed by ``settings``
-    on the cluster this process is connected to (call it inside a ``ray_session``)."""
+    (and ``work``: ``scene_work`` or ``region_work``) on the cluster this process is connected
+    to (call it inside a ``ray_session``)."""
     import ray
 
     nodes = [n for n in ray.nodes() if n["Alive"]]  # type: ignore[no-untyped-call]  # ray leaves it unannotated
@@ -191,6 +214,7 @@ def actor_pool(spec: PredictorSpec, settings: RaySettings, *, shared: bool = Fal
         spec.threads,
         ray.cluster_resources().get("GPU", 0),  # type: ignore[no-untyped-call]  # ray leaves it unannotated
         [int(n["Resources"].get("CPU", 0)) for n in nodes],
+        work,
     )
     return ActorPool(replace(spec, device=plan.device, threads=plan.threads), plan, shared=shared)
 

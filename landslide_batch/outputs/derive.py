@@ -7,7 +7,7 @@ so a re-derivation gives exactly what a job run with the same settings gives.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from ..ingest.scene import SceneInfo
-from .areas import pixel_areas
+from .areas import PixelAreas, pixel_areas
 from .metadata import BANDS
-from .polygons import ObjectCollector, write_polygons
+from .polygons import ObjectCollector, Pieces, stream_polygons
 from .rasters import windows, write_cog
 
 MASK_NODATA = 255
@@ -81,25 +81,48 @@ def write_mask_and_polygons(
             band=BANDS["mask"],
             tags=tags,
         )
-        collector = ObjectCollector(info, min_pixels=min_pixels)
-        valid_px = slide_px = 0
-        areas, valid_m2, slide_m2 = pixel_areas(info), 0.0, 0.0
-        for y0, y1, x0, x1 in windows(info):
-            prob = source.probability(y0, y1, x0, x1)
-            m = mask_window(prob, threshold)
-            valid_px += int((m != MASK_NODATA).sum())
-            slide_px += int((m == 1).sum())
-            if areas is not None:
-                valid_m2 += areas.of_mask(y0, m != MASK_NODATA)
-                slide_m2 += areas.of_mask(y0, m == 1)
-            slope = source.slope(y0, y1, x0, x1) if source.slope is not None else None
-            collector.add_window(y0, x0, m == 1, prob, slope)
-        n_objects = write_polygons(polygons_dest, info, collector.table(), min_pixels, source.slope is not None)
+        tally = _Tally(pixel_areas(info))
+        n_objects = stream_polygons(
+            polygons_dest, info, _objects(source, threshold, min_pixels, tally), min_pixels, source.slope is not None
+        )
         mask_cog.result()
+    areas = tally.areas
     return {
-        "valid_pixels": valid_px,
-        "landslide_pixels": slide_px,
+        "valid_pixels": tally.valid_px,
+        "landslide_pixels": tally.slide_px,
         "objects": n_objects,
-        "area_mapped_km2": valid_m2 / 1e6 if areas else None,
-        "landslide_area_km2": slide_m2 / 1e6 if areas else None,
+        "area_mapped_km2": tally.valid_m2 / 1e6 if areas else None,
+        "landslide_area_km2": tally.slide_m2 / 1e6 if areas else None,
     }
+
+
+@dataclass
+class _Tally:
+    """The mask's counts, added up window by window while its objects are written."""
+
+    areas: PixelAreas | None
+    valid_px: int = 0
+    slide_px: int = 0
+    valid_m2: float = 0.0
+    slide_m2: float = 0.0
+
+    def add(self, y0: int, mask: np.ndarray) -> None:
+        self.valid_px += int((mask != MASK_NODATA).sum())
+        self.slide_px += int((mask == 1).sum())
+        if self.areas is not None:
+            self.valid_m2 += self.areas.of_mask(y0, mask != MASK_NODATA)
+            self.slide_m2 += self.areas.of_mask(y0, mask == 1)
+
+
+def _objects(source: ProbabilitySource, threshold: float, min_pixels: int, tally: _Tally) -> Iterator[Pieces]:
+    """The map's objects, window by window as they are finished (the file is written as they
+    come: what is held is the pieces along the windows' open borders); counts the mask in ``tally``."""
+    collector = ObjectCollector(source.info, min_pixels=min_pixels)
+    for y0, y1, x0, x1 in windows(source.info):
+        prob = source.probability(y0, y1, x0, x1)
+        m = mask_window(prob, threshold)
+        tally.add(y0, m)
+        slope = source.slope(y0, y1, x0, x1) if source.slope is not None else None
+        collector.add_window(y0, x0, m == 1, prob, slope)
+        yield collector.pop_finished()
+    yield collector.table()  # nothing is left once every window was added

@@ -15,6 +15,9 @@ they stay holes of the object): the union of a map-wide object's many-holed piec
 
 from __future__ import annotations
 
+import itertools
+import json
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -135,10 +138,14 @@ class Pieces:
         ]
 
 
+#: The borders of a window, as bits of what a piece touches (``ObjectCollector``'s ``_sides``).
+TOP, BOTTOM, LEFT, RIGHT = 1, 2, 4, 8
+
+
 @dataclass(frozen=True)
 class Border:
-    """A window's place and, along each of its four borders, which edge piece (an index into the
-    collector's edge pieces, -1 for none) each pixel belongs to."""
+    """A window's place and, along each of its four borders, which edge piece (its id, -1 for
+    none) each pixel belongs to."""
 
     y0: int
     x0: int
@@ -152,21 +159,42 @@ class Border:
 
 @dataclass
 class ObjectCollector:
+    """Objects of a map added window by window. A piece touching no border of its window that
+    another window still to come lies beyond is finished at once; pieces touching such a border
+    (edge pieces) are held, and joined with the pieces they meet across it when that window comes:
+    a group of joined pieces none of which touches an open border any more is one finished
+    object. :meth:`pop_finished` hands the finished objects over (to be written and dropped), so
+    what is held at once is the edge pieces along the open borders, whatever the map's size."""
+
     info: SceneInfo
     #: Pieces inside a window (touching none of its edges) are whole objects: those smaller than
     #: this are never written, so they are not kept either (memory grows with the objects kept).
     min_pixels: int = 0
     #: Extra layers ``add_window`` is given (name -> "sum", "min" or "max" of ``REDUCTIONS``).
     reductions: dict[str, str] = field(default_factory=dict)
-    _inner: list[Pieces] = field(default_factory=list, repr=False)
-    _edge: list[Pieces] = field(default_factory=list, repr=False)
-    _borders: list[Border] = field(default_factory=list, repr=False)
-    _n_edge: int = field(default=0, repr=False)
+    #: Pieces kept so far (whole objects and edge pieces), and the most objects and edge pieces
+    #: held at once after a window (finished ones not yet popped included): what memory follows.
+    kept: int = field(default=0, init=False)
+    peak_held: int = field(default=0, init=False)
+    _done: list[Pieces] = field(default_factory=list, init=False, repr=False)
+    _held: Pieces = field(init=False, repr=False)  # edge pieces, by ascending id (``_ids``)
+    _ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), init=False, repr=False)
+    _win: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), init=False, repr=False)
+    _sides: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint8), init=False, repr=False)
+    _pairs: np.ndarray = field(default_factory=lambda: np.zeros((2, 0), np.int64), init=False, repr=False)
+    _places: list[tuple[int, int, int, int]] = field(default_factory=list, init=False, repr=False)
+    _open: list[int] = field(default_factory=list, init=False, repr=False)  # each window's open borders
+    _borders: dict[int, Border] = field(default_factory=dict, init=False, repr=False)  # those with one open
+    _by_edge: dict[tuple[str, int], list[int]] = field(default_factory=dict, init=False, repr=False)
+    _n_edge: int = field(default=0, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._held = Pieces.empty(self.reductions)
 
     @property
-    def pieces(self) -> list[Piece]:
-        """Every piece kept so far."""
-        return Pieces.concat(self._inner + self._edge, self.reductions).rows()
+    def held(self) -> int:
+        """Objects and edge pieces held now: finished ones not yet popped, and edge pieces."""
+        return len(self._ids) + sum(len(d) for d in self._done)
 
     def add_window(
         self,
@@ -180,36 +208,43 @@ class ObjectCollector:
         from scipy import ndimage  # here, not at import: a job imports it beside its blocks
 
         labels, n = ndimage.label(mask)  # 4-connectivity, as rasterio.features.shapes
-        if n == 0:
-            return
-        idx = np.arange(1, n + 1)
-        pixels = np.bincount(labels.ravel(), minlength=n + 1)[1:]
-        edge = np.zeros(n + 1, bool)
-        for border in (labels[0], labels[-1], labels[:, 0], labels[:, -1]):
-            edge[border] = True
-        keep = edge.copy()
-        keep[1:] |= pixels >= self.min_pixels
-        keep[0] = False  # the background
-        kept = idx[keep[1:]]
-        stats = {
-            name: getattr(ndimage, REDUCTIONS[how][1])((extra or {})[name], labels, kept)
-            for name, how in self.reductions.items()
-        }
-        window = Pieces(
-            self._polygons(labels, keep, y0, x0)[kept],
-            pixels[kept - 1].astype(np.int64),
+        sides = np.zeros(n + 1, np.uint8)
+        for bit, line in ((TOP, labels[0]), (BOTTOM, labels[-1]), (LEFT, labels[:, 0]), (RIGHT, labels[:, -1])):
+            sides[line] |= bit
+        sides[0] = 0  # the background
+        pixels = np.bincount(labels.ravel(), minlength=n + 1)
+        keep = (sides != 0) | (pixels >= self.min_pixels)
+        keep[0] = False
+        kept = np.flatnonzero(keep)
+        window = self._window_pieces(labels, keep, pixels, sides, prob, slope, extra or {}, (y0, x0))
+        self.kept += len(window)
+        whole = window.take(~window.on_edge)
+        if len(whole):
+            self._done.append(whole)
+        self._add_edge_pieces(window.take(window.on_edge), labels, kept[window.on_edge], sides, y0, x0)
+        self.peak_held = max(self.peak_held, self.held)
+
+    def _window_pieces(self, labels, keep, pixels, sides, prob, slope, extra: dict, at: tuple[int, int]) -> Pieces:
+        """The kept labels of a window as pieces: polygons and statistics, one array each."""
+        from scipy import ndimage
+
+        kept = np.flatnonzero(keep)
+        if not len(kept):
+            return Pieces.empty(self.reductions)
+        return Pieces(
+            self._polygons(labels, keep, *at)[kept],
+            pixels[kept].astype(np.int64),
             np.asarray(ndimage.sum_labels(prob, labels, kept), np.float64),
             np.asarray(ndimage.sum_labels(slope, labels, kept), np.float64)
             if slope is not None
             else np.zeros(len(kept)),
             np.asarray(ndimage.maximum(prob, labels, kept), np.float64),
-            edge[kept],
-            {name: np.asarray(v, np.float64) for name, v in stats.items()},
+            sides[kept] != 0,
+            {
+                name: np.asarray(getattr(ndimage, REDUCTIONS[how][1])(extra[name], labels, kept), np.float64)
+                for name, how in self.reductions.items()
+            },
         )
-        whole = window.take(~window.on_edge)
-        if len(whole):
-            self._inner.append(whole)
-        self._add_edge_pieces(window.take(window.on_edge), labels, n, kept[window.on_edge], y0, x0)
 
     def _polygons(self, labels: np.ndarray, keep: np.ndarray, y0: int, x0: int) -> np.ndarray:
         """label -> its polygon (None where not kept), built as one shapely array per window."""
@@ -237,46 +272,116 @@ class ObjectCollector:
         return out
 
     def _add_edge_pieces(
-        self, pieces: Pieces, labels: np.ndarray, n: int, piece_labels: np.ndarray, y0: int, x0: int
+        self, pieces: Pieces, labels: np.ndarray, piece_labels: np.ndarray, sides: np.ndarray, y0: int, x0: int
     ) -> None:
-        """Keep the pieces touching the window's edge, and which of them lies along each border."""
-        lut = np.full(n + 1, -1, np.int64)
-        lut[piece_labels] = self._n_edge + np.arange(len(piece_labels))
+        """Hold the window's edge pieces, join them with the pieces they meet in the windows added
+        before, and finish every group that no open border can extend any more."""
+        lut = np.full(len(sides), -1, np.int64)
+        ids = self._n_edge + np.arange(len(piece_labels))
+        lut[piece_labels] = ids
         self._n_edge += len(piece_labels)
-        if len(pieces):
-            self._edge.append(pieces)
         h, w = labels.shape
-        self._borders.append(
-            Border(y0, x0, h, w, lut[labels[0]], lut[labels[-1]], lut[labels[:, 0]], lut[labels[:, -1]])
-        )
+        i = len(self._places)
+        self._places.append((y0, x0, h, w))
+        for key in (("y0", y0), ("y1", y0 + h), ("x0", x0), ("x1", x0 + w)):
+            self._by_edge.setdefault(key, []).append(i)
+        border = Border(y0, x0, h, w, lut[labels[0]], lut[labels[-1]], lut[labels[:, 0]], lut[labels[:, -1]])
+        self._borders[i] = border
+        self._open.append(0)
+        self._held = Pieces.concat([self._held, pieces], self.reductions)
+        self._ids = np.concatenate([self._ids, ids])
+        self._win = np.concatenate([self._win, np.full(len(ids), i, np.int64)])
+        self._sides = np.concatenate([self._sides, sides[piece_labels]])
+        neighbours = self._join(border)
+        for j in (i, *neighbours):
+            self._open[j] = self._open_borders(j)
+            if not self._open[j]:
+                self._borders.pop(j, None)
+        self._finish_closed()
 
-    def table(self) -> Pieces:
-        """Every object: the whole ones, window by window, then those merged across borders."""
-        return Pieces.concat([*self._inner, self._merged()], self.reductions)
+    def _join(self, w: Border) -> list[int]:
+        """Pair the pieces of window ``w`` with those they meet across its borders in the windows
+        added before; -> those windows."""
+        pairs, met = [self._pairs], []
+        for j in self._by_edge.get(("y1", w.y0), []):  # above: its bottom row meets w's top row
+            if (o := self._borders.get(j)) is not None:
+                pairs.append(_side_by_side(o.bottom, o.x0, w.top, w.x0))
+                met.append(j)
+        for j in self._by_edge.get(("y0", w.y0 + w.h), []):  # below
+            if (o := self._borders.get(j)) is not None:
+                pairs.append(_side_by_side(w.bottom, w.x0, o.top, o.x0))
+                met.append(j)
+        for j in self._by_edge.get(("x1", w.x0), []):  # to the left
+            if (o := self._borders.get(j)) is not None:
+                pairs.append(_side_by_side(o.right, o.y0, w.left, w.y0))
+                met.append(j)
+        for j in self._by_edge.get(("x0", w.x0 + w.w), []):  # to the right
+            if (o := self._borders.get(j)) is not None:
+                pairs.append(_side_by_side(w.right, w.y0, o.left, o.y0))
+                met.append(j)
+        self._pairs = np.concatenate(pairs, axis=1)
+        return met
 
-    def objects(self) -> list[Piece]:
-        """Merge pieces that share an edge across window borders; -> every object kept."""
-        return self.table().rows()
+    def _open_borders(self, i: int) -> int:
+        """The borders of window ``i`` (bits) beyond which the map goes on where no window was added yet."""
+        y0, x0, h, w = self._places[i]
+        bits = 0
+        for bit, beyond, key, start, length, along in (
+            (TOP, y0 > 0, ("y1", y0), x0, w, 1),
+            (BOTTOM, y0 + h < self.info.height, ("y0", y0 + h), x0, w, 1),
+            (LEFT, x0 > 0, ("x1", x0), y0, h, 0),
+            (RIGHT, x0 + w < self.info.width, ("x0", x0 + w), y0, h, 0),
+        ):
+            if beyond and self._covered(key, start, length, along) < length:
+                bits |= bit
+        return bits
 
-    def _merged(self) -> Pieces:
-        """The edge pieces, those that share a border edge merged into one object."""
+    def _covered(self, key: tuple[str, int], start: int, length: int, along: int) -> int:
+        """How much of [start, start + length) the windows added along ``key`` cover (``along``:
+        0 for rows, 1 for columns)."""
+        covered = 0
+        for j in self._by_edge.get(key, []):
+            lo, n = self._places[j][along], self._places[j][along + 2]
+            covered += max(0, min(start + length, lo + n) - max(start, lo))
+        return covered
+
+    def _finish_closed(self) -> None:
+        """Move every group of edge pieces that touches no open border to the finished objects."""
+        if not len(self._ids):
+            return
+        group = self._groups()
+        open_now = (np.asarray(self._open)[self._win] & self._sides) != 0
+        still_open = np.zeros(group.max() + 1, bool)
+        still_open[group[open_now]] = True
+        closed = ~still_open[group]
+        if not closed.any():
+            return
+        self._done.append(self._merge(self._held.take(closed), group[closed]))
+        kept_ids = self._ids[~closed]
+        self._pairs = self._pairs[:, np.isin(self._pairs[0], kept_ids)]  # a pair's pieces share a group
+        self._held, self._ids = self._held.take(~closed), kept_ids
+        self._win, self._sides = self._win[~closed], self._sides[~closed]
+
+    def _groups(self) -> np.ndarray:
+        """The group (connected through pairs) of each held edge piece."""
         from scipy.sparse import coo_matrix
         from scipy.sparse.csgraph import connected_components
 
-        edge = Pieces.concat(self._edge, self.reductions)
-        if len(edge) == 0:
-            return edge
-        a, b = self._border_pairs()
-        graph = coo_matrix((np.ones(len(a), bool), (a, b)), shape=(len(edge), len(edge)))
-        _, group = connected_components(graph, directed=False)
+        n = len(self._ids)
+        a, b = np.searchsorted(self._ids, self._pairs)
+        graph = coo_matrix((np.ones(len(a), bool), (a, b)), shape=(n, n))
+        return connected_components(graph, directed=False)[1]
+
+    def _merge(self, pieces: Pieces, group: np.ndarray) -> Pieces:
+        """One object per group of pieces: statistics combined, polygons joined."""
         order = np.argsort(group, kind="stable")
         group = group[order]
         starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
-        edge = edge.take(order)
-        reduce = {name: BASE_REDUCTIONS[name].reduceat(getattr(edge, name), starts) for name in BASE_REDUCTIONS}
+        pieces = pieces.take(order)
+        reduce = {name: BASE_REDUCTIONS[name].reduceat(getattr(pieces, name), starts) for name in BASE_REDUCTIONS}
         geom = np.empty(len(starts), object)
-        for k, (start, stop) in enumerate(zip(starts, [*starts[1:], len(edge)])):
-            geom[k] = edge.geom[start] if stop - start == 1 else _union(edge.geom[start:stop])
+        for k, (start, stop) in enumerate(zip(starts, [*starts[1:], len(pieces)])):
+            geom[k] = pieces.geom[start] if stop - start == 1 else _union(pieces.geom[start:stop])
         return Pieces(
             geom,
             reduce["pixels"],
@@ -284,24 +389,24 @@ class ObjectCollector:
             reduce["slope_sum"],
             reduce["prob_max"],
             np.ones(len(starts), bool),
-            {n: REDUCTIONS[how][0].reduceat(edge.extra[n], starts) for n, how in self.reductions.items()},
+            {n: REDUCTIONS[how][0].reduceat(pieces.extra[n], starts) for n, how in self.reductions.items()},
         )
 
-    def _border_pairs(self) -> tuple[np.ndarray, np.ndarray]:
-        """(a, b): edge pieces a[i] and b[i] have pixels side by side across a window border."""
-        by_x0: dict[int, list[Border]] = {}
-        by_y0: dict[int, list[Border]] = {}
-        for w in self._borders:
-            by_x0.setdefault(w.x0, []).append(w)
-            by_y0.setdefault(w.y0, []).append(w)
-        pairs = [np.zeros((2, 0), np.int64)]
-        for w in self._borders:
-            for right in by_x0.get(w.x0 + w.w, []):  # the window to the right: its left column
-                pairs.append(_side_by_side(w.right, w.y0, right.left, right.y0))
-            for below in by_y0.get(w.y0 + w.h, []):  # the window below: its top row
-                pairs.append(_side_by_side(w.bottom, w.x0, below.top, below.x0))
-        a, b = np.concatenate(pairs, axis=1)
-        return a, b
+    def pop_finished(self) -> Pieces:
+        """The objects finished since the last call, handed over (the collector drops them)."""
+        done = Pieces.concat(self._done, self.reductions)
+        self._done = []
+        return done
+
+    def table(self) -> Pieces:
+        """Every object not popped yet: the finished ones, then the held edge pieces joined as far
+        as the windows added allow (all of them are finished once every window was added)."""
+        rest = self._merge(self._held, self._groups()) if len(self._ids) else Pieces.empty(self.reductions)
+        return Pieces.concat([*self._done, rest], self.reductions)
+
+    def objects(self) -> list[Piece]:
+        """:meth:`table` as one :class:`Piece` per object."""
+        return self.table().rows()
 
 
 def _side_by_side(line: np.ndarray, start: int, other: np.ndarray, other_start: int) -> np.ndarray:
@@ -328,36 +433,143 @@ def _union(parts: np.ndarray):
     return shapely.Polygon(shells.exterior, holes)
 
 
+#: Objects per batch a polygon file is written in (a GeoParquet row group, one Arrow batch handed
+#: to GDAL): finished objects wait in memory until this many are ready, then are written and dropped.
+BATCH_ROWS = 10_000
+#: GDAL's driver per polygon format (GeoParquet is written with pyarrow).
+OGR_DRIVERS = {"gpkg": "GPKG", "fgb": "FlatGeobuf"}
+
+
 def write_polygons(
     dest, info: SceneInfo, objects: Pieces | list[Piece], min_pixels: int, has_slope: bool, columns: dict | None = None
 ) -> int:
     """Write objects with at least ``min_pixels`` pixels, in the format ``dest``'s suffix names
     (GeoPackage, GeoParquet or FlatGeobuf, see ``POLYGON_FILES``), with ``columns`` (name -> one
     value per object, e.g. a change-aware map's ``status``) after the attributes; returns how many."""
-    import geopandas as gpd
-
     table = objects if isinstance(objects, Pieces) else Pieces.of(objects)
     keep = table.pixels >= min_pixels
-    kept = table.take(keep)
-    data = {
-        "object_id": np.arange(1, len(kept) + 1, dtype=np.int64),
-        "pixels": kept.pixels,
-        "area_m2": object_areas_m2(info, kept.geom, kept.pixels),
-        "mean_probability": kept.prob_sum / kept.pixels,
-        "max_probability": kept.prob_max,
-        "mean_slope_deg": kept.slope_sum / kept.pixels if has_slope else np.full(len(kept), np.nan),
-        **{name: [v for v, k in zip(values, keep) if k] for name, values in (columns or {}).items()},
-    }
-    gdf = gpd.GeoDataFrame(data, geometry=gpd.GeoSeries(kept.geom, crs=info.crs), crs=info.crs)
-    _save(gdf, Path(dest))
-    return len(kept)
+    kept_columns = {name: [v for v, k in zip(values, keep) if k] for name, values in (columns or {}).items()}
+    return _write_batches(Path(dest), info, _records(info, [(table.take(keep), kept_columns)], has_slope))
 
 
-def _save(gdf, dest: Path) -> None:
+def stream_polygons(dest, info: SceneInfo, objects: Iterable[Pieces], min_pixels: int, has_slope: bool) -> int:
+    """:func:`write_polygons` for objects that come part by part (a collector's
+    :meth:`ObjectCollector.pop_finished` after each window): each part is written once
+    ``BATCH_ROWS`` objects are ready, so the file grows while the map is read; -> objects written."""
+
+    def batches() -> Iterator[tuple[Pieces, dict]]:
+        waiting: list[Pieces] = []
+        for part in objects:
+            part = part.take(part.pixels >= min_pixels)
+            if len(part):
+                waiting.append(part)
+            if sum(map(len, waiting)) >= BATCH_ROWS:
+                yield Pieces.concat(waiting, list(part.extra)), {}
+                waiting = []
+        if waiting:
+            yield Pieces.concat(waiting, list(waiting[0].extra)), {}
+
+    return _write_batches(Path(dest), info, _records(info, batches(), has_slope))
+
+
+def _records(info: SceneInfo, batches: Iterable[tuple[Pieces, dict]], has_slope: bool) -> Iterator:
+    """(Arrow record batch, its geometries) of objects (geometry as WKB in the batch),
+    ``object_id`` numbered across them; at least one batch (an empty one when there are no
+    objects: the file still gets its columns)."""
+    import pyarrow as pa
+    import shapely
+
+    def record_batch(table: Pieces, columns: dict, first_id: int):
+        data = {
+            "object_id": np.arange(first_id, first_id + len(table), dtype=np.int64),
+            "pixels": table.pixels,
+            "area_m2": object_areas_m2(info, table.geom, table.pixels),
+            "mean_probability": table.prob_sum / table.pixels,
+            "max_probability": table.prob_max,
+            "mean_slope_deg": table.slope_sum / table.pixels if has_slope else np.full(len(table), np.nan),
+        }
+        arrays = {name: pa.array(values) for name, values in data.items()}
+        for name, values in columns.items():  # text where no value says otherwise (all None, or none)
+            arrays[name] = pa.array(values) if any(v is not None for v in values) else pa.array(values, pa.string())
+        arrays["geometry"] = pa.array(shapely.to_wkb(table.geom), pa.binary())
+        return pa.record_batch(list(arrays.values()), names=list(arrays)), table.geom
+
+    written, any_batch = 0, False
+    for table, columns in batches:
+        yield record_batch(table, columns, written + 1)
+        written, any_batch = written + len(table), True
+    if not any_batch:
+        yield record_batch(Pieces.empty([]), {}, 1)
+
+
+def _write_batches(dest: Path, info: SceneInfo, records: Iterator) -> int:
+    """Write :func:`_records`' batches to ``dest`` as they come (the format from its suffix);
+    -> rows. A failure, in the writer or in whatever makes the batches, leaves no file behind."""
+    import pyarrow as pa
+
     fmt = dest.suffix[1:]
-    if fmt == "parquet":
-        gdf.to_parquet(dest)
-    elif fmt in ("gpkg", "fgb"):
-        gdf.to_file(dest, layer="landslides", driver="GPKG" if fmt == "gpkg" else "FlatGeobuf", engine="pyogrio")
-    else:
+    if fmt not in POLYGON_FILES:
         raise ValueError(f"{dest}: unknown polygon format {fmt!r}; expected one of {sorted(POLYGON_FILES)}")
+    first = next(records)
+    rows, failure = [0], []
+
+    def counted() -> Iterator:
+        try:
+            for batch, geoms in itertools.chain([first], records):
+                rows[0] += batch.num_rows
+                yield batch, geoms
+        except BaseException as exc:  # GDAL reports it as "error while accessing batch": keep the cause
+            failure.append(exc)
+            raise
+
+    try:
+        if fmt == "parquet":
+            _write_geoparquet(dest, info, first[0].schema, counted())
+        else:
+            import pyogrio
+
+            pyogrio.write_arrow(
+                pa.RecordBatchReader.from_batches(first[0].schema, (batch for batch, _ in counted())),
+                dest,
+                layer="landslides",
+                driver=OGR_DRIVERS[fmt],
+                geometry_name="geometry",
+                geometry_type="Unknown",  # polygons, and a multipolygon where a join along a border needs one
+                crs=info.crs_wkt,
+            )
+    except BaseException:
+        dest.unlink(missing_ok=True)
+        if failure:
+            raise failure[0] from None
+        raise
+    return rows[0]
+
+
+def _write_geoparquet(dest: Path, info: SceneInfo, schema, batches: Iterator) -> None:
+    """GeoParquet 1.0 (WKB geometry), one row group per batch. Its ``geo`` metadata (CRS as
+    PROJJSON, geometry types, bounding box) is known at the end, so it goes into the footer then;
+    the Arrow schema is not stored, or its (metadata-less) copy would hide it."""
+    import pyarrow.parquet as pq
+    import shapely
+
+    names = {shapely.GeometryType.POLYGON: "Polygon", shapely.GeometryType.MULTIPOLYGON: "MultiPolygon"}
+    types: set[str] = set()
+    bounds = np.array([np.inf, np.inf, -np.inf, -np.inf])
+    with pq.ParquetWriter(dest, schema, store_schema=False) as writer:
+        for batch, geoms in batches:
+            types |= {names[shapely.GeometryType(t)] for t in np.unique(shapely.get_type_id(geoms))}
+            if len(geoms):
+                box = shapely.total_bounds(geoms)
+                bounds = np.r_[np.minimum(bounds[:2], box[:2]), np.maximum(bounds[2:], box[2:])]
+            writer.write_batch(batch)
+        column = {"encoding": "WKB", "geometry_types": sorted(types), "crs": _projjson(info)}
+        if types:
+            column["bbox"] = bounds.tolist()
+        geo = {"version": "1.0.0", "primary_column": "geometry", "columns": {"geometry": column}}
+        writer.add_key_value_metadata({"geo": json.dumps(geo)})
+
+
+def _projjson(info: SceneInfo) -> dict | None:
+    from pyproj import CRS
+
+    return CRS.from_wkt(info.crs_wkt).to_json_dict() if info.crs_wkt else None

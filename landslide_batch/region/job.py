@@ -48,7 +48,7 @@ from ..config import EnsembleConfig, JobConfig
 from ..errors import InputError
 from ..gdal_env import bounded_gdal_cache
 from ..hashing import sha256_tree
-from ..infer.executors import job_device
+from ..infer.executors import job_device, region_work
 from ..ingest import ModelB10, Scene, ingest_job
 from ..ingest.aoi import aoi_in_crs, load_aoi
 from ..ingest.inputs import SceneInputs
@@ -171,7 +171,7 @@ def _run_region_locked(job: ResolvedJob, out: Location, overwrite: bool, stage: 
     _discard_unless(region_dir, r.rhash, overwrite)
     with ExitStack() as session:
         # The models load (locally) or are checked and the actors start (Ray) while the scenes are ingested.
-        pool, models = _start_models(r.job, session)
+        pool, models = _start_models(r.job, session, work=region_work(r.cfg, r.grid.height, r.grid.width))
         b10_means = model_b10_means(r.job.members, r.job.cards)
         scenes, skipped = _prepare_scenes(r.cfg, out / ".work", r.aoi, r.crs, b10_means, models)
         signature = _signature(scenes) + _pre_event_signature(cfg, r, pre, scenes)
@@ -486,11 +486,12 @@ def _signature(scenes: list[MappedScene]) -> str:
     return hashlib.sha256(json.dumps(sorted((s.source.id, s.sha256) for s in scenes)).encode()).hexdigest()[:16]
 
 
-def _start_models(job: ResolvedJob, session: ExitStack) -> tuple[ActorPool | None, Future]:
+def _start_models(job: ResolvedJob, session: ExitStack, work: int) -> tuple[ActorPool | None, Future]:
     """Start what predicts every scene, in the background of the scenes' ingest: locally the
     predictor (a future of it); on Ray, join the cluster and start one pool of predictor actors,
     which load their models at once, while the driver builds each model once as a check (a
-    future of the checked spec). -> (the pool or None, the future); closed with ``session``."""
+    future of the checked spec). -> (the pool or None, the future); closed with ``session``.
+    ``work``: the region's ``region_work``, which ``num_actors: auto`` follows."""
     cfg, spec = job.cfg, job.predictor_spec()
     background = session.enter_context(ThreadPoolExecutor(1, "models"))
     if cfg.executor == "local":
@@ -498,7 +499,7 @@ def _start_models(job: ResolvedJob, session: ExitStack) -> tuple[ActorPool | Non
     from ..infer.executors import actor_pool, ray_session
 
     session.enter_context(ray_session(cfg.ray))
-    pool = session.enter_context(actor_pool(spec.shipped(), cfg.ray, shared=True))
+    pool = session.enter_context(actor_pool(spec.shipped(), cfg.ray, work=work, shared=True))
     pool.start()
     return pool, background.submit(spec.check)
 
