@@ -176,8 +176,10 @@ class _ItemAssets:
         where = location(item_path)
         try:
             if where.is_remote and where.writable:  # pystac reads files and http(s) itself, not object stores
-                item = pystac.Item.from_dict(json.loads(where.read_text()))
-                item.set_self_href(where.uri)
+                data = json.loads(where.read_text())
+                for asset in data.get("assets", {}).values():
+                    asset["href"] = where.parent.resolve(str(asset.get("href", "")))
+                item = pystac.Item.from_dict(data)
             else:
                 item = pystac.Item.from_file(str(item_path))
         except Exception as exc:

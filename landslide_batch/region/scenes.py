@@ -131,10 +131,7 @@ def _stac_items(src: str, items_dir: Location, sign: HrefSigner) -> list[SceneSo
         if not isinstance(item, dict) or item.get("type") != "Feature" or not item.get("assets"):
             raise InputError(f"{src}: feature {i} is not a STAC item with assets")
         for asset in item["assets"].values():
-            href = str(asset.get("href", ""))
-            if href and not is_uri(href) and not Path(href).is_absolute():
-                href = base.join(href).uri if base.is_remote else str(base.path / href)
-            asset["href"] = href
+            asset["href"] = base.resolve(str(asset.get("href", "")))
         unsigned = json.dumps(item, sort_keys=True)
         for asset in item["assets"].values():
             asset["href"] = sign(asset["href"]) if asset["href"] else asset["href"]

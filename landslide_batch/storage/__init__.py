@@ -11,6 +11,7 @@ API (stable; other modules build on it)::
     Location (frozen, picklable, ``str(loc)`` is the URI or the absolute local path)
       .scheme ('file', 's3', 'gs', 'az', 'abfs', 'http', 'https'), .is_local, .is_remote, .writable
       .path (local only) .name .parent .bucket .join(*parts) / loc / "part"
+      .resolve(href) -> str                   a relative href (a STAC asset's) joined to this folder
       .fs, .fs_path                           the fsspec filesystem and the path it takes
       .exists() .is_file() .is_dir() .ls_names()
       .read_bytes() .read_text() .open(mode)

@@ -127,6 +127,13 @@ class Location:
             return Location(str(self.path.joinpath(*parts)))
         return Location("/".join([self.uri.rstrip("/"), *(p.strip("/") for p in parts)]))
 
+    def resolve(self, href: str) -> str:
+        """``href`` as a file in this folder gives it (a STAC asset's): a URI or an absolute local
+        path as it is, a relative one joined to this folder."""
+        if not href or is_uri(href) or Path(href).is_absolute():
+            return href
+        return self.join(href).uri
+
     @property
     def bucket(self) -> Location | None:
         """The bucket / container of an object-store location (None for local paths and http(s))."""
