@@ -15,12 +15,12 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-import fsspec
 import numpy as np
 import pystac
 import pytest
 import rasterio
 import yaml
+from s3_server import s3_bucket
 from shapely.geometry import box, mapping
 
 from landslide_batch.cli import main
@@ -37,6 +37,7 @@ from landslide_batch.jobs.submit import (
     StacOptions,
     prepare_job,
 )
+from landslide_batch.storage import location
 from landslide_batch.synthetic import synthetic_scene, write_geotiff
 
 EVENT = datetime(2026, 7, 1, tzinfo=timezone.utc)
@@ -123,16 +124,32 @@ def write_schedule(tmp_path: Path, catalog_href: str, model: Path, **extra) -> P
 
 
 class FakeCluster:
-    """Records submissions and, like Ray, refuses a submission id it has seen."""
+    """Records submissions and, like Ray, refuses a submission id it has seen; its jobs run until
+    ``finish`` ends them (published: a complete ``run.json`` naming the job's scenes, as a region
+    job writes; or failed before publishing)."""
 
     def __init__(self):
         self.jobs: list[JobSubmission] = []
+        self.status: dict[str, tuple[str, str]] = {}
 
     def submit(self, job: JobSubmission) -> str:
         if job.submission_id in {j.submission_id for j in self.jobs}:
             raise JobExistsError(f"job {job.submission_id} exists")
         self.jobs.append(job)
+        self.status[job.submission_id] = ("RUNNING", "")
         return job.submission_id
+
+    def state(self, job_id: str, out: str) -> tuple[str, str]:
+        return self.status.get(job_id, ("UNKNOWN", "not known to this cluster"))
+
+    def finish(self, job_id: str, *, publish: bool = True) -> None:
+        (job,) = [j for j in self.jobs if j.submission_id == job_id]
+        if publish:
+            run = {"status": "complete", "scenes": [{"source": s} for s in job.job["scenes"]]}
+            out = location(job.job["out"])  # a path or an object-store URI
+            out.makedirs()
+            (out / "run.json").write_text(json.dumps(run))
+        self.status[job_id] = ("SUCCEEDED", "") if publish else ("FAILED", "killed before publishing")
 
 
 def test_scheduler_submits_one_region_job_per_event_and_each_item_once(tmp_path, scenes, tiny_model):
@@ -153,6 +170,9 @@ def test_scheduler_submits_one_region_job_per_event_and_each_item_once(tmp_path,
     )
 
     assert run_pass(schedule, cluster) == [] and len(cluster.jobs) == 2
+    assert json.loads(schedule.state_path.read_text())["events"] == {}  # running: nothing mapped yet
+    for job in cluster.jobs:
+        cluster.finish(job.submission_id)
 
     late = {
         "id": "s2-late",
@@ -168,13 +188,23 @@ def test_scheduler_submits_one_region_job_per_event_and_each_item_once(tmp_path,
     assert run_pass(schedule, cluster) == [job_id(valley, ["s2-a", "s2-late", "s2-c"])]
     assert cluster.jobs[-1].job["scenes"] == [str(s["tif"]) for s in (scenes[1], late, new)]  # oldest first
     state = json.loads(schedule.state_path.read_text())
-    assert state["events"][valley]["items"] == ["s2-a", "s2-c", "s2-late"] and len(state["jobs"]) == 3
+    assert state["events"] == {valley: {"items": ["s2-a"]}, ridge: {"items": ["s2-b"]}} and len(state["jobs"]) == 3
+    cluster.finish(cluster.jobs[-1].submission_id)
+    assert run_pass(schedule, cluster) == []
+    state = json.loads(schedule.state_path.read_text())
+    assert state["events"][valley]["items"] == ["s2-a", "s2-c", "s2-late"]
 
-    # State lost: the same items give the same submission ids, which the cluster refuses.
-    schedule.state_path.unlink()
+    # State lost: the same items give the same submission ids, which the cluster refuses; its
+    # jobs published them, so they are mapped without a new job.
+    schedule.state_path.rm()
     assert run_pass(schedule, cluster) == [] and len(cluster.jobs) == 3
-    outcomes = {r["aoi"]: r["outcome"] for r in json.loads(schedule.state_path.read_text())["jobs"].values()}
-    assert outcomes == {"valley": "already known to the cluster", "ridge": "already known to the cluster"}
+    state = json.loads(schedule.state_path.read_text())
+    outcomes = {r["aoi"]: (r["outcome"], r["state"]) for r in state["jobs"].values()}
+    assert outcomes == {
+        "valley": ("already known to the cluster", "mapped"),
+        "ridge": ("already known to the cluster", "mapped"),
+    }
+    assert state["events"][valley]["items"] == ["s2-a", "s2-c", "s2-late"]
 
 
 def test_new_job_settings_give_new_event_ids(tmp_path, tiny_model):
@@ -211,26 +241,65 @@ def test_failed_job_is_recorded_and_unreachable_cluster_retried(tmp_path, scenes
     assert not schedule.state_path.exists()  # nothing recorded: the next pass starts over
 
     class BadFirstScene(FakeCluster):
+        bad = True
+
         def submit(self, job):
-            if "s2-a" in job.metadata["items"].split(","):
+            if self.bad and "s2-a" in job.metadata["items"].split(","):
                 raise InputError("scene has 13 bands")
             return super().submit(job)
 
-    assert run_pass(schedule, BadFirstScene()) == [job_id(ridge, ["s2-b"])]
+    cluster = BadFirstScene()
+    assert run_pass(schedule, cluster) == [job_id(ridge, ["s2-b"])]
     outcomes = {r["aoi"]: r["outcome"] for r in json.loads(schedule.state_path.read_text())["jobs"].values()}
     assert outcomes == {"valley": "failed: scene has 13 bands", "ridge": "started"}
-    # The failed event's items stay new: the next pass tries again.
-    assert run_pass(schedule, FakeCluster()) == [job_id(valley, ["s2-a"])]
+    # The failed event's items stay new: the next pass tries again (the running one is left alone).
+    cluster.bad = False
+    assert run_pass(schedule, cluster) == [job_id(valley, ["s2-a"])]
+
+
+def test_an_event_gets_no_second_job_while_its_job_runs_and_is_mapped_once_published(tmp_path, scenes, tiny_model):
+    """A scene arriving while the event's job runs waits for it; a job that ends without
+    publishing (FAILED, or SUCCEEDED without its scenes in run.json) leaves its items new, and the
+    retry gets a new submission id (the cluster keeps the old one)."""
+    write_catalog(tmp_path / "catalog", scenes[:2])
+    schedule = load_schedule(write_schedule(tmp_path, "catalog/catalog.json", tiny_model))
+    valley = schedule.event("valley")
+    cluster = FakeCluster()
+    first = job_id(valley, ["s2-a"])
+    assert run_pass(schedule, cluster) == [first]
+
+    late = {"id": "s2-c", "when": EVENT + timedelta(days=3), "tif": make_scene(tmp_path / "c" / "c.tif", ORIGIN_A, 3)}
+    write_catalog(tmp_path / "catalog", scenes[:2] + [late])
+    failed: list[str] = []
+    assert run_pass(schedule, cluster, failed=failed) == [] and len(cluster.jobs) == 1 and failed == []
+    assert json.loads(schedule.state_path.read_text())["events"] == {}
+
+    cluster.finish(first, publish=False)  # killed before it published
+    second = job_id(valley, ["s2-a", "s2-c"])
+    assert run_pass(schedule, cluster, failed=failed) == [second]
+    assert failed == [f"{first}: FAILED: killed before publishing"]
+    state = json.loads(schedule.state_path.read_text())
+    assert state["events"] == {} and state["jobs"][first]["state"] == "failed"
+
+    cluster.status[second] = ("SUCCEEDED", "")  # ended, but its run.json names none of its scenes
+    assert run_pass(schedule, cluster) == [job_id(valley, ["s2-a", "s2-c"], 1)]
+    state = json.loads(schedule.state_path.read_text())
+    assert state["jobs"][second]["ended"].startswith("ended without publishing") and state["events"] == {}
+    retry = cluster.jobs[-1].submission_id
+    assert retry == f"{second}-2"
+    cluster.finish(retry)
+    assert run_pass(schedule, cluster) == [] and len(cluster.jobs) == 3
+    assert json.loads(schedule.state_path.read_text())["events"][valley]["items"] == ["s2-a", "s2-c"]
 
 
 def test_scheduler_stages_scenes_from_object_store(tmp_path, scenes, tiny_model):
-    """Catalog and assets behind fsspec URIs (memory:// here, s3:// on a cloud): assets are downloaded once."""
+    """Catalog and assets on object storage (moto's S3 on loopback): assets are staged once."""
     local = write_catalog(tmp_path / "catalog", scenes[1:3]).parent
-    fs = fsspec.filesystem("memory")
-    fs.put(str(local), f"/{tmp_path.name}", recursive=True)
-    schedule = load_schedule(write_schedule(tmp_path, f"memory://{tmp_path.name}/catalog.json", tiny_model))
-    cluster = FakeCluster()
-    assert run_pass(schedule, cluster) == [job_id(schedule.event("valley"), ["s2-a"])]
+    with s3_bucket(tmp_path, "sentinel") as (fs, _):
+        fs.put(str(local), "sentinel/catalog", recursive=True)
+        schedule = load_schedule(write_schedule(tmp_path, "s3://sentinel/catalog/catalog.json", tiny_model))
+        cluster = FakeCluster()
+        assert run_pass(schedule, cluster) == [job_id(schedule.event("valley"), ["s2-a"])]
     (staged,) = map(Path, cluster.jobs[0].job["scenes"])
     assert staged.parent == tmp_path / "outputs" / "_staging" / "s2-a"
     assert staged.read_bytes() == scenes[1]["tif"].read_bytes()
@@ -272,10 +341,12 @@ def test_scheduler_runs_locally_and_describes_outputs(tmp_path, scenes, tiny_mod
     assert capsys.readouterr().out == ""
 
     out = tmp_path / "outputs" / events[0]
-    assert main(["stac-item", str(out), "--id", "custom", "--publish", "memory://published/custom"]) == 0
-    fs = fsspec.filesystem("memory")
-    assert json.loads(fs.cat("/published/custom/item.json"))["id"] == "custom"
-    assert fs.exists("/published/custom/landslides.gpkg") and fs.exists("/published/custom/probability.zarr/zarr.json")
+    custom = tmp_path / "published" / "custom"
+    for _ in range(2):  # published again over the first copy: replaced, not nested
+        assert main(["stac-item", str(out), "--id", "custom", "--publish", str(custom)]) == 0
+    assert json.loads((custom / "item.json").read_text())["id"] == "custom"
+    assert (custom / "landslides.gpkg").is_file() and (custom / "probability.zarr" / "zarr.json").is_file()
+    assert not (custom / "probability.zarr" / "probability.zarr").exists() and not (custom / ".work").exists()
 
 
 def test_run_schedule_stops_after_until(tmp_path, scenes, tiny_model):
@@ -293,9 +364,11 @@ def test_stac_item_needs_a_finished_job(tmp_path):
 
 
 def test_scheduler_state_is_locked(tmp_path):
-    with SchedulerState.open(tmp_path / "state.json"):
+    with SchedulerState.open(tmp_path / "state.json"):  # a lease on object storage: test_schedule_object_storage
         with pytest.raises(SchedulerBusyError):
-            with SchedulerState.open(tmp_path / "state.json"):
+            with SchedulerState.open(
+                tmp_path / "state.json"
+            ):  # a lease on object storage: test_schedule_object_storage
                 pass
 
 
@@ -307,7 +380,10 @@ def test_scheduler_state_is_locked(tmp_path):
         ({"aois": [{"name": "x", "bbox": [1, 1, 2, 2], "crs": "EPSG:999999"}]}, "crs"),
         ({"job": {"models": ["m"], "scene": "s.tif"}}, "leave out scene, scenes, aoi and out"),
         ({"job": {"tile": 64}}, "exactly one of 'ensemble'"),
-        ({"catalog": "nosuchfs://bucket/catalog.json"}, "fsspec driver"),
+        ({"catalog": "nosuchfs://bucket/catalog.json"}, "unsupported scheme 'nosuchfs'"),
+        ({"output": {"root": "https://example.invalid/out"}}, "read-only"),
+        ({"submit": {"shared_fs": True, "upload_to": "s3://b/in"}}, "not both"),
+        ({"submit": {"upload_to": "s3://b/in"}}, "output.root must be object storage"),
         ({"until": "2026-06-01T00:00:00Z"}, "until must be after event_date"),
     ],
 )
@@ -554,3 +630,15 @@ def test_schedule_once_exits_non_zero_when_a_job_of_the_pass_failed(tmp_path, sc
     assert captured.err.count("\n") == 1 and "Traceback" not in captured.err
     outcomes = [r["outcome"] for r in json.loads(schedule.state_path.read_text())["jobs"].values()]
     assert len(outcomes) == 2 and all(o.startswith("failed: ") for o in outcomes)
+
+
+def test_pre_event_scenes_are_inputs_a_cluster_cannot_read_from_this_machine(tmp_path):
+    """A change-aware event's ``pre_scenes`` are refused (or uploaded) like its scenes."""
+    from landslide_batch.jobs.upload import job_paths, label, refuse_local_paths
+
+    spec = {"scenes": ["s3://b/post.tif"], "pre_scenes": [str(tmp_path / "pre.tif")], "out": "s3://b/o"}
+    assert [(label(k), v) for k, v in job_paths(spec) if k[0] == "pre_scenes"] == [
+        ("pre_scenes[0]", spec["pre_scenes"][0])
+    ]
+    with pytest.raises(ConfigError, match=r"pre_scenes\[0\]"):
+        refuse_local_paths(spec, "event")

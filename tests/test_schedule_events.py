@@ -124,7 +124,7 @@ def test_cluster_submission_of_an_event_follows_the_shared_fs_rule(region, tmp_p
     assert run_pass(shared, cluster, remote=True) == [] and len(cluster.jobs) == 1
 
     # State lost: the same items give the same submission id, which the cluster refuses.
-    shared.state_path.unlink()
+    shared.state_path.rm()
     assert run_pass(shared, cluster, remote=True) == [] and len(cluster.jobs) == 1
     assert [j["outcome"] for j in json.loads(shared.state_path.read_text())["jobs"].values()] == [
         "already known to the cluster"

@@ -49,6 +49,9 @@ class Recorder:
         self.jobs.append(job)
         return job.submission_id or ""
 
+    def state(self, job_id: str, out: str) -> tuple[str, str]:
+        return "PENDING", ""
+
 
 def _schedule(tmp_path, api: str, model) -> str:
     spec = {

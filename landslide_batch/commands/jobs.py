@@ -38,7 +38,7 @@ def register(sub) -> None:
     sc.set_defaults(func=_schedule)
 
     si = sub.add_parser("stac-item", help="describe a finished job's outputs as a STAC item (OUT/item.json)")
-    si.add_argument("out_dir", type=Path, help="output folder of a finished job")
+    si.add_argument("out_dir", help="output folder of a finished job (a path or an object-store URI)")
     si.add_argument("--id", dest="item_id", help="item id (default: the folder name)")
     si.add_argument(
         "--datetime",
@@ -52,7 +52,7 @@ def register(sub) -> None:
         default=[],
         help="a source scene's STAC item (repeat for each scene)",
     )
-    si.add_argument("--publish", metavar="URI", help="copy outputs + item.json to this path or fsspec URI")
+    si.add_argument("--publish", metavar="URI", help="copy outputs + item.json to this path or object-store URI")
     si.set_defaults(func=_stac_item)
 
 
@@ -83,7 +83,7 @@ def _register_submit(sub) -> None:
         help="upload this landslide_batch package over the cluster's installed one (pure-Python changes)",
     )
     s.add_argument("--stac-item", action="store_true", help="write OUT/item.json after the run")
-    s.add_argument("--publish", metavar="URI", help="also copy outputs + item.json to this path or fsspec URI")
+    s.add_argument("--publish", metavar="URI", help="also copy outputs + item.json to this path or object-store URI")
     s.add_argument(
         "--upload-to",
         metavar="URI",
@@ -193,11 +193,11 @@ def _schedule(args) -> int:
 
 def _stac_item(args) -> int:
     from ..jobs.stac import ITEM_FILE, write_item
+    from ..jobs.storage import check_location
 
-    write_item(
-        args.out_dir, item_id=args.item_id, when=args.datetime, derived_from=args.derived_from, publish_to=args.publish
-    )
-    print(args.out_dir / ITEM_FILE)
+    out = check_location(args.out_dir, "stac-item")
+    write_item(out, item_id=args.item_id, when=args.datetime, derived_from=args.derived_from, publish_to=args.publish)
+    print(out / ITEM_FILE)
     if args.publish:
         print(f"{args.publish.rstrip('/')}/{ITEM_FILE}")
     return 0

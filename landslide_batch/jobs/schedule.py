@@ -5,10 +5,12 @@ date window (``event_date`` .. ``until``, cloud cover limit if set). When any of
 in the event's map, it runs (or submits) the event's region job over all of them into the
 event's folder, ``ROOT/<event id>``: the region job's incremental merge maps only the new
 scenes (the others resume with 0 blocks computed) and replaces the products with ``run.json``
-last. The state file records the items each job included, so a pass with no new item does
-nothing; the submission id hashes the event and its items, so a cluster that still knows it
-refuses a duplicate even if the state file was lost. Scenes added to the catalog late, with an
-acquisition time before others, are picked up too.
+last. The state (``state.py``) records the items each event's published map holds, so a pass
+with no new item does nothing, and each job, so an event whose job still runs gets no other one;
+the submission id hashes the event and its items, so a cluster that still knows it refuses a
+duplicate even if the state was lost. Scenes added to the catalog late, with an acquisition time
+before others, are picked up too. ``output.root`` may be object storage: the state, the staged
+scenes, the events' AOI files and maps are then all there, nothing on this machine.
 
 With ``pre_scenes`` or ``pre_event: auto``, each event's job is change-aware (README, "Event
 maps"): ``pre_scenes`` are given to every event; ``auto`` picks, on the event's first job, the
@@ -26,7 +28,7 @@ import json
 import logging
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from statistics import median
@@ -41,12 +43,12 @@ from shapely.ops import unary_union
 
 from ..config import StacSearch, StrictModel, job_from_dict, load_yaml, rebase_path, validate_model
 from ..errors import ConfigError, InputError, LandslideBatchError
-from ..outputs.manifest import write_json_atomic
-from ..storage import is_uri, path_or_uri
+from ..outputs.manifest import read_manifest, write_json_atomic
+from ..storage import Location, is_uri, location, path_or_uri, storage_errors
 from .stac import ITEM_FILE, SceneItem, catalog_items, select_scenes, to_wgs84, utc, write_collection
-from .state import SchedulerState
-from .storage import check_uri, fetch
-from .submit import ClusterError, JobExistsError, JobSubmission, StacOptions, Submitter
+from .state import RUNNING, SchedulerState
+from .storage import check_location, fetch
+from .submit import ACTIVE, ClusterError, JobExistsError, JobSubmission, StacOptions, Submitter
 from .upload import cluster_locations
 
 log = logging.getLogger(__name__)
@@ -91,9 +93,11 @@ class AOI(StrictModel):
 
 
 class OutputSettings(StrictModel):
-    root: Path  # one folder per job, ROOT/<job id>; on a cluster, a volume every node mounts
-    publish: str | None = None  # path or fsspec URI: outputs and item.json copied to PUBLISH/<job id>
-    staging: Path | None = None  # scene assets downloaded from URIs; default ROOT/_staging
+    #: One folder per event, ROOT/<event id>, beside the scheduler's state (ROOT/_scheduler): a path
+    #: (on a cluster, a volume every node mounts) or object storage (s3://, gs://, az://).
+    root: str
+    publish: str | None = None  # path or URI: outputs and item.json copied to PUBLISH/<event id>
+    staging: str | None = None  # scene assets copied from URIs (path or URI); default ROOT/_staging
 
 
 class SubmitSettings(StrictModel):
@@ -103,11 +107,20 @@ class SubmitSettings(StrictModel):
     #: Every node mounts ``output.root`` (and the models, staging) at the same path, as `submit
     #: --shared-fs`; without it a submission naming paths of this machine is refused.
     shared_fs: bool = False
+    #: Upload the jobs' local inputs (models, AOI files, local scenes) to this URI, content-addressed,
+    #: as `submit --upload-to` (``output.root`` must then be object storage the cluster writes to).
+    upload_to: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> SubmitSettings:
+        if self.shared_fs and self.upload_to:
+            raise ValueError("give shared_fs (paths as they are) or upload_to (paths uploaded), not both")
+        return self
 
 
 class ScheduleConfig(StrictModel):
     name: str = Field(pattern=r"^[A-Za-z0-9._-]+$")
-    catalog: str | None = None  # static STAC catalog: catalog.json path, http(s) URL or fsspec URI
+    catalog: str | None = None  # static STAC catalog: catalog.json path, http(s) URL or object-store URI
     #: or a STAC API searched each pass (url, collections, max_items) over the AOIs' bounds; the date
     #: window and cloud limit are the schedule's (``event_date``, ``until``, ``max_cloud_cover``)
     stac_search: StacSearch | None = None
@@ -123,7 +136,7 @@ class ScheduleConfig(StrictModel):
     job: dict[str, Any]  # region job settings (JobConfig) except scenes, aoi and out, which each event sets
     output: OutputSettings
     submit: SubmitSettings | None = None  # None: run jobs in this process
-    state: Path | None = None  # default ROOT/_scheduler/<name>.json
+    state: str | None = None  # path or URI; default ROOT/_scheduler/<name>.json
     #: The events' pre-event reference (module docstring): scenes in the forms of a region job's
     #: ``scenes`` (relative to this file), or ``auto`` over the ``pre_event_days`` before event_date.
     pre_scenes: list[str] | None = None
@@ -183,9 +196,10 @@ def event_id(aoi_name: str, aoi: BaseGeometry, event_date: datetime, config_hash
     return f"ev-{_slug(aoi_name)}-{_digest(aoi_name, aoi.wkt, utc(event_date).isoformat(), config_hash)}"
 
 
-def job_id(event: str, item_ids: list[str]) -> str:
-    """Id of one region job of ``event`` over these items (a valid Ray submission id)."""
-    return f"{event}-{_digest(*sorted(item_ids))[:8]}"
+def job_id(event: str, item_ids: list[str], attempt: int = 0) -> str:
+    """Id of one region job of ``event`` over these items (a valid Ray submission id); a retry
+    after ``attempt`` jobs over the same items reached the backend gets a new one."""
+    return f"{event}-{_digest(*sorted(item_ids))[:8]}" + (f"-{attempt + 1}" if attempt else "")
 
 
 @dataclass(frozen=True)
@@ -198,13 +212,23 @@ class Schedule:
     config_hash: str  # of the job template: new settings, new events (output folders)
 
     @property
-    def state_path(self) -> Path:
-        return self.config.state or self.config.output.root / "_scheduler" / f"{self.config.name}.json"
+    def root(self) -> Location:
+        return location(self.config.output.root)
 
     @property
-    def events_dir(self) -> Path:
-        """The events' AOI files, read by their region jobs (so on the cluster's shared volume)."""
-        return self.config.output.root / "_scheduler" / self.config.name
+    def state_path(self) -> Location:
+        cfg = self.config
+        return location(cfg.state) if cfg.state else self.root / "_scheduler" / f"{cfg.name}.json"
+
+    @property
+    def events_dir(self) -> Location:
+        """The events' AOI files, read by their region jobs (so where the cluster reads: object
+        storage, or the shared volume)."""
+        return self.root / "_scheduler" / self.config.name
+
+    @property
+    def staging(self) -> Location:
+        return location(self.config.output.staging) if self.config.output.staging else self.root / "_staging"
 
     def event(self, aoi_name: str) -> str:
         return event_id(aoi_name, self.aois[aoi_name], self.config.event_date, self.config_hash)
@@ -213,23 +237,22 @@ class Schedule:
         """The scene's 14-band asset; behind a URI, downloaded to the staging folder first. An item
         with one asset per band is written as an item file (hrefs absolute) for the region job."""
         if scene.item is not None:
-            path = self.events_dir / "items" / f"{_slug(scene.id)}.json"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(scene.item))
-            return str(path)
-        out = self.config.output
-        return (
-            str(fetch(scene.href, (out.staging or out.root / "_staging") / _slug(scene.id)))
-            if is_uri(scene.href)
-            else str(path_or_uri(scene.href))
-        )
+            where = self.events_dir / "items" / f"{_slug(scene.id)}.json"
+            where.parent.makedirs()
+            with storage_errors(where, "scheduler item"):
+                where.write_text(json.dumps(scene.item))
+            return where.uri
+        if is_uri(scene.href):
+            return fetch(scene.href, self.staging / _slug(scene.id)).uri
+        return str(path_or_uri(scene.href))
 
-    def submission(self, aoi_name: str, scenes: list[SceneItem]) -> JobSubmission:
-        """The region job of event ``aoi_name`` over ``scenes`` (its AOI written as GeoJSON)."""
+    def submission(self, aoi_name: str, scenes: list[SceneItem], attempt: int = 0) -> JobSubmission:
+        """The region job of event ``aoi_name`` over ``scenes`` (its AOI written as GeoJSON);
+        ``attempt``: jobs over these items that reached the backend before (``job_id``)."""
         out = self.config.output
         event = self.event(aoi_name)
-        aoi_file = self.events_dir / f"{event}.geojson"  # rewritten atomically: a running job may read it
-        aoi_file.parent.mkdir(parents=True, exist_ok=True)
+        aoi_file = self.events_dir / f"{event}.geojson"  # rewritten whole: a running job may read it
+        self.events_dir.makedirs()
         write_json_atomic(
             aoi_file, {"type": "Feature", "properties": {"name": aoi_name}, "geometry": mapping(self.aois[aoi_name])}
         )
@@ -239,11 +262,11 @@ class Schedule:
             job={
                 **self.job,
                 "scenes": [self.scene_path(s) for s in scenes],
-                "aoi": str(aoi_file),
-                "out": str(out.root / event),
+                "aoi": aoi_file.uri,
+                "out": (self.root / event).uri,
                 **self.event_keys(aoi_name),
             },
-            submission_id=job_id(event, ids),
+            submission_id=job_id(event, ids, attempt),
             stac=StacOptions(
                 item_id=event,
                 when=max(s.datetime for s in scenes),
@@ -263,6 +286,7 @@ class Schedule:
             return {"pre_scenes": cfg.pre_scenes, "event_date": day}
         record = self.events_dir / f"{self.event(aoi_name)}.pre_event.json"
         if not record.is_file():  # the event's first job: pick once, keep the pick
+            self.events_dir.makedirs()
             write_json_atomic(record, self._pick_pre_event(aoi_name))
         return {"pre_scenes": json.loads(record.read_text())["scenes"], "event_date": day}
 
@@ -305,11 +329,12 @@ class Schedule:
 
 
 def _location(value: str, base: Path, where: str, *, http_ok: bool = False) -> str:
-    """A local path (relative to ``base``) made absolute, or a URI whose fsspec driver works here."""
+    """A local path (relative to ``base``) made absolute, or a URI this project can serve here
+    (and write to, unless ``http_ok``: read-only http(s) is fine)."""
     if not is_uri(value):
         return str(rebase_path(base, path_or_uri(value)))
     if not (http_ok and value.startswith(("http://", "https://"))):
-        check_uri(value, where)
+        check_location(value, where).require_writable(where)
     return value
 
 
@@ -320,11 +345,20 @@ def load_schedule(path: str | Path) -> Schedule:
     base = path.parent
     if cfg.catalog is not None:
         cfg.catalog = _location(cfg.catalog, base, f"{path}: catalog", http_ok=True)  # pystac reads http(s)
-    if cfg.output.publish is not None:
-        cfg.output.publish = _location(cfg.output.publish, base, f"{path}: output.publish")
-    cfg.output.root = rebase_path(base, cfg.output.root)
-    cfg.output.staging = rebase_path(base, cfg.output.staging)
-    cfg.state = rebase_path(base, cfg.state)
+    out = cfg.output
+    out.root = _location(out.root, base, f"{path}: output.root")
+    for key in ("publish", "staging"):
+        if getattr(out, key) is not None:
+            setattr(out, key, _location(getattr(out, key), base, f"{path}: output.{key}"))
+    if cfg.state is not None:
+        cfg.state = _location(cfg.state, base, f"{path}: state")
+    if cfg.submit is not None and cfg.submit.upload_to is not None:
+        cfg.submit.upload_to = _location(cfg.submit.upload_to, base, f"{path}: submit.upload_to")
+        if not is_uri(out.root):
+            raise ConfigError(
+                f"{path}: submit.upload_to uploads the jobs' inputs, and their maps are written by the "
+                f"cluster: output.root must be object storage it writes to (found {out.root})"
+            )
     for aoi in cfg.aois:
         aoi.geojson = rebase_path(base, aoi.geojson)
     if cfg.pre_scenes is not None:
@@ -343,61 +377,134 @@ def run_pass(
 ) -> list[str]:
     """One pass: for each event with new items, run or submit its region job over all of its
     items; -> the ids of the jobs started. ``remote``: the submitter is a cluster, so the job's
-    local paths are refused unless ``submit.shared_fs``.
+    local paths are refused unless ``submit.shared_fs``, or uploaded with ``submit.upload_to``.
 
-    A job that fails here (a local run with a bad scene) is recorded as failed, its items stay
-    new (the next pass tries again) and the pass goes on; an unreachable cluster stops the pass.
-    ``failed`` collects ``"<job id>: <error>"`` of each job that failed (``schedule --once`` exits
-    non-zero on any, so that cron sees it).
+    An event whose previous job still runs gets no other job (its new items wait for the next
+    pass). A job's items count as mapped once it has published them (``state.SchedulerState``);
+    a job that fails (a local run with a bad scene; a cluster's job that ends without publishing)
+    is recorded as failed, its items stay new (the next pass tries again) and the pass goes on;
+    an unreachable cluster stops the pass. ``failed`` collects ``"<job id>: <error>"`` of each
+    job that failed (``schedule --once`` exits non-zero on any, so that cron sees it).
     """
     cfg = schedule.config
+    failed = [] if failed is None else failed
     with SchedulerState.open(schedule.state_path) as state:
         scenes = _find_scenes(schedule)
         started: list[str] = []
         for name in schedule.aois:
             items = [s for s in scenes if name in s.aois]
-            event = schedule.event(name)
-            new = [s.id for s in items if s.id not in state.event_items(event)]
-            if not new:
+            if _event_busy(state, submitter, schedule.event(name), items, failed):
                 continue
-            job = schedule.submission(name, items)
-            assert job.submission_id is not None  # Schedule.submission names every job
-            if remote:
-                shared = cfg.submit is not None and cfg.submit.shared_fs
-                cluster_locations(job.job, f"schedule {cfg.name}, event {name}", shared_fs=shared)
-            outcome = _submit(submitter, job)
-            if outcome == "started":
-                started.append(job.submission_id)
-            elif outcome.startswith("failed") and failed is not None:
-                failed.append(f"{job.submission_id}: {outcome.removeprefix('failed: ')}")
-            state.record(
-                job.submission_id,
-                event,
-                [s.id for s in items],
-                {
-                    "aoi": name,
-                    "new": new,
-                    "out": job.job["out"],
-                    "outcome": outcome,
-                    "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                },
-                included=not outcome.startswith("failed"),
-            )
-            log.info(
-                "event %s (AOI %s): %d item(s), new: %s; job %s %s",
-                event,
-                name,
-                len(items),
-                ", ".join(new),
-                job.submission_id,
-                outcome,
-            )
+            if (submitted := _event_job(schedule, state, submitter, name, items, remote, failed)) is not None:
+                started.append(submitted)
         _gather_events(schedule)
-        schedule.events_dir.mkdir(parents=True, exist_ok=True)
+        schedule.events_dir.makedirs()
         write_json_atomic(schedule.events_dir / "summary.json", event_summary(schedule))
         source = cfg.catalog or (cfg.stac_search.url if cfg.stac_search else None)
         log.info("pass over %s: %d item(s) in the window, %d job(s) started", source, len(scenes), len(started))
         return started
+
+
+def _event_busy(
+    state: SchedulerState, submitter: Submitter, event: str, items: list[SceneItem], failed: list[str]
+) -> bool:
+    """Whether ``event``'s previous job still runs (then it gets no other job now). Asked of the
+    backend while the job is recorded as running (settling it once it has ended) or when new
+    items would start another."""
+    last = state.last_job(event)
+    if last is None:
+        return False
+    jid, rec = last
+    new = any(s.id not in state.event_items(event) for s in items)
+    if rec.get("state") != RUNNING and not new:
+        return False
+    if _settle(state, submitter, jid, rec, failed):
+        return False
+    log.info("event %s: job %s is still running: no other job until it ends", event, jid)
+    return True
+
+
+def _settle(state: SchedulerState, submitter: Submitter, jid: str, rec: dict[str, Any], failed: list[str]) -> bool:
+    """Ask the backend about job ``jid``; once it has ended, a job recorded as running is settled:
+    mapped when it SUCCEEDED and its ``run.json`` names each of its scenes, else failed (its items
+    stay new). -> False while it is pending or running."""
+    status, message = submitter.state(jid, rec["out"])
+    if status in ACTIVE:
+        return False
+    if rec.get("state") != RUNNING:
+        return True
+    missing = _unpublished(rec["out"], rec["scenes"])
+    mapped = status == "SUCCEEDED" and not missing
+    if mapped:
+        ended = "published"
+    elif status == "SUCCEEDED":
+        ended = f"ended without publishing {', '.join(missing)} in {rec['out']}/run.json"
+    else:
+        ended = f"{status}" + (f": {message}" if message else "")
+    state.settle(jid, mapped=mapped, ended=ended)
+    log.log(logging.INFO if mapped else logging.ERROR, "job %s of event %s: %s", jid, rec["event"], ended)
+    if not mapped:
+        failed.append(f"{jid}: {ended}")
+    return True
+
+
+def _unpublished(out: str, scenes: list[str]) -> list[str]:
+    """The job's scene entries that ``OUT/run.json`` (complete) does not name: a region names each
+    scene it mapped or skipped by what the job named (a STAC item file as ``FILE#item id``)."""
+    where = location(out)
+    with storage_errors(where, "event output"):
+        run = read_manifest(where)
+    if run is None or run.get("status") != "complete":
+        return list(scenes)
+    named = {str(s.get("source")) for s in [*run.get("scenes", []), *run.get("skipped_scenes", [])]}
+    return [s for s in scenes if s not in named and not any(n.startswith(f"{s}#") for n in named)]
+
+
+def _event_job(
+    schedule: Schedule,
+    state: SchedulerState,
+    submitter: Submitter,
+    name: str,
+    items: list[SceneItem],
+    remote: bool,
+    failed: list[str],
+) -> str | None:
+    """Run or submit the job of event ``name`` when any of ``items`` is new; -> its id if started."""
+    event = schedule.event(name)
+    new = [s.id for s in items if s.id not in state.event_items(event)]
+    if not new:
+        return None
+    ids = [s.id for s in items]
+    first = job_id(event, ids)
+    job = schedule.submission(name, items, state.attempts(first))
+    if remote:
+        job = _for_cluster(schedule, job, name)
+    assert job.submission_id is not None  # Schedule.submission names every job
+    outcome = _submit(submitter, job)
+    info = {"aoi": name, "new": new, "out": job.job["out"], "scenes": job.job["scenes"], "first_id": first}
+    at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    submitted = not outcome.startswith("failed")
+    jid = job.submission_id
+    record = state.record(jid, event, ids, {**info, "outcome": outcome, "at": at}, submitted=submitted)
+    log.info("event %s (AOI %s): %d item(s), new: %s; job %s %s", event, name, len(ids), ", ".join(new), jid, outcome)
+    if not submitted:
+        failed.append(f"{jid}: {outcome.removeprefix('failed: ')}")
+        return None
+    _settle(state, submitter, jid, record, failed)  # a local run has ended: settled now
+    return jid if outcome == "started" else None
+
+
+def _for_cluster(schedule: Schedule, job: JobSubmission, name: str) -> JobSubmission:
+    """``job`` as the cluster may receive it: its paths as they are (``shared_fs``), its local
+    inputs uploaded (``upload_to``), or refused while it names a path of this machine."""
+    cfg = schedule.config
+    shared, upload_to = (cfg.submit.shared_fs, cfg.submit.upload_to) if cfg.submit else (False, None)
+    spec, uploads = cluster_locations(
+        job.job, f"schedule {cfg.name}, event {name}", upload_to=upload_to, shared_fs=shared
+    )
+    if uploads is not None:
+        log.info("event %s: %s", name, uploads.summary())
+    return replace(job, job=spec)
 
 
 def _find_scenes(schedule: Schedule) -> list[SceneItem]:
@@ -448,10 +555,10 @@ def event_summary(schedule: Schedule) -> dict[str, Any]:
     times: list[float] = []
     for name in schedule.aois:
         event = schedule.event(name)
-        manifest = Path(schedule.config.output.root) / event / "run.json"
-        if not manifest.is_file():
+        with storage_errors(schedule.root / event, "event output"):
+            run = read_manifest(schedule.root / event)
+        if run is None:
             continue
-        run = json.loads(manifest.read_text())
         summary = run.get("summary", {})
         times += [s["time_to_map_s"] for s in run.get("scenes", []) if s.get("time_to_map_s") is not None]
         events[event] = {
@@ -468,8 +575,8 @@ def event_summary(schedule: Schedule) -> dict[str, Any]:
 def _gather_events(schedule: Schedule) -> None:
     """``ROOT/collection.json``: the event items written so far (a cluster's job writes its own
     when it ends, so a later pass gathers it)."""
-    root = schedule.config.output.root
-    if any(Path(root).glob(f"*/{ITEM_FILE}")):
+    root = schedule.root
+    if any((root / n / ITEM_FILE).is_file() for n in root.ls_names()):
         name = schedule.config.name
         write_collection(root, name, f"Landslide maps of schedule {name}: one item per event (AOI)")
 

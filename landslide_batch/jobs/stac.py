@@ -1,9 +1,9 @@
 """STAC in and out: find new post-event scenes in a catalog; describe a finished job as an item.
 
-Catalogs are static (a ``catalog.json`` tree, local or on any fsspec filesystem / http), so
+Catalogs are static (a ``catalog.json`` tree: a local path, object storage or http(s)), so
 the scheduler works offline. A search walks the whole tree; for catalogs with millions of
-items a STAC API (pystac-client) would be the next step.
-"""
+items a STAC API (pystac-client) would be the next step. A finished job's folder (and its
+item) may be on object storage."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-import fsspec
 import pystac
 import rasterio
 import shapely
@@ -31,7 +30,7 @@ from ..errors import InputError
 from ..outputs.manifest import read_manifest
 from ..outputs.metadata import MASK_CLASSES, manifest_scenes
 from ..outputs.publish import product_names
-from ..storage import is_uri, location
+from ..storage import Location, Where, is_uri, location, storage_env, storage_errors
 from .storage import publish
 
 log = logging.getLogger(__name__)
@@ -60,13 +59,13 @@ POLYGONS = {  # the polygons' asset by the file's suffix
 MANIFEST_ASSET = ("manifest", pystac.MediaType.JSON, ["metadata"], "Run manifest")
 
 
-class FsspecStacIO(DefaultStacIO):
-    """Reads catalogs from any fsspec filesystem (s3://, gs://, memory://); paths and http(s) as pystac does."""
+class LocationStacIO(DefaultStacIO):
+    """Reads catalogs from object storage (s3://, gs://, az://) as ``Location``s; paths and
+    http(s) as pystac does."""
 
     def read_text_from_href(self, href: str) -> str:
         if is_uri(href) and not href.startswith(("http://", "https://")):
-            with fsspec.open(href, "rt") as f:
-                return f.read()
+            return location(href).read_text()
         return super().read_text_from_href(href)
 
 
@@ -85,9 +84,17 @@ def to_wgs84(geom: BaseGeometry, crs: str) -> BaseGeometry:
     return transform(Transformer.from_crs(crs, "EPSG:4326", always_xy=True).transform, dense)
 
 
-def raster_footprint(path: Path) -> tuple[BaseGeometry, dict, tuple[float, ...]]:
-    """-> (WGS84 footprint, profile, native bounds) of a georeferenced raster."""
-    with rasterio.open(path) as ds:
+def _reading(raster: Location):
+    """GDAL's settings to read ``raster``: on object storage, uncached, as a later job replaces
+    an event's products and GDAL's /vsis3/ cache in this process (a scheduler runs job after job)
+    otherwise answers with the first version it read."""
+    return storage_env(CPL_VSIL_CURL_NON_CACHED=raster.parent.gdal_path()) if raster.is_remote else storage_env()
+
+
+def raster_footprint(path: Where) -> tuple[BaseGeometry, dict, tuple[float, ...]]:
+    """-> (WGS84 footprint, profile, native bounds) of a georeferenced raster (a path or URI)."""
+    raster = location(path)
+    with _reading(raster), rasterio.open(raster.gdal_path()) as ds:
         if ds.crs is None:
             raise InputError(f"{path} has no CRS: a STAC item needs a georeferenced raster")
         return to_wgs84(box(*ds.bounds), ds.crs.to_wkt()), ds.profile, tuple(ds.bounds)
@@ -114,7 +121,7 @@ def _item_time(item: pystac.Item) -> datetime | None:
 def catalog_items(catalog: str) -> Iterable[pystac.Item]:
     """Every item of a static ``catalog`` (InputError when it cannot be read)."""
     try:
-        root = pystac.Catalog.from_file(catalog, stac_io=FsspecStacIO())
+        root = pystac.Catalog.from_file(catalog, stac_io=LocationStacIO())
     except (OSError, ValueError, pystac.STACError) as exc:
         raise InputError(f"cannot read STAC catalog {catalog}: {exc}") from None
     return root.get_items(recursive=True)
@@ -175,18 +182,18 @@ def _resolved(href: str | None, item: pystac.Item) -> str:
 
 
 def item_for_outputs(
-    out_dir: Path, *, item_id: str | None = None, when: datetime | None = None, derived_from: Sequence[str] = ()
+    out_dir: Where, *, item_id: str | None = None, when: datetime | None = None, derived_from: Sequence[str] = ()
 ) -> pystac.Item:
     """The STAC item of a finished job; asset hrefs are relative, so the folder can move as a whole.
 
     ``datetime``: ``when``, else the scenes' acquisition (``start_datetime``/``end_datetime`` over
     several); the processing time only where no scene is dated (``created`` is always it).
     ``derived_from``: links to the scenes' STAC items; without them, the scenes run.json lists."""
-    out_dir = Path(out_dir).absolute()
+    out_dir = location(out_dir)
     manifest = read_manifest(out_dir)
     if manifest is None or manifest.get("status") != "complete":
         raise InputError(f"{out_dir} holds no finished job (no complete run.json)")
-    outputs = product_names(location(out_dir), manifest)
+    outputs = product_names(out_dir, manifest)
     geometry, profile, bounds = raster_footprint(out_dir / outputs.get("probability", "probability.tif"))
     finished = utc(datetime.fromisoformat(manifest["finished"]))
     summary = manifest["summary"]
@@ -218,7 +225,7 @@ def item_for_outputs(
     _add_assets(item, out_dir, outputs)
     for href in dict.fromkeys(derived_from or [s["source"] for s in scenes if s["source"]]):
         item.add_link(pystac.Link("derived_from", href, media_type=_media_type_of(href)))
-    item.set_self_href(str(out_dir / ITEM_FILE))
+    item.set_self_href((out_dir / ITEM_FILE).uri)
     return item
 
 
@@ -262,7 +269,7 @@ def _add_processing(item: pystac.Item, manifest: dict, n_scenes: int) -> None:
     )
 
 
-def _add_assets(item: pystac.Item, out_dir: Path, outputs: dict[str, str]) -> None:
+def _add_assets(item: pystac.Item, out_dir: Location, outputs: dict[str, str]) -> None:
     """Every product that lies in ``out_dir``, run.json too; the rasters with ``raster:bands``,
     the mask with ``classification:classes``."""
     for key, name in {**outputs, MANIFEST_ASSET[0]: "run.json"}.items():
@@ -285,8 +292,8 @@ def _asset_kind(key: str, name: str) -> tuple[str | None, list[str], str]:
     return ASSETS.get(key, other)  # another product (an event map's layers): a COG by its suffix
 
 
-def _describe_raster(asset: pystac.Asset, path: Path, key: str) -> None:
-    with rasterio.open(path) as ds:
+def _describe_raster(asset: pystac.Asset, path: Location, key: str) -> None:
+    with _reading(path), rasterio.open(path.gdal_path()) as ds:
         nodata, dtype, res = ds.nodata, ds.dtypes[0], abs(ds.res[0])
     band = RasterBand.create(nodata=nodata, data_type=DataType(dtype), spatial_resolution=res)
     RasterExtension.ext(asset, add_if_missing=True).bands = [band]
@@ -309,12 +316,12 @@ def _media_type_of(href: str) -> str | None:
     )
 
 
-def write_collection(root: Path, collection_id: str, description: str) -> pystac.Collection:
+def write_collection(root: Where, collection_id: str, description: str) -> pystac.Collection:
     """``ROOT/collection.json``: a Collection of the event items found in ``ROOT/*/item.json``
     (the scheduler's events), its extent their union; -> the collection."""
-    root = Path(root).absolute()
-    paths = sorted(root.glob(f"*/{ITEM_FILE}"))
-    items = [pystac.Item.from_file(str(p)) for p in paths]
+    root = location(root)
+    names = [n for n in root.ls_names() if (root / n / ITEM_FILE).is_file()]
+    items = [pystac.Item.from_dict(json.loads((root / n / ITEM_FILE).read_text())) for n in names]
     if not items:
         raise InputError(f"{root}: no event item (*/{ITEM_FILE}) to gather into a collection")
     times = [
@@ -328,29 +335,34 @@ def write_collection(root: Path, collection_id: str, description: str) -> pystac
         extent=pystac.Extent(pystac.SpatialExtent([bbox]), pystac.TemporalExtent([[min(times), max(times)]])),
         license="other",
     )
-    for path in paths:
-        collection.add_link(pystac.Link(pystac.RelType.ITEM, f"./{path.parent.name}/{ITEM_FILE}"))
-    collection.set_self_href(str(root / COLLECTION_FILE))
+    for name in names:
+        collection.add_link(pystac.Link(pystac.RelType.ITEM, f"./{name}/{ITEM_FILE}"))
+    collection.set_self_href((root / COLLECTION_FILE).uri)
     text = json.dumps(collection.to_dict(include_self_link=False, transform_hrefs=False), indent=2)
     (root / COLLECTION_FILE).write_text(text)
     return collection
 
 
 def write_item(
-    out_dir: Path,
+    out_dir: Where,
     *,
     item_id: str | None = None,
     when: datetime | None = None,
     derived_from: Sequence[str] = (),
-    publish_to: str | None = None,
+    publish_to: Where | None = None,
 ) -> pystac.Item:
     """Write ``OUT/item.json``; with ``publish_to``, copy the outputs there too, the item last
-    (its presence marks a complete copy)."""
+    (its presence marks a complete copy: a previous one is removed first)."""
+    out_dir = location(out_dir)
     item = item_for_outputs(out_dir, item_id=item_id, when=when, derived_from=derived_from)
     text = json.dumps(item.to_dict(include_self_link=False, transform_hrefs=False), indent=2)
-    (Path(out_dir) / ITEM_FILE).write_text(text)
+    with storage_errors(out_dir, "STAC item"):
+        (out_dir / ITEM_FILE).write_text(text)
     if publish_to:
-        publish(Path(out_dir), publish_to, skip=frozenset({".lock", ".work", ITEM_FILE}))
-        with fsspec.open(f"{publish_to.rstrip('/')}/{ITEM_FILE}", "wt") as f:
-            f.write(text)
+        dest = location(publish_to)
+        with storage_errors(dest, "--publish"):
+            (dest / ITEM_FILE).rm()
+        publish(out_dir, dest, skip=frozenset({".lock", ".work", ITEM_FILE}))
+        with storage_errors(dest, "--publish"):
+            (dest / ITEM_FILE).write_text(text)
     return item

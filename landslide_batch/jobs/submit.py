@@ -25,12 +25,16 @@ import yaml
 import landslide_batch
 
 from ..config import job_from_dict, load_yaml
-from ..errors import LandslideBatchError
+from ..errors import LandslideBatchError, OutputLockedError
+from ..outputs.folder import output_lock
+from ..storage import Location, location
 from .stac import write_item
 
 ENTRYPOINT = "landslide-batch"
 JOB_FILE = "job.yaml"
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+ACTIVE = ("PENDING", "RUNNING")
+UNKNOWN = "UNKNOWN"
 
 
 class ClusterError(LandslideBatchError):
@@ -74,6 +78,11 @@ class JobSubmission:
 class Submitter(Protocol):
     def submit(self, job: JobSubmission) -> str:
         """Start ``job``; -> its id. Raises :class:`JobExistsError` for an id the backend already knows."""
+        ...
+
+    def state(self, job_id: str, out: str) -> tuple[str, str]:
+        """What the backend says of a job writing ``out``: one of ``ACTIVE``, ``TERMINAL`` or
+        ``UNKNOWN`` (the backend does not know it), and a message."""
         ...
 
 
@@ -164,6 +173,16 @@ class RaySubmitter:
         info = self._call(self.client.get_job_info, job_id)
         return info.status.value, info.message or ""
 
+    def state(self, job_id: str, out: str) -> tuple[str, str]:
+        """The cluster's status of ``job_id`` (``out`` is the cluster's to check); UNKNOWN for a
+        job the cluster does not know (a restarted head forgets its jobs)."""
+        try:
+            return self.status(job_id)
+        except ClusterError as exc:
+            if "does not exist" not in str(exc):
+                raise
+            return UNKNOWN, f"{self._where} does not know job {job_id}"
+
     def wait(self, job_id: str, timeout: float | None = None, poll: float = 2.0) -> tuple[str, str]:
         """Poll until the job ends; -> its final status and message."""
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -213,17 +232,42 @@ def _network_errors() -> tuple[type[BaseException], ...]:
 class LocalRunner:
     """Runs each job in this process (``schedule --local``): the same submissions, no cluster."""
 
+    def __init__(self) -> None:
+        self._succeeded: set[str] = set()
+
     def submit(self, job: JobSubmission) -> str:
         from ..pipeline import run_job
 
-        cfg = job_from_dict(job.job, where=job.submission_id or "job")
+        job_id = job.submission_id or location(job.job["out"]).name
+        cfg = job_from_dict(job.job, where=job_id)
         run_job(cfg)
         if job.stac:
             write_item(
-                Path(cfg.out),
+                location(cfg.out),
                 item_id=job.stac.item_id,
                 when=job.stac.when,
                 derived_from=job.stac.derived_from,
                 publish_to=job.stac.publish_to,
             )
-        return job.submission_id or Path(cfg.out).name
+        self._succeeded.add(job_id)
+        return job_id
+
+    def state(self, job_id: str, out: str) -> tuple[str, str]:
+        """RUNNING while a job (of any process) holds ``out``'s lock; SUCCEEDED for a job this
+        runner finished; else UNKNOWN (a job of another process, not running)."""
+        if _output_busy(location(out)):
+            return "RUNNING", f"{out} is locked by a job writing it"
+        if job_id in self._succeeded:
+            return "SUCCEEDED", ""
+        return UNKNOWN, "not run by this process, and nothing writes its output folder"
+
+
+def _output_busy(out: Location) -> bool:
+    """Whether a job holds ``out``'s lock (a file lock locally, a lease on object storage)."""
+    if not out.exists():
+        return False
+    try:
+        with output_lock(out):
+            return False
+    except OutputLockedError:
+        return True

@@ -48,12 +48,12 @@ class UploadReport:
 
 
 def job_paths(spec: dict[str, Any]) -> Iterator[tuple[Key, str]]:
-    """``(key, value)`` of every location in a job spec (JSON form): scene(s), AOI, out,
-    ensemble, models, and the file-valued ``inputs``."""
+    """``(key, value)`` of every location in a job spec (JSON form): scene(s), pre-event scenes,
+    AOI, out, ensemble, models, and the file-valued ``inputs``."""
     for key in ("scene", "aoi", "out", "ensemble"):
         if spec.get(key) is not None:
             yield (key,), str(spec[key])
-    for name in ("scenes", "models"):
+    for name in ("scenes", "pre_scenes", "models"):
         for i, value in enumerate(spec.get(name) or []):
             yield (name, i), str(value)
     inputs = spec.get("inputs") or {}
