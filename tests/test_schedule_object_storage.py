@@ -26,10 +26,11 @@ from test_jobs import EVENT, ORIGIN_A, ORIGIN_B, FakeCluster, make_scene, write_
 from test_jobs import scenes as scenes  # noqa: F401  (a fixture)
 from test_region import SETTINGS, region  # noqa: F401  (a fixture)
 
+from landslide_batch.cli import main
 from landslide_batch.jobs.schedule import job_id, load_schedule, run_pass
 from landslide_batch.jobs.stac import raster_footprint
 from landslide_batch.jobs.state import SchedulerBusyError, SchedulerState
-from landslide_batch.jobs.submit import JobExistsError, LocalRunner
+from landslide_batch.jobs.submit import ClusterError, JobExistsError, LocalRunner
 from landslide_batch.outputs.folder import output_lock
 from landslide_batch.storage import location
 
@@ -97,6 +98,16 @@ def test_a_cluster_schedule_on_object_storage_uploads_and_waits_for_the_job(tmp_
         state = json.loads(schedule.state_path.read_text())
         assert state["events"] == {event: {"items": ["s2-a"]}} and state["jobs"][job.submission_id]["state"] == "mapped"
         assert _files(tmp_path) - before == set()  # nothing written on this machine (but moto's log)
+
+
+def test_an_unreachable_cluster_stops_the_schedule_before_anything_is_uploaded(tmp_path, scenes, tiny_model, capsys):  # noqa: F811
+    write_catalog(tmp_path / "catalog", scenes[:2])
+    submit = {"address": "http://127.0.0.1:1", "upload_to": f"s3://{BUCKET}/inputs"}
+    path = write_schedule(tmp_path, "catalog/catalog.json", tiny_model, output={"root": ROOT}, submit=submit)
+    with s3_bucket(tmp_path, BUCKET) as (fs, _):
+        assert main(["schedule", str(path), "--once"]) == ClusterError.exit_code
+        assert fs.find(BUCKET) == []  # no state, no upload
+    assert "cannot reach the Ray Job API at http://127.0.0.1:1" in capsys.readouterr().err
 
 
 def test_a_local_run_waits_while_the_events_output_lease_is_held(tmp_path, scenes, tiny_model):  # noqa: F811

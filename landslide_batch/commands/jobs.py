@@ -180,6 +180,8 @@ def _schedule(args) -> int:
         if on_cluster and remote is not None
         else LocalRunner()
     )
+    if on_cluster and isinstance(submitter, RaySubmitter) and remote is not None and remote.upload_to:
+        submitter.client  # noqa: B018  (reach the cluster before uploading anything for it)
     if not args.once:
         run_schedule(schedule, submitter, remote=on_cluster)
         return 0
