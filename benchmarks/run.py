@@ -101,9 +101,12 @@ def make_scene(path: Path, size: int, seed: int = 0, origin: tuple[float, float]
 def prepared_model(model_dir: Path, threads: int, device: str):
     """The model as the pipeline prepares it (BatchNorm folded, channels_last), in an
     ``EnsemblePredictor`` of one member; loaded once and measured by the functions below."""
+    import torch
+
     from landslide_batch.infer.predictor import EnsemblePredictor
 
-    return EnsemblePredictor(EnsembleConfig(members=[EnsembleMember(model=model_dir)]), device=device, threads=threads)
+    torch.set_num_threads(threads)  # the benchmark owns its process (the predictor leaves threads alone)
+    return EnsemblePredictor(EnsembleConfig(members=[EnsembleMember(model=model_dir)]), device=device)
 
 
 def best_rate(step, work: float, device, seconds: float, windows: int) -> float:

@@ -81,18 +81,17 @@ def measure(where: str, bands: np.ndarray, codec, repeat: int) -> dict[str, floa
 def block_predict_s(bands: np.ndarray) -> float:
     """Seconds the CPU pipeline's predictor takes for one 1024² block (U-Net-MobileNetV2, as in the
     benchmarks' memory rows; the ResNet34 rows are slower, which only shrinks the codec's share)."""
+    import torch
+
     from landslide_batch.config import EnsembleConfig, EnsembleMember
     from landslide_batch.infer.predictor import EnsemblePredictor
     from landslide_batch.models.card import init_model_folder
 
+    torch.set_num_threads(os.cpu_count() or 1)  # the benchmark owns its process
     with tempfile.TemporaryDirectory() as tmp:
         init_model_folder("Unet", "mobilenet_v2", Path(tmp) / "m", seed=0)
         pred = EnsemblePredictor(
-            EnsembleConfig(members=[EnsembleMember(model=Path(tmp) / "m")]),
-            tile=128,
-            stride=64,
-            device="cpu",
-            threads=os.cpu_count(),
+            EnsembleConfig(members=[EnsembleMember(model=Path(tmp) / "m")]), tile=128, stride=64, device="cpu"
         )
         window = bands[:, : 1024 + 64, : 1024 + 64]
         valid = np.ones(window.shape[1:], bool)

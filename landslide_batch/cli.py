@@ -195,14 +195,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry() -> None:
-    """Console script: ``main``, then exit without the interpreter's teardown of torch and its
-    modules (over a second after a region job). Every file is closed and logs are flushed first."""
+    """Console script: ``main``, then the interpreter's ordinary exit, which runs the libraries'
+    exit handlers (Ray's shutdown, fsspec's session close, logging's flush)."""
     limit_malloc_arenas()
-    code = main()
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    sys.exit(main())
 
 
 if __name__ == "__main__":

@@ -116,6 +116,8 @@ class ExecutionSettings(StrictModel):
     executor: Literal["local", "ray"] = "local"
     batch_size: int | None = Field(None, ge=1)  # tiles per forward pass; default 16 on CPU, 64 on a GPU
     device: str = "auto"
+    #: torch CPU threads: set by the CLI for a local job, by each Ray CPU actor for its own; the
+    #: Python API leaves them to the caller (``torch.set_num_threads``).
     threads: int | None = Field(None, ge=1)
     #: Blocks read ahead of the model by the local executor (memory: one block window each).
     #: Default: 1 on a GPU, where reading is a large share of a block's time; 0 on CPU, where it

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pydeck as pdk
 
-from .map_data import MAX_SIDE, WGS84, read_vectors, with_hover
+from .map_data import MAX_SIDE, WGS84, geojson_layer, read_vectors, with_hover
 
 STATUS_COLOURS = {"new": [230, 25, 25, 160], "pre-existing": [240, 160, 20, 120]}
 UNOBSERVED_COLOUR = [110, 110, 110, 150]
@@ -31,35 +31,15 @@ def event_layers(files: dict[str, Path], max_side: int = MAX_SIDE) -> tuple[list
     -> (layers, whether the polygons were drawn here: then the plain polygon layer is left out)."""
     layers = []
     if "observed" in files and (unobserved := unobserved_area(files["observed"], max_side))["features"]:
-        layers.append(
-            pdk.Layer(
-                "GeoJsonLayer",
-                id="unobserved",
-                data=with_hover(unobserved, lambda _: "not observed clearly by any post-event pass"),
-                stroked=False,
-                filled=True,
-                get_fill_color=UNOBSERVED_COLOUR,
-                pickable=True,
-            )
-        )
+        hover = with_hover(unobserved, lambda _: "not observed clearly by any post-event pass")
+        layers.append(geojson_layer("unobserved", hover, stroked=False, get_fill_color=UNOBSERVED_COLOUR))
     if "polygons" not in files or "new_probability" not in files:  # not an event map
         return layers, False
     polygons = with_hover(read_vectors(files["polygons"]), polygon_hover)
     for status, colour in STATUS_COLOURS.items():
         chosen = [f for f in polygons["features"] if f["properties"]["status"] == status]
-        layers.append(
-            pdk.Layer(
-                "GeoJsonLayer",
-                id=status,
-                data={"type": "FeatureCollection", "features": chosen},
-                stroked=True,
-                filled=True,
-                get_fill_color=colour,
-                get_line_color=[90, 0, 0, 255],
-                line_width_min_pixels=1,
-                pickable=True,
-            )
-        )
+        collection = {"type": "FeatureCollection", "features": chosen}
+        layers.append(geojson_layer(status, collection, get_fill_color=colour, get_line_color=[90, 0, 0, 255]))
     return layers, True
 
 

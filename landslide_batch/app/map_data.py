@@ -1,11 +1,12 @@
 """What the runs map and the event view both draw from: vector files as GeoJSON in EPSG:4326
-with hover text, and the size cap of pictures sent to the browser."""
+with hover text, their map layers, and the size cap of pictures sent to the browser."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+import pydeck as pdk
 from rasterio.crs import CRS
 
 from ..errors import InputError
@@ -41,3 +42,14 @@ def with_hover(collection: dict[str, Any], line) -> dict[str, Any]:
         feature["hover"] = text
         feature.setdefault("properties", {})["hover"] = text
     return collection
+
+
+def geojson_layer(layer_id: str, collection: dict[str, Any], **style: Any) -> pdk.Layer:
+    """A pickable ``GeoJsonLayer`` of ``collection`` (hover text from :func:`with_hover`), outlined
+    and filled with 1 px lines unless ``style`` (deck.gl layer properties) says otherwise."""
+    return pdk.Layer(
+        "GeoJsonLayer",
+        id=layer_id,
+        data=collection,
+        **{"stroked": True, "filled": True, "line_width_min_pixels": 1, "pickable": True, **style},
+    )

@@ -26,7 +26,7 @@ from rasterio.warp import calculate_default_transform, reproject
 
 from . import BASEMAP_ENV
 from .event_view import event_layers
-from .map_data import MAX_SIDE, WGS84, read_vectors, with_hover
+from .map_data import MAX_SIDE, WGS84, geojson_layer, read_vectors, with_hover
 
 #: What each map layer shows, for the caption under the map.
 LAYER_LEGEND = {
@@ -140,33 +140,15 @@ def run_map(folder: Path, outputs: dict[str, str], max_side: int = MAX_SIDE) -> 
     image = pdk.types.String(picture.data_url, quote_type="")
     layers = [pdk.Layer("BitmapLayer", id="probability", image=image, bounds=list(picture.bounds), opacity=0.9)]
     if "scenes" in files:
-        layers.append(
-            pdk.Layer(
-                "GeoJsonLayer",
-                id="scenes",
-                data=with_hover(read_vectors(files["scenes"], "scenes"), _scene_hover),
-                stroked=True,
-                filled=False,
-                get_line_color=FOOTPRINT_COLOUR,
-                line_width_min_pixels=2,
-                pickable=True,
-            )
-        )
+        footprints = with_hover(read_vectors(files["scenes"], "scenes"), _scene_hover)
+        style = {"filled": False, "get_line_color": FOOTPRINT_COLOUR, "line_width_min_pixels": 2}
+        layers.append(geojson_layer("scenes", footprints, **style))
     event, by_status = event_layers(files, max_side)  # unobserved area; an event map's polygons by status
     layers += event
     if "polygons" in files and not by_status:
+        polygons = with_hover(read_vectors(files["polygons"]), _landslide_hover)
         layers.append(
-            pdk.Layer(
-                "GeoJsonLayer",
-                id="landslides",
-                data=with_hover(read_vectors(files["polygons"]), _landslide_hover),
-                stroked=True,
-                filled=True,
-                get_fill_color=POLYGON_COLOUR,
-                get_line_color=[120, 0, 0, 255],
-                line_width_min_pixels=1,
-                pickable=True,
-            )
+            geojson_layer("landslides", polygons, get_fill_color=POLYGON_COLOUR, get_line_color=[120, 0, 0, 255])
         )
     return RunMap(layers, picture.bounds)
 

@@ -36,7 +36,7 @@ FLAGS = {  # flag -> (JobConfig field, type, help)
     "--executor": ("executor", str, "local or ray (default local)"),
     "--batch-size": ("batch_size", int, "tiles per forward pass (default 16 on CPU, 64 on a GPU)"),
     "--device": ("device", str, "auto, cpu or cuda[:N] (default auto)"),
-    "--threads": ("threads", int, "torch CPU threads per predictor (Ray CPU actors: default a node's CPUs / actors)"),
+    "--threads": ("threads", int, "torch CPU threads: a local job's, each Ray CPU actor's (default CPUs / actors)"),
     "--threshold": ("threshold", float, "mask threshold (default: the models' tuned thresholds)"),
     "--min-area-m2": ("min_area_m2", float, "smallest landslide polygon kept, in m² (default 0)"),
     "--format": (
@@ -191,6 +191,10 @@ def _run(args) -> int:
         if not ("scene" in overrides or "scenes" in overrides) or "out" not in overrides:
             raise ConfigError("without a job YAML, give at least --scene, --out and --model or --ensemble")
         cfg = job_from_dict(overrides, Path.cwd(), "command line")
+    if cfg.threads and cfg.executor == "local":  # the models run in this process, whose owner sets its threads
+        import torch
+
+        torch.set_num_threads(cfg.threads)
     t0 = time.perf_counter()
     manifest = run_job(_with_dem(cfg, args.dem, args.allow_partial_dem), overwrite=args.overwrite)
     s = manifest["summary"]

@@ -82,6 +82,10 @@ class PredictBlockActor:
         if self.failed is not None:
             raise self.failed
         if self.predictor is None:
+            if self.spec.threads:  # the actor owns its process, so it sets torch's threads
+                import torch
+
+                torch.set_num_threads(self.spec.threads)
             self.predictor = self.spec.build()
             self.models_loaded += 1
         return self.predictor

@@ -20,7 +20,7 @@ import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypedDict, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -33,6 +33,9 @@ from ..models.card import ModelFiles
 from ..models.ensemble import Ensemble, Member, resolve_device
 from ..models.fusion import fold_batchnorm
 from .blending import blend_window
+
+if TYPE_CHECKING:
+    from typing import Unpack  # Python 3.11+: only for the checker
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +145,13 @@ class TileReuse:
         return shared
 
 
+class WindowPlace(TypedDict, total=False):
+    """Where a window lies in a scene's tile grid, for ``TileReuse`` (both optional)."""
+
+    first_tile: Tile  # global grid index of the window's first tile; default (0, 0)
+    reuse: TileReuse | None  # the stripe's kept tiles; default none
+
+
 class EnsemblePredictor:
     def __init__(
         self,
@@ -152,12 +162,10 @@ class EnsemblePredictor:
         blend: str = "gaussian",
         batch_size: int | None = None,
         device: str = "auto",
-        threads: int | None = None,
         model_files: tuple[ModelFiles, ...] | None = None,
         tta: bool = False,
     ):
-        if threads:
-            torch.set_num_threads(threads)
+        # torch's CPU threads are the process's, left to its owner (the CLI, a Ray actor, a notebook).
         self.device = torch.device(resolve_device(device))
         self.ensemble = Ensemble(ensemble, str(self.device), model_files)
         self.tile, self.stride = tile, stride
@@ -178,22 +186,16 @@ class EnsemblePredictor:
     def threshold(self) -> float:
         return self.ensemble.threshold
 
-    @torch.inference_mode()
     def predict_window(
-        self,
-        bands: npt.NDArray[np.floating],
-        valid: npt.NDArray[np.bool_],
-        *,
-        first_tile: Tile = (0, 0),
-        reuse: TileReuse | None = None,
+        self, bands: npt.NDArray[np.floating], valid: npt.NDArray[np.bool_], **place: Unpack[WindowPlace]
     ) -> tuple[FloatArray, FloatArray]:
         """``bands (14, H, W)`` raw values (NaN where invalid), ``valid (H, W)`` ->
         (probability, spread), float32 ``(H, W)``; NaN where no tile ran (no valid pixel near).
 
         ``H`` and ``W`` must be ``tile + k * stride``: the window is covered exactly by tiles.
-        ``first_tile`` is the global grid index of the window's first tile, used with ``reuse``.
+        ``place``: where the window lies in the grid, for tile reuse (:class:`WindowPlace`).
         """
-        prob, spread, _ = self.predict_maps(bands, valid, first_tile=first_tile, reuse=reuse)
+        prob, spread, _ = self.predict_maps(bands, valid, **place)
         return prob, spread
 
     @torch.inference_mode()

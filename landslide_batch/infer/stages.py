@@ -61,7 +61,7 @@ class PredictorSpec:
     blend: str
     batch_size: int | None
     device: str
-    threads: int | None
+    threads: int | None  # torch CPU threads of a Ray actor, which sets them (the predictor leaves them)
     model_files: tuple[ModelFiles, ...] | ObjectRef[tuple[ModelFiles, ...]] | None = None
     tta: bool = False  # test-time augmentation (flips + 90-degree rotations, averaged)
 
@@ -108,7 +108,6 @@ class PredictorSpec:
             blend=self.blend,
             batch_size=self.batch_size,
             device=self.device,
-            threads=self.threads,
             tta=self.tta,
             model_files=files,
         )

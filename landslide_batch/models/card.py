@@ -12,7 +12,6 @@ import json
 import math
 import os
 import shutil
-import sys
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -198,15 +197,10 @@ def load_model_folder(folder: str | Path | ModelFiles, device: str = "cpu"):
     # Built on the meta device and filled with the checkpoint's own tensors: no random
     # initialisation to throw away (a fifth of the load time of a ResNet34 U-Net). Encoders
     # that compute with tensors while being built (MiT reads drop-path rates) build on the CPU.
-    # So does a process that has not imported torch's compiler: the initialisers' meta kernels
-    # would import it (a second), against 0.2 s of random initialisation.
-    on_meta = "torch._dynamo" in sys.modules
     try:
-        with torch.device("meta" if on_meta else "cpu"):
+        with torch.device("meta"):
             model = build_model(card.arch, card.encoder, card.in_channels)
     except (RuntimeError, NotImplementedError):
-        if not on_meta:
-            raise
         model = build_model(card.arch, card.encoder, card.in_channels)
     try:
         model.load_state_dict(state, assign=True)

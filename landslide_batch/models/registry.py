@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 from ..bands import resolve_features
 from ..errors import ConfigError
-from ._lazy_dynamo import dynamo_deferred
 from ._torchvision_compat import ensure_torchvision
 
 
@@ -80,9 +79,8 @@ def build_model(arch: str, encoder: str | None, in_channels: int, classes: int =
         from .study_nets import SegformerB2
 
         return SegformerB2(in_channels, classes)
-    with dynamo_deferred():  # torchvision and timm would import torch's compiler: a second
-        ensure_torchvision()
-        import segmentation_models_pytorch as smp
+    ensure_torchvision()
+    import segmentation_models_pytorch as smp
 
     if encoder is None or encoder not in smp.encoders.get_encoder_names():
         raise ConfigError(f"unknown smp encoder {encoder!r} for {arch}")
