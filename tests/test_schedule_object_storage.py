@@ -110,6 +110,38 @@ def test_an_unreachable_cluster_stops_the_schedule_before_anything_is_uploaded(t
     assert "cannot reach the Ray Job API at http://127.0.0.1:1" in capsys.readouterr().err
 
 
+def test_items_of_a_stac_api_are_staged_on_object_storage_and_mapped_once_their_run_json_names_them(
+    tmp_path, tiny_model
+):
+    """Items searched on a STAC API (one asset per band: the item is the scene) are written to
+    ``ROOT/_scheduler/<name>/items/`` on S3 for the job; a region's run.json names such a scene
+    ``<item file>#<item id>``, which counts as published."""
+    from test_schedule_stac_api import ITEMS, _item
+    from test_schedule_stac_api import _schedule as api_schedule
+    from test_stac_search import CONFORMS, stac_api
+
+    items = list(ITEMS)
+    with stac_api(items, CONFORMS) as (api, _), s3_bucket(tmp_path, BUCKET):
+        path = api_schedule(tmp_path, api, tiny_model)
+        spec = yaml.safe_load(Path(path).read_text())
+        (tmp_path / "schedule.yaml").write_text(yaml.safe_dump({**spec, "output": {"root": ROOT}}))
+        schedule = load_schedule(tmp_path / "schedule.yaml")
+        event = schedule.event("valley")
+        cluster = FakeCluster()
+        (first,) = run_pass(schedule, cluster)
+        (scene,) = cluster.jobs[0].job["scenes"]
+        assert scene == f"{ROOT}/_scheduler/gorkha/items/S2A_clear.json"
+        assert json.loads(location(scene).read_text())["id"] == "S2A_clear"
+
+        run = {"status": "complete", "scenes": [{"source": f"{scene}#S2A_clear"}]}  # as a region job names it
+        location(f"{ROOT}/{event}/run.json").write_text(json.dumps(run))
+        cluster.status[first] = ("SUCCEEDED", "")
+        items.append(_item("S2B_later", 4, 3.0))  # arrives on the API
+        assert run_pass(schedule, cluster) == [job_id(event, ["S2A_clear", "S2B_later"])]
+        state = json.loads(schedule.state_path.read_text())
+        assert state["events"][event]["items"] == ["S2A_clear"] and state["jobs"][first]["ended"] == "published"
+
+
 def test_a_local_run_waits_while_the_events_output_lease_is_held(tmp_path, scenes, tiny_model):  # noqa: F811
     """Locally-run jobs: the event's output lease (held by a job of another process) tells that
     its job runs; the pass runs nothing and records nothing until it is released."""
