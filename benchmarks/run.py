@@ -2,7 +2,7 @@
 growth, GPU readiness, and how the cost grows with the work (region scaling, finishing at scale
 and per object, ``scaling.py``); the fixed cost is reported, ungated (issue 29).
 
-    python benchmarks/run.py --quick        # every gated row (~25 min on a quiet 2-core machine)
+    python benchmarks/run.py --quick        # every gated row (~25-28 min on a quiet 2-core machine)
     python benchmarks/run.py                # + memory rows at 1024², 2048², 4096² and 8192² (MobileNetV2)
     python benchmarks/run.py --sizes 4096 10980   # pipeline rows (local and naive) at other sizes
 
@@ -437,7 +437,7 @@ def zoo_rows(work: Path, size: int, common: dict, members: int | None = None) ->
 
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="the gated rows only (~25 min on a quiet 2-core machine)")
+    ap.add_argument("--quick", action="store_true", help="the gated rows only (~25-28 min on a quiet 2-core machine)")
     ap.add_argument(
         "--sizes", type=int, nargs="+", default=None, help="local scene sides (default 4096 8192; naive at 4096)"
     )
@@ -445,7 +445,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument(
         "--memory-sizes", type=int, nargs="+", default=None, help="MobileNetV2 memory rows (full: 1024 2048 4096 8192)"
     )
-    ap.add_argument("--region-counts", type=int, nargs="+", default=[4, 9, 16], help="scenes per scaling region")
+    counts_help = "scenes per scaling region (default 4 9 16, --quick 4 16)"
+    ap.add_argument("--region-counts", type=int, nargs="+", default=None, help=counts_help)
     ap.add_argument("--finish-sides", type=int, nargs=2, default=[4096, 16384], help="products + vectorize sides")
     ap.add_argument("--batch-size", type=int, default=None, help="default 16 on CPU, 64 on a GPU (as the pipeline)")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
@@ -460,6 +461,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "latest.json")
     args = ap.parse_args()
     args.sizes = args.sizes or [NAIVE_SIZE, EFFICIENCY_SIZE]
+    # 9 scenes are reported, not gated (16 against 4 is): --quick leaves out its ~2-3 min
+    args.region_counts = args.region_counts or ([4, 16] if args.quick else [4, 9, 16])
     args.memory_sizes = args.memory_sizes or ([] if args.quick else [1024, 2048, 4096, 8192])
     return args
 

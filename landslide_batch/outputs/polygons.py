@@ -1,8 +1,10 @@
 """Landslide objects: connected mask regions -> polygons with per-object attributes.
 
-Blocks are vectorised one at a time (memory bounded by the block), and pieces cut by
-block edges are merged afterwards, combining their pixel statistics (sums, maxima, minima), so
-an object's attributes do not depend on the block grid.
+Windows are vectorised one at a time (memory bounded by the window), and pieces cut by window
+edges are joined as soon as the windows on both sides are in, combining their pixel statistics
+(sums, maxima, minima), so an object's attributes do not depend on the window grid. Finished
+objects go to the file as they come (:func:`stream_polygons`): what is held is the pieces along
+the borders still open, not the map's objects.
 
 Pieces are held column by column (:class:`Pieces`: a shapely 2 geometry array beside numpy arrays
 of their statistics), never as one Python object per object: a map of 100,000 objects costs its
