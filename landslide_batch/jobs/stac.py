@@ -84,17 +84,10 @@ def to_wgs84(geom: BaseGeometry, crs: str) -> BaseGeometry:
     return transform(Transformer.from_crs(crs, "EPSG:4326", always_xy=True).transform, dense)
 
 
-def _reading(raster: Location):
-    """GDAL's settings to read ``raster``: on object storage, uncached, as a later job replaces
-    an event's products and GDAL's /vsis3/ cache in this process (a scheduler runs job after job)
-    otherwise answers with the first version it read."""
-    return storage_env(CPL_VSIL_CURL_NON_CACHED=raster.parent.gdal_path()) if raster.is_remote else storage_env()
-
-
 def raster_footprint(path: Where) -> tuple[BaseGeometry, dict, tuple[float, ...]]:
     """-> (WGS84 footprint, profile, native bounds) of a georeferenced raster (a path or URI)."""
     raster = location(path)
-    with _reading(raster), rasterio.open(raster.gdal_path()) as ds:
+    with storage_env(), rasterio.open(raster.gdal_path()) as ds:
         if ds.crs is None:
             raise InputError(f"{path} has no CRS: a STAC item needs a georeferenced raster")
         return to_wgs84(box(*ds.bounds), ds.crs.to_wkt()), ds.profile, tuple(ds.bounds)
@@ -293,7 +286,7 @@ def _asset_kind(key: str, name: str) -> tuple[str | None, list[str], str]:
 
 
 def _describe_raster(asset: pystac.Asset, path: Location, key: str) -> None:
-    with _reading(path), rasterio.open(path.gdal_path()) as ds:
+    with storage_env(), rasterio.open(path.gdal_path()) as ds:
         nodata, dtype, res = ds.nodata, ds.dtypes[0], abs(ds.res[0])
     band = RasterBand.create(nodata=nodata, data_type=DataType(dtype), spatial_resolution=res)
     RasterExtension.ext(asset, add_if_missing=True).bands = [band]

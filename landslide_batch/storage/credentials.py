@@ -13,6 +13,8 @@ import os
 from collections.abc import Mapping
 from urllib.parse import urlparse
 
+from .location import READ_ONLY, SCHEMES
+
 #: Variables GDAL reads under the same name (passed on explicitly, so a rasterio session
 #: built from boto3 cannot shadow them).
 _SAME_NAME = (
@@ -91,13 +93,30 @@ _AWS_SESSION_KEYS = {
 }
 
 
+#: GDAL's prefixes for the writable object stores: /vsis3/, /vsigs/, /vsiaz/.
+_WRITABLE_VSI = tuple(dict.fromkeys(vsi for scheme, (_, _, vsi) in SCHEMES.items() if scheme not in READ_ONLY))
+
+
+def uncached_prefixes(environ: Mapping[str, str] | None = None) -> str:
+    """``CPL_VSIL_CURL_NON_CACHED`` for :func:`storage_env`: every writable object store, plus
+    what the user set. Publishing replaces an object by a server-side copy, and GDAL's global
+    /vsis3/ cache would otherwise answer a long-running process (the app, the scheduler, a
+    region job re-reading its products) with the first version it read, for as long as the
+    process lives. Uncached, an open file still caches its own reads; only a later open asks
+    the store again (one HEAD and the header). http(s):// inputs are read-only: cached."""
+    env = os.environ if environ is None else environ
+    own = env.get("CPL_VSIL_CURL_NON_CACHED")
+    return ":".join([*_WRITABLE_VSI, *([own] if own else [])])
+
+
 def storage_env(**extra):
-    """A ``rasterio.Env`` with :func:`gdal_options` (and ``extra`` options) applied; the AWS
-    keys, region, profile and endpoint travel in a rasterio ``AWSSession``, as rasterio requires."""
+    """A ``rasterio.Env`` with :func:`gdal_options` (and ``extra`` options) applied, object
+    stores read uncached (:func:`uncached_prefixes`); the AWS keys, region, profile and endpoint
+    travel in a rasterio ``AWSSession``, as rasterio requires."""
     import rasterio
     from rasterio.session import AWSSession
 
-    opts = {**gdal_options(), **extra}
+    opts = {**gdal_options(), "CPL_VSIL_CURL_NON_CACHED": uncached_prefixes(), **extra}
     session_args = {arg: opts.pop(key) for key, arg in _AWS_SESSION_KEYS.items() if key in opts}
     if opts.get("AWS_NO_SIGN_REQUEST", "").upper() in ("YES", "TRUE", "1"):
         session_args["aws_unsigned"] = True
