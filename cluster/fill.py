@@ -1,10 +1,12 @@
 """Write the deployable manifests with this deployment's values (cluster/placeholders.yaml).
 
-    python cluster/fill.py OUT_DIR image=REGISTRY/landslide-batch:TAG storage_class=CLASS
+    python cluster/fill.py OUT_DIR image=REGISTRY/landslide-batch:TAG storage_class=CLASS   (shared disk)
+    python cluster/fill.py OUT_DIR image=REGISTRY/landslide-batch:TAG bucket=BUCKET        (object storage)
 
-Copies cluster/*.yaml and ray-cluster.yaml into OUT_DIR, replacing on each line marked
-`# PLACEHOLDER: <key>` that key's placeholder value. Every key must be given: a copy with a
-placeholder left in it would not deploy.
+Copies cluster/*.yaml, cluster/object-storage/*.yaml and ray-cluster.yaml into OUT_DIR (the
+same relative paths), replacing on each line marked `# PLACEHOLDER: <key>` that key's
+placeholder value. A manifest is written only if every key it holds is given (a copy with a
+placeholder left in it would not deploy); the others are named as left out.
 """
 
 from __future__ import annotations
@@ -20,9 +22,13 @@ MARK = re.compile(r"#\s*PLACEHOLDER:\s*(\w+)\s*$")
 
 
 def manifests() -> list[Path]:
-    return sorted(p for p in CLUSTER.glob("*.yaml") if p.name != "placeholders.yaml") + [
-        CLUSTER.parent / "ray-cluster.yaml"
-    ]
+    found = [*CLUSTER.glob("*.yaml"), *CLUSTER.glob("object-storage/*.yaml")]
+    return sorted(p for p in found if p.name != "placeholders.yaml") + [CLUSTER.parent / "ray-cluster.yaml"]
+
+
+def target(out: Path, path: Path) -> Path:
+    """Where ``path``'s filled copy goes in ``out``: its path under cluster/ (ray-cluster.yaml: its name)."""
+    return out / (path.relative_to(CLUSTER) if path.is_relative_to(CLUSTER) else path.name)
 
 
 def placeholders() -> dict[str, str]:
@@ -48,16 +54,23 @@ def main(argv: list[str]) -> int:
         return 2
     out, values = Path(argv[0]), dict(a.split("=", 1) for a in argv[1:])
     known = placeholders()
-    if sorted(values) != sorted(known):
-        print(
-            f"fill.py: give exactly {', '.join(f'{k}=...' for k in known)} (got {', '.join(values) or 'none'})",
-            file=sys.stderr,
-        )
+    unknown = sorted(set(values) - set(known))
+    if unknown or not values:
+        print(f"fill.py: keys are {', '.join(known)} (got {', '.join(values) or 'none'})", file=sys.stderr)
         return 2
-    out.mkdir(parents=True, exist_ok=True)
+    written, left_out = [], []
     for path in manifests():
-        (out / path.name).write_text(fill(path.read_text(), values, known))
-    print(f"{len(manifests())} manifests written to {out}")
+        missing = sorted({key for _, key in marked_lines(path)} - set(values))
+        if missing:
+            left_out.append(f"{path.relative_to(CLUSTER.parent)} (needs {', '.join(missing)})")
+            continue
+        dest = target(out, path)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_text(fill(path.read_text(), values, known))
+        written.append(str(dest))
+    print(f"{len(written)} manifests written: {', '.join(written)}")
+    if left_out:
+        print(f"left out: {'; '.join(left_out)}", file=sys.stderr)
     return 0
 
 

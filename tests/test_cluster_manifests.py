@@ -23,6 +23,8 @@ from landslide_batch.jobs.schedule import load_schedule
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "cluster"
+#: The manifests for a cluster without a shared disk (cluster/object-storage/).
+NO_SHARED_DISK = ("object-storage/raycluster.yaml", "object-storage/cronjob.yaml")
 
 
 def docs(name: str) -> dict[str, dict]:
@@ -70,7 +72,7 @@ def test_one_image_tag_everywhere(launcher, image):
     version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
     assert image.rsplit(":", 1)[1].startswith(version)
     found = {image}
-    for name in ("raycluster.yaml", "rayjob.yaml", "cronjob.yaml"):
+    for name in ("raycluster.yaml", "rayjob.yaml", "cronjob.yaml", *NO_SHARED_DISK):
         found |= set(images(list(docs(name).values())))
     assert found == {image}
     assert f"-t {image} ." in (CLUSTER / "README.md").read_text()
@@ -264,15 +266,13 @@ KUBERAY_FIELDS = {
 
 def kuberay_parts() -> list[tuple[str, dict]]:
     """(field list name, the manifest's mapping) for every KubeRay-owned part of the manifests."""
-    cluster = docs("raycluster.yaml")["RayCluster"]["spec"]
-    parts = [
-        ("RayCluster.spec", cluster),
-        ("headGroupSpec", cluster["headGroupSpec"]),
-        ("RayJob.spec", docs("rayjob.yaml")["RayJob"]["spec"]),
-    ]
-    parts += [("workerGroupSpecs[]", group) for group in cluster.get("workerGroupSpecs", [])]
-    if "autoscalerOptions" in cluster:
-        parts.append(("autoscalerOptions", cluster["autoscalerOptions"]))
+    parts = [("RayJob.spec", docs("rayjob.yaml")["RayJob"]["spec"])]
+    for name in ("raycluster.yaml", NO_SHARED_DISK[0]):
+        cluster = docs(name)["RayCluster"]["spec"]
+        parts += [("RayCluster.spec", cluster), ("headGroupSpec", cluster["headGroupSpec"])]
+        parts += [("workerGroupSpecs[]", group) for group in cluster.get("workerGroupSpecs", [])]
+        if "autoscalerOptions" in cluster:
+            parts.append(("autoscalerOptions", cluster["autoscalerOptions"]))
     return parts
 
 
@@ -500,10 +500,21 @@ def test_every_placeholder_is_listed_in_one_place_and_filled_by_one_command(tmp_
     values = {key: f"filled-{key}" for key in known}
     assert fill.main([str(tmp_path), *(f"{k}={v}" for k, v in values.items())]) == 0
     for path in fill.manifests():
-        text = (tmp_path / path.name).read_text()
+        text = fill.target(tmp_path, path).read_text()
         assert not any(value in text for value in known.values()), path.name
         list(yaml.safe_load_all(text))  # still YAML
-    assert fill.main([str(tmp_path / "partial"), "image=x"]) == 2  # every key or nothing
+    assert fill.main([str(tmp_path / "bad"), "image=x", "bukcet=y"]) == 2  # an unknown key
+    assert not (tmp_path / "bad").exists()
+
+
+def test_fill_writes_the_manifests_of_one_deployment_whole_and_names_the_others(tmp_path, capsys):
+    """Without a shared disk no storage class is given: the manifests holding it are left out,
+    named, rather than written with the placeholder left in."""
+    assert fill.main([str(tmp_path), "image=registry.example.com/lb:1", "bucket=maps"]) == 0
+    assert (tmp_path / "object-storage" / "raycluster.yaml").exists() and not (tmp_path / "raycluster.yaml").exists()
+    assert "cluster/raycluster.yaml (needs storage_class)" in capsys.readouterr().err
+    text = (tmp_path / "object-storage" / "cronjob.yaml").read_text()
+    assert "s3://maps/events/" in text and "your-bucket" not in text and "your-org" not in text
 
 
 def test_worker_requests_fit_the_documented_node_types():
@@ -524,7 +535,110 @@ def test_pods_can_write_a_root_owned_volume_and_take_credentials_from_one_secret
     uid, gid = IMAGE_USER["runAsUser"], IMAGE_USER["runAsGroup"]
     assert init["securityContext"]["runAsUser"] == 0 and f"chown {uid}:{gid} /data" in " ".join(init["command"])
     assert init["volumeMounts"] == [{"name": "data", "mountPath": "/data"}]
-    cron = docs("cronjob.yaml")["CronJob"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
-    pods = [head, *(g["template"]["spec"] for g in spec["workerGroupSpecs"]), cron]
+    pods = []
+    for raycluster, cronjob in (("raycluster.yaml", "cronjob.yaml"), NO_SHARED_DISK):
+        pods += ray_pods(docs(raycluster)["RayCluster"]["spec"])
+        pods.append(docs(cronjob)["CronJob"]["spec"]["jobTemplate"]["spec"]["template"]["spec"])
     for pod in pods:
         assert pod["containers"][0]["envFrom"] == [OBJECT_STORAGE_SECRET]
+
+
+# --- A cluster without a shared disk: cluster/object-storage/ ------------------------------------
+
+
+def ray_pods(spec: dict) -> list[dict]:
+    """The pod specs of a RayCluster's ``spec``: the head's, then each worker group's."""
+    return [spec["headGroupSpec"]["template"]["spec"], *(g["template"]["spec"] for g in spec["workerGroupSpecs"])]
+
+
+def without_shared_volume(manifests: dict[str, dict]) -> dict[str, dict]:
+    """``manifests`` less the shared disk: no PersistentVolumeClaim, and no pod volume, volume
+    mount or init step for it."""
+    out = {kind: copy.deepcopy(doc) for kind, doc in manifests.items() if kind != "PersistentVolumeClaim"}
+
+    def strip(pod: dict) -> None:
+        pod.pop("initContainers", None)
+        if volumes := [v for v in pod.pop("volumes", []) if "persistentVolumeClaim" not in v]:
+            pod["volumes"] = volumes
+        for container in pod["containers"]:
+            if mounts := [m for m in container.pop("volumeMounts", []) if m["name"] != "data"]:
+                container["volumeMounts"] = mounts
+
+    if "RayCluster" in out:
+        for pod in ray_pods(out["RayCluster"]["spec"]):
+            strip(pod)
+    if "CronJob" in out:
+        strip(out["CronJob"]["spec"]["jobTemplate"]["spec"]["template"]["spec"])
+        out.pop("ConfigMap")  # its schedule differs: checked on its own
+    return out
+
+
+def test_the_object_storage_raycluster_is_the_shared_one_without_its_volume():
+    """Same head, GPU group, requests, autoscaling and credentials as raycluster.yaml (so its
+    KubeRay fields and node fit hold here too), and no claim a cluster without a ReadWriteMany
+    storage class could not bind."""
+    manifests = docs(NO_SHARED_DISK[0])
+    assert list(manifests) == ["RayCluster"]
+    assert manifests == without_shared_volume(docs("raycluster.yaml"))
+    text = (CLUSTER / NO_SHARED_DISK[0]).read_text()
+    assert "volume" not in yaml.safe_dump(manifests) and "/data" not in yaml.safe_dump(manifests)
+    assert all(node.split()[1] in text for node in NODE_TYPES)
+
+
+def test_the_object_storage_scheduler_keeps_everything_on_the_store(tmp_path):
+    cluster = docs(NO_SHARED_DISK[0])["RayCluster"]
+    manifests = docs(NO_SHARED_DISK[1])
+    assert without_shared_volume(manifests) == without_shared_volume(docs("cronjob.yaml"))
+    assert {k: v for k, v in manifests.items() if k != "ConfigMap"} == without_shared_volume(manifests)
+    pod = manifests["CronJob"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert pod["volumes"] == [{"name": "config", "configMap": {"name": manifests["ConfigMap"]["metadata"]["name"]}}]
+    (key,) = manifests["ConfigMap"]["data"]
+    path = tmp_path / key
+    path.write_text(manifests["ConfigMap"]["data"][key])
+    schedule = load_schedule(path)  # valid: every input a URI, so neither shared_fs nor upload_to
+    cfg = schedule.config
+    assert str(cfg.output.root).startswith("s3://") and cfg.catalog.startswith("s3://")
+    assert cfg.job["ensemble"].startswith("s3://")
+    assert not cfg.submit.shared_fs and cfg.submit.upload_to is None
+    assert cfg.submit.address == f"http://{cluster['metadata']['name']}-head-svc:8265"
+    assert cfg.job["device"] == "cuda"
+    assert cfg.job["ray"] == {"num_actors": "auto", "max_actors": gpu_group(cluster)["maxReplicas"]}
+
+
+def readme_steps() -> str:
+    text = (ROOT / "README.md").read_text()
+    start = text.index("### A cluster without a shared disk, step by step")
+    return text[start : text.index("\n## ", start)]
+
+
+def test_the_readme_steps_run_as_written(tmp_path, monkeypatch):
+    """README, "A cluster without a shared disk, step by step": its landslide-batch commands
+    parse, its fill.py command writes the manifests it then applies, its job YAML is a valid job."""
+    steps = readme_steps()
+    blocks = re.findall(r"```(\w+)\n(.*?)```", steps, re.S)
+    lines = [
+        " ".join(part.strip() for part in line.split("\\\n")).split("  #")[0]
+        for lang, body in blocks
+        if lang == "bash"
+        for line in re.split(r"(?<!\\)\n", body.strip())
+    ]
+    ours = [shlex.split(line) for line in lines if line.startswith("landslide-batch ")]
+    assert {argv[1] for argv in ours} == {"submit", "status", "logs", "vectorize"}
+    for argv in ours:
+        build_parser().parse_args(argv[1:])
+    (fill_line,) = [line for line in lines if line.startswith("python cluster/fill.py")]
+    monkeypatch.chdir(tmp_path)
+    assert fill.main(shlex.split(fill_line)[2:]) == 0
+    applied = [shlex.split(line)[-1] for line in lines if line.startswith("kubectl apply -f")]
+    assert applied == ["deploy/object-storage/raycluster.yaml", "deploy/object-storage/cronjob.yaml"]
+    for path in applied:
+        assert "your-bucket" not in (tmp_path / path).read_text() and "your-org" not in (tmp_path / path).read_text()
+    (job_yaml,) = [body for lang, body in blocks if lang == "yaml"]
+    (tmp_path / "region.yaml").write_text(job_yaml)
+    (tmp_path / "event.geojson").write_text(
+        json.dumps({"type": "Polygon", "coordinates": [[[85, 28], [86, 28], [86, 29], [85, 28]]]})
+    )
+    from landslide_batch.config import load_job
+
+    job = load_job(tmp_path / "region.yaml")
+    assert str(job.out).startswith("s3://") and job.device == "cuda" and len(job.scenes) == 2
