@@ -252,6 +252,39 @@ def gpu_demand() -> list[dict]:
     ]
 
 
+def _gpu_demand_then_a_gpu_node(cluster, cfg, actors: int, while_waiting=lambda: None) -> DeviceError:
+    """Run the ``device: cuda`` job ``cfg`` in a thread on ``cluster`` (no GPU): Ray's pending demand
+    must show ``actors`` one-GPU actors (then ``while_waiting`` checks more, the job still waiting);
+    a node claiming GPUs torch cannot use then ends the job. -> its DeviceError."""
+    result = {}
+
+    def target():
+        try:
+            run_job(cfg)
+        except BaseException as exc:  # checked in the test's thread below
+            result["error"] = exc
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    gpu_node = None
+    try:
+        wait_for(lambda: gpu_demand() or not thread.is_alive(), 90, "the actors' GPU demand")
+        assert thread.is_alive(), result
+        assert gpu_demand() == [{"CPU": 1.0, "GPU": 1.0, "count": actors}]
+        while_waiting()
+        assert thread.is_alive(), result
+        gpu_node = cluster.add_node(num_cpus=actors, num_gpus=actors, **LOCAL)
+        thread.join(120)
+    finally:
+        thread.join(120)
+        if gpu_node is not None:
+            cluster.remove_node(gpu_node)
+    assert not thread.is_alive()
+    error = result.get("error")
+    assert isinstance(error, DeviceError), result
+    return error
+
+
 @pytest.mark.slow
 def test_cuda_job_asks_for_gpus_on_a_cluster_without_any_and_never_runs_on_cpu(
     two_nodes, scene512, tiny_model, tmp_path
@@ -263,36 +296,17 @@ def test_cuda_job_asks_for_gpus_on_a_cluster_without_any_and_never_runs_on_cpu(
 
     scene, _ = scene512
     out = tmp_path / "out"
-    result = {}
 
-    def target():
-        try:
-            run_job(job(scene, out, tiny_model, executor="ray", device="cuda", ray={"num_actors": 2}))
-        except BaseException as exc:  # checked in the test's thread below
-            result["error"] = exc
-
-    thread = threading.Thread(target=target)
-    thread.start()
-    gpu_node = None
-    try:
-        wait_for(lambda: gpu_demand() or not thread.is_alive(), 90, "the actors' GPU demand")
-        assert thread.is_alive(), result
-        assert gpu_demand() == [{"CPU": 1.0, "GPU": 1.0, "count": 2}]
+    def still_waiting() -> None:
         pending = [
             a for a in state.actors().values() if "PredictBlockActor" in a["ActorClassName"] and a["State"] != "DEAD"
         ]
         assert len(pending) == 2 and all(a["State"] == "PENDING_CREATION" for a in pending)
         time.sleep(2)
-        assert no_result(out) and thread.is_alive()  # still waiting: nothing ran on the CPU nodes
-        gpu_node = two_nodes.add_node(num_cpus=2, num_gpus=2, **LOCAL)
-        thread.join(120)
-    finally:
-        thread.join(120)
-        if gpu_node is not None:
-            two_nodes.remove_node(gpu_node)
-    assert not thread.is_alive()
-    error = result.get("error")
-    assert isinstance(error, DeviceError), error
+        assert no_result(out)  # still waiting: nothing ran on the CPU nodes
+
+    cfg = job(scene, out, tiny_model, executor="ray", device="cuda", ray={"num_actors": 2})
+    error = _gpu_demand_then_a_gpu_node(two_nodes, cfg, 2, still_waiting)
     build = f"built for CUDA {torch.version.cuda}" if torch.version.cuda else "CPU-only build"
     assert "device cuda was asked for" in str(error) and build in str(error) and "CUDA_VISIBLE_DEVICES" in str(error)
     assert no_result(out)
@@ -342,29 +356,7 @@ def test_auto_actors_for_a_region_of_six_scenes_show_as_six_gpus_of_demand(two_n
         }
     )
     assert region_work(cfg, 256, 256) == 6
-    result = {}
-
-    def target():
-        try:
-            run_job(cfg)
-        except BaseException as exc:  # checked in the test's thread below
-            result["error"] = exc
-
-    thread = threading.Thread(target=target)
-    thread.start()
-    gpu_node = None
-    try:
-        wait_for(lambda: gpu_demand() or not thread.is_alive(), 90, "the actors' GPU demand")
-        assert thread.is_alive(), result
-        assert gpu_demand() == [{"CPU": 1.0, "GPU": 1.0, "count": 6}]
-        gpu_node = two_nodes.add_node(num_cpus=6, num_gpus=6, **LOCAL)
-        thread.join(120)
-    finally:
-        thread.join(120)
-        if gpu_node is not None:
-            two_nodes.remove_node(gpu_node)
-    assert not thread.is_alive()
-    assert isinstance(result.get("error"), DeviceError), result
+    _gpu_demand_then_a_gpu_node(two_nodes, cfg, 6)
     assert not (out / "run.json").exists()
 
 
