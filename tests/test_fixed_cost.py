@@ -69,4 +69,6 @@ def test_a_cli_job_records_its_timings_and_they_fit_its_process_wall(tmp_path, s
     assert timings["process_age_at_job_s"] + timings["preflight_s"] + timings["total_s"] < wall
     cost = load_fixed_cost().fixed_cost(json.loads((out / "run.json").read_text()), wall, raw_tiles_per_s=1e9)
     after_the_job = cost["breakdown"][-1]
-    assert after_the_job[0] == "after the job: publishing, clean-up, exit" and 0 < after_the_job[1] < 5
+    # After the job: publishing, then the interpreter's ordinary exit, whose teardown of torch takes
+    # about a second on a quiet machine (several on a loaded one, as everything else here).
+    assert after_the_job[0] == "after the job: publishing, clean-up, exit" and 0 < after_the_job[1] < wall / 3
