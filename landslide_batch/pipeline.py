@@ -12,15 +12,15 @@ from .config import JobConfig
 from .outputs.derive import MASK_NODATA
 from .outputs.products import OUTPUTS, outputs_for
 from .region.job import run_region
-from .scene_job import IngestedScene, job_hash, process_age_s, run_scene_job
+from .scene_job import job_hash, process_age_s, run_scene_job
 
-__all__ = ["MASK_NODATA", "OUTPUTS", "IngestedScene", "job_hash", "outputs_for", "run_job"]
+__all__ = ["MASK_NODATA", "OUTPUTS", "job_hash", "outputs_for", "run_job"]
 
 
 def run_job(cfg: JobConfig, *, overwrite: bool = False) -> dict:
     """Run (or resume) a scene job or a region job; returns the run manifest (also written to
     ``OUT/run.json``). A region job (``scenes:``) runs in ``region.job``, which maps each scene
-    through :func:`run_scene_job`."""
+    with ``mapping.map_scene``, as :func:`run_scene_job` maps its one."""
     if cfg.scenes is not None:
         return run_region(cfg, overwrite=overwrite)
     entered = (time.perf_counter(), process_age_s())

@@ -22,7 +22,7 @@ from maps import KERNEL_ATOL, assert_same_map, job, read_prob
 from polling import wait_for
 from ray_nodes import LOCAL, local_cluster
 
-from landslide_batch import scene_job  # the scene job, whose store creation the test breaks
+from landslide_batch import mapping  # maps a scene into its working folder: the test breaks its store creation
 from landslide_batch.errors import DiskFullError
 from landslide_batch.pipeline import OUTPUTS, run_job
 
@@ -332,7 +332,7 @@ def test_crash_while_creating_output_store_resumes(tmp_path, small_scene, varyin
         zarr.open_group(str(path), mode="w")  # the group exists, its arrays not yet
         raise RuntimeError("killed while creating the store (simulated)")
 
-    monkeypatch.setattr(scene_job, "create_store", crash_half_way)
+    monkeypatch.setattr(mapping, "create_store", crash_half_way)
     with pytest.raises(RuntimeError, match="simulated"):
         run_job(job(small_scene, tmp_path / "out", varying_model))
     monkeypatch.undo()

@@ -28,6 +28,7 @@ LAYERS: tuple[frozenset[str], ...] = tuple(
         "config",
         "infer",
         "outputs checks resolved",
+        "mapping",
         "scene_job",
         "region",
         "pipeline",

@@ -56,8 +56,6 @@ def write_products(
     final = stage / "final"
     shutil.rmtree(final, ignore_errors=True)
     final.mkdir()
-    if "mask" not in outputs:  # the probability store alone (a region's scene: ``products=False``): no summary
-        return {}
     group = zarr.open_group(str(store_path), mode="r+")
     prob = group["probability"]
 

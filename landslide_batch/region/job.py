@@ -1,12 +1,13 @@
-"""A region job: every scene mapped by a scene job, then merged onto one grid.
+"""A region job: every scene mapped (``mapping.map_scene``), then merged onto one grid.
 
 Layout of ``OUT``: the region's products as a scene job writes them, plus
 ``scenes.gpkg`` (footprints), and ``.work/`` kept after the job as the cache that makes adding
 a scene cheap:
 
 - ``.work/scenes/<id>/scene.zarr``: the scene as ingested; ``.work/scenes/<id>/map/``: its own
-  finished probability map (a scene job's output folder, resumed block by block: the
-  store and ``run.json`` only, no products, and no second copy of the scene);
+  finished probability map (an output folder under the same protocol as a scene job's,
+  ``scene_map.py``, resumed block by block: the store and ``run.json`` only, no products, and
+  no second copy of the scene);
 - ``.work/region/``: the merged region (output store, a scene store holding the merged RGB and
   slope for the quicklook and polygons, one marker per merged block naming the scenes in it).
 
@@ -53,6 +54,7 @@ from ..ingest import ModelB10, Scene, ingest_job
 from ..ingest.aoi import aoi_in_crs, load_aoi
 from ..ingest.inputs import SceneInputs
 from ..ingest.scene import SceneInfo
+from ..mapping import scene_chunk
 from ..outputs.derive import min_object_pixels
 from ..outputs.folder import output_lock, previous_result
 from ..outputs.manifest import REGION_JOB, package_versions, write_json_atomic
@@ -61,8 +63,7 @@ from ..outputs.products import outputs_for, write_products
 from ..outputs.publish import publish_products
 from ..plan.limits import check_work
 from ..resolved import ResolvedJob, identity_hash
-from ..scene_job import IngestedScene, run_scene_job, scene_chunk
-from ..storage import Location, location, path_or_uri, storage_errors
+from ..storage import Location, location, storage_errors
 from .event import (
     NDVI_LOSS_FULL,
     PRE_EVENT,
@@ -81,6 +82,7 @@ from .observed import OUTPUTS as OBSERVATION_OUTPUTS
 from .observed import write_observation_products
 from .pre_event import pick_pre_event
 from .progress import RegionProgress
+from .scene_map import map_region_scene
 from .scenes import SceneSource, find_scenes, load_signer
 from .stac_search import dem_items, search_items
 from .timeliness import stamp_time_to_map
@@ -179,8 +181,8 @@ def _run_region_locked(job: ResolvedJob, out: Location, overwrite: bool, stage: 
             log.info("%s already holds this region's map over these %d scene(s): nothing to do", out, len(scenes))
             return {**previous, "blocks": {**previous["blocks"], "computed": 0, "resumed": previous["blocks"]["total"]}}
         t_map = time.perf_counter()
-        ready = models.result()  # the local predictor, or (Ray) the checked spec; raises the models' error
-        actors = _map_scenes(r.job, scenes, overwrite, pool, ready if pool is None else None)
+        models.result()  # the local predictor, or (Ray) the checked spec; raises the models' error
+        actors = _map_scenes(r.job, scenes, overwrite, pool, models)
     timings = {"map_s": time.perf_counter() - t_map}
 
     t_merge = time.perf_counter()
@@ -505,24 +507,29 @@ def _start_models(job: ResolvedJob, session: ExitStack, work: int) -> tuple[Acto
 
 
 def _map_scenes(
-    job: ResolvedJob, scenes: list[MappedScene], overwrite: bool, pool: ActorPool | None, predictor: object
+    job: ResolvedJob, scenes: list[MappedScene], overwrite: bool, pool: ActorPool | None, models: Future
 ) -> list[dict] | None:
-    """Each scene through its scene job into its folder, with the models loaded once.
-    Local: one scene after the other, all predicted by ``predictor``. Ray: all predicted by
+    """Each scene mapped into its folder (``scene_map.map_region_scene``), with the models loaded
+    once. Local: one scene after the other, all predicted by ``models``' predictor. Ray: all predicted by
     ``pool``'s warm actors, two scenes in flight (``_map_side_by_side``); -> each actor's
     ``{actor, node, models_loaded}`` (None locally)."""
     cfg = job.cfg
     progress = RegionProgress([(s.scene.info.height, s.scene.info.width) for s in scenes], cfg.block, cfg.resolution)
     if pool is None:
         for i in range(len(scenes)):
-            _map_scene(job, scenes, i, overwrite, progress, predictor=predictor)
+            _map_scene(job, scenes, i, overwrite, progress, models)
         return None
-    _map_side_by_side(job, scenes, overwrite, progress, pool)
+    _map_side_by_side(job, scenes, overwrite, progress, pool, models)
     return pool.loads()
 
 
 def _map_side_by_side(
-    job: ResolvedJob, scenes: list[MappedScene], overwrite: bool, progress: RegionProgress, pool: ActorPool
+    job: ResolvedJob,
+    scenes: list[MappedScene],
+    overwrite: bool,
+    progress: RegionProgress,
+    pool: ActorPool,
+    models: Future,
 ) -> None:
     """Ray: each scene in a thread, ``SCENES_IN_FLIGHT`` at a time. While one scene's blocks are
     predicted the next one is prepared (hashed, planned) and waits for its turn on the pool
@@ -531,7 +538,7 @@ def _map_side_by_side(
     is predicted. The first error stops the scenes not started yet and is raised."""
     with ThreadPoolExecutor(SCENES_IN_FLIGHT, "scene") as threads:
         futures = [
-            threads.submit(_map_scene, job, scenes, i, overwrite, progress, pool=pool) for i in range(len(scenes))
+            threads.submit(_map_scene, job, scenes, i, overwrite, progress, models, pool) for i in range(len(scenes))
         ]
         done, _ = wait(futures, return_when=FIRST_EXCEPTION)
         failed = next((f for f in futures if f in done and f.exception() is not None), None)
@@ -547,33 +554,15 @@ def _map_scene(
     i: int,
     overwrite: bool,
     progress: RegionProgress,
-    predictor: object = None,
+    models: Future,
     pool: ActorPool | None = None,
 ) -> None:
-    """Scene ``i`` through its scene job into its folder, from the store the region
-    ingested and without products of its own; its manifest goes to ``.manifest``."""
+    """Scene ``i`` mapped into its folder from the store the region ingested, without products of
+    its own; its manifest goes to ``.manifest``."""
     s = scenes[i]
     log.info("region: scene %d/%d %s", i + 1, len(scenes), s.source.origin)
-    scene_cfg = job.cfg.model_copy(
-        update={
-            "scene": path_or_uri((s.folder / "scene.zarr").uri),  # a config value: a Path, or the URI
-            "out": path_or_uri((s.folder / "map").uri),
-            "scenes": None,
-            "aoi": None,
-            "crs": None,
-            "inputs": None,
-        }
-    )
     try:
-        s.manifest = run_scene_job(
-            job.with_config(scene_cfg),  # the region's models, read once
-            overwrite=overwrite,
-            predictor=predictor,
-            pool=pool,
-            on_block=partial(progress.block_done, i),
-            ingested=IngestedScene(s.scene, s.ingest_id),
-            products=False,  # the region writes the products of its merged map
-        )
+        s.manifest = map_region_scene(job, s, overwrite, models, pool=pool, on_block=partial(progress.block_done, i))
     finally:
         if pool is not None:  # after an error, the next scene must not wait for this one's turn
             pool.give_turn()
