@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -23,7 +22,6 @@ from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
-from .checks.output import disk_full_is_clear
 from .checks.pixels import require_resolution
 from .checks.preflight import model_b10_means, preflight
 from .checks.results import result_warnings
@@ -36,12 +34,12 @@ from .infer.shared_disk import require_shared_folder
 from .infer.stages import PredictorSpec
 from .ingest import ModelB10, Scene, ingest_job
 from .mapping import map_manifest, map_scene, scene_chunk, scene_input
-from .outputs.folder import claim_work, finished_before, output_lock, publish_result
+from .outputs.folder import claim_work, enter_output, finished_before, publish_result, stage_folder
 from .outputs.metadata import provenance_tags
 from .outputs.products import outputs_for, write_products
 from .outputs.summary import describe_mapped
 from .resolved import ResolvedJob, identity_hash, map_identity
-from .storage import Location, location, require_exists, storage_errors
+from .storage import Location, location, require_exists
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -70,14 +68,10 @@ def run_scene_job(
     out = location(cfg.out)
 
     with ExitStack() as held:
-        if out.is_local:  # entered first, left last: a full disk anywhere below ends in one clear error
-            held.enter_context(disk_full_is_clear(out.path))
-        with storage_errors(out, "out"):  # first contact with `out`: a bad bucket, key or endpoint fails here
-            out.makedirs()
-            held.enter_context(output_lock(out))
+        enter_output(held, out)
         held.enter_context(bounded_gdal_cache())
         held.enter_context(device_session(cfg.device, cfg.executor, cfg.ray))  # Ray's `auto` asks the cluster
-        stage = Path(held.enter_context(tempfile.TemporaryDirectory(prefix="landslide-products-")))
+        stage = stage_folder(held, out, ".work")  # locally the job's working folder
         job = job.on_device(job_device(cfg.device, cfg.executor, cfg.ray))
         return _run_locked(job, out, overwrite, stage, entered=entered)
 
@@ -102,11 +96,11 @@ def _scene_source(cfg: JobConfig) -> Path | str:
 
 
 def _run_locked(
-    job: ResolvedJob, out: Location, overwrite: bool, local_stage: Path, *, entered: tuple[float, float | None]
+    job: ResolvedJob, out: Location, overwrite: bool, stage: Path, *, entered: tuple[float, float | None]
 ) -> dict:
     """The scene job inside its lock: ingest, the folder's previous result or claim of
-    ``OUT/.work``, ``mapping.map_scene``, ``write_products``, publish. ``local_stage``: the local
-    folder for the products of a job whose ``out`` is on object storage; ``entered``: see
+    ``OUT/.work``, ``mapping.map_scene``, ``write_products``, publish. ``stage``: the local folder
+    the products are written in before publishing (``outputs.folder.stage_folder``); ``entered``: see
     :func:`run_scene_job`."""
     t0 = time.perf_counter()
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -130,7 +124,6 @@ def _run_locked(
         if (finished := finished_before(out, jhash, overwrite, outputs, "scene job")) is not None:
             return finished
         work = claim_work(out, jhash, fresh)
-        stage = work.path if work.is_local else local_stage  # where the products are written before publishing
         scene_ingest = scene_ingest or background.submit(ingest)
         _join_ray(cfg, session, work)
         scene, ingest_s = _unless_models_fail(scene_ingest, prep.models, stop)

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
-from contextlib import AbstractContextManager
+import tempfile
+from contextlib import AbstractContextManager, ExitStack
 from pathlib import Path
 
+from ..checks.output import disk_full_is_clear
 from ..errors import ConfigError, InputError, OutputLockedError
-from ..storage import Location, exclusive_location
+from ..storage import Location, exclusive_location, storage_errors
 from .manifest import read_manifest, write_json_atomic
 from .publish import product_names, publish_products
 
@@ -31,6 +33,26 @@ def output_lock(out: Location) -> AbstractContextManager[None]:
         )
 
     return exclusive_location(out / ".lock", busy)
+
+
+def enter_output(held: ExitStack, out: Location) -> None:
+    """Open ``out`` for a job for as long as ``held``: locally, running out of space anywhere below
+    ends in one clear error (exit 4; entered first, so left last); the first contact with ``out``
+    (a bad bucket, key or endpoint) fails clearly; then the lock is held (:func:`output_lock`)."""
+    if out.is_local:
+        held.enter_context(disk_full_is_clear(out.path))
+    with storage_errors(out, "out"):
+        out.makedirs()
+        held.enter_context(output_lock(out))
+
+
+def stage_folder(held: ExitStack, out: Location, inside: str) -> Path:
+    """Where a job writes its products before publishing them into ``out``: locally the folder
+    ``inside`` of ``out`` (on its file system, so they move in by rename), else a local temporary
+    folder that lives as long as ``held``."""
+    if out.is_local:
+        return out.path / inside
+    return Path(held.enter_context(tempfile.TemporaryDirectory(prefix="landslide-products-")))
 
 
 def previous_result(out: Location, jhash: str, overwrite: bool, kind: str) -> tuple[dict | None, dict[str, str]]:

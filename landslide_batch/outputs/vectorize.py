@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -34,7 +33,7 @@ from ..errors import ConfigError, InputError
 from ..ingest.scene import SceneInfo, member_array
 from ..storage import Location, location, storage_errors
 from .derive import ProbabilitySource, min_object_pixels, window_reader, write_mask_and_polygons
-from .folder import finished_result, output_lock
+from .folder import finished_result, output_lock, stage_folder
 from .manifest import REGION_JOB, job_kind, write_json_atomic
 from .metadata import manifest_scenes, provenance_tags
 from .polygons import POLYGON_FILES
@@ -87,8 +86,7 @@ def vectorize(out: str | Path | Location, settings: Derivation, event_products: 
         check_writable(out.path)  # a read-only folder: one clear line, not the lock's OSError
     with ExitStack() as held:
         held.enter_context(output_lock(out))  # the lock a job holds: neither runs while the other writes
-        # Locally inside OUT, so that products move in by rename; else a local temporary folder.
-        stage = (out.path if out.is_local else Path(held.enter_context(tempfile.TemporaryDirectory()))) / STAGE
+        stage = stage_folder(held, out, ".") / STAGE
         shutil.rmtree(stage, ignore_errors=True)  # what an interrupted vectorize left
         stage.mkdir()
         try:

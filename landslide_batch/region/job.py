@@ -26,7 +26,6 @@ import hashlib
 import json
 import logging
 import shutil
-import tempfile
 import time
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from contextlib import ExitStack
@@ -40,7 +39,7 @@ from rasterio.crs import CRS
 from rasterio.warp import transform_bounds
 from shapely.geometry import box, shape
 
-from ..checks.output import check_free_space, check_inputs_outside, check_out_folder, disk_full_is_clear
+from ..checks.output import check_free_space, check_inputs_outside, check_out_folder
 from ..checks.pixels import off_resolution
 from ..checks.preflight import model_b10_means, resolve_inputs_units, resolve_job
 from ..checks.reflectance import reflectance_guard
@@ -56,7 +55,7 @@ from ..ingest.inputs import SceneInputs
 from ..ingest.scene import SceneInfo
 from ..mapping import scene_chunk
 from ..outputs.derive import min_object_pixels
-from ..outputs.folder import output_lock, previous_result
+from ..outputs.folder import enter_output, previous_result, stage_folder
 from ..outputs.manifest import REGION_JOB, package_versions, write_json_atomic
 from ..outputs.metadata import provenance_tags
 from ..outputs.products import outputs_for, write_products
@@ -117,20 +116,10 @@ def _run_region(job: ResolvedJob, overwrite: bool) -> dict:
         check_out_folder(out.path)
         check_inputs_outside(out.path, _local_inputs(cfg, job.members))
     with ExitStack() as held:
-        if out.is_local:
-            held.enter_context(disk_full_is_clear(out.path))  # a full disk: exit 4, as for one scene
-        with storage_errors(out, "out"):  # first contact with `out`: a bad bucket, key or endpoint fails here
-            out.makedirs()
-            held.enter_context(output_lock(out))
+        enter_output(held, out)  # a full disk: exit 4, as for one scene
         held.enter_context(bounded_gdal_cache())
-        # Products are written here, then published: locally inside OUT (moved in by rename), else a
-        # local temporary folder.
-        where = (
-            out.path / ".work" / "region"
-            if out.is_local
-            else Path(held.enter_context(tempfile.TemporaryDirectory(prefix="landslide-region-")))
-        )
-        return _run_region_locked(job, out, overwrite, where / "stage")
+        stage = stage_folder(held, out, ".work/region") / "stage"
+        return _run_region_locked(job, out, overwrite, stage)
 
 
 def _local_inputs(cfg: JobConfig, members: EnsembleConfig) -> list[tuple[str, Path]]:

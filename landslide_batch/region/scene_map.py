@@ -7,23 +7,21 @@ ingested the scene and holds the models; a finished map is found again on later 
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from contextlib import ExitStack
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..infer.executors import job_device
 from ..infer.shared_disk import require_shared_folder
 from ..mapping import map_manifest, map_scene
-from ..outputs.folder import claim_work, finished_before, output_lock, publish_result
+from ..outputs.folder import claim_work, enter_output, finished_before, publish_result, stage_folder
 from ..outputs.products import OUTPUTS
 from ..plan.tiling import Block
 from ..resolved import ResolvedJob, identity_hash
-from ..storage import path_or_uri, storage_errors
+from ..storage import path_or_uri
 from .mapped import MappedScene
 
 if TYPE_CHECKING:
@@ -63,9 +61,7 @@ def map_region_scene(
     job = job.with_config(cfg).on_device(job_device(cfg.device, cfg.executor, cfg.ray))
     jhash = identity_hash({"scene": s.ingest_id, **job.identity()})  # the region hashed the scene's source
     with ExitStack() as held:
-        with storage_errors(out, "out"):
-            out.makedirs()
-            held.enter_context(output_lock(out))
+        enter_output(held, out)
         if (finished := finished_before(out, jhash, overwrite, MAP_OUTPUTS, "scene job")) is not None:
             return finished
         work = claim_work(out, jhash)
@@ -87,7 +83,7 @@ def map_region_scene(
             summary={"threshold": job.threshold()},
             outputs=MAP_OUTPUTS,
         )
-        stage = work.path if work.is_local else Path(held.enter_context(tempfile.TemporaryDirectory()))
+        stage = stage_folder(held, out, ".work")
         publish_result(manifest, stage, mapped.store, out, work)
     log.info("finished: %s (the probability map, no products)", out / "run.json")
     return manifest
