@@ -399,10 +399,15 @@ def test_change_rule_and_event_date_checks():
     np.testing.assert_allclose(new_probability(p_post, p_pre, dndvi, True), [0.81, 0.09, 0.2025, 0.0, -1.0], atol=1e-6)
     np.testing.assert_allclose(new_probability(p_post, p_pre, dndvi, False), [0.81, 0.09, 0.81, 0.81, -1.0], atol=1e-6)
 
-    assert confidence(0.9, 0.05, -0.3, True) == "high" and confidence(0.9, 0.05, -0.1, True) == "medium"
-    assert confidence(0.9, 0.05, -0.1, False) == "high"  # pre-existing, or the NDVI term left out
-    assert confidence(0.7, 0.05, -0.3, True) == "medium" and confidence(0.9, 0.25, -0.3, True) == "low"
-    assert confidence(0.55, 0.05, -0.3, True) == "low"
+    mean_p = np.array([0.9, 0.9, 0.7, 0.9, 0.55, 0.9, np.nan])
+    spread = np.array([0.05, 0.05, 0.05, 0.25, 0.05, 0.05, 0.05])
+    mean_dndvi = np.array([-0.3, -0.1, -0.3, -0.3, -0.3, np.nan, -0.3])
+    assert list(confidence(mean_p, spread, mean_dndvi, True)) == [
+        *("high", "medium", "medium", "low", "low"),
+        *("medium", "medium"),  # a NaN meets no bound
+    ]
+    # pre-existing, or the NDVI term left out: no loss needed
+    assert list(confidence(mean_p, spread, mean_dndvi, False))[:2] == ["high", "high"]
 
     grid = SceneInfo(10, 10, (), "WKT", (10.0, 0, 0, 0, -10.0, 0), 8)
     pre = {
@@ -425,7 +430,7 @@ def test_change_aware_columns_read_back_alike_in_every_format(tmp_path, fmt):
     from affine import Affine
 
     from landslide_batch.ingest.scene import SceneInfo
-    from landslide_batch.outputs.polygons import POLYGON_FILES, ObjectCollector, write_polygons
+    from landslide_batch.outputs.polygons import POLYGON_FILES, ObjectCollector, stream_polygons
     from landslide_batch.region.event import OBJECT_LAYERS, object_columns
 
     info = SceneInfo(8, 8, (), rasterio.crs.CRS.from_epsg(32645).to_wkt(), tuple(Affine(10, 0, 0, 0, -10, 80)), 4)
@@ -440,10 +445,10 @@ def test_change_aware_columns_read_back_alike_in_every_format(tmp_path, fmt):
     for x0 in (0, 4):
         w = (slice(None), slice(x0, x0 + 4))
         collector.add_window(0, x0, mask[w], prob[w], None, {k: v[w] for k, v in extra.items()})
-    objects = collector.objects()
-    assert len(objects) == 1 and objects[0].prob_max == prob[mask].max()
+    objects = collector.pop_finished()
+    assert len(objects) == 1 and objects.prob_max[0] == prob[mask].max() and collector.held == 0
     dest = tmp_path / POLYGON_FILES[fmt]
-    write_polygons(dest, info, objects, 1, False, object_columns(objects, ["new"], True))
+    assert stream_polygons(dest, info, [(objects, object_columns(objects, "new", True))], 1, False) == 1
     got = gpd.read_parquet(dest) if fmt == "parquet" else gpd.read_file(dest)
     assert list(got.columns) == [*POLYGON_COLUMNS, "geometry"]
     row = got.iloc[0]

@@ -22,7 +22,6 @@ import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from rasterio import features
@@ -32,20 +31,6 @@ from .areas import object_areas_m2
 
 #: Polygon formats -> product name. GeoParquet carries the CRS in its ``geo`` metadata (PROJJSON).
 POLYGON_FILES = {"gpkg": "landslides.gpkg", "parquet": "landslides.parquet", "fgb": "landslides.fgb"}
-
-
-@dataclass
-class Piece:
-    """One object (or piece of one), as :meth:`ObjectCollector.objects` lists them."""
-
-    geom: Any  # a shapely geometry
-    pixels: int
-    prob_sum: float
-    slope_sum: float
-    on_edge: bool
-    prob_max: float = np.nan
-    #: Statistics of the collector's extra layers (``ObjectCollector.reductions``), by name.
-    extra: dict[str, float] = field(default_factory=dict)
 
 
 #: How an extra layer's statistic is taken per window and combined across pieces.
@@ -103,41 +88,6 @@ class Pieces:
             joined("on_edge"),
             {n: np.concatenate([p.extra[n] for p in parts]) for n in names},
         )
-
-    @classmethod
-    def of(cls, pieces: list[Piece]) -> Pieces:
-        """Columns of a list of :class:`Piece` (all with the same ``extra`` names)."""
-        names = list(pieces[0].extra) if pieces else []
-        geom = np.empty(len(pieces), object)
-        geom[:] = [p.geom for p in pieces]
-
-        def column(name: str, dtype=np.float64) -> np.ndarray:
-            return np.array([getattr(p, name) for p in pieces], dtype)
-
-        return cls(
-            geom,
-            column("pixels", np.int64),
-            column("prob_sum"),
-            column("slope_sum"),
-            column("prob_max"),
-            column("on_edge", bool),
-            {n: np.array([p.extra[n] for p in pieces], np.float64) for n in names},
-        )
-
-    def rows(self) -> list[Piece]:
-        """One :class:`Piece` per row."""
-        return [
-            Piece(
-                self.geom[i],
-                int(self.pixels[i]),
-                float(self.prob_sum[i]),
-                float(self.slope_sum[i]),
-                bool(self.on_edge[i]),
-                float(self.prob_max[i]),
-                {n: float(v[i]) for n, v in self.extra.items()},
-            )
-            for i in range(len(self))
-        ]
 
 
 #: The borders of a window, as bits of what a piece touches (``ObjectCollector``'s ``_sides``).
@@ -406,10 +356,6 @@ class ObjectCollector:
         rest = self._merge(self._held, self._groups()) if len(self._ids) else Pieces.empty(self.reductions)
         return Pieces.concat([*self._done, rest], self.reductions)
 
-    def objects(self) -> list[Piece]:
-        """:meth:`table` as one :class:`Piece` per object."""
-        return self.table().rows()
-
 
 def _side_by_side(line: np.ndarray, start: int, other: np.ndarray, other_start: int) -> np.ndarray:
     """(2, k) pairs of pieces facing each other along two borders that start at ``start`` and
@@ -442,36 +388,41 @@ BATCH_ROWS = 10_000
 OGR_DRIVERS = {"gpkg": "GPKG", "fgb": "FlatGeobuf"}
 
 
-def write_polygons(
-    dest, info: SceneInfo, objects: Pieces | list[Piece], min_pixels: int, has_slope: bool, columns: dict | None = None
-) -> int:
+#: A part of a map's objects as :func:`stream_polygons` takes it: the objects, or the objects and
+#: columns of their own (name -> one value per object, e.g. an event map's ``status``).
+Part = Pieces | tuple[Pieces, dict[str, np.ndarray]]
+
+
+def stream_polygons(dest, info: SceneInfo, objects: Iterable[Part], min_pixels: int, has_slope: bool) -> int:
     """Write objects with at least ``min_pixels`` pixels, in the format ``dest``'s suffix names
-    (GeoPackage, GeoParquet or FlatGeobuf, see ``POLYGON_FILES``), with ``columns`` (name -> one
-    value per object, e.g. a change-aware map's ``status``) after the attributes; returns how many."""
-    table = objects if isinstance(objects, Pieces) else Pieces.of(objects)
-    keep = table.pixels >= min_pixels
-    kept_columns = {name: [v for v, k in zip(values, keep) if k] for name, values in (columns or {}).items()}
-    return _write_batches(Path(dest), info, _records(info, [(table.take(keep), kept_columns)], has_slope))
+    (GeoPackage, GeoParquet or FlatGeobuf, see ``POLYGON_FILES``), as they come part by part (a
+    collector's :meth:`ObjectCollector.pop_finished` after each window): each part is written once
+    ``BATCH_ROWS`` objects are ready, so the file grows while the map is read. A part's own columns
+    go after the attributes (every part names the same ones); -> objects written."""
 
-
-def stream_polygons(dest, info: SceneInfo, objects: Iterable[Pieces], min_pixels: int, has_slope: bool) -> int:
-    """:func:`write_polygons` for objects that come part by part (a collector's
-    :meth:`ObjectCollector.pop_finished` after each window): each part is written once
-    ``BATCH_ROWS`` objects are ready, so the file grows while the map is read; -> objects written."""
-
-    def batches() -> Iterator[tuple[Pieces, dict]]:
-        waiting: list[Pieces] = []
-        for part in objects:
-            part = part.take(part.pixels >= min_pixels)
-            if len(part):
-                waiting.append(part)
-            if sum(map(len, waiting)) >= BATCH_ROWS:
-                yield Pieces.concat(waiting, list(part.extra)), {}
-                waiting = []
+    def batches() -> Iterator[tuple[Pieces, dict[str, np.ndarray]]]:
+        waiting: list[tuple[Pieces, dict[str, np.ndarray]]] = []
+        names: list[str] = []
+        written = False
+        for part, columns in (p if isinstance(p, tuple) else (p, {}) for p in objects):
+            keep, names = part.pixels >= min_pixels, list(columns)
+            if keep.any():
+                waiting.append((part.take(keep), {n: np.asarray(v)[keep] for n, v in columns.items()}))
+            if sum(len(w) for w, _ in waiting) >= BATCH_ROWS:
+                yield _joined(waiting, list(part.extra))
+                waiting, written = [], True
         if waiting:
-            yield Pieces.concat(waiting, list(waiting[0].extra)), {}
+            yield _joined(waiting, list(waiting[0][0].extra))
+        elif names and not written:  # no object at all: the file still gets the parts' columns
+            yield Pieces.empty([]), {n: np.empty(0, object) for n in names}
 
     return _write_batches(Path(dest), info, _records(info, batches(), has_slope))
+
+
+def _joined(parts: list[tuple[Pieces, dict[str, np.ndarray]]], names) -> tuple[Pieces, dict[str, np.ndarray]]:
+    """Parts (objects and their own columns) as one."""
+    columns = {n: np.concatenate([c[n] for _, c in parts]) for n in parts[0][1]}
+    return Pieces.concat([p for p, _ in parts], names), columns
 
 
 def _records(info: SceneInfo, batches: Iterable[tuple[Pieces, dict]], has_slope: bool) -> Iterator:
@@ -491,8 +442,9 @@ def _records(info: SceneInfo, batches: Iterable[tuple[Pieces, dict]], has_slope:
             "mean_slope_deg": table.slope_sum / table.pixels if has_slope else np.full(len(table), np.nan),
         }
         arrays = {name: pa.array(values) for name, values in data.items()}
-        for name, values in columns.items():  # text where no value says otherwise (all None, or none)
-            arrays[name] = pa.array(values) if any(v is not None for v in values) else pa.array(values, pa.string())
+        for name, values in columns.items():
+            array = pa.array(values)
+            arrays[name] = pa.nulls(len(array), pa.string()) if array.type == pa.null() else array  # text if all None
         arrays["geometry"] = pa.array(shapely.to_wkb(table.geom), pa.binary())
         return pa.record_batch(list(arrays.values()), names=list(arrays)), table.geom
 

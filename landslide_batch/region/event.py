@@ -21,11 +21,14 @@ or above their own threshold), ``uncertainty`` (mean ensemble spread), ``mean_dn
 (the first clear post-event view of any of its pixels, ``YYYY-MM-DD``) and ``confidence``:
 ``high`` when the mean probability is >= 0.8, the spread <= 0.1 and (a new object, with the
 NDVI term) NDVI dropped by ``NDVI_LOSS_FULL`` or more; ``low`` when the mean probability is
-< 0.6 or the spread > 0.2; ``medium`` otherwise.
+< 0.6 or the spread > 0.2; ``medium`` otherwise. The objects of both kinds go to the file window by
+window as they are finished, their columns computed column by column: what is held at once is the
+pieces along the windows' open borders, not the map's objects.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,9 +39,9 @@ from ..bands import derive_features
 from ..config import JobConfig
 from ..errors import InputError
 from ..ingest.scene import SceneInfo, member_array
-from ..outputs.areas import pixel_areas
+from ..outputs.areas import PixelAreas, pixel_areas
 from ..outputs.derive import MASK_NODATA, WindowReader, mask_window, window_reader
-from ..outputs.polygons import ObjectCollector, write_polygons
+from ..outputs.polygons import ObjectCollector, Pieces, stream_polygons
 from ..outputs.rasters import windows, write_cog
 from ..outputs.store import NODATA, SLOPE
 from ..storage import Location, path_or_uri
@@ -187,33 +190,52 @@ def write_change_mask_and_polygons(
         nodata=MASK_NODATA,
         scratch=scratch,
     )
-    new, old = (ObjectCollector(info, min_pixels=min_pixels, reductions=OBJECT_LAYERS) for _ in range(2))
-    areas, new_px, new_m2 = pixel_areas(info), 0, 0.0
-    for y0, y1, x0, x1 in windows(info):
+    tally = _NewTally(pixel_areas(info))
+    n_all = stream_polygons(
+        polygons_dest, info, _change_objects(src, threshold, min_pixels, tally), min_pixels, src.slope is not None
+    )
+    return {
+        "landslide_pixels": tally.pixels,
+        "landslide_area_km2": tally.m2 / 1e6 if tally.areas is not None else None,
+        "objects": tally.objects,
+        "pre_existing_objects": n_all - tally.objects,
+    }
+
+
+@dataclass
+class _NewTally:
+    """What is new, added up window by window while the objects are written: mask pixels, their
+    area, and new objects of at least the minimum size."""
+
+    areas: PixelAreas | None
+    pixels: int = 0
+    m2: float = 0.0
+    objects: int = 0
+
+
+def _change_objects(
+    src: ChangeSource, threshold: float, min_pixels: int, tally: _NewTally
+) -> Iterator[tuple[Pieces, dict[str, np.ndarray]]]:
+    """The new and the pre-existing objects with their own columns, window by window as they are
+    finished (what is held is the pieces along the windows' open borders); counts in ``tally``."""
+    new, old = (ObjectCollector(src.info, min_pixels=min_pixels, reductions=OBJECT_LAYERS) for _ in range(2))
+    for y0, y1, x0, x1 in windows(src.info):
         w = (y0, y1, x0, x1)
         p_post, p_pre = src.p_post(*w), src.p_pre(*w)
         is_new = mask_window(src.new(*w), threshold) == 1
         slope = src.slope(*w) if src.slope is not None else None
         first = src.first_clear(*w).astype(np.float64)
         extra = {"agreement": src.agreement(*w), "uncertainty": src.uncertainty(*w), "dndvi": src.dndvi(*w)}
-        extra["first_clear"] = first
-        extra["first_clear"][first == NO_DATE] = np.inf  # no dated clear view: never the first
+        extra["first_clear"] = np.where(first == NO_DATE, np.inf, first)  # no dated clear view: never the first
         new.add_window(y0, x0, is_new, p_post, slope, extra)
         old.add_window(y0, x0, (p_post >= threshold) & (p_pre >= threshold) & ~is_new, p_post, slope, extra)
-        new_px += int(is_new.sum())
-        new_m2 += areas.of_mask(y0, is_new) if areas is not None else 0.0
-    new_objects, old_objects = new.objects(), old.objects()
-    status = [NEW] * len(new_objects) + [PRE_EXISTING] * len(old_objects)
-    n_new = sum(o.pixels >= min_pixels for o in new_objects)
-    objects = new_objects + old_objects
-    columns = object_columns(objects, status, src.use_ndvi)
-    n_all = write_polygons(polygons_dest, info, objects, min_pixels, src.slope is not None, columns)
-    return {
-        "landslide_pixels": new_px,
-        "landslide_area_km2": new_m2 / 1e6 if areas is not None else None,
-        "objects": n_new,
-        "pre_existing_objects": n_all - n_new,
-    }
+        tally.pixels += int(is_new.sum())
+        tally.m2 += tally.areas.of_mask(y0, is_new) if tally.areas is not None else 0.0
+        for collector, status in ((new, NEW), (old, PRE_EXISTING)):
+            part = collector.pop_finished()
+            if status == NEW:
+                tally.objects += int((part.pixels >= min_pixels).sum())
+            yield part, object_columns(part, status, src.use_ndvi)
 
 
 def rederive_event(
@@ -247,32 +269,40 @@ def rederive_event(
     return write_change_mask_and_polygons(src, threshold, min_pixels, mask_dest, polygons_dest, scratch)
 
 
-def object_columns(objects: list, status: list[str], use_ndvi: bool) -> dict[str, list]:
-    """The change-aware polygons' own columns, one value per object (module docstring)."""
-    mean_p = [o.prob_sum / o.pixels for o in objects]
-    spread = [o.extra["uncertainty"] / o.pixels for o in objects]
-    dndvi = [o.extra["dndvi"] / o.pixels for o in objects]
-    first = [o.extra["first_clear"] for o in objects]
+def object_columns(objects: Pieces, status: str, use_ndvi: bool) -> dict[str, np.ndarray]:
+    """The change-aware polygons' own columns for objects of one ``status`` (module docstring)."""
+    spread = objects.extra["uncertainty"] / objects.pixels
+    dndvi = objects.extra["dndvi"] / objects.pixels
+    first = objects.extra["first_clear"]
+    dated = np.isfinite(first)  # inf: no dated clear view of any pixel
+    first_observed = np.full(len(objects), None, object)
+    first_observed[dated] = _iso_days(first[dated])
     return {
-        "status": status,
-        "member_agreement": [o.extra["agreement"] / o.pixels for o in objects],
+        "status": np.full(len(objects), status, object),
+        "member_agreement": objects.extra["agreement"] / objects.pixels,
         "uncertainty": spread,
         "mean_dndvi": dndvi,
-        "first_observed": [None if not np.isfinite(d) else _iso_day(int(d)) for d in first],
-        "confidence": [confidence(p, u, d, s == NEW and use_ndvi) for p, u, d, s in zip(mean_p, spread, dndvi, status)],
+        "first_observed": first_observed,
+        "confidence": confidence(objects.prob_sum / objects.pixels, spread, dndvi, status == NEW and use_ndvi),
     }
 
 
-def confidence(mean_probability: float, uncertainty: float, mean_dndvi: float, needs_loss: bool) -> str:
-    """``high``: mean probability >= ``HIGH_PROBABILITY``, ensemble spread <= ``HIGH_UNCERTAINTY``
-    and (a new object, with the NDVI term) vegetation lost by ``NDVI_LOSS_FULL`` or more;
-    ``low``: mean probability < ``LOW_PROBABILITY`` or spread > ``LOW_UNCERTAINTY``; else ``medium``."""
-    if mean_probability < LOW_PROBABILITY or uncertainty > LOW_UNCERTAINTY:
-        return "low"
-    lost = not needs_loss or mean_dndvi <= -NDVI_LOSS_FULL
-    return "high" if mean_probability >= HIGH_PROBABILITY and uncertainty <= HIGH_UNCERTAINTY and lost else "medium"
+def confidence(
+    mean_probability: np.ndarray, uncertainty: np.ndarray, mean_dndvi: np.ndarray, needs_loss: bool
+) -> np.ndarray:
+    """Per object, ``high``: mean probability >= ``HIGH_PROBABILITY``, ensemble spread <=
+    ``HIGH_UNCERTAINTY`` and (a new object, with the NDVI term) vegetation lost by ``NDVI_LOSS_FULL``
+    or more; ``low``: mean probability < ``LOW_PROBABILITY`` or spread > ``LOW_UNCERTAINTY``;
+    ``medium`` otherwise (a NaN meets no bound)."""
+    low = (mean_probability < LOW_PROBABILITY) | (uncertainty > LOW_UNCERTAINTY)
+    lost = (mean_dndvi <= -NDVI_LOSS_FULL) | (not needs_loss)
+    high = (mean_probability >= HIGH_PROBABILITY) & (uncertainty <= HIGH_UNCERTAINTY) & lost
+    return np.where(low, "low", np.where(high, "high", "medium")).astype(object)
 
 
-def _iso_day(code: int) -> str:
-    """``YYYYMMDD`` -> ``YYYY-MM-DD``."""
-    return f"{code // 10000:04d}-{code // 100 % 100:02d}-{code % 100:02d}"
+def _iso_days(codes: np.ndarray) -> np.ndarray:
+    """``YYYYMMDD`` codes -> ``YYYY-MM-DD``."""
+    code = codes.astype(np.int64)
+    months = ((code // 10000 - 1970) * 12 + code // 100 % 100 - 1).astype("datetime64[M]")
+    days = months.astype("datetime64[D]") + (code % 100 - 1).astype("timedelta64[D]")
+    return np.datetime_as_string(days, unit="D").astype(object)
