@@ -8,8 +8,9 @@ a slope file is given; the DEM may be several tiles); SCL classes, nodata and th
 mark pixels invalid. A DEM or SCL leaving part of the scene uncovered is an error naming the
 share, unless ``inputs.allow_partial_dem``. Each optical layer keeps a histogram of its valid land
 pixels, whose dark-object statistics ``checks/reflectance.py`` judges before inference.
-Nothing is held in memory beyond one window. Findings go to ``attrs["warnings"]`` (and the
-log); what was done goes to ``attrs["ingest"]``.
+Nothing is held in memory beyond one window, and GDAL's block cache, sized to the blocks a row
+of windows reads (``gdal_env.read_cache_mb``: a JPEG 2000 tile serves several rows). Findings
+go to ``attrs["warnings"]`` (and the log); what was done goes to ``attrs["ingest"]``.
 """
 
 from __future__ import annotations
@@ -21,14 +22,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from affine import Affine
+from rasterio.warp import transform_bounds
 
 from ..bands import BAND_INDEX, N_BANDS
 from ..errors import InputError
-from ..gdal_env import bounded_gdal_cache
+from ..gdal_env import bounded_gdal_cache, gdal_cache, read_cache_mb
 from .aoi import AOI
 from .b10 import b10_fill
 from .inputs import S2_LAYERS, SceneInputs
-from .resample import Grid, View, open_raster, reference_grid, view
+from .resample import Grid, View, WarpedView, open_raster, reference_grid, view
 from .scene import SceneWriter
 from .sentinel2 import NATIVE_RESOLUTION_M, Scaling, SourcePlan, resolve_scaling
 from .terrain import TerrainReader
@@ -134,6 +137,10 @@ class _Sources:
             self._datasets[path] = self.stack.enter_context(open_raster(path, what))
         return self._datasets[path]
 
+    def opened(self) -> list[Any]:
+        """Every dataset read: the files, and the warped views' VRTs (their blocks are cached too)."""
+        return [*self._datasets.values(), *(v.vrt for v in self._views.values() if isinstance(v, WarpedView))]
+
     def view(self, path: str, what: str, grid: Grid, **kw: Any) -> View:
         """``path`` seen on ``grid`` (one output grid per assemble: views are keyed by file and settings)."""
         key = (path, tuple(sorted(kw.items())))
@@ -190,7 +197,9 @@ def _assemble(
         if inputs.units == "l4s":  # physical -> L4S .h5 convention (reflectance as DN x 10000) / mean
             unit_factor = scale_from_physical("l4s").astype(np.float32)[:, None, None]
         checks = _range_checks(plan, inputs)
-        masked = _write_windows(writer, readers, checks, unit_factor)
+        reads = [(ds, _to_pixels(ds, grid)) for ds in sources.opened()]
+        with gdal_cache(read_cache_mb(writer.chunk, (grid.height, grid.width), reads)):
+            masked = _write_windows(writer, readers, checks, unit_factor)
         warnings += _range_warnings(plan, inputs, scaling, checks)
         warnings += _scl_warnings(plan, inputs, masked, grid.height * grid.width)
         warnings += _coverage_warnings(plan, inputs, masked)
@@ -200,6 +209,16 @@ def _assemble(
         record = _ingest_record(plan, inputs, grid, aoi, layer_info, scaling, unit_factor, masked, checks)
         writer.group.attrs["ingest"] = _jsonable(record)
     return writer
+
+
+def _to_pixels(ds, grid: Grid) -> Affine:
+    """Grid pixels -> ``ds``'s pixels: exact in one CRS (or none), else linear over the grid's
+    bounds (which is all the GDAL cache's sizing needs)."""
+    if ds.crs is None or ds.crs == grid.crs:
+        return ~ds.transform @ grid.transform
+    left, bottom, right, top = transform_bounds(grid.crs, ds.crs, *grid.bounds())
+    (c0, r0), (c1, r1) = ~ds.transform @ (left, top), ~ds.transform @ (right, bottom)
+    return Affine((c1 - c0) / grid.width, 0.0, c0, 0.0, (r1 - r0) / grid.height, r0)
 
 
 def _output_grid(
