@@ -16,6 +16,7 @@ import numpy.typing as npt
 from ..config import EnsembleConfig
 from ..ingest.scene import Scene
 from ..plan.tiling import Block, TileGrid
+from .heap import release_freed_memory
 
 if TYPE_CHECKING:
     from ray import ObjectRef
@@ -167,6 +168,7 @@ class PredictBlock:
         out["forward_passes"] = self.predictor.forward_passes - before
         out["forward_s"] = self.predictor.forward_s - before_s
         out["exports"], out["kept_tiles"] = exports, len(self.reuse.kept)
+        release_freed_memory()  # the block's intermediate buffers: resident memory stays flat block after block
         return out
 
 
