@@ -6,10 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+from affine import Affine
 from rasterio.errors import RasterioError
 
 from ..bands import L4S_BANDS, N_BANDS
 from ..errors import InputError
+from ..gdal_env import gdal_cache, read_cache_mb
 from .scene import Blank, SceneWriter
 
 #: A raster without a nodata tag: zero in every Sentinel-2 layer is a border or fill, not ground
@@ -54,7 +56,7 @@ def ingest_geotiff(
             source={"path": str(src), "kind": "geotiff", "nodata": nodata},
             blank=UNTAGGED_ZEROS if nodata is None else None,
         )
-        with rasterio.Env(GDAL_CACHEMAX=read_cache_mb(ds, writer.chunk)):
+        with gdal_cache(read_cache_mb(writer.chunk, (ds.height, ds.width), [(ds, Affine.identity())])):
             for y0, y1, x0, x1 in writer.windows():
                 window = rasterio.windows.Window(x0, y0, x1 - x0, y1 - y0)
                 try:
@@ -66,16 +68,3 @@ def ingest_geotiff(
                     ) from None
                 writer.write(y0, x0, data, nodata=nodata)
     return writer
-
-
-def read_cache_mb(ds, chunk: int) -> int:
-    """GDAL's block cache (MB) for reading ``ds`` in chunk² windows, row by row: the blocks that
-    one row of windows still needs (all of its width when a block is wider than a window, as a
-    strip is: windows read it in turn; else a window and its neighbours'), at least 64 MB.
-    GDAL's default, 5 % of the machine's memory, kept every block read: ingesting a 4096² stack
-    peaked at 1061 MB RSS instead of 230 MB, and took more CPU (benchmarks/ingest.py)."""
-    bh, bw = ds.block_shapes[0]
-    rows = chunk + 2 * bh
-    cols = ds.width if bw > chunk else chunk + 2 * bw
-    itemsize = max(np.dtype(d).itemsize for d in ds.dtypes)
-    return max(64, int(1.25 * rows * cols * ds.count * itemsize / 2**20))
