@@ -173,7 +173,7 @@ class ProductsWriter:
         with ExitStack() as files:
             rasters = {
                 key: (
-                    group[key],
+                    window_reader(group[key]),
                     files.enter_context(
                         scratch_raster(
                             self.stage / f"{key}.scratch.tif",
@@ -193,8 +193,8 @@ class ProductsWriter:
             def regions() -> Iterator[tuple[int, int, int, int]]:
                 region: tuple[int, int, int, int] | None = first
                 while region is not None and not self._stop.is_set():
-                    for array, write in rasters.values():
-                        write(*region, array[region[0] : region[1], region[2] : region[3]])
+                    for read, write in rasters.values():
+                        write(*region, read(*region))
                     yield region
                     region = self._regions.get()
                 if self._stop.is_set():
