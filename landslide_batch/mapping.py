@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SceneMap", "map_manifest", "map_scene", "scene_chunk", "scene_input"]
+__all__ = ["SceneMap", "map_manifest", "map_scene", "output_store", "scene_chunk", "scene_input"]
 
 
 @dataclass
@@ -135,7 +135,7 @@ def _scene_checks(cfg: JobConfig, scene: Scene, cards: list) -> tuple[dict, list
 
 def _output_store(work: Location, scene: Scene, block: int, jhash: str) -> Location:
     """The job's output store in ``work``, created if there is none yet; -> its location."""
-    store_path = work / "probability.zarr"
+    store_path = output_store(work)
     if not store_path.exists():
         # No store, no finished block: markers without their data would resume into a map of nodata.
         (work / "blocks").rm()
@@ -270,6 +270,11 @@ def scene_input(cfg: JobConfig, scene: Scene, scene_sha: str) -> dict:
     """run.json's ``inputs.scene``: the source, its hash, and its acquisition date (ISO) when the
     ingest found one (a Sentinel-2 product or STAC item; None for a plain GeoTIFF)."""
     return {"path": str(cfg.scene), "sha256": scene_sha, "acquired": scene.attrs.get("ingest", {}).get("acquired")}
+
+
+def output_store(work: Location) -> Location:
+    """Where :func:`map_scene` writes the map in ``work`` (its ``SceneMap.store``)."""
+    return work / "probability.zarr"
 
 
 def scene_chunk(block: int) -> int:

@@ -1,5 +1,5 @@
 """One scene job end to end: lock -> ingest -> previous result or claim of ``OUT/.work`` ->
-``mapping.map_scene`` (plan, infer) -> ``write_products`` -> publish.
+``mapping.map_scene`` (plan, infer; each block's products written as it is) -> publish.
 
 The output folder is locked while a job runs. Work in progress lives in ``OUT/.work``
 (scene store, output store, block markers); finished products are written under
@@ -33,10 +33,10 @@ from .infer.executors import device_session, job_device, ray_session
 from .infer.shared_disk import require_shared_folder
 from .infer.stages import PredictorSpec
 from .ingest import ModelB10, Scene, ingest_job
-from .mapping import map_manifest, map_scene, scene_chunk, scene_input
+from .mapping import map_manifest, map_scene, output_store, scene_chunk, scene_input
 from .outputs.folder import claim_work, enter_output, finished_before, publish_result, stage_folder
 from .outputs.metadata import provenance_tags
-from .outputs.products import outputs_for, write_products
+from .outputs.products import ProductsWriter, outputs_for
 from .outputs.summary import describe_mapped
 from .resolved import ResolvedJob, identity_hash, map_identity
 from .storage import Location, location, require_exists
@@ -99,7 +99,7 @@ def _run_locked(
     job: ResolvedJob, out: Location, overwrite: bool, stage: Path, *, entered: tuple[float, float | None]
 ) -> dict:
     """The scene job inside its lock: ingest, the folder's previous result or claim of
-    ``OUT/.work``, ``mapping.map_scene``, ``write_products``, publish. ``stage``: the local folder
+    ``OUT/.work``, ``mapping.map_scene`` beside the products' writer, publish. ``stage``: the local folder
     the products are written in before publishing (``outputs.folder.stage_folder``); ``entered``: see
     :func:`run_scene_job`."""
     t0 = time.perf_counter()
@@ -110,7 +110,7 @@ def _run_locked(
     outputs = outputs_for(cfg.polygon_format)
 
     with ExitStack() as session:
-        # One background thread: ingest, then the products at the end. Unwound last, so leaving
+        # One background thread: ingest, then the COGs at the end. Unwound last, so leaving
         # the session (even on an error) waits for whichever of them runs: never a writer
         # outside the lock. Ray starts in the main thread (not from a worker), beside ingest.
         background = session.enter_context(ThreadPoolExecutor(1, "stores"))
@@ -128,14 +128,21 @@ def _run_locked(
         _join_ray(cfg, session, work)
         scene, ingest_s = _unless_models_fail(scene_ingest, prep.models, stop)
         background.submit(_import_finishing)  # beside the blocks: its imports are not the finish's seconds
-        mapped = map_scene(job, scene, work, jhash, prep.models, held=session)
-        infer_s = time.perf_counter() - mapped.inferring_since
         threshold = job.threshold()
-        # The products are written while the Ray session closes (a second or more of waiting on
+        tags = _product_tags(job, scene_input(cfg, scene, scene_sha), threshold, jhash)
+        # Locally each block's products are written as soon as it is (the writer's thread, joined
+        # when the session ends), the blocks not computed after. Ray's blocks come in any order,
+        # which would number the objects differently each run: there, all follow in the plan's order.
+        writer = session.enter_context(ProductsWriter(cfg, scene, output_store(work), stage, threshold, outputs, tags))
+        local = cfg.executor == "local"
+        mapped = map_scene(job, scene, work, jhash, prep.models, held=session, on_block=writer.add if local else None)
+        for block in [*mapped.plan.resumed, *mapped.plan.empty] if local else mapped.plan.blocks:
+            writer.add(block)
+        infer_s = time.perf_counter() - mapped.inferring_since
+        # The COGs are finished while the Ray session closes (a second or more of waiting on
         # Ray's processes); finishing needs nothing from Ray.
         t_finish = time.perf_counter()
-        tags = _product_tags(job, scene_input(cfg, scene, scene_sha), threshold, jhash)
-        finishing = background.submit(write_products, cfg, scene, mapped.store, stage, threshold, outputs, tags)
+        finishing = background.submit(writer.finish)
     summary, finish_s = finishing.result(), time.perf_counter() - t_finish
     timings = _timings(entered, t0, prep, ingest_s=ingest_s, prepare_s=mapped.inferring_since - t0, infer_s=infer_s)
     manifest = map_manifest(

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,10 @@ def windows(info: SceneInfo, size: int = WINDOW):
             yield y0, min(y0 + size, info.height), x0, min(x0 + size, info.width)
 
 
+#: Writes ``values`` into the window ``[y0, y1) x [x0, x1)`` of a raster being written.
+WindowWriter = Callable[[int, int, int, int, np.ndarray], None]
+
+
 def write_cog(
     dest: Path,
     info: SceneInfo,
@@ -38,6 +43,25 @@ def write_cog(
 ) -> None:
     """``read(y0, y1, x0, x1)`` gives each window; GDAL's COG driver then adds overviews.
     ``band``: its description, unit and colour table; ``tags``: dataset metadata (provenance)."""
+    with scratch_raster(scratch, info, dtype=dtype, nodata=nodata, band=band, tags=tags) as write:
+        for y0, y1, x0, x1 in windows(info):
+            write(y0, y1, x0, x1, read(y0, y1, x0, x1))
+    copy_cog(scratch, dest, dtype)
+
+
+@contextmanager
+def scratch_raster(
+    path: Path,
+    info: SceneInfo,
+    *,
+    dtype: str,
+    nodata: float,
+    band: Band | None = None,
+    tags: dict[str, str] | None = None,
+) -> Iterator[WindowWriter]:
+    """An uncompressed tiled GeoTIFF written window by window, in any order, for
+    :func:`copy_cog` to compress once the last window is in; its band and ``tags`` are set when
+    the context closes without an error."""
     profile = dict(
         driver="GTiff",
         height=info.height,
@@ -50,15 +74,22 @@ def write_cog(
         blockxsize=512,
         blockysize=512,
         BIGTIFF="IF_SAFER",
-    )  # uncompressed scratch: compressed once, by the COG driver
+    )
     if info.crs is not None:
         profile["crs"] = info.crs
+    with rasterio.Env(GDAL_CACHEMAX=COG_CACHE_MB), rasterio.open(path, "w", **profile) as ds:
+
+        def write(y0: int, y1: int, x0: int, x1: int, values: np.ndarray) -> None:
+            ds.write(values.astype(dtype), 1, window=Window(x0, y0, x1 - x0, y1 - y0))
+
+        yield write
+        _describe(ds, band, tags or {})
+
+
+def copy_cog(scratch: Path, dest: Path, dtype: str) -> None:
+    """The COG of a finished :func:`scratch_raster` (DEFLATE, overviews); the scratch goes."""
+    predictor = 3 if np.dtype(dtype).kind == "f" else 2
     with rasterio.Env(GDAL_CACHEMAX=COG_CACHE_MB):
-        with rasterio.open(scratch, "w", **profile) as ds:
-            for y0, y1, x0, x1 in windows(info):
-                ds.write(read(y0, y1, x0, x1).astype(dtype), 1, window=Window(x0, y0, x1 - x0, y1 - y0))
-            _describe(ds, band, tags or {})
-        predictor = 3 if np.dtype(dtype).kind == "f" else 2
         rasterio.shutil.copy(
             scratch,
             dest,
