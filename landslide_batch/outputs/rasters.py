@@ -11,13 +11,11 @@ import rasterio
 import rasterio.shutil
 from rasterio.windows import Window
 
+from ..gdal_env import gdal_cache
 from ..ingest.scene import SceneInfo
 from .metadata import Band
 
 WINDOW = 1024
-#: GDAL's block cache while a COG is written (MB). Its default, 5 % of the machine's memory, fills
-#: with the raster's blocks: a finish's peak RSS grew with the map (1.2 GB more at 16384², issue 29).
-COG_CACHE_MB = 128
 
 
 def windows(info: SceneInfo, size: int = WINDOW):
@@ -77,7 +75,9 @@ def scratch_raster(
     )
     if info.crs is not None:
         profile["crs"] = info.crs
-    with rasterio.Env(GDAL_CACHEMAX=COG_CACHE_MB), rasterio.open(path, "w", **profile) as ds:
+    # No block cache: each block is written once and read once by the copy. GDAL's default, 5 % of
+    # the machine's memory, filled with them: a finish's peak RSS grew with the map (1.2 GB more at 16384²).
+    with gdal_cache(0), rasterio.open(path, "w", **profile) as ds:
 
         def write(y0: int, y1: int, x0: int, x1: int, values: np.ndarray) -> None:
             ds.write(values.astype(dtype), 1, window=Window(x0, y0, x1 - x0, y1 - y0))
@@ -89,7 +89,7 @@ def scratch_raster(
 def copy_cog(scratch: Path, dest: Path, dtype: str) -> None:
     """The COG of a finished :func:`scratch_raster` (DEFLATE, overviews); the scratch goes."""
     predictor = 3 if np.dtype(dtype).kind == "f" else 2
-    with rasterio.Env(GDAL_CACHEMAX=COG_CACHE_MB):
+    with gdal_cache(0):
         rasterio.shutil.copy(
             scratch,
             dest,
