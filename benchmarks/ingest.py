@@ -141,6 +141,8 @@ def write_dem(path: Path, size: int, margin: float = 0.01) -> None:
 def make_product(work: Path, size: int) -> list[Path]:
     """A Sentinel-2 L2A SAFE-like product of side ``size`` at 10 m and its DEM (kept in ``work``
     once made); -> [product, DEM]."""
+    from landslide_batch.synthetic import write_l2a_metadata
+
     root, dem = work / f"s2-{size}" / PRODUCT, work / f"s2-{size}" / "dem_4326.tif"
     if (root / "MTD_MSIL2A.xml").exists():
         return [root, dem]
@@ -152,17 +154,7 @@ def make_product(work: Path, size: int) -> list[Path]:
             dtype = "uint8" if band == "SCL" else "uint16"
             write_jp2(folder / f"T45RUL_20250101T050000_{band}_{res}m.jp2", -(-size * 10 // res), res, seed, dtype)
     write_dem(dem, size)
-    offsets = "".join(f'<BOA_ADD_OFFSET band_id="{i}">-1000</BOA_ADD_OFFSET>' for i in range(13))
-    (root / "MTD_MSIL2A.xml").write_text(
-        '<?xml version="1.0" encoding="UTF-8"?>'
-        '<n1:Level-2A_User_Product xmlns:n1="https://psd-14.sentinel2.eo.esa.int/PSD/User_Product_Level-2A.xsd">'
-        "<n1:General_Info><Product_Info><PRODUCT_START_TIME>2025-01-01T05:00:00.024Z</PRODUCT_START_TIME>"
-        "<PROCESSING_BASELINE>05.11</PROCESSING_BASELINE><PRODUCT_TYPE>S2MSI2A</PRODUCT_TYPE></Product_Info>"
-        "<Product_Image_Characteristics><QUANTIFICATION_VALUES_LIST>"
-        '<BOA_QUANTIFICATION_VALUE unit="none">10000</BOA_QUANTIFICATION_VALUE></QUANTIFICATION_VALUES_LIST>'
-        f"<BOA_ADD_OFFSET_VALUES_LIST>{offsets}</BOA_ADD_OFFSET_VALUES_LIST>"
-        "</Product_Image_Characteristics></n1:General_Info></n1:Level-2A_User_Product>"
-    )
+    write_l2a_metadata(root / "MTD_MSIL2A.xml")
     return [root, dem]
 
 

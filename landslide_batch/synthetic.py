@@ -107,3 +107,20 @@ def write_l4s_patch(
     if mask_path is not None and labels is not None:
         with h5py.File(mask_path, "w") as f:
             f.create_dataset("mask", data=labels.astype(np.uint8))
+
+
+def write_l2a_metadata(path: Path, offset: int = -1000, baseline: str = "05.11") -> None:
+    """A Sentinel-2 L2A product's ``MTD_MSIL2A.xml`` with what the ingest reads of it: the start
+    time, processing baseline, quantification values and the BOA add offset of each band."""
+    offsets = "".join(f'<BOA_ADD_OFFSET band_id="{i}">{offset}</BOA_ADD_OFFSET>' for i in range(13))
+    path.write_text(
+        '<?xml version="1.0" encoding="UTF-8"?>'
+        '<n1:Level-2A_User_Product xmlns:n1="https://psd-14.sentinel2.eo.esa.int/PSD/User_Product_Level-2A.xsd">'
+        "<n1:General_Info><Product_Info><PRODUCT_START_TIME>2025-01-01T05:00:00.024Z</PRODUCT_START_TIME>"
+        f"<PROCESSING_BASELINE>{baseline}</PROCESSING_BASELINE><PRODUCT_TYPE>S2MSI2A</PRODUCT_TYPE></Product_Info>"
+        "<Product_Image_Characteristics><QUANTIFICATION_VALUES_LIST>"
+        '<BOA_QUANTIFICATION_VALUE unit="none">10000</BOA_QUANTIFICATION_VALUE>'
+        '<AOT_QUANTIFICATION_VALUE unit="none">1000.0</AOT_QUANTIFICATION_VALUE></QUANTIFICATION_VALUES_LIST>'
+        f"<BOA_ADD_OFFSET_VALUES_LIST>{offsets}</BOA_ADD_OFFSET_VALUES_LIST>"
+        "</Product_Image_Characteristics></n1:General_Info></n1:Level-2A_User_Product>"
+    )

@@ -17,6 +17,7 @@ import pytest
 import rasterio
 import shapely
 from scipy import ndimage
+from test_polygon_windows import window_bound
 
 from landslide_batch.ingest.scene import SceneInfo
 from landslide_batch.outputs import polygons
@@ -199,22 +200,6 @@ def test_streamed_event_polygons_equal_the_in_memory_build(tmp_path, fmt, monkey
         import pyarrow.parquet as pq
 
         assert pq.ParquetFile(tmp_path / POLYGON_FILES[fmt]).num_row_groups > 2
-
-
-def window_bound(mask: np.ndarray) -> int:
-    """What a collector may hold at once over ``mask`` in row-major windows: the pieces touching
-    the borders of the last two rows of windows, and one window's whole objects."""
-    edge, whole, side = [], [], len(mask)
-    for y0 in range(0, side, WINDOW):
-        for x0 in range(0, side, WINDOW):
-            labels, k = ndimage.label(mask[y0 : y0 + WINDOW, x0 : x0 + WINDOW])
-            on_border = np.unique(np.r_[labels[0], labels[-1], labels[:, 0], labels[:, -1]])
-            sizes = np.bincount(labels.ravel(), minlength=k + 1)
-            edge.append(len(on_border[on_border > 0]))
-            whole.append(int(((sizes >= MIN_PIXELS)[1:] & ~np.isin(np.arange(1, k + 1), on_border)).sum()))
-    per_row = side // WINDOW
-    rows = [sum(edge[r * per_row : (r + 1) * per_row]) for r in range(per_row)]
-    return max(a + b for a, b in zip(rows, rows[1:])) + max(whole)
 
 
 def test_the_event_path_holds_the_open_borders_not_the_map(tmp_path, monkeypatch):

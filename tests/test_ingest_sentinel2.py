@@ -23,7 +23,7 @@ from landslide_batch.errors import InputError
 from landslide_batch.ingest import SceneInputs, ingest, ingest_job
 from landslide_batch.ingest.sentinel2 import canonical_band, classify_file, resolve_scaling
 from landslide_batch.ingest.terrain import horn_slope, pixel_size_m
-from landslide_batch.synthetic import write_geotiff
+from landslide_batch.synthetic import write_geotiff, write_l2a_metadata
 
 UTM = "EPSG:32645"
 X0, Y0 = 500000.0, 3100000.0
@@ -127,18 +127,7 @@ def l2a(tmp_path_factory):
     qi = safe / "GRANULE" / "L2A_T45RUL_A040000_20250101T050000" / "QI_DATA"
     qi.mkdir()
     write_geotiff(qi / "MSK_CLDPRB_20m.tif", scl, crs=UTM, origin=(X0, Y0), pixel=20.0)
-    offsets = "".join(f'<BOA_ADD_OFFSET band_id="{i}">-1000</BOA_ADD_OFFSET>' for i in range(13))
-    (safe / "MTD_MSIL2A.xml").write_text(
-        '<?xml version="1.0" encoding="UTF-8"?>'
-        '<n1:Level-2A_User_Product xmlns:n1="https://psd-14.sentinel2.eo.esa.int/PSD/User_Product_Level-2A.xsd">'
-        "<n1:General_Info><Product_Info><PRODUCT_START_TIME>2025-01-01T05:00:00.024Z</PRODUCT_START_TIME>"
-        "<PROCESSING_BASELINE>05.11</PROCESSING_BASELINE><PRODUCT_TYPE>S2MSI2A</PRODUCT_TYPE></Product_Info>"
-        "<Product_Image_Characteristics><QUANTIFICATION_VALUES_LIST>"
-        '<BOA_QUANTIFICATION_VALUE unit="none">10000</BOA_QUANTIFICATION_VALUE>'
-        '<AOT_QUANTIFICATION_VALUE unit="none">1000.0</AOT_QUANTIFICATION_VALUE></QUANTIFICATION_VALUES_LIST>'
-        f"<BOA_ADD_OFFSET_VALUES_LIST>{offsets}</BOA_ADD_OFFSET_VALUES_LIST>"
-        "</Product_Image_Characteristics></n1:General_Info></n1:Level-2A_User_Product>"
-    )
+    write_l2a_metadata(safe / "MTD_MSIL2A.xml")
     dem = write_dem_4326(root / "dem_4326.tif")
     return {"root": root, "safe": safe, "img": img, "dem": dem, "expected": expected}
 

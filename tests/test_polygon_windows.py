@@ -163,6 +163,22 @@ def speckled_map(side: int) -> tuple[np.ndarray, np.ndarray, dict]:
     return prob, prob >= 0.6, extra
 
 
+def window_bound(mask: np.ndarray, window: int = WINDOW, min_pixels: int = MIN_PIXELS) -> int:
+    """What a collector may hold at once over ``mask`` in row-major windows: the pieces touching
+    the borders of the last two rows of windows, and one window's whole objects."""
+    edge, whole, side = [], [], len(mask)
+    for y0 in range(0, side, window):
+        for x0 in range(0, side, window):
+            labels, k = ndimage.label(mask[y0 : y0 + window, x0 : x0 + window])
+            on_border = np.unique(np.r_[labels[0], labels[-1], labels[:, 0], labels[:, -1]])
+            sizes = np.bincount(labels.ravel(), minlength=k + 1)
+            edge.append(len(on_border[on_border > 0]))
+            whole.append(int(((sizes >= min_pixels)[1:] & ~np.isin(np.arange(1, k + 1), on_border)).sum()))
+    per_row = side // window
+    rows = [sum(edge[r * per_row : (r + 1) * per_row]) for r in range(per_row)]
+    return max(a + b for a, b in zip(rows, rows[1:])) + max(whole)
+
+
 def test_objects_held_at_once_are_bounded_by_the_edge_pieces_of_the_open_borders(tmp_path):
     """Streaming, the collector holds the pieces along the borders still open (the last two rows
     of windows, the most) and one window's finished objects, not the map's objects; counted by
@@ -175,17 +191,7 @@ def test_objects_held_at_once_are_bounded_by_the_edge_pieces_of_the_open_borders
     n = stream_polygons(tmp_path / "p.gpkg", info, parts, MIN_PIXELS, True)
     for _ in windows_of(holding, WINDOW, maps):
         pass
-    edge, whole = [], []  # per window: pieces touching its borders, and whole objects kept
-    for y0 in range(0, side, WINDOW):
-        for x0 in range(0, side, WINDOW):
-            labels, k = ndimage.label(maps[1][y0 : y0 + WINDOW, x0 : x0 + WINDOW])
-            on_border = np.unique(np.r_[labels[0], labels[-1], labels[:, 0], labels[:, -1]])
-            sizes = np.bincount(labels.ravel(), minlength=k + 1)
-            edge.append(len(on_border[on_border > 0]))
-            whole.append(int(((sizes >= MIN_PIXELS)[1:] & ~np.isin(np.arange(1, k + 1), on_border)).sum()))
-    per_row = side // WINDOW
-    rows = [sum(edge[r * per_row : (r + 1) * per_row]) for r in range(per_row)]
-    bound = max(a + b for a, b in zip(rows, rows[1:])) + max(whole)
+    bound = window_bound(maps[1])
     assert n == len(holding.table().take(holding.table().pixels >= MIN_PIXELS)) > 500
     assert streaming.peak_held <= bound < n / 4  # here: 47 <= 180 of 934 objects
     assert holding.peak_held >= n  # without popping, every object stays held
