@@ -73,8 +73,13 @@ def object_areas_m2(info: SceneInfo, geoms: Sequence | np.ndarray, pixels: Seque
         return np.full(len(pixels), np.nan)
     crs = info.crs
     if crs is not None and crs.is_geographic:
+        import shapely
+
         geod = _geod(info.crs_wkt)
-        return np.array([abs(geod.geometry_area_perimeter(g)[0]) for g in geoms], dtype=np.float64)
+        # pyproj subtracts a hole only when it winds against its shell: a union of pieces joined
+        # across windows may wind both the same way, and its holes would add to its area.
+        oriented = shapely.orient_polygons(np.asarray(geoms, dtype=object))
+        return np.array([abs(geod.geometry_area_perimeter(g)[0]) for g in oriented], dtype=np.float64)
     return np.asarray(pixels, dtype=np.float64) * areas.rows[0]
 
 
