@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import zarr
@@ -43,14 +44,19 @@ from .observed import FIRST_CLEAR, OBSERVED, aoi_inside, create_layers, date_cod
 if TYPE_CHECKING:
     from .mapped import MappedScene
 
-#: Blocks merged at once: each holds its scenes' layers in float64 (~60 MB per scene and 1024² block).
+#: Blocks merged at once: each holds its sums and one scene's layers at a time, in float64 (~60 MB
+#: each per 1024² block), however many scenes touch it.
 MERGE_THREADS = max(1, min(4, os.cpu_count() or 1))
 
 #: Bands the merge carries onto the region grid: RGB for the quicklook, and B8 which with B4 (red)
 #: gives the NDVI of the change-aware layers (``event.py``).
 MERGED_BANDS = (*RGB_BANDS, "B8")
 
-Reader = Callable[[Window], tuple[np.ndarray, np.ndarray]]
+
+class Reader(Protocol):
+    """A scene's window -> (layers (C, h, w), valid (h, w)); C = 0 when only the validity is asked for."""
+
+    def __call__(self, w: Window, layers: bool = True) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 @dataclass(frozen=True)
@@ -121,14 +127,19 @@ def _touching(scenes: list[MappedScene], grid: SceneInfo, w: Window) -> list[Map
 
 
 def _merge_block(t: MergeTarget, w: Window, touching: list[MappedScene], sig: str, marker: Location) -> None:
-    """Merge one region block from the scenes touching it and write it; its marker last."""
+    """Merge one region block from the scenes touching it and write it; its marker last. The
+    weights need every scene's validity at once, the sums only one scene's layers at a time: the
+    validity is sampled first (the probability layer alone), then each scene's layers as they are
+    added, so a block's memory does not grow with the scenes that touch it."""
     ext = w.grown(FEATHER_PX)
-    core = (slice(None), slice(FEATHER_PX, -FEATHER_PX), slice(FEATHER_PX, -FEATHER_PX))
-    sampled = [sample_scene(t.readers[s.source.id], s.scene.info, t.grid, ext) for s in touching]
-    found = [layers_valid for layers_valid in sampled if layers_valid is not None]
-    dates = [t.dates[s.source.id] for s, layers_valid in zip(touching, sampled) if layers_valid is not None]
+    core = (slice(FEATHER_PX, -FEATHER_PX), slice(FEATHER_PX, -FEATHER_PX))
+
+    def sampled(s: MappedScene, layers: bool) -> tuple[np.ndarray, np.ndarray] | None:
+        return sample_scene(partial(t.readers[s.source.id], layers=layers), s.scene.info, t.grid, ext)
+
+    found = [(s, on[1]) for s in touching if (on := sampled(s, False)) is not None]
     weights = overlap_weights([valid for _, valid in found], FEATHER_PX)
-    contributions = [(weight, layers[core]) for weight, (layers, _) in zip(weights, found)]
+    contributions = ((weight, _layers(sampled(s, True))[:, core[0], core[1]]) for weight, (s, _) in zip(weights, found))
     names = ([SLOPE] if t.has_slope else []) + list(MERGED_BANDS)
     values, covered = merge(contributions, w.shape, len(LAYERS) + len(names))
     inside = aoi_inside(t.aoi, t.grid, w.y0, w.y1, w.x0, w.x1)
@@ -141,14 +152,22 @@ def _merge_block(t: MergeTarget, w: Window, touching: list[MappedScene], sig: st
     for i, name in enumerate(names, len(LAYERS)):
         bands[BAND_INDEX[name], rows, cols] = np.where(ok, values[i], np.nan).astype(np.float32)
     member_array(t.region_scene, "valid", scene_path)[rows, cols] = ok.astype(np.uint8)
-    observed, first_clear = observation_layers([valid[core[1:]] for _, valid in found], dates, inside)
+    dates = [t.dates[s.source.id] for s, _ in found]
+    observed, first_clear = observation_layers([valid[core] for _, valid in found], dates, inside)
     member_array(t.region_scene, OBSERVED, scene_path)[rows, cols] = observed
     member_array(t.region_scene, FIRST_CLEAR, scene_path)[rows, cols] = first_clear
     marker.write_text(sig)
 
 
+def _layers(sampled: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
+    """The layers of a scene whose validity was found on the same window (so it reaches it)."""
+    assert sampled is not None, "the scene's validity reached this window"
+    return sampled[0]
+
+
 def _scene_reader(s: MappedScene, has_slope: bool) -> Reader:
-    """(rows, cols window) -> (layers (C, h, w): the map's ``LAYERS``, [slope], R, G, B, NIR; valid).
+    """A ``Reader``: (rows, cols window) -> (layers (C, h, w): the map's ``LAYERS``, [slope], R, G,
+    B, NIR, or none; valid).
     The slope comes from the scene as ingested (the very values a scene's products keep)."""
     maps = zarr.open_group(str(s.map_store), mode="r")
     prob_layer, *other_layers = (member_array(maps, name, s.map_store) for name in LAYERS)
@@ -156,12 +175,14 @@ def _scene_reader(s: MappedScene, has_slope: bool) -> Reader:
     names = s.scene.info.band_names
     picked = np.array(([names.index(SLOPE)] if has_slope else []) + [names.index(b) for b in MERGED_BANDS])
 
-    def read(w: Window) -> tuple[np.ndarray, np.ndarray]:
+    def read(w: Window, layers: bool = True) -> tuple[np.ndarray, np.ndarray]:
         rows, cols = slice(w.y0, w.y1), slice(w.x0, w.x1)
         prob = np.asarray(prob_layer[rows, cols])
+        if not layers:
+            return np.empty((0, *prob.shape)), prob >= 0
         picked_bands = np.asarray(bands.get_orthogonal_selection((picked, rows, cols)))
-        layers = [prob, *(np.asarray(a[rows, cols]) for a in other_layers), *picked_bands]
-        return np.stack(layers).astype(np.float64), prob >= 0
+        stacked = [prob, *(np.asarray(a[rows, cols]) for a in other_layers), *picked_bands]
+        return np.stack(stacked).astype(np.float64), prob >= 0
 
     return read
 

@@ -17,7 +17,7 @@ knows it exactly. Everything here is pure: arrays in, arrays out.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -184,14 +184,15 @@ def overlap_weights(valids_grown: list[np.ndarray], margin: int, feather: int = 
 
 
 def merge(
-    contributions: list[tuple[np.ndarray, np.ndarray]], shape: tuple[int, int], n_layers: int
+    contributions: Iterable[tuple[np.ndarray, np.ndarray]], shape: tuple[int, int], n_layers: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``contributions``: (weights (H, W), layers (C, H, W)) per scene -> (weighted mean layers
+    """``contributions``: (weights (H, W), layers (C, H, W)) per scene, taken one at a time -> (weighted mean layers
     (C, H, W) float64, covered (H, W) bool: some scene has weight there)."""
     acc = np.zeros((n_layers, *shape))
     wsum = np.zeros(shape)
     for weights, layers in contributions:
         acc += weights * layers
         wsum += weights
+        del weights, layers  # before the next contribution is made: one held at a time
     covered = wsum > 0
     return acc / np.where(covered, wsum, 1.0), covered
