@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +15,7 @@ from rasterio.errors import RasterioError
 from ..bands import L4S_BANDS, N_BANDS
 from ..errors import InputError
 from ..gdal_env import gdal_cache, read_cache_mb
-from .scene import Blank, SceneWriter
+from .scene import INGEST_THREADS, Blank, SceneWriter
 
 #: A raster without a nodata tag: zero in every Sentinel-2 layer is a border or fill, not ground
 #: (no surface reflects nothing in all 12 bands, and 0 is the L2A products' no-data number).
@@ -56,15 +59,34 @@ def ingest_geotiff(
             source={"path": str(src), "kind": "geotiff", "nodata": nodata},
             blank=UNTAGGED_ZEROS if nodata is None else None,
         )
-        with gdal_cache(read_cache_mb(writer.chunk, (ds.height, ds.width), [(ds, Affine.identity())])):
-            for y0, y1, x0, x1 in writer.windows():
-                window = rasterio.windows.Window(x0, y0, x1 - x0, y1 - y0)
-                try:
-                    data = ds.read(window=window)
-                except RasterioError as exc:
-                    raise InputError(
-                        f"{src}: read failed in window rows {y0}:{y1}, cols {x0}:{x1} "
-                        f"(file truncated or corrupt): {exc}"
-                    ) from None
-                writer.write(y0, x0, data, nodata=nodata)
+        cache_mb = read_cache_mb(writer.chunk, (ds.height, ds.width), [(ds, Affine.identity())])
+        # Windows in parallel only where they share no block: each thread's handle decodes its own
+        # blocks, so a strip two windows share would be decoded twice (and the cache sized for one).
+        threads = INGEST_THREADS if cache_mb == 0 else 1
+        with gdal_cache(cache_mb), _window_reader(src) as read:
+            writer.fill(read, nodata=nodata, threads=threads)
     return writer
+
+
+@contextmanager
+def _window_reader(src: Path | str) -> Iterator[Callable[[int, int, int, int], np.ndarray]]:
+    """``SceneWriter.fill``'s reader of ``src``: a dataset per thread (a GDAL handle is not shared
+    between threads), all closed at the end."""
+    local, opened = threading.local(), []
+
+    def read(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        if (ds := getattr(local, "ds", None)) is None:
+            ds = local.ds = rasterio.open(src)
+            opened.append(ds)
+        try:
+            return ds.read(window=rasterio.windows.Window(x0, y0, x1 - x0, y1 - y0))
+        except RasterioError as exc:
+            raise InputError(
+                f"{src}: read failed in window rows {y0}:{y1}, cols {x0}:{x1} (file truncated or corrupt): {exc}"
+            ) from None
+
+    try:
+        yield read
+    finally:
+        for ds in opened:
+            ds.close()
