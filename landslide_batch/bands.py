@@ -84,12 +84,16 @@ def derive_features(bands: Any, features: Sequence[str]) -> Any:
 
     ``bands`` is ``(..., 14, H, W)`` (numpy or torch); returns ``(..., F, H, W)`` of the same
     kind. Raw bands are taken as they are; NDVI = (B8 - B4) / (B8 + B4), 0 where the sum is 0.
+    The 14 bands in their order are ``bands`` itself, not a copy (a model on the raw bands: a
+    1024² block's window is 74 MB).
     """
     if bands.shape[-3] != N_BANDS:
         raise InputError(
             f"expected {N_BANDS} bands in Landslide4Sense order {list(L4S_BANDS)}, "
             f"found {bands.shape[-3]} (array shape {tuple(bands.shape)})"
         )
+    if tuple(features) == L4S_BANDS:
+        return bands
     xp = _xp(bands)
     out = []
     for name in features:

@@ -70,3 +70,24 @@ def test_models_loading_in_another_thread_do_not_disturb_a_prediction(scene_arra
     while loader.is_alive():
         np.testing.assert_array_equal(predictor.predict_window(bands, valid)[0], expected)
     loader.join()
+
+
+def test_windows_of_other_valid_pixels_in_turn_give_what_a_fresh_predictor_gives(scene_arrays, varying_model):
+    """Nothing a window leaves in the predictor changes the next: windows whose valid pixels run
+    other tiles (or whose size differs), predicted in turn by one predictor, give exactly the
+    maps of a fresh predictor each (the NaN where no tile ran included)."""
+    bands = np.ascontiguousarray(scene_arrays[0][:, :256, :256])
+    full = np.ones((256, 256), bool)
+    holed = full.copy()
+    holed[:130, :130] = False  # the first tile does not run: the weights sum to 0 on its corner
+    windows = [(bands, full), (bands, holed), (bands[:, :192, :256], full[:192]), (bands, full)]
+    cfg = EnsembleConfig(members=[EnsembleMember(model=varying_model)])
+    shared = EnsemblePredictor(cfg, device="cpu")
+    for window, valid in windows:
+        got, got_spread = shared.predict_window(window, valid)
+        want, want_spread = EnsemblePredictor(cfg, device="cpu").predict_window(window, valid)
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(got_spread, want_spread)
+    a, b = (shared.predict_window(bands, v)[0] for v in (full, holed))
+    assert float(np.nanstd(a)) >= 0.05 and np.isfinite(a).all()
+    assert np.isnan(b[:64, :64]).all() and np.isfinite(b[64:, 64:]).all()  # no tile ran there: no weight

@@ -106,3 +106,16 @@ def test_ndvi_is_nan_where_its_bands_are_missing():
     bands[BAND_INDEX["B4"], 1, 1] = -3.0  # B8 + B4 == 0
     ndvi = derive_features(bands, ["NDVI"])[0]
     assert np.isnan(ndvi[0, 0]) and ndvi[1, 1] == 0 and ndvi[0, 1] == pytest.approx(0.5)
+
+
+def test_the_fourteen_bands_in_order_are_the_window_itself_other_features_a_copy():
+    import torch
+
+    from landslide_batch.bands import L4S_BANDS, derive_features
+
+    bands = np.random.default_rng(0).random((14, 3, 4)).astype(np.float32)
+    for window in (bands, torch.from_numpy(bands)):
+        assert derive_features(window, list(L4S_BANDS)) is window  # no 74 MB copy per 1024² block
+        reordered = derive_features(window, [*L4S_BANDS[1:], L4S_BANDS[0]])
+        np.testing.assert_array_equal(np.asarray(reordered)[-1], bands[0])
+        assert not np.shares_memory(np.asarray(reordered), bands)
