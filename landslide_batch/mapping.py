@@ -195,7 +195,10 @@ def _tally_blocks(
         tally.kept_at_end += row["kept_tiles"] if row["last_in_stripe"] else 0
         dt = time.perf_counter() - since()
         rate = tally.tiles / dt if dt else 0.0
-        log.info("block %s done (%d/%d): %d tiles, %.1f tiles/s so far", row["key"], i, len(todo), row["tiles"], rate)
+        # The models' own seconds are timed on CPU only (a GPU's would need a sync that stalls it).
+        model_s = f", {row['forward_s']:.2f} s in the models" if row["forward_s"] else ""
+        key, tiles = row["key"], row["tiles"]
+        log.info("block %s done (%d/%d): %d tiles%s, %.1f tiles/s so far", key, i, len(todo), tiles, model_s, rate)
         if on_block is not None:
             on_block(by_key[row["key"]])
     return tally
