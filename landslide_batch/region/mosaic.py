@@ -186,8 +186,8 @@ def overlap_weights(valids_grown: list[np.ndarray], margin: int, feather: int = 
 def merge(
     contributions: Iterable[tuple[np.ndarray, np.ndarray]], shape: tuple[int, int], n_layers: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``contributions``: (weights (H, W), layers (C, H, W)) per scene, taken one at a time -> (weighted mean layers
-    (C, H, W) float64, covered (H, W) bool: some scene has weight there)."""
+    """``contributions``: (weights (H, W), layers (C, H, W)) per scene, taken one at a time ->
+    (weighted mean layers (C, H, W) float64, covered (H, W) bool: some scene has weight there)."""
     acc = np.zeros((n_layers, *shape))
     wsum = np.zeros(shape)
     for weights, layers in contributions:
