@@ -249,41 +249,37 @@ def test_adding_a_scene_maps_only_it_and_merges_only_where_it_lies(region, monke
 
 def test_a_merged_block_holds_one_scenes_layers_at_a_time(region, monkeypatch):
     """The merge's memory per block does not grow with the scenes touching it: each scene's
-    layers are read (and freed) one after another, only the validity of all is held at once."""
+    layers on the block are made (and freed) one after another; only the validity of all is held
+    at once."""
     import threading
     import weakref
 
     import landslide_batch.region.merge as merge
 
     d, model = region
-    held: dict[int, int] = {}  # thread -> layer stacks alive
-    most_held, layer_reads, validity_reads = [0], [0], [0]
+    held: dict[int, int] = {}  # merge thread -> a scene's sampled layers alive
+    most_held, layer_samples, validity_samples = [0], [0], [0]
     lock = threading.Lock()
-    real = merge._scene_reader
+    real = merge.sample_scene
 
-    def watched(s, has_slope):
-        read = real(s, has_slope)
-
-        def counted(w, layers=True):
-            out = read(w, layers=layers)
-            if not layers:
-                validity_reads[0] += 1
-                return out
-            me = threading.get_ident()
-            with lock:
-                layer_reads[0] += 1
-                held[me] = held.get(me, 0) + 1
-                most_held[0] = max(most_held[0], held[me])
-            weakref.finalize(out[0], lambda: held.__setitem__(me, held[me] - 1))
+    def watched(*args):
+        out = real(*args)
+        if out is None or out[0].shape[0] == 0:  # missed the block, or the validity alone
+            validity_samples[0] += out is not None
             return out
+        me = threading.get_ident()
+        with lock:
+            layer_samples[0] += 1
+            held[me] = held.get(me, 0) + 1
+            most_held[0] = max(most_held[0], held[me])
+        weakref.finalize(out[0], lambda: held.__setitem__(me, held[me] - 1))
+        return out
 
-        return counted
-
-    monkeypatch.setattr(merge, "_scene_reader", watched)
+    monkeypatch.setattr(merge, "sample_scene", watched)
     m = run_job(job_from_dict(_job(d, model, "held", ["A.tif", "B.tif", "C.tif"])))
+    assert most_held[0] == 1  # each merge thread held one scene's layers at a time ...
     blocks = m["merge_blocks"]["computed"]
-    assert layer_reads[0] == validity_reads[0] > blocks  # some block touched by two scenes or more
-    assert most_held[0] == 1  # ... yet each merge thread held one scene's layers at a time
+    assert layer_samples[0] == validity_samples[0] > blocks  # ... though two or more touched a block
 
 
 def test_region_bad_inputs_fail_clearly_and_write_nothing(region, tmp_path, caplog):
