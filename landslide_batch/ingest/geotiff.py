@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -60,9 +61,11 @@ def ingest_geotiff(
             blank=UNTAGGED_ZEROS if nodata is None else None,
         )
         cache_mb = read_cache_mb(writer.chunk, (ds.height, ds.width), [(ds, Affine.identity())])
-        # Windows in parallel only where they share no block: each thread's handle decodes its own
-        # blocks, so a strip two windows share would be decoded twice (and the cache sized for one).
-        threads = INGEST_THREADS if cache_mb == 0 else 1
+        # Windows in parallel only where they share no block (each thread's handle decodes its own
+        # blocks: a strip two windows share would be decoded twice, the cache sized for one), and
+        # only from a local file: rasterio's environment (an object store's endpoint and keys) is
+        # the calling thread's, which the pool's threads do not see.
+        threads = INGEST_THREADS if cache_mb == 0 and os.path.isfile(src) else 1
         with gdal_cache(cache_mb), _window_reader(src) as read:
             writer.fill(read, nodata=nodata, threads=threads)
     return writer

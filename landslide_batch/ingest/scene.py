@@ -289,9 +289,14 @@ class SceneWriter:
         threads: int = INGEST_THREADS,
     ) -> None:
         """Write every window, ``read(y0, y1, x0, x1)`` giving its raw bands (called from
-        ``threads`` threads at once: each needs its own file handle), as :meth:`write` does. The
-        caller's stop (:func:`stoppable`) holds in every window; the first error cancels the
-        windows not yet started and is raised."""
+        ``threads`` threads at once: each needs its own file handle; with one, from the caller's
+        thread, in its rasterio environment), as :meth:`write` does. The caller's stop
+        (:func:`stoppable`) holds in every window; the first error cancels the windows not yet
+        started and is raised."""
+        if threads <= 1:
+            for y0, y1, x0, x1 in self.windows():
+                self.write(y0, x0, read(y0, y1, x0, x1), nodata=nodata)
+            return
         stop = _STOP.get()
 
         def one(y0: int, y1: int, x0: int, x1: int) -> None:
