@@ -2,7 +2,7 @@
 growth, GPU readiness, and how the cost grows with the work (region scaling, finishing at scale
 and per object, ``scaling.py``); the fixed cost is reported, ungated (issue 29).
 
-    python benchmarks/run.py --quick        # every gated row (27-29 min on a quiet 2-core machine)
+    python benchmarks/run.py --quick        # every gated row (24-29 min on a quiet 2-core machine)
     python benchmarks/run.py                # + memory rows at 1024², 2048², 4096² and 8192² (MobileNetV2)
     python benchmarks/run.py --sizes 4096 10980   # pipeline rows (local and naive) at other sizes
 
@@ -437,7 +437,7 @@ def zoo_rows(work: Path, size: int, common: dict, members: int | None = None) ->
 
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="the gated rows only (27-29 min on a quiet 2-core machine)")
+    ap.add_argument("--quick", action="store_true", help="the gated rows only (24-29 min on a quiet 2-core machine)")
     ap.add_argument(
         "--sizes", type=int, nargs="+", default=None, help="local scene sides (default 4096 8192; naive at 4096)"
     )
